@@ -1,0 +1,198 @@
+//! Channels from one service to another, every one behind the same resilience stack.
+//!
+//! [`ServiceChannel`] is what generated clients are built on
+//! (`SessionServiceClient::new(channel)`). Per call it forwards the current request's
+//! correlation id, W3C trace context and remaining deadline (`grpc-timeout`), buffers the
+//! request body so a retry can resend it (the contract has no client-streaming RPCs), and
+//! runs the call through `agentmesh_resilience`: breaker → timeout → retry with budget →
+//! bulkhead → the tonic `Channel`. The stack's own refusals (open breaker, timeout, full
+//! bulkhead) and transport failures come back as ordinary gRPC statuses with google.rpc
+//! details, so a typed client sees `circuit_breaker_open` with its `retry_after` exactly as
+//! if a server had said it.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use agentmesh_resilience::{GrpcResponseClassifier, Preset, Resilience, ResilienceError, ResilientService};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body_util::BodyExt;
+use opentelemetry::propagation::Injector;
+use tonic::body::Body;
+use tonic::transport::{Channel, Endpoint};
+use tower::{Layer, Service, ServiceExt};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::context::{RequestContext, format_grpc_timeout, new_correlation_id, parse_grpc_timeout};
+use crate::error::{ApiError, CORRELATION_ID_HEADER};
+
+/// A peer URL that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid URL {url:?} for {target}: {reason}")]
+pub struct ClientError {
+    /// The peer's name.
+    pub target: String,
+    /// The URL as configured.
+    pub url: String,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+/// How long to wait for a TCP connection to a peer before the attempt fails.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A resilient, context-propagating channel to one peer service. Cheap to clone; clones
+/// share the peer's breaker, retry budget and bulkhead.
+#[derive(Clone)]
+pub struct ServiceChannel {
+    stack: ResilientService<ToTonicBody, GrpcResponseClassifier>,
+    policy: Resilience,
+}
+
+impl ServiceChannel {
+    /// A channel to `target` at `url`, connecting lazily on first use (so services can
+    /// start in any order) and guarded by `preset`.
+    pub fn connect_lazy(target: &str, url: &str, preset: &Preset) -> Result<Self, ClientError> {
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|error| ClientError { target: target.to_owned(), url: url.to_owned(), reason: error.to_string() })?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(std::time::Duration::from_secs(30))
+            .keep_alive_while_idle(true);
+        let policy = Resilience::new(target, preset);
+        let stack = policy.layer(GrpcResponseClassifier).layer(ToTonicBody(endpoint.connect_lazy()));
+        Ok(Self { stack, policy })
+    }
+
+    /// The peer's resilience state (breaker snapshot for health output, state-change hooks).
+    pub fn policy(&self) -> &Resilience {
+        &self.policy
+    }
+}
+
+impl Service<Request<Body>> for ServiceChannel {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The stack waits for readiness inside each call (retry and bulkhead clone per attempt).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let stack = self.stack.clone();
+        let target = self.policy.name().to_owned();
+        let context = RequestContext::current();
+        let span = tracing::Span::current();
+        Box::pin(async move {
+            let (mut parts, body) = request.into_parts();
+            let remaining = forward_context(&mut parts.headers, context.as_ref(), &span);
+            if remaining == Some(std::time::Duration::ZERO) {
+                return Ok(status_response(ApiError::timeout(&target, std::time::Duration::ZERO)));
+            }
+            let body = match body.collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(error) => {
+                    tracing::warn!(%target, %error, "request body could not be buffered");
+                    return Ok(status_response(ApiError::internal()));
+                }
+            };
+            let call = stack.oneshot(Request::from_parts(parts, body));
+            let result = match remaining {
+                Some(remaining) => tokio::time::timeout(remaining, call)
+                    .await
+                    .unwrap_or(Err(ResilienceError::Timeout { after: remaining })),
+                None => call.await,
+            };
+            Ok(result.unwrap_or_else(|error| status_response(api_error(&target, error))))
+        })
+    }
+}
+
+/// Sets correlation id, trace context and `grpc-timeout` on an outgoing call; returns the
+/// deadline left, if the caller has one.
+fn forward_context(
+    headers: &mut HeaderMap,
+    context: Option<&RequestContext>,
+    span: &tracing::Span,
+) -> Option<std::time::Duration> {
+    if !headers.contains_key(CORRELATION_ID_HEADER) {
+        let id = context.map_or_else(new_correlation_id, |c| c.correlation_id.clone());
+        if let Ok(value) = HeaderValue::from_str(&id) {
+            headers.insert(CORRELATION_ID_HEADER, value);
+        }
+    }
+    let trace_context = span.context();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&trace_context, &mut HeaderInjector(headers)));
+
+    let explicit = headers.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
+    let inherited = context.and_then(RequestContext::remaining);
+    let remaining = match (explicit, inherited) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    if let Some(remaining) = remaining
+        && let Ok(value) = HeaderValue::from_str(&format_grpc_timeout(remaining))
+    {
+        headers.insert("grpc-timeout", value);
+    }
+    remaining
+}
+
+/// What a failed call through the stack means to the caller. Transport details stay in
+/// the logs.
+fn api_error(target: &str, error: ResilienceError<tonic::transport::Error>) -> ApiError {
+    match error {
+        ResilienceError::Inner(transport) => {
+            tracing::warn!(%target, error = %transport, "peer unreachable");
+            ApiError::external_service(target, "internal_service", true)
+        }
+        ResilienceError::Timeout { after } => ApiError::timeout(target, after),
+        ResilienceError::CircuitOpen { name, retry_after } => ApiError::circuit_open(&name, retry_after),
+        ResilienceError::BulkheadFull { name } => ApiError::external_service(&name, "internal_service", true)
+            .with_detail("reason", "too many concurrent calls"),
+    }
+}
+
+/// A trailers-only gRPC response carrying `error`.
+fn status_response(error: ApiError) -> Response<Body> {
+    let mut status = tonic::Status::from(error);
+    if let Some(id) = RequestContext::current_correlation_id()
+        && let Ok(value) = id.parse()
+    {
+        status.metadata_mut().insert(CORRELATION_ID_HEADER, value);
+    }
+    status.into_http()
+}
+
+/// The bottom of the stack: hands the buffered request to tonic's `Channel`.
+#[derive(Clone)]
+pub struct ToTonicBody(Channel);
+
+impl Service<Request<Bytes>> for ToTonicBody {
+    type Response = Response<Body>;
+    type Error = tonic::transport::Error;
+    type Future = <Channel as Service<Request<Body>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+        self.0.call(request.map(|bytes| Body::new(http_body_util::Full::new(bytes))))
+    }
+}
+
+/// Writes W3C trace context into request headers.
+struct HeaderInjector<'a>(&'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (http::HeaderName::from_bytes(key.as_bytes()), HeaderValue::from_str(&value)) {
+            self.0.insert(name, value);
+        }
+    }
+}

@@ -1,0 +1,151 @@
+use super::*;
+
+fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    Config::load(None, pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())))
+}
+
+fn issue_variables(error: ConfigError) -> Vec<String> {
+    error.issues.into_iter().map(|i| i.variable).collect()
+}
+
+const STRONG_KEY: &str = "q7Vx2pLm9Rt4Kc8Nw3Yb6Hf1Jd5Gs0Za";
+
+#[test]
+fn embedded_defaults_run_without_any_variable() {
+    let config = load(&[]).unwrap();
+    assert_eq!(config.environment, Environment::Development);
+    assert_eq!(config.storage, StorageBackend::Memory);
+    assert_eq!(config.listen_addr(ServiceName::Gateway), "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(config.endpoints.get(ServiceName::SessionStore).url, "http://127.0.0.1:50051");
+    assert_eq!(config.security.secret_key.expose(), DEV_SECRET_KEY);
+    assert_eq!(config.rate_limit.api_default_limit, 100);
+    assert_eq!(config.rate_limit.create_session_limit, 10);
+    assert_eq!(config.rate_limit.execute_agent_limit, 5);
+    assert_eq!(config.redis.session_ttl, Duration::from_secs(3600));
+    assert!(config.nats.url.is_none());
+}
+
+#[test]
+fn seed_retry_and_breaker_numbers_are_the_defaults() {
+    let r = load(&[]).unwrap().resilience;
+    assert_eq!(
+        (r.llm.retry.max_attempts, r.llm.retry.base_delay, r.llm.retry.max_delay),
+        (3, Duration::from_secs(1), Duration::from_secs(60))
+    );
+    assert!((r.llm.retry.multiplier - 2.0).abs() < f64::EPSILON);
+    assert_eq!((r.llm.breaker.failure_threshold, r.llm.breaker.recovery_timeout), (5, Duration::from_secs(60)));
+    assert_eq!((r.database.retry.max_attempts, r.database.retry.base_delay), (5, Duration::from_millis(500)));
+    assert!((r.database.retry.multiplier - 1.5).abs() < f64::EPSILON);
+    assert_eq!(
+        (r.database.breaker.failure_threshold, r.database.breaker.recovery_timeout),
+        (3, Duration::from_secs(30))
+    );
+    assert_eq!((r.mcp.retry.base_delay, r.mcp.retry.max_delay), (Duration::from_secs(2), Duration::from_secs(120)));
+    assert_eq!((r.mcp.breaker.failure_threshold, r.mcp.breaker.recovery_timeout), (3, Duration::from_secs(120)));
+    assert_eq!((r.secret.retry.max_attempts, r.secret.retry.max_delay), (2, Duration::from_secs(10)));
+}
+
+#[test]
+fn retry_and_circuit_variables_override_presets() {
+    let config = load(&[
+        ("RETRY_LLM_MAX_ATTEMPTS", "7"),
+        ("RETRY_LLM_BASE_DELAY", "0.25"),
+        ("CIRCUIT_DB_FAILURE_THRESHOLD", "2"),
+        ("CIRCUIT_MCP_RECOVERY_TIMEOUT", "1.5"),
+    ])
+    .unwrap();
+    assert_eq!(config.resilience.llm.retry.max_attempts, 7);
+    assert_eq!(config.resilience.llm.retry.base_delay, Duration::from_millis(250));
+    assert_eq!(config.resilience.database.breaker.failure_threshold, 2);
+    assert_eq!(config.resilience.mcp.breaker.recovery_timeout, Duration::from_millis(1500));
+}
+
+#[test]
+fn every_bad_value_is_reported_at_once_by_name() {
+    let error = load(&[
+        ("DB_PORT", "not-a-port"),
+        ("REDIS_PORT", "70000"),
+        ("FEATURE_ENABLE_RETRIES", "perhaps"),
+        ("OBSERVABILITY_TRACING_SAMPLE_RATE", "2"),
+        ("SESSION_STORE_ADDR", "nowhere"),
+        ("RETRY_MCP_MAX_ATTEMPTS", "0"),
+    ])
+    .unwrap_err();
+    let text = error.to_string();
+    let names = issue_variables(error);
+    for expected in [
+        "DB_PORT",
+        "REDIS_PORT",
+        "FEATURE_ENABLE_RETRIES",
+        "OBSERVABILITY_TRACING_SAMPLE_RATE",
+        "SESSION_STORE_ADDR",
+        "RETRY_MCP_MAX_ATTEMPTS",
+    ] {
+        assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
+    }
+    assert_eq!(text.lines().count(), names.len() + 1, "one line per issue: {text}");
+}
+
+#[test]
+fn production_refuses_dev_secret_wildcard_cors_memory_and_debug() {
+    let names = issue_variables(
+        load(&[
+            ("ENVIRONMENT", "production"),
+            ("SECURITY_SECRET_KEY", DEV_SECRET_KEY),
+            ("SECURITY_CORS_ORIGINS", "[\"*\"]"),
+            ("USE_MEMORY", "true"),
+            ("DEBUG", "true"),
+        ])
+        .unwrap_err(),
+    );
+    for expected in ["SECURITY_SECRET_KEY", "SECURITY_CORS_ORIGINS", "USE_MEMORY", "DEBUG"] {
+        assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
+    }
+}
+
+#[test]
+fn production_refuses_a_missing_or_weak_secret() {
+    let missing = issue_variables(load(&[("ENVIRONMENT", "production")]).unwrap_err());
+    assert_eq!(missing, ["SECURITY_SECRET_KEY"]);
+    let weak =
+        issue_variables(load(&[("ENVIRONMENT", "production"), ("SECURITY_SECRET_KEY", &"ab".repeat(20))]).unwrap_err());
+    assert_eq!(weak, ["SECURITY_SECRET_KEY"]);
+    let short = issue_variables(load(&[("SECURITY_SECRET_KEY", "short")]).unwrap_err());
+    assert_eq!(short, ["SECURITY_SECRET_KEY"]);
+}
+
+#[test]
+fn production_with_a_strong_secret_uses_persistent_storage() {
+    let config = load(&[("ENVIRONMENT", "production"), ("SECURITY_SECRET_KEY", STRONG_KEY)]).unwrap();
+    assert_eq!(config.storage, StorageBackend::Postgres);
+    assert!(!config.debug);
+    assert!((config.observability.tracing_sample_rate - 0.01).abs() < f64::EPSILON);
+}
+
+#[test]
+fn urls_are_built_from_parts_or_taken_whole_and_never_debug_printed() {
+    let config = load(&[("DB_PASSWORD", "hunter2"), ("DB_HOST", "db"), ("REDIS_PASSWORD", "s3cret")]).unwrap();
+    assert_eq!(config.database.url().expose(), "postgres://postgres:hunter2@db:5432/ai_agent");
+    assert_eq!(config.redis.url().expose(), "redis://:s3cret@localhost:6379/0");
+    let printed = format!("{config:?}");
+    assert!(!printed.contains("hunter2") && !printed.contains("s3cret") && !printed.contains(DEV_SECRET_KEY));
+    let whole = load(&[("DB_URL", "postgres://x@y/z")]).unwrap();
+    assert_eq!(whole.database.url().expose(), "postgres://x@y/z");
+}
+
+#[test]
+fn host_and_port_set_the_gateway_and_service_variables_set_peers() {
+    let config =
+        load(&[("HOST", "0.0.0.0"), ("PORT", "9000"), ("SESSION_STORE_URL", "http://session-store:50051")]).unwrap();
+    assert_eq!(config.listen_addr(ServiceName::Gateway), "0.0.0.0:9000".parse().unwrap());
+    assert_eq!(config.listen_addr(ServiceName::SessionStore), "0.0.0.0:50051".parse().unwrap());
+    assert_eq!(config.endpoints.get(ServiceName::SessionStore).url, "http://session-store:50051");
+}
+
+#[test]
+fn storage_flags_select_one_backend() {
+    assert_eq!(load(&[("USE_REDIS", "true")]).unwrap().storage, StorageBackend::Redis);
+    assert_eq!(load(&[("USE_DATABASE", "1"), ("USE_REDIS", "1")]).unwrap().storage, StorageBackend::Postgres);
+    let none = issue_variables(load(&[("USE_MEMORY", "false")]).unwrap_err());
+    assert_eq!(none, ["USE_MEMORY"]);
+}

@@ -1,0 +1,24 @@
+//! The runtime every agentmesh service shares, so each binary is only its own logic.
+//!
+//! - [`config`]: the seed's environment variables, typed and validated at start-up.
+//! - [`telemetry`]: JSON logs with correlation ids, Prometheus metrics, OTLP traces.
+//! - [`server`]: serve a tonic service with health, reflection, metrics, auth and drain.
+//! - [`client`]: channels to other services behind the resilience stack, forwarding
+//!   correlation id, trace context and deadline.
+//! - [`error`]: the seed's error codes ↔ `tonic::Status` ↔ the REST error body.
+//! - [`context`] and [`auth`]: what a request carries from hop to hop.
+//! - [`binary`]: the `main` shared by the service binaries.
+
+pub mod auth;
+pub mod binary;
+pub mod client;
+pub mod config;
+pub mod context;
+pub mod error;
+pub mod server;
+pub mod telemetry;
+
+pub use config::{Config, ServiceName};
+pub use context::RequestContext;
+pub use error::{ApiError, ErrorCode};
+pub use server::{GrpcServer, ServerError, bind, shutdown_signal};

@@ -1,0 +1,275 @@
+//! The tower layer in front of every gRPC handler.
+//!
+//! Per call it: adopts or mints the correlation id, joins the caller's trace
+//! (`traceparent`), turns `grpc-timeout` into a deadline, authenticates, runs the handler
+//! inside a span and a [`RequestContext`], and records the RED metrics
+//! (`agentmesh_grpc_server_requests_total`, `..._request_duration_seconds`,
+//! `..._in_flight`) with the final gRPC code — read from the response headers for
+//! trailers-only errors and from the trailers otherwise, since streaming calls only know
+//! their outcome at the end.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body::{Body, Frame};
+use opentelemetry::propagation::Extractor;
+use tokio::time::Instant;
+use tower::{Layer, Service};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::auth::{Authenticate, is_open_path};
+use crate::context::{RequestContext, new_correlation_id, parse_grpc_timeout, sanitize_correlation_id};
+use crate::error::{ApiError, CORRELATION_ID_HEADER};
+
+/// Adds [`ServerCall`] around a service.
+#[derive(Clone)]
+pub(crate) struct ServerCallLayer {
+    pub(crate) service_name: &'static str,
+    pub(crate) authenticator: Option<Arc<dyn Authenticate>>,
+}
+
+impl<S> Layer<S> for ServerCallLayer {
+    type Service = ServerCall<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ServerCall { inner, service_name: self.service_name, authenticator: self.authenticator.clone() }
+    }
+}
+
+/// See the module documentation.
+#[derive(Clone)]
+pub(crate) struct ServerCall<S> {
+    inner: S,
+    service_name: &'static str,
+    authenticator: Option<Arc<dyn Authenticate>>,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ServerCall<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Default + Send + 'static,
+{
+    type Response = Response<MeteredBody<ResBody>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        // The ready service goes with this call; the clone waits for the next one.
+        let mut inner = self.inner.clone();
+        std::mem::swap(&mut inner, &mut self.inner);
+
+        let is_grpc = request
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        if !is_grpc {
+            return Box::pin(async move { Ok(inner.call(request).await?.map(MeteredBody::plain)) });
+        }
+
+        let path = request.uri().path().to_owned();
+        let (rpc_service, method) = split_path(&path);
+        let headers = request.headers();
+        let correlation_id = headers
+            .get(CORRELATION_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(sanitize_correlation_id)
+            .map_or_else(new_correlation_id, str::to_owned);
+        let deadline = headers
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .map(|t| Instant::now() + t);
+
+        let span = tracing::info_span!(
+            "grpc.request",
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = %rpc_service,
+            rpc.method = %method,
+            correlation_id = %correlation_id,
+        );
+        let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
+        // Joining the caller's trace fails only when tracing is disabled; then the span is local.
+        let _ = span.set_parent(parent);
+
+        let principal = if is_open_path(&path) {
+            Ok(None)
+        } else {
+            self.authenticator.as_ref().map_or(Ok(None), |auth| auth.authenticate(headers))
+        };
+        let principal = match principal {
+            Ok(principal) => principal,
+            Err(error) => {
+                let service_name = self.service_name;
+                return Box::pin(async move {
+                    tracing::info!(parent: &span, code = %error.code, "call refused by authentication");
+                    let started = Instant::now();
+                    let response = error_response(error, &correlation_id);
+                    record(service_name, &rpc_service, &method, grpc_code_of(response.headers()), started);
+                    Ok(response.map(|()| MeteredBody::plain(ResBody::default())))
+                });
+            }
+        };
+
+        let context = RequestContext { correlation_id: correlation_id.clone(), deadline, principal };
+        request.extensions_mut().insert(context.clone());
+        let call =
+            Call { service_name: self.service_name, rpc_service, method, started: Instant::now(), span: span.clone() };
+        metrics::gauge!("agentmesh_grpc_server_in_flight", "service" => call.service_name).increment(1.0);
+        Box::pin(
+            context
+                .scope(async move {
+                    let mut response = inner.call(request).await?;
+                    if let Ok(value) = HeaderValue::from_str(&correlation_id) {
+                        response.headers_mut().insert(CORRELATION_ID_HEADER, value);
+                    }
+                    let header_code = grpc_code_of(response.headers());
+                    Ok(response.map(|body| MeteredBody::metered(body, call, header_code)))
+                })
+                .instrument(span),
+        )
+    }
+}
+
+/// A trailers-only gRPC error response for a call refused before its handler ran.
+fn error_response(error: ApiError, correlation_id: &str) -> Response<()> {
+    let mut status = tonic::Status::from(error);
+    if let Ok(value) = correlation_id.parse() {
+        status.metadata_mut().insert(CORRELATION_ID_HEADER, value);
+    }
+    status.into_http::<()>()
+}
+
+fn split_path(path: &str) -> (String, String) {
+    let trimmed = path.trim_start_matches('/');
+    match trimmed.split_once('/') {
+        Some((service, method)) => (service.to_owned(), method.to_owned()),
+        None => (trimmed.to_owned(), String::new()),
+    }
+}
+
+fn grpc_code_of(headers: &HeaderMap) -> Option<i32> {
+    headers.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+}
+
+/// Labels and start time of one call, recorded when its response body ends.
+struct Call {
+    service_name: &'static str,
+    rpc_service: String,
+    method: String,
+    started: Instant,
+    /// The call's span, so the completion log line carries its correlation id.
+    span: tracing::Span,
+}
+
+fn record(service_name: &'static str, rpc_service: &str, method: &str, code: Option<i32>, started: Instant) {
+    let code = format!("{:?}", tonic::Code::from(code.unwrap_or(0)));
+    let (rpc_service, method) = (rpc_service.to_owned(), method.to_owned());
+    metrics::counter!(
+        "agentmesh_grpc_server_requests_total",
+        "service" => service_name, "rpc_service" => rpc_service.clone(), "rpc_method" => method.clone(), "code" => code
+    )
+    .increment(1);
+    metrics::histogram!(
+        "agentmesh_grpc_server_request_duration_seconds",
+        "service" => service_name, "rpc_service" => rpc_service, "rpc_method" => method
+    )
+    .record(started.elapsed().as_secs_f64());
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that records the call's metrics when it ends or is dropped.
+    pub(crate) struct MeteredBody<B> {
+        #[pin]
+        inner: B,
+        call: Option<Call>,
+        code: Option<i32>,
+    }
+
+    impl<B> PinnedDrop for MeteredBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(call) = this.call.take() {
+                // Dropped before its trailers: the client went away mid-stream.
+                let code = this.code.or(Some(tonic::Code::Cancelled as i32));
+                finish(call, code);
+            }
+        }
+    }
+}
+
+impl<B> MeteredBody<B> {
+    fn plain(inner: B) -> Self {
+        Self { inner, call: None, code: None }
+    }
+
+    fn metered(inner: B, call: Call, header_code: Option<i32>) -> Self {
+        Self { inner, call: Some(call), code: header_code }
+    }
+}
+
+fn finish(call: Call, code: Option<i32>) {
+    metrics::gauge!("agentmesh_grpc_server_in_flight", "service" => call.service_name).decrement(1.0);
+    let _entered = call.span.enter();
+    tracing::debug!(code = ?tonic::Code::from(code.unwrap_or(0)), elapsed = ?call.started.elapsed(), "call finished");
+    record(call.service_name, &call.rpc_service, &call.method, code, call.started);
+}
+
+impl<B: Body<Data = Bytes>> Body for MeteredBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref()
+                    && let Some(code) = grpc_code_of(trailers)
+                {
+                    *this.code = Some(code);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => *this.code = Some(tonic::Code::Internal as i32),
+            Poll::Ready(None) => {
+                if let Some(call) = this.call.take() {
+                    finish(call, *this.code);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Reads W3C trace context from request headers.
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}

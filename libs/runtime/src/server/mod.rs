@@ -1,0 +1,215 @@
+//! One call serves a service the way every agentmesh service is served.
+//!
+//! [`GrpcServer`] adds `grpc.health.v1`, reflection v1 (the whole agentmesh contract),
+//! Prometheus `/metrics` on the same port (HTTP/1.1 is accepted beside gRPC), the
+//! per-call layer (correlation id, trace context, deadline, authentication, metrics) and
+//! graceful shutdown: on the shutdown signal every service reports NOT_SERVING, keeps
+//! serving for the drain delay so load balancers notice, stops accepting, and gives
+//! in-flight calls the grace period before the rest are cut.
+
+mod layer;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tonic::server::NamedService;
+use tonic::service::{Routes, RoutesBuilder};
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::{HealthReporter, HealthService};
+
+use crate::auth::Authenticate;
+use crate::config::{Config, ServerConfig, ServiceName};
+use crate::telemetry::render_metrics;
+
+/// Serving failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The reflection service could not load the descriptor set.
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed while serving.
+    #[error("gRPC transport failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Binds `address`, naming it in the error.
+pub async fn bind(address: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(address).await.map_err(|source| ServerError::Bind { address, source })
+}
+
+/// A gRPC server under construction. See the module documentation.
+pub struct GrpcServer {
+    /// Labels metrics and logs (e.g. `session-store`).
+    name: &'static str,
+    routes: RoutesBuilder,
+    health: HealthReporter,
+    health_service: HealthServer<HealthService>,
+    /// Fully-qualified names of the added services, reported SERVING once listening.
+    served: Vec<&'static str>,
+    authenticator: Option<Arc<dyn Authenticate>>,
+    settings: ServerConfig,
+    metrics_path: Option<String>,
+}
+
+impl GrpcServer {
+    /// A server for `service`, with shutdown timing and metrics from `config`.
+    pub fn new(service: ServiceName, config: &Config) -> Self {
+        let health = HealthReporter::new();
+        let health_service = HealthServer::new(HealthService::from_health_reporter(health.clone()));
+        let observability = &config.observability;
+        Self {
+            name: service.as_str(),
+            routes: Routes::builder(),
+            health,
+            health_service,
+            served: Vec::new(),
+            authenticator: None,
+            settings: config.server.clone(),
+            metrics_path: observability.metrics_enabled.then(|| observability.metrics_path.clone()),
+        }
+    }
+
+    /// Adds a generated tonic service.
+    #[must_use]
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: tower::Service<http::Request<tonic::body::Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.served.push(S::NAME);
+        self.routes.add_service(service);
+        self
+    }
+
+    /// Authenticates every call except health and reflection.
+    #[must_use]
+    pub fn with_authenticator(mut self, authenticator: Arc<dyn Authenticate>) -> Self {
+        self.authenticator = Some(authenticator);
+        self
+    }
+
+    /// A handle to change health status later, e.g. NOT_SERVING while a database is down.
+    pub fn health_reporter(&self) -> HealthReporter {
+        self.health.clone()
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then drains (see module docs).
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServerError> {
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(agentmesh_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let mut routes = self.routes;
+        routes.add_service(self.health_service);
+        routes.add_service(reflection);
+        let mut router = routes.routes().into_axum_router();
+        if let Some(path) = &self.metrics_path {
+            router = router.route(path, get(|| async { render_metrics() }));
+        }
+
+        for name in &self.served {
+            self.health.set_service_status(name, ServingStatus::Serving).await;
+        }
+        self.health.set_service_status("", ServingStatus::Serving).await;
+
+        let local = listener.local_addr().ok();
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let (stop_accepting, stop_accepting_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tonic::transport::Server::builder()
+            .accept_http1(true)
+            .layer(layer::ServerCallLayer { service_name: self.name, authenticator: self.authenticator })
+            .add_routes(Routes::from(router))
+            .serve_with_incoming_shutdown(incoming, async {
+                // A dropped sender also means stop.
+                let _ = stop_accepting_rx.await;
+            });
+        tokio::pin!(server);
+        tracing::info!(service = self.name, address = ?local, "serving");
+
+        tokio::select! {
+            result = &mut server => return result.map_err(ServerError::from),
+            () = shutdown => {}
+        }
+
+        tracing::info!(service = self.name, drain_delay = ?self.settings.drain_delay, "shutting down: NOT_SERVING");
+        for name in &self.served {
+            self.health.set_service_status(name, ServingStatus::NotServing).await;
+        }
+        self.health.set_service_status("", ServingStatus::NotServing).await;
+        tokio::select! {
+            result = &mut server => return result.map_err(ServerError::from),
+            () = tokio::time::sleep(self.settings.drain_delay) => {}
+        }
+
+        let _ = stop_accepting.send(());
+        match tokio::time::timeout(self.settings.shutdown_grace, &mut server).await {
+            Ok(result) => {
+                tracing::info!(service = self.name, "stopped");
+                result.map_err(ServerError::from)
+            }
+            Err(_) => {
+                tracing::warn!(service = self.name, grace = ?self.settings.shutdown_grace, "grace period over: cutting remaining calls");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C): what binaries pass as their shutdown future.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}
+
+/// Serves only Prometheus metrics on `listener` (the optional `OBSERVABILITY_METRICS_PORT`
+/// listener) until `shutdown` resolves.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    path: &str,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = axum::Router::new().route(path, get(|| async { render_metrics() }));
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}

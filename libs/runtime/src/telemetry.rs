@@ -1,0 +1,165 @@
+//! Logs, metrics and traces, set up once per process.
+//!
+//! Logs are JSON lines (or text for a terminal) from `tracing`; every line inside a request
+//! carries the request span's `correlation_id`. Metrics go to one Prometheus recorder
+//! that every service in the process shares, rendered by [`render_metrics`]. Traces use
+//! OpenTelemetry: spans always get W3C trace context (so `traceparent` propagates across
+//! gRPC hops), and are exported over OTLP/gRPC only when an endpoint is configured.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::config::{LogFormat, ObservabilityConfig};
+
+/// Latency buckets (seconds) for every `*_duration_seconds` histogram: 1 ms to 60 s,
+/// covering both storage calls and LLM completions.
+const DURATION_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Telemetry could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The OTLP exporter could not be built (bad endpoint).
+    #[error("cannot build the OTLP trace exporter for {endpoint}: {source}")]
+    Exporter {
+        /// The configured endpoint.
+        endpoint: String,
+        /// Why.
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+}
+
+/// Keeps trace export running; flushes pending spans when dropped at shutdown.
+#[must_use = "dropping the guard stops trace export"]
+pub struct TelemetryGuard {
+    tracer_provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.tracer_provider.take()
+            && let Err(error) = provider.shutdown()
+        {
+            eprintln!("agentmesh: flushing traces failed: {error}");
+        }
+    }
+}
+
+/// Installs logging, metrics and tracing for the process running `service_name`.
+///
+/// Safe to call more than once (tests, the all-in-one binary): only the first call
+/// installs global state; later calls return a guard that does nothing.
+pub fn init(service_name: &str, config: &ObservabilityConfig) -> Result<TelemetryGuard, TelemetryError> {
+    if config.metrics_enabled {
+        prometheus_handle();
+    }
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(log_directive(&config.log_level)));
+
+    let tracer_provider = if config.tracing_enabled { Some(tracer_provider(service_name, config)?) } else { None };
+    let otel_layer = tracer_provider
+        .as_ref()
+        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("agentmesh")));
+
+    let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
+    let installed = match config.log_format {
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .json()
+                    .with_current_span(true)
+                    .with_span_list(false),
+            )
+            .try_init()
+            .is_ok(),
+        LogFormat::Text => {
+            registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init().is_ok()
+        }
+    };
+    if !installed {
+        return Ok(TelemetryGuard { tracer_provider: None });
+    }
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    Ok(TelemetryGuard { tracer_provider })
+}
+
+/// `info`-level noise from dependencies is useful in production, `debug` is not: the
+/// configured level applies to agentmesh's crates, dependencies log warnings and above.
+fn log_directive(seed_level: &str) -> String {
+    let level = match seed_level.to_ascii_uppercase().as_str() {
+        "TRACE" => "trace",
+        "DEBUG" => "debug",
+        "WARNING" | "WARN" => "warn",
+        "ERROR" | "CRITICAL" => "error",
+        _ => "info",
+    };
+    format!("warn,agentmesh={level}")
+}
+
+fn tracer_provider(service_name: &str, config: &ObservabilityConfig) -> Result<SdkTracerProvider, TelemetryError> {
+    let resource =
+        Resource::builder().with_service_name(format!("{}-{service_name}", config.tracing_service_name)).build();
+    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.tracing_sample_rate)));
+    let mut builder = SdkTracerProvider::builder().with_resource(resource).with_sampler(sampler);
+    if let Some(endpoint) = &config.otlp_endpoint {
+        use opentelemetry_otlp::WithExportConfig;
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint.clone())
+            .build()
+            .map_err(|source| TelemetryError::Exporter { endpoint: endpoint.clone(), source })?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    Ok(builder.build())
+}
+
+/// The process-wide Prometheus handle, installing the recorder on first use.
+pub fn prometheus_handle() -> &'static PrometheusHandle {
+    PROMETHEUS.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("duration_seconds".to_owned()), DURATION_BUCKETS)
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (a test harness); the handle then
+        // renders only what this recorder saw, which is still valid exposition text.
+        let _already_installed = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// The Prometheus text exposition of every metric recorded in this process.
+pub fn render_metrics() -> String {
+    prometheus_handle().render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_log_levels_map_to_directives_for_our_crates() {
+        assert_eq!(log_directive("DEBUG"), "warn,agentmesh=debug");
+        assert_eq!(log_directive("WARNING"), "warn,agentmesh=warn");
+        assert_eq!(log_directive("CRITICAL"), "warn,agentmesh=error");
+        assert_eq!(log_directive("INFO"), "warn,agentmesh=info");
+    }
+
+    #[test]
+    fn recorded_metrics_are_rendered() {
+        prometheus_handle();
+        metrics::counter!("agentmesh_telemetry_test_total", "kind" => "unit").increment(3);
+        let text = render_metrics();
+        assert!(text.contains("agentmesh_telemetry_test_total{kind=\"unit\"} 3"), "{text}");
+    }
+}

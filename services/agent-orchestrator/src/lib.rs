@@ -1,0 +1,30 @@
+//! agent-orchestrator: owns agents, runs and checkpoints (ARCHITECTURE §2, §7).
+//!
+//! Serves `agentmesh.agent.v1.AgentService`. The graph loop arrives with the
+//! agent-orchestrator issue; until then every RPC answers UNIMPLEMENTED.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use agentmesh_proto::agentmesh::agent::v1::agent_service_server::{AgentService, AgentServiceServer};
+use agentmesh_runtime::{Config, GrpcServer, ServerError, ServiceName};
+use tokio::net::TcpListener;
+
+/// Serves this service on `listener` until `shutdown` resolves, then drains.
+pub async fn run(
+    config: Arc<Config>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    GrpcServer::new(ServiceName::AgentOrchestrator, &config)
+        .add_service(AgentServiceServer::new(AgentOrchestrator))
+        .serve(listener, shutdown)
+        .await
+}
+
+/// The `AgentService` implementation.
+#[derive(Debug, Clone, Copy)]
+pub struct AgentOrchestrator;
+
+#[tonic::async_trait]
+impl AgentService for AgentOrchestrator {}

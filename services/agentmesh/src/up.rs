@@ -1,0 +1,160 @@
+//! `agentmesh up`: the whole mesh in one process.
+//!
+//! The five internal services bind ephemeral loopback ports and the gateway learns their
+//! URLs, so nothing but the gateway's address is exposed and two instances never collide.
+//! All six share one shutdown: a signal, or any service stopping on its own (an error),
+//! stops the rest, each draining as it would in its own process.
+
+use std::collections::HashMap;
+use std::error::Error;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use agentmesh_runtime::{Config, ServerError, ServiceName, bind};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Why `agentmesh up` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    /// A listener could not be bound.
+    #[error(transparent)]
+    Bind(#[from] ServerError),
+    /// A service failed while running.
+    #[error("{service} failed: {source}")]
+    Service {
+        /// Which one.
+        service: ServiceName,
+        /// Why.
+        source: Box<dyn Error + Send + Sync>,
+    },
+    /// A service stopped although no shutdown was requested.
+    #[error("{0} stopped unexpectedly")]
+    Stopped(ServiceName),
+    /// A service's task panicked (a bug).
+    #[error("{0} panicked")]
+    Panicked(ServiceName),
+}
+
+/// Addresses the running mesh listens on.
+#[derive(Debug, Clone)]
+pub struct MeshAddresses {
+    /// Where each service listens; the gateway's is the public one.
+    pub services: Vec<(ServiceName, SocketAddr)>,
+}
+
+impl MeshAddresses {
+    /// The address of `service`.
+    pub fn get(&self, service: ServiceName) -> Option<SocketAddr> {
+        self.services.iter().find(|(name, _)| *name == service).map(|(_, addr)| *addr)
+    }
+}
+
+/// Binds every service (internal ones on `127.0.0.1:0`, the gateway on `http` or
+/// `HOST:PORT`), then runs them until `shutdown` resolves.
+pub async fn up(
+    config: Config,
+    http: Option<SocketAddr>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), UpError> {
+    let (config, listeners) = bind_all(config, http).await?;
+    let gateway = listeners.iter().find(|(s, _)| *s == ServiceName::Gateway).and_then(|(_, l)| l.local_addr().ok());
+    if let Some(address) = gateway {
+        tracing::info!(%address, "agentmesh is up: gateway on http://{address}");
+        eprintln!("agentmesh is up: gateway on http://{address} (Ctrl-C to stop)");
+    }
+    run_all(config, listeners, shutdown, |_| {}).await
+}
+
+/// Binds the listeners and points the configuration's peer URLs at them.
+pub async fn bind_all(
+    mut config: Config,
+    http: Option<SocketAddr>,
+) -> Result<(Arc<Config>, Vec<(ServiceName, TcpListener)>), UpError> {
+    let mut listeners = Vec::with_capacity(ServiceName::ALL.len());
+    for service in ServiceName::ALL {
+        let address = if service == ServiceName::Gateway {
+            http.unwrap_or_else(|| config.listen_addr(service))
+        } else {
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        };
+        let listener = bind(address).await?;
+        if let Ok(local) = listener.local_addr() {
+            config.endpoints.set_url(service, format!("http://{local}"));
+        }
+        listeners.push((service, listener));
+    }
+    Ok((Arc::new(config), listeners))
+}
+
+/// Runs one service per listener until `shutdown` resolves or one of them stops; `started`
+/// is told the addresses once every service is spawned.
+pub async fn run_all(
+    config: Arc<Config>,
+    listeners: Vec<(ServiceName, TcpListener)>,
+    shutdown: impl Future<Output = ()> + Send,
+    started: impl FnOnce(MeshAddresses),
+) -> Result<(), UpError> {
+    let stop = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let mut names = HashMap::new();
+    let mut addresses = Vec::new();
+    for (service, listener) in listeners {
+        if let Ok(address) = listener.local_addr() {
+            addresses.push((service, address));
+        }
+        let config = Arc::clone(&config);
+        let stopped = stop.clone().cancelled_owned();
+        let task = tasks.spawn(async move { (service, run_service(service, config, listener, stopped).await) });
+        names.insert(task.id(), service);
+    }
+    started(MeshAddresses { services: addresses });
+
+    let mut first_failure = None;
+    tokio::select! {
+        () = shutdown => {}
+        Some(joined) = tasks.join_next() => {
+            first_failure = Some(match outcome(joined, &names) {
+                Ok(service) => UpError::Stopped(service),
+                Err(error) => error,
+            });
+        }
+    }
+    stop.cancel();
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(error) = outcome(joined, &names) {
+            first_failure.get_or_insert(error);
+        }
+    }
+    first_failure.map_or(Ok(()), Err)
+}
+
+type Joined = Result<(ServiceName, Result<(), UpError>), tokio::task::JoinError>;
+
+/// A finished service task as a result, naming the service even when it panicked.
+fn outcome(joined: Joined, names: &HashMap<tokio::task::Id, ServiceName>) -> Result<ServiceName, UpError> {
+    match joined {
+        Ok((service, Ok(()))) => Ok(service),
+        Ok((_, Err(error))) => Err(error),
+        Err(join_error) => Err(UpError::Panicked(names.get(&join_error.id()).copied().unwrap_or(ServiceName::Gateway))),
+    }
+}
+
+async fn run_service(
+    service: ServiceName,
+    config: Arc<Config>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), UpError> {
+    let result = match service {
+        ServiceName::Gateway => agentmesh_gateway::run(config, listener, shutdown).await,
+        ServiceName::SessionStore => agentmesh_session_store::run(config, listener, shutdown).await,
+        ServiceName::AgentOrchestrator => agentmesh_agent_orchestrator::run(config, listener, shutdown).await,
+        ServiceName::LlmProxy => agentmesh_llm_proxy::run(config, listener, shutdown).await,
+        ServiceName::McpBroker => agentmesh_mcp_broker::run(config, listener, shutdown).await,
+        ServiceName::SecretsBroker => agentmesh_secrets_broker::run(config, listener, shutdown).await,
+    };
+    result.map_err(|source| UpError::Service { service, source: Box::new(source) })
+}

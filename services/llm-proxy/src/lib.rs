@@ -1,0 +1,30 @@
+//! llm-proxy: the one way to an LLM provider (ARCHITECTURE §2, §5).
+//!
+//! Serves `agentmesh.llm.v1.LlmService`. Providers arrive with the llm-proxy issue; until
+//! then every RPC answers UNIMPLEMENTED.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use agentmesh_proto::agentmesh::llm::v1::llm_service_server::{LlmService, LlmServiceServer};
+use agentmesh_runtime::{Config, GrpcServer, ServerError, ServiceName};
+use tokio::net::TcpListener;
+
+/// Serves this service on `listener` until `shutdown` resolves, then drains.
+pub async fn run(
+    config: Arc<Config>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    GrpcServer::new(ServiceName::LlmProxy, &config)
+        .add_service(LlmServiceServer::new(LlmProxy))
+        .serve(listener, shutdown)
+        .await
+}
+
+/// The `LlmService` implementation.
+#[derive(Debug, Clone, Copy)]
+pub struct LlmProxy;
+
+#[tonic::async_trait]
+impl LlmService for LlmProxy {}

@@ -1,0 +1,30 @@
+//! mcp-broker: owns MCP servers and tools, and invokes them (ARCHITECTURE §2).
+//!
+//! Serves `agentmesh.mcp.v1.McpService`. Registry and transports arrive with the
+//! mcp-broker issue; until then every RPC answers UNIMPLEMENTED.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use agentmesh_proto::agentmesh::mcp::v1::mcp_service_server::{McpService, McpServiceServer};
+use agentmesh_runtime::{Config, GrpcServer, ServerError, ServiceName};
+use tokio::net::TcpListener;
+
+/// Serves this service on `listener` until `shutdown` resolves, then drains.
+pub async fn run(
+    config: Arc<Config>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    GrpcServer::new(ServiceName::McpBroker, &config)
+        .add_service(McpServiceServer::new(McpBroker))
+        .serve(listener, shutdown)
+        .await
+}
+
+/// The `McpService` implementation.
+#[derive(Debug, Clone, Copy)]
+pub struct McpBroker;
+
+#[tonic::async_trait]
+impl McpService for McpBroker {}

@@ -1,0 +1,30 @@
+//! secrets-broker: reads secret providers and caches them (ARCHITECTURE §2).
+//!
+//! Serves `agentmesh.secrets.v1.SecretsService`. Providers arrive with the secrets-broker
+//! issue; until then every RPC answers UNIMPLEMENTED.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use agentmesh_proto::agentmesh::secrets::v1::secrets_service_server::{SecretsService, SecretsServiceServer};
+use agentmesh_runtime::{Config, GrpcServer, ServerError, ServiceName};
+use tokio::net::TcpListener;
+
+/// Serves this service on `listener` until `shutdown` resolves, then drains.
+pub async fn run(
+    config: Arc<Config>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    GrpcServer::new(ServiceName::SecretsBroker, &config)
+        .add_service(SecretsServiceServer::new(SecretsBroker))
+        .serve(listener, shutdown)
+        .await
+}
+
+/// The `SecretsService` implementation.
+#[derive(Debug, Clone, Copy)]
+pub struct SecretsBroker;
+
+#[tonic::async_trait]
+impl SecretsService for SecretsBroker {}
