@@ -13,9 +13,10 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{LogFormat, ObservabilityConfig};
 
@@ -63,29 +64,27 @@ pub fn init(service_name: &str, config: &ObservabilityConfig) -> Result<Telemetr
     if config.metrics_enabled {
         prometheus_handle();
     }
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(log_directive(&config.log_level)));
+    // The log level filters log output only; spans still reach the tracer at INFO and
+    // above, so `OBSERVABILITY_LOG_LEVEL=ERROR` does not break trace propagation.
+    let log_filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(log_directive(&config.log_level)));
+    let log_layer = match config.log_format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
+    };
 
     let tracer_provider = if config.tracing_enabled { Some(tracer_provider(service_name, config)?) } else { None };
-    let otel_layer = tracer_provider
-        .as_ref()
-        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("agentmesh")));
+    let trace_layer = tracer_provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer().with_tracer(provider.tracer("agentmesh")).with_filter(LevelFilter::INFO)
+    });
 
-    let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
-    let installed = match config.log_format {
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
-                    .json()
-                    .with_current_span(true)
-                    .with_span_list(false),
-            )
-            .try_init()
-            .is_ok(),
-        LogFormat::Text => {
-            registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init().is_ok()
-        }
-    };
+    let installed =
+        tracing_subscriber::registry().with(log_layer.with_filter(log_filter)).with(trace_layer).try_init().is_ok();
     if !installed {
         return Ok(TelemetryGuard { tracer_provider: None });
     }

@@ -543,7 +543,7 @@ impl Config {
         };
         let otlp_endpoint = v.opt("OBSERVABILITY_OTLP_ENDPOINT").or_else(|| v.opt("OTEL_EXPORTER_OTLP_ENDPOINT"));
 
-        Config {
+        let mut config = Config {
             environment,
             debug: v.get("DEBUG", development),
             app_name: v.get("APP_NAME", "agentmesh".to_owned()),
@@ -643,6 +643,23 @@ impl Config {
                 shutdown_grace: v.get("SERVER_SHUTDOWN_GRACE_PERIOD", Duration::from_secs(30)),
                 request_timeout: v.get("SERVER_REQUEST_TIMEOUT", Duration::from_secs(60)),
             },
+        };
+        config.apply_feature_flags();
+        config
+    }
+
+    /// `FEATURE_ENABLE_RETRIES=false` leaves one attempt per call and
+    /// `FEATURE_ENABLE_CIRCUIT_BREAKERS=false` makes breakers never open, for every client.
+    fn apply_feature_flags(&mut self) {
+        let r = &mut self.resilience;
+        for preset in [&mut r.llm, &mut r.database, &mut r.mcp, &mut r.secret, &mut r.internal] {
+            if !self.features.enable_retries {
+                preset.retry.max_attempts = 1;
+            }
+            if !self.features.enable_circuit_breakers {
+                preset.breaker.failure_threshold = u32::MAX;
+                preset.breaker.failure_rate = None;
+            }
         }
     }
 

@@ -149,3 +149,16 @@ fn storage_flags_select_one_backend() {
     let none = issue_variables(load(&[("USE_MEMORY", "false")]).unwrap_err());
     assert_eq!(none, ["USE_MEMORY"]);
 }
+
+#[test]
+fn feature_flags_can_switch_retries_and_breakers_off_everywhere() {
+    let config = load(&[("FEATURE_ENABLE_RETRIES", "false"), ("FEATURE_ENABLE_CIRCUIT_BREAKERS", "false")]).unwrap();
+    let r = &config.resilience;
+    for preset in [&r.llm, &r.database, &r.mcp, &r.secret, &r.internal] {
+        assert_eq!(preset.retry.max_attempts, 1);
+        assert_eq!(preset.breaker.failure_threshold, u32::MAX);
+        assert!(preset.breaker.failure_rate.is_none());
+    }
+    let defaults = load(&[]).unwrap();
+    assert_eq!(defaults.resilience.llm.retry.max_attempts, 3);
+}

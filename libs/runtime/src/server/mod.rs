@@ -141,6 +141,8 @@ impl GrpcServer {
         let (stop_accepting, stop_accepting_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tonic::transport::Server::builder()
             .accept_http1(true)
+            // Bounds a handler when the caller sent no `grpc-timeout` (or a longer one).
+            .timeout(self.settings.request_timeout)
             .layer(layer::ServerCallLayer { service_name: self.name, authenticator: self.authenticator })
             .add_routes(Routes::from(router))
             .serve_with_incoming_shutdown(incoming, async {
