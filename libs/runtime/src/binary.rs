@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::config::{Config, ServiceName};
-use crate::server::{bind, serve_metrics, shutdown_signal};
+use crate::server::{ServerError, bind, serve_metrics, shutdown_signal};
 use crate::telemetry;
 
 /// The shutdown future handed to a service: resolves when the process should stop.
@@ -22,52 +22,62 @@ pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// Exit code for a configuration the binary refuses to start with.
 const EXIT_BAD_CONFIG: u8 = 2;
 
-/// Runs `service` as a process: loads and validates [`Config`] from the environment (exit
-/// code 2 listing every bad variable), starts the tokio runtime with `WORKERS` threads,
-/// installs telemetry, binds the service's listen address and awaits `run`.
+/// Runs `service` as a process: see [`run_process`]; then binds the service's listen
+/// address and awaits `run` until SIGTERM/SIGINT.
 pub fn main<F, Fut, E>(service: ServiceName, run: F) -> ExitCode
 where
     F: FnOnce(Arc<Config>, TcpListener, Shutdown) -> Fut,
     Fut: Future<Output = Result<(), E>>,
-    E: Display,
+    E: Display + From<ServerError>,
+{
+    let name = format!("agentmesh-{service}");
+    run_process(&name, service.as_str(), |config| async move {
+        let listener = bind(config.listen_addr(service)).await?;
+        run(Arc::new(config), listener, Box::pin(shutdown_signal())).await
+    })
+}
+
+/// The life of an agentmesh process: loads and validates [`Config`] from the environment
+/// (exit code 2 listing every bad variable), starts the tokio runtime with `WORKERS`
+/// threads, installs telemetry for `telemetry_name`, starts the optional metrics listener,
+/// then awaits `body`; an error from it is logged and exits 1.
+pub fn run_process<F, Fut, E>(program: &str, telemetry_name: &str, body: F) -> ExitCode
+where
+    F: FnOnce(Config) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Display + From<ServerError>,
 {
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(error) => {
-            eprintln!("agentmesh-{service}: {error}");
+            eprintln!("{program}: {error}");
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
     let runtime = match build_runtime(config.workers) {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("agentmesh-{service}: cannot start the async runtime: {error}");
+            eprintln!("{program}: cannot start the async runtime: {error}");
             return ExitCode::FAILURE;
         }
     };
     runtime.block_on(async move {
-        let _telemetry = match telemetry::init(service.as_str(), &config.observability) {
+        let _telemetry = match telemetry::init(telemetry_name, &config.observability) {
             Ok(guard) => guard,
             Err(error) => {
-                eprintln!("agentmesh-{service}: {error}");
+                eprintln!("{program}: {error}");
                 return ExitCode::FAILURE;
             }
         };
-        if let Err(error) = spawn_metrics_listener(&config).await {
-            tracing::error!(%error, "cannot start");
-            return ExitCode::FAILURE;
-        }
-        let listener = match bind(config.listen_addr(service)).await {
-            Ok(listener) => listener,
-            Err(error) => {
-                tracing::error!(%error, "cannot start");
-                return ExitCode::FAILURE;
-            }
+        let result = match spawn_metrics_listener(&config).await {
+            Ok(()) => body(config).await,
+            Err(error) => Err(E::from(error)),
         };
-        match run(Arc::new(config), listener, Box::pin(shutdown_signal())).await {
+        match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 tracing::error!(%error, "stopped with an error");
+                eprintln!("{program}: {error}");
                 ExitCode::FAILURE
             }
         }
@@ -76,7 +86,7 @@ where
 
 /// Starts the dedicated metrics listener when `OBSERVABILITY_METRICS_PORT` is set; it lives
 /// as long as the runtime.
-pub async fn spawn_metrics_listener(config: &Config) -> Result<(), crate::ServerError> {
+pub async fn spawn_metrics_listener(config: &Config) -> Result<(), ServerError> {
     let observability = &config.observability;
     if !observability.metrics_enabled || observability.metrics_port == 0 {
         return Ok(());
