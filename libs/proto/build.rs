@@ -27,12 +27,16 @@ fn main() -> Result<(), Box<dyn Error>> {
     // agentmesh.common.v1 rules), which the prost_types conversion below drops.
     fs::write(out_dir.join("agentmesh_descriptor.bin"), compiler.encode_file_descriptor_set())?;
 
+    // Type names let code ask a generated message for its protobuf full name
+    // (`prost::Name`), e.g. to find its descriptor for contract-driven validation.
+    let mut config = tonic_prost_build::Config::new();
+    config.enable_type_names();
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
         // Services implement the RPCs they own; the rest answer UNIMPLEMENTED until built.
         .generate_default_stubs(true)
-        .compile_fds(compiler.file_descriptor_set())?;
+        .compile_fds_with_config(compiler.file_descriptor_set(), config)?;
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 //! - [`client`]: channels to other services behind the resilience stack, forwarding
 //!   correlation id, trace context and deadline.
 //! - [`error`]: the seed's error codes ↔ `tonic::Status` ↔ the REST error body.
+//! - [`validate`]: the contract's field rules, enforced for every request.
 //! - [`context`] and [`auth`]: what a request carries from hop to hop.
 //! - [`binary`]: the `main` shared by the service binaries.
 
@@ -17,6 +18,7 @@ pub mod context;
 pub mod error;
 pub mod server;
 pub mod telemetry;
+pub mod validate;
 
 pub use config::{Config, ServiceName};
 pub use context::RequestContext;

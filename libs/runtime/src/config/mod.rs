@@ -417,6 +417,19 @@ impl Endpoints {
     }
 }
 
+/// Size limits of session-store input (`SESSION_*`), beyond the contract's own bounds.
+#[derive(Debug, Clone)]
+pub struct SessionLimits {
+    /// `SESSION_MAX_TITLE_LENGTH`: characters, at most the seed's 500 (the column size).
+    pub max_title_length: usize,
+    /// `SESSION_MAX_CONTENT_LENGTH`: characters of one message.
+    pub max_content_length: usize,
+    /// `SESSION_MAX_METADATA_BYTES`: serialized JSON size of one `metadata` object.
+    pub max_metadata_bytes: usize,
+    /// `SESSION_MAX_TOOL_CALLS`: entries of one message's `tool_calls`.
+    pub max_tool_calls: usize,
+}
+
 /// Graceful-shutdown timing (`SERVER_*`).
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -460,6 +473,8 @@ pub struct Config {
     pub features: FeatureFlags,
     /// Per-service listen addresses and peer URLs.
     pub endpoints: Endpoints,
+    /// `SESSION_*`.
+    pub session_limits: SessionLimits,
     /// `SERVER_*`.
     pub server: ServerConfig,
 }
@@ -638,6 +653,12 @@ impl Config {
                 enable_mcp_hot_reload: v.get("FEATURE_ENABLE_MCP_HOT_RELOAD", false),
             },
             endpoints,
+            session_limits: SessionLimits {
+                max_title_length: v.get("SESSION_MAX_TITLE_LENGTH", 500),
+                max_content_length: v.get("SESSION_MAX_CONTENT_LENGTH", 262_144),
+                max_metadata_bytes: v.get("SESSION_MAX_METADATA_BYTES", 16_384),
+                max_tool_calls: v.get("SESSION_MAX_TOOL_CALLS", 128),
+            },
             server: ServerConfig {
                 drain_delay: v.get("SERVER_DRAIN_DELAY", Duration::ZERO),
                 shutdown_grace: v.get("SERVER_SHUTDOWN_GRACE_PERIOD", Duration::from_secs(30)),
@@ -711,6 +732,9 @@ impl Config {
             "TRACE" | "DEBUG" | "INFO" | "WARNING" | "WARN" | "ERROR" | "CRITICAL"
         ) {
             v.issue("OBSERVABILITY_LOG_LEVEL", "expected DEBUG, INFO, WARNING, ERROR or CRITICAL");
+        }
+        if self.session_limits.max_title_length == 0 || self.session_limits.max_title_length > 500 {
+            v.issue("SESSION_MAX_TITLE_LENGTH", "must be between 1 and 500 (the stored column's size)");
         }
         if !self.observability.metrics_path.starts_with('/') {
             v.issue("OBSERVABILITY_METRICS_PATH", "must start with `/`");

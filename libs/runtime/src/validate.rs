@@ -1,0 +1,184 @@
+//! Contract-driven validation: the `agentmesh.common.v1.field` rules written in `proto/`
+//! (required, lengths, formats, bounds, list sizes) are enforced here, for every service
+//! and the gateway alike, so the contract and the checks can never drift apart.
+//!
+//! A request is read through its descriptor (prost-reflect) and every violation is
+//! collected at once, named by its field path as a client sends it (`sessions[3].title`),
+//! into one `validation_error` with field violations.
+
+use agentmesh_proto::agentmesh::common::v1::FieldRules;
+use agentmesh_proto::options::field_rules;
+use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, ReflectMessage, Value};
+use serde_json::Value as Json;
+
+use crate::error::{ApiError, FieldViolation};
+
+/// Checks `message` against the field rules of its contract type; all violations at once.
+pub fn validate<M: prost::Message + prost::Name>(message: &M) -> Result<(), ApiError> {
+    let Some(descriptor) = agentmesh_proto::descriptor_pool().get_message_by_name(&M::full_name()) else {
+        return Ok(());
+    };
+    let dynamic = DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice()).map_err(|error| {
+        tracing::error!(%error, message = M::full_name(), "generated message does not decode with its own descriptor");
+        ApiError::internal()
+    })?;
+    validate_dynamic(&dynamic)
+}
+
+/// Checks a message already in dynamic form (what the gateway holds after transcoding).
+pub fn validate_dynamic(message: &DynamicMessage) -> Result<(), ApiError> {
+    let mut violations = Vec::new();
+    check_message(message, "", &mut violations);
+    if violations.is_empty() { Ok(()) } else { Err(ApiError::validation(violations)) }
+}
+
+fn check_message(message: &DynamicMessage, prefix: &str, out: &mut Vec<FieldViolation>) {
+    for field in message.descriptor().fields() {
+        let path = if prefix.is_empty() { field.name().to_owned() } else { format!("{prefix}.{}", field.name()) };
+        let rules = field_rules(&field).unwrap_or_default();
+        let present = message.has_field(&field);
+        let value = message.get_field(&field);
+        if field.is_list() {
+            let items = value.as_list().unwrap_or_default();
+            if rules.required && items.is_empty() {
+                out.push(violation(&path, "is required and must not be empty", Json::Array(vec![])));
+            }
+            if rules.max_items > 0 && items.len() > rules.max_items as usize {
+                let message = format!("must have at most {} items", rules.max_items);
+                out.push(violation(&path, &message, Json::from(items.len())));
+            }
+            for (index, item) in items.iter().enumerate() {
+                check_value(&field, &rules, item, &format!("{path}[{index}]"), out);
+            }
+        } else if field.is_map() {
+            continue;
+        } else if !present && field.supports_presence() {
+            if rules.required {
+                out.push(violation(&path, "is required", Json::Null));
+            }
+        } else {
+            check_value(&field, &rules, &value, &path, out);
+        }
+    }
+}
+
+fn check_value(field: &FieldDescriptor, rules: &FieldRules, value: &Value, path: &str, out: &mut Vec<FieldViolation>) {
+    match value {
+        Value::String(text) => check_string(rules, text, path, out),
+        Value::I32(_) | Value::I64(_) | Value::U32(_) | Value::U64(_) => check_integer(rules, value, path, out),
+        Value::EnumNumber(number) => {
+            if let Kind::Enum(descriptor) = field.kind()
+                && descriptor.get_value(*number).is_none()
+            {
+                out.push(violation(path, "is not one of the allowed values", Json::from(*number)));
+            }
+        }
+        Value::Message(inner) if !inner.descriptor().full_name().starts_with("google.protobuf.") => {
+            check_message(inner, path, out);
+        }
+        _ => {}
+    }
+}
+
+fn check_string(rules: &FieldRules, text: &str, path: &str, out: &mut Vec<FieldViolation>) {
+    let length = text.chars().count();
+    if rules.required && text.is_empty() {
+        out.push(violation(path, "is required", Json::from(text)));
+        return;
+    }
+    if rules.min_length > 0 && length < rules.min_length as usize {
+        out.push(violation(path, &format!("must be at least {} characters long", rules.min_length), Json::from(text)));
+    }
+    if rules.max_length > 0 && length > rules.max_length as usize {
+        // Echo only the start of an oversized value.
+        let shown: String = text.chars().take(64).collect();
+        out.push(violation(path, &format!("must be at most {} characters long", rules.max_length), Json::from(shown)));
+    }
+    if rules.format == "uuid" && !text.is_empty() && uuid::Uuid::try_parse(text).is_err() {
+        out.push(violation(path, "must be a UUID", Json::from(text)));
+    }
+}
+
+fn check_integer(rules: &FieldRules, value: &Value, path: &str, out: &mut Vec<FieldViolation>) {
+    let number = match value {
+        Value::I32(n) => i128::from(*n),
+        Value::I64(n) => i128::from(*n),
+        Value::U32(n) => i128::from(*n),
+        Value::U64(n) => i128::from(*n),
+        _ => return,
+    };
+    let message = match (rules.minimum, rules.maximum) {
+        (Some(min), Some(max)) if number < i128::from(min) || number > i128::from(max) => {
+            format!("must be between {min} and {max}")
+        }
+        (Some(min), None) if number < i128::from(min) => format!("must be at least {min}"),
+        (None, Some(max)) if number > i128::from(max) => format!("must be at most {max}"),
+        _ => return,
+    };
+    out.push(violation(path, &message, Json::from(i64::try_from(number).unwrap_or(i64::MAX))));
+}
+
+fn violation(field: &str, message: &str, value: Json) -> FieldViolation {
+    FieldViolation { field: field.to_owned(), message: message.to_owned(), value }
+}
+
+#[cfg(test)]
+mod tests {
+    use agentmesh_proto::agentmesh::session::v1::{
+        BulkCreateSessionsRequest, CreateMessageRequest, CreateSessionRequest, ListMessagesRequest, ListSessionsRequest,
+    };
+
+    use super::*;
+    use crate::error::ErrorCode;
+
+    fn fields(error: ApiError) -> Vec<String> {
+        assert_eq!(error.code, ErrorCode::Validation);
+        error.field_violations.into_iter().map(|v| v.field).collect()
+    }
+
+    #[test]
+    fn valid_requests_pass() {
+        validate(&ListSessionsRequest { limit: Some(100), offset: Some(0), ..Default::default() }).unwrap();
+        validate(&CreateMessageRequest {
+            session_id: uuid::Uuid::now_v7().to_string(),
+            content: "hi".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn the_seed_bounds_are_enforced_with_every_violation_named() {
+        let error =
+            validate(&ListSessionsRequest { limit: Some(0), offset: Some(-1), ..Default::default() }).unwrap_err();
+        assert_eq!(fields(error.clone()), ["limit", "offset"]);
+        assert_eq!(error.field_violations[0].message, "must be between 1 and 100");
+        assert_eq!(error.field_violations[0].value, Json::from(0));
+        let error = validate(&ListMessagesRequest {
+            session_id: "nope".into(),
+            limit: Some(201),
+            role: Some(42),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(fields(error), ["session_id", "limit", "role"]);
+    }
+
+    #[test]
+    fn nested_items_are_named_by_index_and_lists_are_bounded() {
+        let long = CreateSessionRequest { title: Some("x".repeat(501)), ..Default::default() };
+        let ok = CreateSessionRequest::default();
+        let error = validate(&BulkCreateSessionsRequest { sessions: vec![ok.clone(), long] }).unwrap_err();
+        assert_eq!(fields(error), ["sessions[1].title"]);
+        let error = validate(&BulkCreateSessionsRequest { sessions: vec![ok; 101] }).unwrap_err();
+        assert_eq!(fields(error), ["sessions"]);
+        let error = validate(&BulkCreateSessionsRequest { sessions: vec![] }).unwrap_err();
+        assert_eq!(fields(error), ["sessions"]);
+    }
+
+    #[test]
+    fn required_strings_must_not_be_empty() {
+        let error = validate(&CreateMessageRequest::default()).unwrap_err();
+        assert_eq!(fields(error), ["session_id", "content"]);
+    }
+}

@@ -1,0 +1,475 @@
+//! `SessionService` over gRPC: the seed's sessions and messages API.
+//!
+//! Each RPC: takes the caller's principal (every record is scoped to it), validates the
+//! request against the contract's field rules plus the configured size limits, turns it
+//! into a store call, and maps the result back. Store errors become the mesh's error
+//! model: not found (also for other owners' records), validation, or a retryable
+//! `external_service_error` when the backend is down. Creates honour `idempotency-key`.
+
+use std::sync::Arc;
+
+use agentmesh_proto::agentmesh::common::v1::SortOrder;
+use agentmesh_proto::agentmesh::session::v1 as pb;
+use agentmesh_proto::agentmesh::session::v1::session_service_server::SessionService as SessionRpc;
+use agentmesh_runtime::config::SessionLimits;
+use agentmesh_runtime::error::FieldViolation;
+use agentmesh_runtime::validate::validate;
+use agentmesh_runtime::{ApiError, ErrorCode, RequestContext};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::convert::{message_to_proto, role_from_proto, session_to_proto, struct_to_object};
+use crate::idempotency::{self, Claim, IdempotencyStore};
+use crate::paging::{self, query_fingerprint};
+use crate::store::{
+    Cursor, Direction, JsonObject, MessagePatch, MessageQuery, NewMessage, NewSession, Owner, Role, SessionPatch,
+    SessionQuery, SessionSort, SessionStore, StoreError,
+};
+
+/// Metadata key of the idempotency key (the gateway maps the `Idempotency-Key` header).
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+const DEFAULT_SESSION_LIMIT: u32 = 20;
+const DEFAULT_MESSAGE_LIMIT: u32 = 50;
+
+/// The service: a store, its idempotency keys and the input limits.
+pub struct SessionService {
+    store: Arc<dyn SessionStore>,
+    idempotency: Arc<dyn IdempotencyStore>,
+    limits: SessionLimits,
+}
+
+impl SessionService {
+    /// A service over `store`.
+    pub fn new(store: Arc<dyn SessionStore>, idempotency: Arc<dyn IdempotencyStore>, limits: SessionLimits) -> Self {
+        Self { store, idempotency, limits }
+    }
+
+    /// Runs a create once per idempotency key (see [`crate::idempotency`]).
+    async fn once<Req, Resp, F>(&self, request: &Request<Req>, owner: &Owner, create: F) -> Result<Resp, Status>
+    where
+        Req: prost::Message + prost::Name,
+        Resp: prost::Message + Default,
+        F: Future<Output = Result<Resp, Status>>,
+    {
+        let Some(key) = request.metadata().get(IDEMPOTENCY_KEY) else { return create.await };
+        let key = key
+            .to_str()
+            .ok()
+            .filter(|k| !k.is_empty() && k.len() <= idempotency::MAX_KEY_LENGTH)
+            .ok_or_else(|| invalid("idempotency_key", "must be 1 to 255 visible ASCII characters", Value::Null))?;
+        let fingerprint: [u8; 32] = {
+            let mut hasher = Sha256::new();
+            hasher.update(Req::full_name().as_bytes());
+            hasher.update([0]);
+            hasher.update(request.get_ref().encode_to_vec());
+            hasher.finalize().into()
+        };
+        match self.idempotency.claim(owner, key, &fingerprint, idempotency::LEASE).await.map_err(store_error)? {
+            Claim::Replay(bytes) => Resp::decode(bytes.as_slice()).map_err(|error| {
+                tracing::error!(%error, "stored idempotent response does not decode");
+                Status::from(ApiError::internal())
+            }),
+            Claim::Mismatch => {
+                Err(ApiError::new(ErrorCode::Conflict, "Idempotency-Key was already used with a different request")
+                    .into())
+            }
+            Claim::InProgress => {
+                Err(ApiError::new(ErrorCode::Conflict, "A request with this Idempotency-Key is in progress")
+                    .with_retry_after(std::time::Duration::from_secs(1))
+                    .into())
+            }
+            Claim::Acquired => match create.await {
+                Ok(response) => {
+                    let encoded = response.encode_to_vec();
+                    let stored = self.idempotency.complete(owner, key, &encoded, idempotency::RETENTION).await;
+                    if let Err(error) = stored {
+                        tracing::warn!(%error, "idempotent response not stored; a retry will create again");
+                    }
+                    Ok(response)
+                }
+                Err(status) => {
+                    if let Err(error) = self.idempotency.release(owner, key).await {
+                        tracing::warn!(%error, "idempotency claim not released; it expires with its lease");
+                    }
+                    Err(status)
+                }
+            },
+        }
+    }
+
+    fn check_metadata(&self, field: &str, metadata: &JsonObject, out: &mut Vec<FieldViolation>) {
+        let size = serde_json::to_vec(metadata).map_or(usize::MAX, |bytes| bytes.len());
+        if size > self.limits.max_metadata_bytes {
+            let message = format!("must be at most {} bytes of JSON", self.limits.max_metadata_bytes);
+            out.push(violation(field, &message, Value::from(size)));
+        }
+    }
+
+    fn check_title(&self, field: &str, title: Option<&String>, out: &mut Vec<FieldViolation>) {
+        if let Some(title) = title
+            && title.chars().count() > self.limits.max_title_length
+        {
+            let message = format!("must be at most {} characters long", self.limits.max_title_length);
+            out.push(violation(field, &message, Value::Null));
+        }
+    }
+
+    fn new_session(
+        &self,
+        prefix: &str,
+        request: pb::CreateSessionRequest,
+        out: &mut Vec<FieldViolation>,
+    ) -> NewSession {
+        let metadata = request.metadata.as_ref().map(struct_to_object).unwrap_or_default();
+        self.check_title(&format!("{prefix}title"), request.title.as_ref(), out);
+        self.check_metadata(&format!("{prefix}metadata"), &metadata, out);
+        NewSession { user_id: request.user_id, title: request.title, metadata }
+    }
+
+    fn check_content(&self, content: &str, out: &mut Vec<FieldViolation>) {
+        if content.chars().count() > self.limits.max_content_length {
+            let message = format!("must be at most {} characters long", self.limits.max_content_length);
+            out.push(violation("content", &message, Value::Null));
+        }
+    }
+}
+
+fn violation(field: &str, message: &str, value: Value) -> FieldViolation {
+    FieldViolation { field: field.to_owned(), message: message.to_owned(), value }
+}
+
+fn invalid(field: &str, message: &str, value: Value) -> Status {
+    ApiError::validation(vec![violation(field, message, value)]).into()
+}
+
+fn finish(violations: Vec<FieldViolation>) -> Result<(), Status> {
+    if violations.is_empty() { Ok(()) } else { Err(ApiError::validation(violations).into()) }
+}
+
+/// The caller, as established by the server's authenticator.
+fn owner<T>(request: &Request<T>) -> Result<Owner, Status> {
+    let principal = request
+        .extensions()
+        .get::<RequestContext>()
+        .and_then(|context| context.principal.clone())
+        .ok_or_else(|| Status::from(ApiError::new(ErrorCode::Authentication, "Authentication required")))?;
+    Ok(Owner { tenant_id: principal.tenant_id, user_id: principal.user_id })
+}
+
+/// A UUID already checked by the contract's `format: "uuid"` rule.
+fn id(field: &str, raw: &str) -> Result<Uuid, Status> {
+    Uuid::try_parse(raw).map_err(|_| invalid(field, "must be a UUID", Value::from(raw)))
+}
+
+fn store_error(error: StoreError) -> Status {
+    match error {
+        StoreError::NotFound => ApiError::not_found("Resource").into(),
+        StoreError::InvalidParent => invalid("parent_message_id", "must be a message of the same session", Value::Null),
+        StoreError::Unavailable(source) => {
+            tracing::warn!(error = %source, "session storage unavailable");
+            ApiError::external_service("session-storage", "database", true).into()
+        }
+        StoreError::Internal(source) => {
+            tracing::error!(error = %source, "session storage failure");
+            ApiError::internal().into()
+        }
+    }
+}
+
+/// Like [`store_error`], naming the missing resource.
+fn not_found_as(resource: &'static str) -> impl Fn(StoreError) -> Status {
+    move |error| match error {
+        StoreError::NotFound => ApiError::not_found(resource).into(),
+        other => store_error(other),
+    }
+}
+
+fn limit(raw: Option<i32>, default: u32) -> u32 {
+    raw.and_then(|n| u32::try_from(n).ok()).unwrap_or(default)
+}
+
+fn offset(raw: Option<i32>) -> u64 {
+    raw.and_then(|n| u64::try_from(n).ok()).unwrap_or(0)
+}
+
+/// The cursor of `page_token`, refusing it with a non-zero offset or another query.
+fn after(page_token: &str, offset: u64, fingerprint: &str) -> Result<Option<Cursor>, Status> {
+    if page_token.is_empty() {
+        return Ok(None);
+    }
+    if offset > 0 {
+        return Err(invalid("offset", "cannot be combined with page_token", Value::from(offset)));
+    }
+    paging::decode(page_token, fingerprint)
+        .map(Some)
+        .map_err(|error| invalid("page_token", &error.to_string(), Value::Null))
+}
+
+#[tonic::async_trait]
+impl SessionRpc for SessionService {
+    async fn create_session(
+        &self,
+        request: Request<pb::CreateSessionRequest>,
+    ) -> Result<Response<pb::CreateSessionResponse>, Status> {
+        let owner = owner(&request)?;
+        validate(request.get_ref())?;
+        let create = async {
+            let mut violations = Vec::new();
+            let new = self.new_session("", request.get_ref().clone(), &mut violations);
+            finish(violations)?;
+            let created = self.store.create_sessions(&owner, vec![new]).await.map_err(store_error)?;
+            Ok(pb::CreateSessionResponse { session: created.first().map(session_to_proto) })
+        };
+        Ok(Response::new(self.once(&request, &owner, create).await?))
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let owner = owner(&request)?;
+        let request = request.into_inner();
+        validate(&request)?;
+        let sort = match pb::SessionSortField::try_from(request.sort_by) {
+            Ok(pb::SessionSortField::CreatedAt) => SessionSort::CreatedAt,
+            Ok(pb::SessionSortField::UpdatedAt) => SessionSort::UpdatedAt,
+            _ => SessionSort::LastActivity,
+        };
+        let direction = match SortOrder::try_from(request.sort_order) {
+            Ok(SortOrder::Asc) => Direction::Asc,
+            _ => Direction::Desc,
+        };
+        let user_filter = request.user_id.clone().unwrap_or_default();
+        let fingerprint = query_fingerprint(&[
+            "sessions",
+            &format!("{sort:?}"),
+            &format!("{direction:?}"),
+            &format!("{}:{user_filter}", request.user_id.is_some()),
+        ]);
+        let offset = offset(request.offset);
+        let query = SessionQuery {
+            user_id: request.user_id,
+            sort,
+            direction,
+            limit: limit(request.limit, DEFAULT_SESSION_LIMIT),
+            offset,
+            after: after(&request.page_token, offset, &fingerprint)?,
+        };
+        let page = self.store.list_sessions(&owner, &query).await.map_err(store_error)?;
+        let next_page_token = match page.items.last() {
+            Some(last) if page.has_more => {
+                let key = match sort {
+                    SessionSort::CreatedAt => last.created_at,
+                    SessionSort::UpdatedAt => last.updated_at,
+                    SessionSort::LastActivity => last.last_activity,
+                };
+                paging::encode(Cursor { key, id: last.id }, &fingerprint)
+            }
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListSessionsResponse {
+            sessions: page.items.iter().map(session_to_proto).collect(),
+            next_page_token,
+            total_count: i64::try_from(page.total).unwrap_or(i64::MAX),
+        }))
+    }
+
+    async fn get_session(
+        &self,
+        request: Request<pb::GetSessionRequest>,
+    ) -> Result<Response<pb::GetSessionResponse>, Status> {
+        let owner = owner(&request)?;
+        validate(request.get_ref())?;
+        let session_id = id("session_id", &request.get_ref().session_id)?;
+        let session = self.store.get_session(&owner, session_id).await.map_err(not_found_as("Session"))?;
+        Ok(Response::new(pb::GetSessionResponse { session: Some(session_to_proto(&session)) }))
+    }
+
+    async fn update_session(
+        &self,
+        request: Request<pb::UpdateSessionRequest>,
+    ) -> Result<Response<pb::UpdateSessionResponse>, Status> {
+        let owner = owner(&request)?;
+        let request = request.into_inner();
+        validate(&request)?;
+        let session_id = id("session_id", &request.session_id)?;
+        let metadata = request.metadata.as_ref().map(struct_to_object);
+        let mut violations = Vec::new();
+        self.check_title("title", request.title.as_ref(), &mut violations);
+        if let Some(metadata) = &metadata {
+            self.check_metadata("metadata", metadata, &mut violations);
+        }
+        finish(violations)?;
+        let patch = SessionPatch { user_id: request.user_id, title: request.title, metadata };
+        let session = self.store.update_session(&owner, session_id, patch).await.map_err(not_found_as("Session"))?;
+        Ok(Response::new(pb::UpdateSessionResponse { session: Some(session_to_proto(&session)) }))
+    }
+
+    async fn delete_session(
+        &self,
+        request: Request<pb::DeleteSessionRequest>,
+    ) -> Result<Response<pb::DeleteSessionResponse>, Status> {
+        let owner = owner(&request)?;
+        validate(request.get_ref())?;
+        let session_id = id("session_id", &request.get_ref().session_id)?;
+        let deleted = self.store.delete_sessions(&owner, &[session_id]).await.map_err(store_error)?;
+        if deleted.is_empty() {
+            return Err(ApiError::not_found("Session").into());
+        }
+        Ok(Response::new(pb::DeleteSessionResponse {}))
+    }
+
+    async fn bulk_create_sessions(
+        &self,
+        request: Request<pb::BulkCreateSessionsRequest>,
+    ) -> Result<Response<pb::BulkCreateSessionsResponse>, Status> {
+        let owner = owner(&request)?;
+        validate(request.get_ref())?;
+        let create = async {
+            let mut violations = Vec::new();
+            let new: Vec<NewSession> = request
+                .get_ref()
+                .sessions
+                .iter()
+                .enumerate()
+                .map(|(index, item)| self.new_session(&format!("sessions[{index}]."), item.clone(), &mut violations))
+                .collect();
+            finish(violations)?;
+            let created = self.store.create_sessions(&owner, new).await.map_err(store_error)?;
+            Ok(pb::BulkCreateSessionsResponse { sessions: created.iter().map(session_to_proto).collect() })
+        };
+        Ok(Response::new(self.once(&request, &owner, create).await?))
+    }
+
+    async fn bulk_delete_sessions(
+        &self,
+        request: Request<pb::BulkDeleteSessionsRequest>,
+    ) -> Result<Response<pb::BulkDeleteSessionsResponse>, Status> {
+        let owner = owner(&request)?;
+        validate(request.get_ref())?;
+        let ids = request
+            .get_ref()
+            .session_ids
+            .iter()
+            .enumerate()
+            .map(|(index, raw)| id(&format!("session_ids[{index}]"), raw))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.store.delete_sessions(&owner, &ids).await.map_err(store_error)?;
+        Ok(Response::new(pb::BulkDeleteSessionsResponse {}))
+    }
+
+    async fn create_message(
+        &self,
+        request: Request<pb::CreateMessageRequest>,
+    ) -> Result<Response<pb::CreateMessageResponse>, Status> {
+        let owner = owner(&request)?;
+        validate(request.get_ref())?;
+        let create = async {
+            let body = request.get_ref();
+            let session_id = id("session_id", &body.session_id)?;
+            let parent_message_id =
+                body.parent_message_id.as_deref().map(|raw| id("parent_message_id", raw)).transpose()?;
+            let metadata = body.metadata.as_ref().map(struct_to_object).unwrap_or_default();
+            let mut violations = Vec::new();
+            self.check_content(&body.content, &mut violations);
+            self.check_metadata("metadata", &metadata, &mut violations);
+            if body.tool_calls.len() > self.limits.max_tool_calls {
+                let message = format!("must have at most {} items", self.limits.max_tool_calls);
+                violations.push(violation("tool_calls", &message, Value::from(body.tool_calls.len())));
+            }
+            finish(violations)?;
+            let message = NewMessage {
+                role: role_from_proto(body.role).unwrap_or(Role::User),
+                content: body.content.clone(),
+                metadata,
+                tool_calls: body.tool_calls.iter().map(struct_to_object).collect(),
+                parent_message_id,
+            };
+            let created =
+                self.store.create_message(&owner, session_id, message).await.map_err(not_found_as("Session"))?;
+            Ok(pb::CreateMessageResponse { message: Some(message_to_proto(&created)) })
+        };
+        Ok(Response::new(self.once(&request, &owner, create).await?))
+    }
+
+    async fn list_messages(
+        &self,
+        request: Request<pb::ListMessagesRequest>,
+    ) -> Result<Response<pb::ListMessagesResponse>, Status> {
+        let owner = owner(&request)?;
+        let request = request.into_inner();
+        validate(&request)?;
+        let session_id = id("session_id", &request.session_id)?;
+        let role = request.role.and_then(role_from_proto);
+        let search = request.search.filter(|s| !s.is_empty());
+        let fingerprint = query_fingerprint(&[
+            "messages",
+            &session_id.to_string(),
+            role.map_or("", Role::as_str),
+            &format!("{}:{}", search.is_some(), search.as_deref().unwrap_or_default()),
+        ]);
+        let offset = offset(request.offset);
+        let query = MessageQuery {
+            role,
+            search,
+            limit: limit(request.limit, DEFAULT_MESSAGE_LIMIT),
+            offset,
+            after: after(&request.page_token, offset, &fingerprint)?,
+        };
+        let page = self.store.list_messages(&owner, session_id, &query).await.map_err(not_found_as("Session"))?;
+        let next_page_token = match page.items.last() {
+            Some(last) if page.has_more => paging::encode(Cursor { key: last.created_at, id: last.id }, &fingerprint),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListMessagesResponse {
+            messages: page.items.iter().map(message_to_proto).collect(),
+            next_page_token,
+            total_count: i64::try_from(page.total).unwrap_or(i64::MAX),
+        }))
+    }
+
+    async fn get_message(
+        &self,
+        request: Request<pb::GetMessageRequest>,
+    ) -> Result<Response<pb::GetMessageResponse>, Status> {
+        let owner = owner(&request)?;
+        validate(request.get_ref())?;
+        let message_id = id("message_id", &request.get_ref().message_id)?;
+        let message = self.store.get_message(&owner, message_id).await.map_err(not_found_as("Message"))?;
+        Ok(Response::new(pb::GetMessageResponse { message: Some(message_to_proto(&message)) }))
+    }
+
+    async fn update_message(
+        &self,
+        request: Request<pb::UpdateMessageRequest>,
+    ) -> Result<Response<pb::UpdateMessageResponse>, Status> {
+        let owner = owner(&request)?;
+        let request = request.into_inner();
+        validate(&request)?;
+        let message_id = id("message_id", &request.message_id)?;
+        let metadata = request.metadata.as_ref().map(struct_to_object);
+        let mut violations = Vec::new();
+        self.check_content(&request.content, &mut violations);
+        if let Some(metadata) = &metadata {
+            self.check_metadata("metadata", metadata, &mut violations);
+        }
+        finish(violations)?;
+        let patch = MessagePatch { content: Some(request.content), role: role_from_proto(request.role), metadata };
+        let message = self.store.update_message(&owner, message_id, patch).await.map_err(not_found_as("Message"))?;
+        Ok(Response::new(pb::UpdateMessageResponse { message: Some(message_to_proto(&message)) }))
+    }
+
+    async fn delete_message(
+        &self,
+        request: Request<pb::DeleteMessageRequest>,
+    ) -> Result<Response<pb::DeleteMessageResponse>, Status> {
+        let owner = owner(&request)?;
+        validate(request.get_ref())?;
+        let message_id = id("message_id", &request.get_ref().message_id)?;
+        self.store.delete_message(&owner, message_id).await.map_err(not_found_as("Message"))?;
+        Ok(Response::new(pb::DeleteMessageResponse {}))
+    }
+}
