@@ -9,9 +9,11 @@
 //! - [`validate`]: the contract's field rules, enforced for every request.
 //! - [`context`] and [`auth`]: what a request carries from hop to hop.
 //! - [`binary`]: the `main` shared by the service binaries.
+//! - [`bus`]: the event bus the configuration names.
 
 pub mod auth;
 pub mod binary;
+pub mod bus;
 pub mod client;
 pub mod config;
 pub mod context;

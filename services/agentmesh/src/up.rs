@@ -11,6 +11,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use agentmesh_events::{EventBus, EventsError};
+use agentmesh_runtime::bus::connect_bus;
 use agentmesh_runtime::{Config, ServerError, ServiceName, bind};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -22,6 +24,9 @@ pub enum UpError {
     /// A listener could not be bound.
     #[error(transparent)]
     Bind(#[from] ServerError),
+    /// The event bus could not be reached.
+    #[error("event bus: {0}")]
+    Events(#[from] EventsError),
     /// A service failed while running.
     #[error("{service} failed: {source}")]
     Service {
@@ -65,7 +70,8 @@ pub async fn up(
         tracing::info!(%address, "agentmesh is up: gateway on http://{address}");
         eprintln!("agentmesh is up: gateway on http://{address} (Ctrl-C to stop)");
     }
-    run_all(config, listeners, shutdown, |_| {}).await
+    let bus = connect_bus(&config).await?;
+    run_all(config, bus, listeners, shutdown, |_| {}).await
 }
 
 /// Binds the listeners and points the configuration's peer URLs at them.
@@ -89,10 +95,11 @@ pub async fn bind_all(
     Ok((Arc::new(config), listeners))
 }
 
-/// Runs one service per listener until `shutdown` resolves or one of them stops; `started`
-/// is told the addresses once every service is spawned.
+/// Runs one service per listener, all sharing `bus`, until `shutdown` resolves or one of
+/// them stops; `started` is told the addresses once every service is spawned.
 pub async fn run_all(
     config: Arc<Config>,
+    bus: Arc<dyn EventBus>,
     listeners: Vec<(ServiceName, TcpListener)>,
     shutdown: impl Future<Output = ()> + Send,
     started: impl FnOnce(MeshAddresses),
@@ -105,9 +112,9 @@ pub async fn run_all(
         if let Ok(address) = listener.local_addr() {
             addresses.push((service, address));
         }
-        let config = Arc::clone(&config);
+        let (config, bus) = (Arc::clone(&config), Arc::clone(&bus));
         let stopped = stop.clone().cancelled_owned();
-        let task = tasks.spawn(async move { (service, run_service(service, config, listener, stopped).await) });
+        let task = tasks.spawn(async move { (service, run_service(service, config, bus, listener, stopped).await) });
         names.insert(task.id(), service);
     }
     started(MeshAddresses { services: addresses });
@@ -145,16 +152,24 @@ fn outcome(joined: Joined, names: &HashMap<tokio::task::Id, ServiceName>) -> Res
 async fn run_service(
     service: ServiceName,
     config: Arc<Config>,
+    bus: Arc<dyn EventBus>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), UpError> {
-    let result = match service {
-        ServiceName::Gateway => agentmesh_gateway::run(config, listener, shutdown).await,
-        ServiceName::SessionStore => agentmesh_session_store::run(config, listener, shutdown).await,
-        ServiceName::AgentOrchestrator => agentmesh_agent_orchestrator::run(config, listener, shutdown).await,
-        ServiceName::LlmProxy => agentmesh_llm_proxy::run(config, listener, shutdown).await,
-        ServiceName::McpBroker => agentmesh_mcp_broker::run(config, listener, shutdown).await,
-        ServiceName::SecretsBroker => agentmesh_secrets_broker::run(config, listener, shutdown).await,
+    type BoxError = Box<dyn Error + Send + Sync>;
+    let result: Result<(), BoxError> = match service {
+        ServiceName::Gateway => agentmesh_gateway::run(config, listener, shutdown).await.map_err(Into::into),
+        ServiceName::SessionStore => {
+            agentmesh_session_store::serve(config, bus, listener, shutdown).await.map_err(Into::into)
+        }
+        ServiceName::AgentOrchestrator => {
+            agentmesh_agent_orchestrator::run(config, listener, shutdown).await.map_err(Into::into)
+        }
+        ServiceName::LlmProxy => agentmesh_llm_proxy::run(config, listener, shutdown).await.map_err(Into::into),
+        ServiceName::McpBroker => agentmesh_mcp_broker::run(config, listener, shutdown).await.map_err(Into::into),
+        ServiceName::SecretsBroker => {
+            agentmesh_secrets_broker::run(config, listener, shutdown).await.map_err(Into::into)
+        }
     };
-    result.map_err(|source| UpError::Service { service, source: Box::new(source) })
+    result.map_err(|source| UpError::Service { service, source })
 }

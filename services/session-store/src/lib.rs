@@ -14,7 +14,7 @@ pub mod store;
 use std::future::Future;
 use std::sync::Arc;
 
-use agentmesh_events::{EventBus, MemoryBus, NatsBus, NatsConfig, Publisher};
+use agentmesh_events::{EventBus, Publisher};
 use agentmesh_proto::agentmesh::session::v1::session_service_server::SessionServiceServer;
 use agentmesh_runtime::auth::{PrincipalCodec, RequireSignedPrincipal};
 use agentmesh_runtime::config::StorageBackend;
@@ -45,23 +45,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
-    let bus = connect_bus(&config).await?;
+    let bus = agentmesh_runtime::bus::connect_bus(&config).await?;
     serve(config, bus, listener, shutdown).await
-}
-
-/// The bus named by `NATS_URL`, or a fresh in-process one.
-pub async fn connect_bus(config: &Config) -> Result<Arc<dyn EventBus>, agentmesh_events::EventsError> {
-    Ok(match &config.nats.url {
-        Some(url) => Arc::new(
-            NatsBus::connect(NatsConfig {
-                url: url.clone(),
-                stream_name: config.nats.stream.clone(),
-                ..NatsConfig::default()
-            })
-            .await?,
-        ),
-        None => Arc::new(MemoryBus::default()),
-    })
 }
 
 /// Serves session-store on `listener`, publishing events to `bus`, until `shutdown`.
