@@ -133,3 +133,21 @@ pub async fn wait_serving(process: &mut Process, port: u16) -> Result<Channel, H
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Waits until `url` answers 200, failing early if the process exits.
+pub async fn wait_http(process: &mut Process, url: &str) -> Result<(), HarnessError> {
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + PROCESS_TIMEOUT;
+    loop {
+        process.check_alive().await?;
+        if let Ok(response) = client.get(url).send().await
+            && response.status().is_success()
+        {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(HarnessError::Timeout(format!("{url} to answer 200")));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

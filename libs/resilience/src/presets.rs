@@ -67,7 +67,9 @@ impl Preset {
             timeout: Duration::from_secs(30),
             // The seed's max_pool_size: more would only queue inside the pool.
             max_concurrency: 20,
-            max_queue_wait: Duration::ZERO,
+            // Bursts above the pool size wait briefly for a slot (as they would for a pooled
+            // connection) instead of failing: 50 concurrent appends to one session must all land.
+            max_queue_wait: Duration::from_secs(5),
         }
     }
 

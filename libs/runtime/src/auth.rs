@@ -76,11 +76,13 @@ impl Principal {
     }
 }
 
-/// Establishes the caller of one gRPC request from its metadata.
+/// Establishes the caller of one request from its headers (gRPC metadata).
+#[async_trait::async_trait]
 pub trait Authenticate: Send + Sync + 'static {
     /// `Ok(Some)` for an authenticated caller, `Ok(None)` for an anonymous one the service
-    /// may still serve, `Err` to refuse the call (`authentication_error`).
-    fn authenticate(&self, headers: &http::HeaderMap) -> Result<Option<Principal>, ApiError>;
+    /// may still serve, `Err` to refuse the call (`authentication_error`, or a retryable
+    /// error when a credential store is down).
+    async fn authenticate(&self, headers: &http::HeaderMap) -> Result<Option<Principal>, ApiError>;
 }
 
 /// Paths served without authentication: health checks and reflection.
@@ -194,8 +196,9 @@ impl RequireSignedPrincipal {
     }
 }
 
+#[async_trait::async_trait]
 impl Authenticate for RequireSignedPrincipal {
-    fn authenticate(&self, headers: &http::HeaderMap) -> Result<Option<Principal>, ApiError> {
+    async fn authenticate(&self, headers: &http::HeaderMap) -> Result<Option<Principal>, ApiError> {
         let value = headers
             .get(PRINCIPAL_HEADER)
             .ok_or_else(|| ApiError::new(ErrorCode::Authentication, "Authentication required"))?;
@@ -246,15 +249,15 @@ mod tests {
         assert_eq!(codec.decode(&format!("{payload}.{signature}")), Err(PrincipalError::Expired));
     }
 
-    #[test]
-    fn services_refuse_calls_without_a_valid_principal() {
+    #[tokio::test]
+    async fn services_refuse_calls_without_a_valid_principal() {
         let codec = PrincipalCodec::new("secret-secret-secret-secret-secret");
         let auth = RequireSignedPrincipal::new(codec.clone());
         let mut headers = http::HeaderMap::new();
-        assert_eq!(auth.authenticate(&headers).unwrap_err().code, ErrorCode::Authentication);
+        assert_eq!(auth.authenticate(&headers).await.unwrap_err().code, ErrorCode::Authentication);
         headers.insert(PRINCIPAL_HEADER, "x.y".parse().unwrap());
-        assert_eq!(auth.authenticate(&headers).unwrap_err().code, ErrorCode::Authentication);
+        assert_eq!(auth.authenticate(&headers).await.unwrap_err().code, ErrorCode::Authentication);
         headers.insert(PRINCIPAL_HEADER, codec.encode(&alice(), PRINCIPAL_TTL).parse().unwrap());
-        assert_eq!(auth.authenticate(&headers).unwrap(), Some(alice()));
+        assert_eq!(auth.authenticate(&headers).await.unwrap(), Some(alice()));
     }
 }

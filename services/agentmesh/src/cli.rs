@@ -1,4 +1,4 @@
-//! The command line: `agentmesh up [--http ADDR]`.
+//! The command line: `agentmesh up [--http ADDR]` and `agentmesh keys create|list|revoke`.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -26,14 +26,17 @@ pub enum Command {
         #[arg(long, value_name = "ADDR")]
         http: Option<SocketAddr>,
     },
+    /// Manage API keys in the gateway's PostgreSQL key store (`USE_DATABASE`, `DB_*`).
+    #[command(subcommand)]
+    Keys(crate::keys::KeysCommand),
 }
 
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    run_process("agentmesh", "agentmesh", |config| async move {
-        match cli.command {
-            Command::Up { http } => crate::up::up(config, http, shutdown_signal()).await,
+    match Cli::parse().command {
+        Command::Up { http } => {
+            run_process("agentmesh", "agentmesh", |config| crate::up::up(config, http, shutdown_signal()))
         }
-    })
+        Command::Keys(command) => run_process("agentmesh", "agentmesh", |config| crate::keys::run(config, command)),
+    }
 }

@@ -5,4 +5,5 @@
 //! all-in-one process behaves like the deployed mesh.
 
 pub mod cli;
+pub mod keys;
 pub mod up;

@@ -1,36 +1,166 @@
 //! gateway: the mesh's front door (ARCHITECTURE §3, §8).
 //!
-//! Serves `agentmesh.health.v1.HealthService` and `agentmesh.auth.v1.AuthService` over
-//! gRPC. REST transcoding, authentication and rate limits arrive with the gateway issue;
-//! until then those RPCs answer UNIMPLEMENTED.
+//! One port serves: the seed's REST API, transcoded generically from the contract
+//! ([`routes`], [`json`], [`rest`]); native gRPC to the public RPCs of every service
+//! (passthrough); the gateway's own gRPC services (health, auth); `/metrics`. Callers are
+//! authenticated here and reach services with a signed principal.
+
+pub mod health;
+pub mod json;
+pub mod openapi;
+pub mod ratelimit;
+pub mod rest;
+pub mod routes;
+pub mod sse;
+pub mod upstream;
+pub mod ws;
+
+pub mod auth;
 
 use std::future::Future;
 use std::sync::Arc;
 
-use agentmesh_proto::agentmesh::auth::v1::auth_service_server::{AuthService, AuthServiceServer};
-use agentmesh_proto::agentmesh::health::v1::health_service_server::{HealthService, HealthServiceServer};
+use agentmesh_events::EventBus;
+use agentmesh_proto::agentmesh::auth::v1::auth_service_server::AuthServiceServer;
+use agentmesh_proto::agentmesh::health::v1::health_service_server::HealthServiceServer;
+use agentmesh_runtime::auth::{Authenticate, PrincipalCodec};
+use agentmesh_runtime::client::{ClientError, ServiceChannel};
+use agentmesh_runtime::context::new_correlation_id;
 use agentmesh_runtime::{Config, GrpcServer, ServerError, ServiceName};
+use axum::extract::ws::WebSocketUpgrade;
 use tokio::net::TcpListener;
+use tonic::service::Routes;
+use tower::util::BoxCloneSyncService;
 
-/// Serves this service on `listener` until `shutdown` resolves, then drains.
+use crate::auth::GatewayAuth;
+use crate::auth::service::AuthApi;
+use crate::health::MeshHealth;
+use crate::ratelimit::{MemoryRateLimiter, RateLimitPolicy, RateLimiter, RedisRateLimiter, RedisRateLimiterOptions};
+use crate::rest::RestGateway;
+use crate::routes::{RouteError, RouteTable};
+use crate::upstream::Upstreams;
+use crate::ws::WsLimits;
+
+/// Largest REST request body (the seed sets none; 1 MiB fits 100 bulk sessions with metadata).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The services behind the gateway.
+const BACKENDS: [ServiceName; 5] = [
+    ServiceName::SessionStore,
+    ServiceName::AgentOrchestrator,
+    ServiceName::LlmProxy,
+    ServiceName::McpBroker,
+    ServiceName::SecretsBroker,
+];
+
+/// Why the gateway could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Serving failed.
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    /// A peer URL is unusable.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The contract has a route the gateway cannot serve.
+    #[error("contract: {0}")]
+    Route(#[from] RouteError),
+    /// The event bus could not be reached.
+    #[error("event bus: {0}")]
+    Events(#[from] agentmesh_events::EventsError),
+    /// The API key store could not be opened.
+    #[error("api keys: {0}")]
+    Keys(#[from] auth::store::StoreError),
+    /// The shared rate limiter could not be set up.
+    #[error("rate limiter: {0}")]
+    RateLimit(#[from] ratelimit::RateLimitError),
+}
+
+/// Runs the gateway as its own process.
 pub async fn run(
     config: Arc<Config>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), ServerError> {
-    GrpcServer::new(ServiceName::Gateway, &config)
-        .add_service(HealthServiceServer::new(Gateway))
-        .add_service(AuthServiceServer::new(Gateway))
-        .serve(listener, shutdown)
-        .await
+) -> Result<(), StartError> {
+    let bus = agentmesh_runtime::bus::connect_bus(&config).await?;
+    serve(config, bus, listener, shutdown).await
 }
 
-/// The gateway's own gRPC services.
-#[derive(Debug, Clone, Copy)]
-pub struct Gateway;
+/// Serves the gateway on `listener` until `shutdown`.
+pub async fn serve(
+    config: Arc<Config>,
+    bus: Arc<dyn EventBus>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), StartError> {
+    let mut upstreams = Upstreams::default();
+    let mut channels = Vec::new();
+    for service in BACKENDS {
+        let url = &config.endpoints.get(service).url;
+        let channel = ServiceChannel::connect_lazy(service.as_str(), url, &config.resilience.internal)?;
+        upstreams.insert(service, BoxCloneSyncService::new(channel.clone()));
+        channels.push((service, channel));
+    }
+    let health = HealthServiceServer::new(MeshHealth {
+        services: channels,
+        bus,
+        check_timeout: config.observability.health_check_timeout,
+    });
+    let authenticator = Arc::new(GatewayAuth::connect(&config).await?);
+    let auth = AuthServiceServer::new(AuthApi::new(authenticator.clone()));
+    let mut local = Routes::builder();
+    local.add_service(health.clone()).add_service(auth.clone());
+    upstreams.insert(ServiceName::Gateway, BoxCloneSyncService::new(local.routes()));
 
-#[tonic::async_trait]
-impl HealthService for Gateway {}
+    let authenticator_for_grpc: Arc<dyn Authenticate> = authenticator.clone();
+    let rest = Arc::new(RestGateway {
+        routes: RouteTable::from_pool(agentmesh_proto::descriptor_pool())?,
+        upstreams,
+        authenticator: authenticator.clone(),
+        principals: PrincipalCodec::new(config.security.secret_key.expose()),
+        max_body_bytes: MAX_BODY_BYTES,
+        request_timeout: config.server.request_timeout,
+        limiter: rate_limiter(&config).await?,
+        rate_limits: RateLimitPolicy::from_config(&config),
+    });
+    let mut http = axum::Router::new().merge(openapi::router(&rest.routes));
+    if config.features.enable_websockets {
+        let limits = Arc::new(WsLimits::new(
+            config.rate_limit.websocket_connections_per_ip,
+            config.rate_limit.websocket_messages_per_minute,
+        ));
+        let gateway = rest.clone();
+        http = http.route(
+            ws::PATH,
+            axum::routing::get(move |upgrade: WebSocketUpgrade, request: axum::extract::Request| {
+                let (gateway, limits) = (gateway.clone(), limits.clone());
+                async move {
+                    let ip = rest::client_ip(&request);
+                    ws::upgrade(gateway, limits, upgrade, request.headers(), request.uri().query(), ip)
+                        .await
+                        .unwrap_or_else(|error| rest::error_response(&error, &new_correlation_id(), ws::PATH))
+                }
+            }),
+        );
+    }
+    let http = http.fallback(move |request: axum::extract::Request| rest.clone().dispatch(request));
+    GrpcServer::new(ServiceName::Gateway, &config)
+        .with_authenticator(authenticator_for_grpc)
+        .add_service(health)
+        .add_service(auth)
+        .with_http_fallback(http)
+        .serve(listener, shutdown)
+        .await?;
+    Ok(())
+}
 
-#[tonic::async_trait]
-impl AuthService for Gateway {}
+/// Rate-limit counters in Redis when `USE_REDIS` is set (shared by every gateway replica),
+/// else in this process.
+async fn rate_limiter(config: &Config) -> Result<Arc<dyn RateLimiter>, StartError> {
+    if config.use_redis {
+        let limiter = RedisRateLimiter::from_config(&config.redis, RedisRateLimiterOptions::default()).await?;
+        Ok(Arc::new(limiter))
+    } else {
+        Ok(Arc::new(MemoryRateLimiter::new()))
+    }
+}

@@ -54,17 +54,29 @@ impl EventSink for PublishDirect {
 /// An event on `topic` about `subject`, carrying `payload` (whose protobuf full name is
 /// `agentmesh.events.v1.<schema>`).
 fn build(topic: &str, subject: String, owner: &Owner, schema: &str, payload: &impl prost::Message) -> Event {
-    let mut builder = Event::builder(topic, SOURCE, format!("agentmesh.{topic}"))
-        .subject(subject)
-        .tenant(owner.tenant_id.clone())
-        .data_schema(format!("agentmesh.events.v1.{schema}"))
-        .data(payload.encode_to_vec());
+    let event_type = format!("agentmesh.{topic}");
+    let schema = format!("agentmesh.events.v1.{schema}");
+    let data = payload.encode_to_vec();
+    let essential = || {
+        Event::builder(topic, SOURCE, event_type.clone())
+            .subject(subject.clone())
+            .data_schema(schema.clone())
+            .data(data.clone())
+    };
+    let mut builder = essential();
+    // Single-tenant deployments have no tenant; the CloudEvents extension is then omitted.
+    if !owner.tenant_id.is_empty() {
+        builder = builder.tenant(owner.tenant_id.clone());
+    }
     if let Some(correlation_id) = RequestContext::current_correlation_id() {
         builder = builder.correlation_id(correlation_id);
     }
-    // Topics, source and type are constants and ids are UUIDs, so building cannot fail;
-    // should it ever, the event is dropped loudly rather than failing the write.
-    builder.build().unwrap_or_else(|error| unreachable!("session-store event is valid: {error}"))
+    builder.build().unwrap_or_else(|error| {
+        // A tenant or correlation id the envelope refuses must not cost the event.
+        tracing::warn!(%error, event_type, "event sent without tenant and correlation id");
+        // Topic, source and type are constants and the subject is a UUID: always valid.
+        essential().build().unwrap_or_else(|error| unreachable!("essential event attributes are valid: {error}"))
+    })
 }
 
 /// `session.created`.

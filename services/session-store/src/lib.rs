@@ -6,6 +6,7 @@
 
 pub mod convert;
 pub mod events;
+pub mod health;
 pub mod idempotency;
 pub mod paging;
 pub mod service;
@@ -24,8 +25,16 @@ use tokio::net::TcpListener;
 use crate::events::PublishDirect;
 use crate::idempotency::IdempotencyStore;
 use crate::service::SessionService;
-use crate::store::SessionStore;
 use crate::store::memory::MemoryStore;
+use crate::store::postgres::{OutboxRelay, PoolSettings, PostgresStore};
+use crate::store::redis::RedisStore;
+use crate::store::{SessionStore, StoreError};
+
+/// Key prefix of session-store's data in a shared Redis.
+pub const REDIS_KEY_PREFIX: &str = "agentmesh:session-store:";
+
+/// session-store's own PostgreSQL schema (ARCHITECTURE §2: one schema per service).
+pub const POSTGRES_SCHEMA: &str = "session_store";
 
 /// Why session-store could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +45,9 @@ pub enum StartError {
     /// The event bus could not be reached.
     #[error("event bus: {0}")]
     Events(#[from] agentmesh_events::EventsError),
+    /// The storage backend could not be reached or prepared.
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
 }
 
 /// Runs session-store as its own process: connects the event bus from `NATS_URL` (or an
@@ -57,23 +69,73 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
     let publisher: Arc<dyn Publisher> = bus;
-    let (store, idempotency) = open_store(&config, publisher);
-    let service = SessionService::new(store, idempotency, config.session_limits.clone());
+    let backend = open_backend(&config, publisher).await?;
+    let service = SessionService::new(backend.store.clone(), backend.idempotency, config.session_limits.clone());
     let authenticator = RequireSignedPrincipal::new(PrincipalCodec::new(config.security.secret_key.expose()));
-    GrpcServer::new(ServiceName::SessionStore, &config)
+    let server = GrpcServer::new(ServiceName::SessionStore, &config)
         .with_authenticator(Arc::new(authenticator))
-        .add_service(SessionServiceServer::new(service))
-        .serve(listener, shutdown)
-        .await?;
+        .add_service(SessionServiceServer::new(service));
+
+    // Background work lives exactly as long as the server: dropping `_stop` ends it.
+    let (_stop, stopped) = tokio::sync::watch::channel(());
+    let watch_health =
+        health::watch(backend.store, server.health_reporter(), config.observability.health_check_interval);
+    tokio::spawn(until(stopped.clone(), watch_health));
+    if let Some(relay) = backend.relay {
+        tokio::spawn(relay.run(until(stopped, std::future::pending::<()>())));
+    }
+    server.serve(listener, shutdown).await?;
     Ok(())
 }
 
-fn open_store(config: &Config, publisher: Arc<dyn Publisher>) -> (Arc<dyn SessionStore>, Arc<dyn IdempotencyStore>) {
-    let sink = Arc::new(PublishDirect::new(publisher));
-    match config.storage {
-        StorageBackend::Memory | StorageBackend::Redis | StorageBackend::Postgres => {
-            let store = Arc::new(MemoryStore::new(sink));
-            (store.clone(), store)
-        }
+/// Runs `work` until the sender of `stop` is dropped.
+async fn until(mut stop: tokio::sync::watch::Receiver<()>, work: impl Future<Output = ()>) {
+    tokio::select! {
+        () = work => {}
+        _ = stop.changed() => {}
     }
+}
+
+/// A connected backend and the background work it needs.
+struct Backend {
+    store: Arc<dyn SessionStore>,
+    idempotency: Arc<dyn IdempotencyStore>,
+    /// PostgreSQL's outbox relay.
+    relay: Option<OutboxRelay>,
+}
+
+/// The backend `USE_DATABASE` / `USE_REDIS` / `USE_MEMORY` selects.
+async fn open_backend(config: &Config, publisher: Arc<dyn Publisher>) -> Result<Backend, StartError> {
+    let sink = Arc::new(PublishDirect::new(publisher.clone()));
+    Ok(match config.storage {
+        StorageBackend::Memory => {
+            let store = Arc::new(MemoryStore::new(sink));
+            Backend { store: store.clone(), idempotency: store, relay: None }
+        }
+        StorageBackend::Redis => {
+            let redis = &config.redis;
+            let url = redis.url();
+            let store = RedisStore::connect(
+                url.expose(),
+                REDIS_KEY_PREFIX,
+                redis.max_connections,
+                redis.session_ttl,
+                &config.resilience.database,
+                sink,
+            )
+            .await?;
+            let store = Arc::new(store);
+            Backend { store: store.clone(), idempotency: store, relay: None }
+        }
+        StorageBackend::Postgres => {
+            let db = &config.database;
+            let pool = PoolSettings { min: db.min_pool_size, max: db.max_pool_size, acquire_timeout: db.pool_timeout };
+            let url = db.url();
+            let store =
+                PostgresStore::connect(url.expose(), POSTGRES_SCHEMA, pool, &config.resilience.database).await?;
+            let relay = store.relay(publisher);
+            let store = Arc::new(store);
+            Backend { store: store.clone(), idempotency: store, relay: Some(relay) }
+        }
+    })
 }

@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use agentmesh_resilience::{BreakerConfig, Preset, RetryPolicy};
 
+use crate::auth::Tier;
+
 pub use vars::ConfigIssue;
 use vars::Vars;
 
@@ -240,7 +242,24 @@ pub struct SecurityConfig {
     pub cors_methods: Vec<String>,
     /// `SECURITY_CORS_HEADERS`.
     pub cors_headers: Vec<String>,
+    /// `SECURITY_API_KEYS`: static development keys, `sk-…=user[:tier],…`; refused in
+    /// production (they cannot be listed or revoked: use `agentmesh keys create` there).
+    pub api_keys: Vec<StaticApiKey>,
 }
+
+/// One `SECURITY_API_KEYS` entry. `Debug` hides the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticApiKey {
+    /// The full key, `sk-` followed by at least [`MIN_STATIC_KEY_RANDOM_CHARS`] characters.
+    pub key: Secret,
+    /// The user it authenticates as.
+    pub user_id: String,
+    /// Its tier (`default` unless given).
+    pub tier: Tier,
+}
+
+/// Shortest random part (after the prefix) a `SECURITY_API_KEYS` key may have.
+pub const MIN_STATIC_KEY_RANDOM_CHARS: usize = 32;
 
 /// Log output format (`OBSERVABILITY_LOG_FORMAT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -455,6 +474,9 @@ pub struct Config {
     pub workers: usize,
     /// Storage backend selected by `USE_DATABASE` / `USE_REDIS` / `USE_MEMORY`.
     pub storage: StorageBackend,
+    /// `USE_REDIS`: Redis is available for shared state (rate limits) even when PostgreSQL
+    /// holds the data.
+    pub use_redis: bool,
     /// `DB_*`.
     pub database: DatabaseConfig,
     /// `REDIS_*`.
@@ -564,6 +586,7 @@ impl Config {
             app_name: v.get("APP_NAME", "agentmesh".to_owned()),
             workers: v.get("WORKERS", 0),
             storage,
+            use_redis,
             database: DatabaseConfig {
                 host: v.get("DB_HOST", "localhost".to_owned()),
                 port: v.get("DB_PORT", 5432),
@@ -616,6 +639,7 @@ impl Config {
                 cors_origins: v.get("SECURITY_CORS_ORIGINS", default_cors_origins(development)),
                 cors_methods: v.get("SECURITY_CORS_METHODS", strings(&["GET", "POST", "PUT", "DELETE"])),
                 cors_headers: v.get("SECURITY_CORS_HEADERS", strings(&["*"])),
+                api_keys: parse_static_api_keys(v, production),
             },
             observability: ObservabilityConfig {
                 log_level: v.get("OBSERVABILITY_LOG_LEVEL", if development { "DEBUG" } else { "INFO" }.to_owned()),
@@ -813,6 +837,54 @@ fn parse_preset(v: &mut Vars, class: &str, defaults: Preset) -> Preset {
         ..defaults.breaker
     };
     Preset { retry, breaker, ..defaults }
+}
+
+/// Parses `SECURITY_API_KEYS` (`sk-…=user[:tier]`, comma-separated). Issues name the
+/// entry by its position only: an entry may hold a key, which must never be echoed.
+fn parse_static_api_keys(v: &mut Vars, production: bool) -> Vec<StaticApiKey> {
+    const VAR: &str = "SECURITY_API_KEYS";
+    let Some(raw) = v.raw(VAR).map(str::to_owned) else { return Vec::new() };
+    if production {
+        v.issue(VAR, "static keys are refused in production: create keys with `agentmesh keys create`");
+        return Vec::new();
+    }
+    let prefix = v.raw("SECURITY_API_KEY_PREFIX").unwrap_or("sk-").trim().to_owned();
+    let mut keys: Vec<StaticApiKey> = Vec::new();
+    for (index, entry) in raw.split(',').map(str::trim).filter(|e| !e.is_empty()).enumerate() {
+        let n = index + 1;
+        let Some((key, owner)) = entry.split_once('=') else {
+            v.issue(VAR, format!("entry {n}: expected {prefix}…=user[:tier]"));
+            continue;
+        };
+        let (key, owner) = (key.trim(), owner.trim());
+        let random = key.strip_prefix(prefix.as_str()).unwrap_or_default();
+        if random.chars().count() < MIN_STATIC_KEY_RANDOM_CHARS
+            || !random.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            let message = format!(
+                "entry {n}: the key must be {prefix} followed by at least {MIN_STATIC_KEY_RANDOM_CHARS} \
+                 characters from A-Z a-z 0-9 - _"
+            );
+            v.issue(VAR, message);
+            continue;
+        }
+        let (user_id, tier) = match owner.rsplit_once(':') {
+            None => (owner, Some(Tier::Default)),
+            Some((user, tier)) => (user.trim(), Tier::parse(tier.trim())),
+        };
+        let Some(tier) = tier else {
+            v.issue(VAR, format!("entry {n}: unknown tier: expected default, authenticated or premium"));
+            continue;
+        };
+        if user_id.is_empty() {
+            v.issue(VAR, format!("entry {n}: the user is missing"));
+        } else if keys.iter().any(|k| k.key.expose() == key) {
+            v.issue(VAR, format!("entry {n}: the same key is listed twice"));
+        } else {
+            keys.push(StaticApiKey { key: Secret::new(key), user_id: user_id.to_owned(), tier });
+        }
+    }
+    keys
 }
 
 fn default_cors_origins(development: bool) -> Vec<String> {

@@ -162,3 +162,32 @@ fn feature_flags_can_switch_retries_and_breakers_off_everywhere() {
     let defaults = load(&[]).unwrap();
     assert_eq!(defaults.resilience.llm.retry.max_attempts, 3);
 }
+
+#[test]
+fn static_api_keys_parse_and_bad_entries_are_named_without_echoing_keys() {
+    let good = format!("sk-{}", "a1B2".repeat(8));
+    let premium = format!("sk-{}", "Z_9-".repeat(9));
+    let config = load(&[("SECURITY_API_KEYS", &format!(" {good}=alice , {premium}=bob:premium,"))]).unwrap();
+    let keys = &config.security.api_keys;
+    assert_eq!(keys.len(), 2);
+    assert_eq!((keys[0].key.expose(), keys[0].user_id.as_str(), keys[0].tier), (good.as_str(), "alice", Tier::Default));
+    assert_eq!((keys[1].user_id.as_str(), keys[1].tier), ("bob", Tier::Premium));
+    assert!(!format!("{config:?}").contains(&good), "Debug must hide static keys");
+
+    let short = "sk-tooShort";
+    let entries = format!("{short}=a,{good}=b:gold,{good}=,no-equals-{good},{premium}=c,{premium}=d");
+    let error = load(&[("SECURITY_API_KEYS", &entries)]).unwrap_err();
+    let text = error.to_string();
+    let messages: Vec<_> = error.issues.iter().filter(|i| i.variable == "SECURITY_API_KEYS").collect();
+    assert_eq!(messages.len(), 5, "{text}");
+    for (issue, n) in messages.iter().zip([1, 2, 3, 4, 6]) {
+        assert!(issue.message.starts_with(&format!("entry {n}:")), "{issue}");
+    }
+    assert!(!text.contains(&good) && !text.contains(short) && !text.contains(&premium), "{text}");
+
+    let production = issue_variables(
+        load(&[("ENVIRONMENT", "production"), ("SECURITY_SECRET_KEY", STRONG_KEY), ("SECURITY_API_KEYS", &good)])
+            .unwrap_err(),
+    );
+    assert_eq!(production, ["SECURITY_API_KEYS"]);
+}

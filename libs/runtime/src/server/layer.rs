@@ -8,11 +8,14 @@
 //! trailers-only errors and from the trailers otherwise, since streaming calls only know
 //! their outcome at the end.
 
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
+use futures::FutureExt as _;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body, Frame};
 use opentelemetry::propagation::Extractor;
@@ -30,13 +33,20 @@ use crate::error::{ApiError, CORRELATION_ID_HEADER};
 pub(crate) struct ServerCallLayer {
     pub(crate) service_name: &'static str,
     pub(crate) authenticator: Option<Arc<dyn Authenticate>>,
+    /// Bounds a unary handler when the caller sent no `grpc-timeout`, or a longer one.
+    pub(crate) request_timeout: Duration,
 }
 
 impl<S> Layer<S> for ServerCallLayer {
     type Service = ServerCall<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ServerCall { inner, service_name: self.service_name, authenticator: self.authenticator.clone() }
+        ServerCall {
+            inner,
+            service_name: self.service_name,
+            authenticator: self.authenticator.clone(),
+            request_timeout: self.request_timeout,
+        }
     }
 }
 
@@ -46,6 +56,7 @@ pub(crate) struct ServerCall<S> {
     inner: S,
     service_name: &'static str,
     authenticator: Option<Arc<dyn Authenticate>>,
+    request_timeout: Duration,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ServerCall<S>
@@ -85,11 +96,9 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(sanitize_correlation_id)
             .map_or_else(new_correlation_id, str::to_owned);
-        let deadline = headers
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_grpc_timeout)
-            .map(|t| Instant::now() + t);
+        let requested = headers.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
+        let timeout = requested.map_or(self.request_timeout, |t| t.min(self.request_timeout));
+        let deadline = Some(Instant::now() + timeout);
 
         let span = tracing::info_span!(
             "grpc.request",
@@ -103,41 +112,57 @@ where
         // Joining the caller's trace fails only when tracing is disabled; then the span is local.
         let _ = span.set_parent(parent);
 
-        let principal = if is_open_path(&path) {
-            Ok(None)
-        } else {
-            self.authenticator.as_ref().map_or(Ok(None), |auth| auth.authenticate(headers))
-        };
-        let principal = match principal {
-            Ok(principal) => principal,
-            Err(error) => {
-                let service_name = self.service_name;
-                return Box::pin(async move {
-                    tracing::info!(parent: &span, code = %error.code, "call refused by authentication");
-                    let started = Instant::now();
-                    let response = error_response(error, &correlation_id);
-                    record(service_name, &rpc_service, &method, grpc_code_of(response.headers()), started);
-                    Ok(response.map(|()| MeteredBody::plain(ResBody::default())))
-                });
-            }
-        };
-
-        let context = RequestContext { correlation_id: correlation_id.clone(), deadline, principal };
-        request.extensions_mut().insert(context.clone());
-        let call =
-            Call { service_name: self.service_name, rpc_service, method, started: Instant::now(), span: span.clone() };
-        metrics::gauge!("agentmesh_grpc_server_in_flight", "service" => call.service_name).increment(1.0);
+        let authenticator = if is_open_path(&path) { None } else { self.authenticator.clone() };
+        let service_name = self.service_name;
+        let call_span = span.clone();
         Box::pin(
-            context
-                .scope(async move {
-                    let mut response = inner.call(request).await?;
-                    if let Ok(value) = HeaderValue::from_str(&correlation_id) {
-                        response.headers_mut().insert(CORRELATION_ID_HEADER, value);
-                    }
-                    let header_code = grpc_code_of(response.headers());
-                    Ok(response.map(|body| MeteredBody::metered(body, call, header_code)))
-                })
-                .instrument(span),
+            async move {
+                let principal = match &authenticator {
+                    None => None,
+                    Some(auth) => match auth.authenticate(request.headers()).await {
+                        Ok(principal) => principal,
+                        Err(error) => {
+                            tracing::info!(code = %error.code, "call refused by authentication");
+                            let started = Instant::now();
+                            let response = error_response(error, &correlation_id);
+                            record(service_name, &rpc_service, &method, grpc_code_of(response.headers()), started);
+                            return Ok(response.map(|()| MeteredBody::plain(ResBody::default())));
+                        }
+                    },
+                };
+                let context = RequestContext { correlation_id: correlation_id.clone(), deadline, principal };
+                request.extensions_mut().insert(context.clone());
+                let call = Call { service_name, rpc_service, method, started: Instant::now(), span: call_span };
+                metrics::gauge!("agentmesh_grpc_server_in_flight", "service" => service_name).increment(1.0);
+                context
+                    .scope(async move {
+                        // A panicking handler answers INTERNAL instead of dropping the connection.
+                        let handled = AssertUnwindSafe(inner.call(request)).catch_unwind();
+                        let error = match tokio::time::timeout(timeout, handled).await {
+                            Ok(Ok(result)) => Ok(result?),
+                            Ok(Err(_panic)) => {
+                                tracing::error!("handler panicked");
+                                Err(ApiError::internal())
+                            }
+                            Err(_) => Err(ApiError::timeout("request", timeout)),
+                        };
+                        let mut response = match error {
+                            Ok(response) => response,
+                            Err(error) => {
+                                let response = error_response(error, &correlation_id);
+                                let code = grpc_code_of(response.headers());
+                                return Ok(response.map(|()| MeteredBody::metered(ResBody::default(), call, code)));
+                            }
+                        };
+                        if let Ok(value) = HeaderValue::from_str(&correlation_id) {
+                            response.headers_mut().insert(CORRELATION_ID_HEADER, value);
+                        }
+                        let header_code = grpc_code_of(response.headers());
+                        Ok(response.map(|body| MeteredBody::metered(body, call, header_code)))
+                    })
+                    .await
+            }
+            .instrument(span),
         )
     }
 }

@@ -11,14 +11,15 @@ mod layer;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
 use tonic::service::{Routes, RoutesBuilder};
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
@@ -41,9 +42,9 @@ pub enum ServerError {
     /// The reflection service could not load the descriptor set.
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
-    /// The transport failed while serving.
-    #[error("gRPC transport failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
+    /// Accepting or serving connections failed.
+    #[error("serving failed: {0}")]
+    Io(#[source] std::io::Error),
 }
 
 /// Binds `address`, naming it in the error.
@@ -63,6 +64,8 @@ pub struct GrpcServer {
     authenticator: Option<Arc<dyn Authenticate>>,
     settings: ServerConfig,
     metrics_path: Option<String>,
+    /// Serves every request no gRPC service claims (the gateway's REST API).
+    http_fallback: Option<axum::Router>,
 }
 
 impl GrpcServer {
@@ -80,7 +83,15 @@ impl GrpcServer {
             authenticator: None,
             settings: config.server.clone(),
             metrics_path: observability.metrics_enabled.then(|| observability.metrics_path.clone()),
+            http_fallback: None,
         }
+    }
+
+    /// Serves requests that match no gRPC service with `router` (HTTP/1.1 and HTTP/2).
+    #[must_use]
+    pub fn with_http_fallback(mut self, router: axum::Router) -> Self {
+        self.http_fallback = Some(router);
+        self
     }
 
     /// Adds a generated tonic service.
@@ -130,6 +141,9 @@ impl GrpcServer {
         if let Some(path) = &self.metrics_path {
             router = router.route(path, get(|| async { render_metrics() }));
         }
+        if let Some(fallback) = self.http_fallback {
+            router = router.fallback_service(fallback);
+        }
 
         for name in &self.served {
             self.health.set_service_status(name, ServingStatus::Serving).await;
@@ -137,23 +151,30 @@ impl GrpcServer {
         self.health.set_service_status("", ServingStatus::Serving).await;
 
         let local = listener.local_addr().ok();
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let app = router.layer(layer::ServerCallLayer {
+            service_name: self.name,
+            authenticator: self.authenticator,
+            request_timeout: self.settings.request_timeout,
+        });
+        // One hyper server per port for gRPC (h2c), REST (HTTP/1.1 and 2) and WebSocket
+        // upgrades, which tonic's own server does not support.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "TCP_NODELAY not set");
+            }
+        });
         let (stop_accepting, stop_accepting_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tonic::transport::Server::builder()
-            .accept_http1(true)
-            // Bounds a handler when the caller sent no `grpc-timeout` (or a longer one).
-            .timeout(self.settings.request_timeout)
-            .layer(layer::ServerCallLayer { service_name: self.name, authenticator: self.authenticator })
-            .add_routes(Routes::from(router))
-            .serve_with_incoming_shutdown(incoming, async {
+        let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async {
                 // A dropped sender also means stop.
                 let _ = stop_accepting_rx.await;
-            });
+            })
+            .into_future();
         tokio::pin!(server);
         tracing::info!(service = self.name, address = ?local, "serving");
 
         tokio::select! {
-            result = &mut server => return result.map_err(ServerError::from),
+            result = &mut server => return result.map_err(ServerError::Io),
             () = shutdown => {}
         }
 
@@ -163,7 +184,7 @@ impl GrpcServer {
         }
         self.health.set_service_status("", ServingStatus::NotServing).await;
         tokio::select! {
-            result = &mut server => return result.map_err(ServerError::from),
+            result = &mut server => return result.map_err(ServerError::Io),
             () = tokio::time::sleep(self.settings.drain_delay) => {}
         }
 
@@ -171,7 +192,7 @@ impl GrpcServer {
         match tokio::time::timeout(self.settings.shutdown_grace, &mut server).await {
             Ok(result) => {
                 tracing::info!(service = self.name, "stopped");
-                result.map_err(ServerError::from)
+                result.map_err(ServerError::Io)
             }
             Err(_) => {
                 tracing::warn!(service = self.name, grace = ?self.settings.shutdown_grace, "grace period over: cutting remaining calls");

@@ -22,6 +22,8 @@
 //!   transactional outbox, so an acknowledged write never loses its event.
 
 pub mod memory;
+pub mod postgres;
+pub mod redis;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Timelike, Utc};

@@ -1,0 +1,157 @@
+//! `agentmesh keys` as an operator runs it: the real binary against a real PostgreSQL, in
+//! a schema of its own (`GATEWAY_DB_SCHEMA`), dropped when the test ends; and the refusal
+//! to keep keys in memory.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use agentmesh_gateway::auth::keys::KeyHash;
+use agentmesh_gateway::auth::{ApiKeyStore as _, PostgresKeyStore};
+use agentmesh_testkit::{Service, unique_name};
+
+/// Runs `agentmesh keys <args>` with only the given environment (plus quiet logs).
+fn agentmesh(env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_agentmesh"));
+    command
+        .env_clear()
+        .env("OBSERVABILITY_LOG_LEVEL", "ERROR")
+        .env("OBSERVABILITY_TRACING_ENABLED", "false")
+        .arg("keys")
+        .args(args);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command.output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Drops the schema when dropped, also when the test panics.
+struct DropSchema {
+    url: String,
+    schema: String,
+}
+
+impl Drop for DropSchema {
+    fn drop(&mut self) {
+        let (url, schema) = (self.url.clone(), self.schema.clone());
+        let done = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                use sqlx::Connection as _;
+                let mut conn = sqlx::PgConnection::connect(&url).await?;
+                let sql = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+                sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await.map(|_| ())
+            })
+        })
+        .join();
+        if !matches!(done, Ok(Ok(()))) {
+            eprintln!("could not drop test schema {}: {done:?}", self.schema);
+        }
+    }
+}
+
+#[tokio::test]
+async fn create_list_and_revoke_through_the_binary() {
+    let Some(url) = agentmesh_testkit::require(Service::Postgres).await else { return };
+    let schema = unique_name("gwcli");
+    let _guard = DropSchema { url: url.clone(), schema: schema.clone() };
+    let env = [("USE_DATABASE", "true"), ("DB_URL", url.as_str()), ("GATEWAY_DB_SCHEMA", schema.as_str())];
+
+    // create: the key alone on stdout, metadata on stderr.
+    let created = agentmesh(
+        &env,
+        &[
+            "create",
+            "--user",
+            "alice",
+            "--tenant",
+            "acme",
+            "--tier",
+            "premium",
+            "--scope",
+            "sessions:read",
+            "--name",
+            "ci",
+        ],
+    );
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    let stdout = text(&created.stdout);
+    let key = stdout.trim_end().to_owned();
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(key.starts_with("sk-") && key.len() == 35, "{key}");
+    let stderr = text(&created.stderr);
+    let prefix = &key[..11];
+    assert!(
+        stderr.contains(prefix) && stderr.contains("alice") && stderr.contains("cannot be shown again"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&key), "the key goes to stdout only");
+
+    // The gateway finds it by its hash in the same schema.
+    let store = PostgresKeyStore::connect_url(&url, &schema, 1, Duration::from_secs(10)).await.unwrap();
+    let record = store.find_by_hash(&KeyHash::of(&key)).await.unwrap().unwrap();
+    assert_eq!((record.user_id.as_str(), record.tenant_id.as_str()), ("alice", "acme"));
+    assert_eq!(record.scopes, ["sessions:read"]);
+
+    let second = agentmesh(&env, &["create", "--user", "bob"]);
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    let bob_key = text(&second.stdout).trim_end().to_owned();
+
+    // list: by prefix, never the key; filtered by user.
+    let listed = agentmesh(&env, &["list"]);
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+    let table = text(&listed.stdout);
+    assert!(table.starts_with("ID"), "{table}");
+    assert!(table.contains(prefix) && table.contains(&bob_key[..11]), "{table}");
+    assert!(!table.contains(&key) && !table.contains(&bob_key), "{table}");
+    let alice_only = text(&agentmesh(&env, &["list", "--user", "alice"]).stdout);
+    assert!(alice_only.contains(prefix) && !alice_only.contains(&bob_key[..11]), "{alice_only}");
+
+    // revoke by the listed prefix: the key stops working and leaves the default listing.
+    let revoked = agentmesh(&env, &["revoke", prefix]);
+    assert!(revoked.status.success(), "{}", text(&revoked.stderr));
+    assert!(text(&revoked.stdout).contains(&record.id.to_string()), "{}", text(&revoked.stdout));
+    assert!(!store.find_by_hash(&KeyHash::of(&key)).await.unwrap().unwrap().is_active());
+    assert!(!text(&agentmesh(&env, &["list"]).stdout).contains(prefix));
+    let all = text(&agentmesh(&env, &["list", "--include-revoked"]).stdout);
+    assert!(all.lines().any(|line| line.contains(prefix) && line.contains("revoked")), "{all}");
+
+    // revoke by id and by the full key work too; unknown and too-short inputs fail.
+    let bob = store.find_by_hash(&KeyHash::of(&bob_key)).await.unwrap().unwrap();
+    let by_key = agentmesh(&env, &["revoke", &bob_key]);
+    assert!(by_key.status.success(), "{}", text(&by_key.stderr));
+    assert!(!text(&by_key.stdout).contains(&bob_key));
+    let again = agentmesh(&env, &["revoke", &bob.id.to_string()]);
+    assert!(again.status.success() && text(&again.stdout).contains("already revoked"), "{}", text(&again.stdout));
+    let unknown = agentmesh(&env, &["revoke", "sk-nothing1"]);
+    assert!(!unknown.status.success());
+    assert!(text(&unknown.stderr).contains("no API key matches"), "{}", text(&unknown.stderr));
+    let short = agentmesh(&env, &["revoke", "sk-"]);
+    assert!(!short.status.success());
+    assert!(text(&short.stderr).contains("at least"), "{}", text(&short.stderr));
+    let bad_tier = agentmesh(&env, &["create", "--user", "x", "--tier", "gold"]);
+    assert!(!bad_tier.status.success());
+    let bad_scope = agentmesh(&env, &["create", "--user", "x", "--scope", "Not A Scope"]);
+    assert!(!bad_scope.status.success());
+    assert!(text(&bad_scope.stderr).contains("invalid scope"), "{}", text(&bad_scope.stderr));
+}
+
+#[test]
+fn memory_storage_is_refused_with_a_clear_message() {
+    for env in [vec![], vec![("USE_REDIS", "true")]] {
+        let output = agentmesh(&env, &["list"]);
+        assert!(!output.status.success());
+        assert_ne!(output.status.code(), Some(0));
+        let stderr = text(&output.stderr);
+        assert!(stderr.contains("USE_DATABASE=true") && stderr.contains("DB_URL"), "{stderr}");
+        assert!(output.stdout.is_empty());
+    }
+    let output = agentmesh(&[], &["create", "--user", "alice"]);
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty(), "no key is printed when none is stored");
+}

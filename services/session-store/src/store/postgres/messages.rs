@@ -1,0 +1,349 @@
+//! Messages: append, get, list, update, delete, with the session's counters and events.
+//!
+//! An append is the hot path and runs as **one statement**: it checks owner and parent,
+//! bumps `message_count` / `last_activity` (taking the session row's lock, which is what
+//! keeps the counter exact under concurrent appends), inserts the message and queues its
+//! event, in one implicit transaction and one round trip. `updated_at` of the session is
+//! not touched (its trigger only watches the session's own fields).
+//!
+//! A delete locks the session row first, then deletes and decrements, so it takes locks
+//! in the same order as an append and the two cannot deadlock.
+
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use super::PostgresStore;
+use super::error::{DbError, classify, classify_commit, violated_constraint};
+use super::outbox::{INSERT_ALL, OutboxRow, OutboxRows, outbox_insert_one};
+use super::rows::{self, message_columns};
+use super::sessions::{bigint, repeated_insert};
+use crate::events;
+use crate::store::{MessagePatch, MessageQuery, MessageRecord, NewMessage, Owner, Page, StoreError};
+
+/// `$1`-`$11` the event, `$12` session, `$13` tenant, `$14` owner, `$15` id, `$16` role,
+/// `$17` content, `$18` metadata, `$19` tool calls, `$20` parent (nullable), `$21` time.
+/// Reports whether the message went in; when it did not, [`APPEND_REFUSED`] tells why.
+const CREATE: &str = concat!(
+    "WITH bumped AS (",
+    "UPDATE sessions s SET message_count = s.message_count + 1, last_activity = GREATEST(s.last_activity, $21) ",
+    "WHERE s.id = $12 AND s.tenant_id = $13 AND s.owner_id = $14 AND ($20::uuid IS NULL OR EXISTS ",
+    "(SELECT 1 FROM messages p WHERE p.id = $20 AND p.session_id = $12)) RETURNING s.id), ",
+    "inserted AS (",
+    "INSERT INTO messages (id, session_id, role, content, metadata, tool_calls, parent_message_id, created_at, ",
+    "updated_at) SELECT $15, b.id, $16, $17, $18, $19, $20, $21, $21 FROM bumped b RETURNING id), ",
+    "queued AS (",
+    outbox_insert_one!("EXISTS (SELECT 1 FROM inserted)"),
+    ") SELECT EXISTS (SELECT 1 FROM inserted)"
+);
+
+/// Why an append did not go in: the session is the owner's (so the parent was wrong), or
+/// not (or no longer).
+const APPEND_REFUSED: &str =
+    "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1 AND tenant_id = $2 AND owner_id = $3)";
+
+const GET: &str = concat!(
+    "SELECT ",
+    message_columns!(),
+    " FROM messages m JOIN sessions s ON s.id = m.session_id ",
+    "WHERE m.id = $1 AND s.tenant_id = $2 AND s.owner_id = $3"
+);
+
+const UPDATE: &str = concat!(
+    "UPDATE messages m SET content = COALESCE($4, m.content), role = COALESCE($5, m.role), ",
+    "metadata = COALESCE($6, m.metadata), updated_at = $7 ",
+    "FROM sessions s WHERE m.id = $1 AND s.id = m.session_id AND s.tenant_id = $2 AND s.owner_id = $3 ",
+    "RETURNING ",
+    message_columns!()
+);
+
+/// Finds the message's session and locks it (the lock an append takes first too).
+const LOCK_SESSION: &str = "SELECT m.session_id FROM messages m JOIN sessions s ON s.id = m.session_id \
+     WHERE m.id = $1 AND s.tenant_id = $2 AND s.owner_id = $3 FOR UPDATE OF s";
+
+/// Deletes the message (replies lose their parent: ON DELETE SET NULL) and decrements the
+/// counter when it was still there.
+const DELETE: &str = concat!(
+    "WITH deleted AS (DELETE FROM messages m WHERE m.id = $1 AND m.session_id = $2 RETURNING ",
+    message_columns!(),
+    "), counted AS (UPDATE sessions SET message_count = message_count - 1 ",
+    "WHERE id = $2 AND EXISTS (SELECT 1 FROM deleted)) ",
+    "SELECT * FROM deleted"
+);
+
+/// `search` as an ILIKE pattern matching it anywhere, with `\`, `%` and `_` literal.
+fn contains_pattern(search: &str) -> String {
+    let mut pattern = String::with_capacity(search.len() + 2);
+    pattern.push('%');
+    for c in search.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// The listing statement for one combination of filters and cursor. Parameters: `$1`
+/// session, `$2` tenant, `$3` owner, `$4` limit + 1, `$5` offset, then role, search
+/// pattern and the cursor's key and id when present.
+///
+/// One round trip, one snapshot: the owner's session (none → not found) joined to the
+/// page. Without filters the total is the session's `message_count` (an index lookup, not
+/// a count over a long conversation); with filters the matching messages are counted.
+fn list_sql(query: &MessageQuery) -> String {
+    let mut filters = String::new();
+    let mut next = 6;
+    if query.role.is_some() {
+        filters.push_str(&format!(" AND m.role = ${next}"));
+        next += 1;
+    }
+    if query.search.is_some() {
+        filters.push_str(&format!(" AND m.content ILIKE ${next} ESCAPE '\\'"));
+        next += 1;
+    }
+    let total = if filters.is_empty() {
+        "s.message_count::bigint".to_owned()
+    } else {
+        format!("(SELECT count(*) FROM messages m WHERE m.session_id = s.id{filters})")
+    };
+    let after = if query.after.is_some() {
+        format!(" AND (m.created_at, m.id) > (${next}, ${})", next + 1)
+    } else {
+        String::new()
+    };
+    format!(
+        "WITH target AS MATERIALIZED (\
+         SELECT s.id, {total} AS total FROM sessions s WHERE s.id = $1 AND s.tenant_id = $2 AND s.owner_id = $3) \
+         SELECT target.total, page.* FROM target LEFT JOIN LATERAL (\
+         SELECT {columns} FROM messages m WHERE m.session_id = target.id{filters}{after} \
+         ORDER BY m.created_at, m.id LIMIT $4 OFFSET $5) page ON true \
+         ORDER BY page.created_at, page.id",
+        columns = message_columns!(),
+    )
+}
+
+impl PostgresStore {
+    pub(super) async fn create_message_impl(
+        &self,
+        owner: &Owner,
+        session_id: Uuid,
+        new: NewMessage,
+    ) -> Result<MessageRecord, StoreError> {
+        let at = crate::store::now();
+        let record = MessageRecord {
+            id: Uuid::now_v7(),
+            session_id,
+            role: new.role,
+            content: new.content,
+            metadata: new.metadata,
+            tool_calls: new.tool_calls,
+            parent_message_id: new.parent_message_id,
+            created_at: at,
+            updated_at: at,
+        };
+        let outbox =
+            OutboxRow::new(events::message_created(owner, &record)).map_err(|e| StoreError::Internal(Box::new(e)))?;
+        self.run(|| async {
+            let mut conn = self.inner.pool.acquire().await.map_err(classify)?;
+            let result = outbox
+                .bind(sqlx::query(CREATE))
+                .bind(session_id)
+                .bind(&owner.tenant_id)
+                .bind(&owner.user_id)
+                .bind(record.id)
+                .bind(record.role.as_str())
+                .bind(&record.content)
+                .bind(Json(&record.metadata))
+                .bind(Json(&record.tool_calls))
+                .bind(record.parent_message_id)
+                .bind(at)
+                .fetch_one(&mut *conn)
+                .await;
+            let inserted: bool = match result {
+                Ok(row) => sqlx::Row::try_get(&row, 0).map_err(classify)?,
+                // Safe to retry even if the outcome is unknown: see `repeated_insert`.
+                Err(e) if repeated_insert(&e, "messages_pkey") => return Ok(()),
+                Err(e) => {
+                    return Err(match violated_constraint(&e) {
+                        // The parent was deleted after the statement's snapshot saw it.
+                        Some(("foreign_key", name)) if name == "messages_parent_message_id_fkey" => {
+                            DbError::InvalidParent
+                        }
+                        Some(("foreign_key", name)) if name == "messages_session_id_fkey" => DbError::NotFound,
+                        _ => classify(e),
+                    });
+                }
+            };
+            if inserted {
+                return Ok(());
+            }
+            let owned: bool = sqlx::query_scalar(APPEND_REFUSED)
+                .bind(session_id)
+                .bind(&owner.tenant_id)
+                .bind(&owner.user_id)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(classify)?;
+            // Not the owner's (or deleted while we waited for its lock): not found.
+            Err(if owned { DbError::InvalidParent } else { DbError::NotFound })
+        })
+        .await?;
+        self.wake_relay();
+        Ok(record)
+    }
+
+    pub(super) async fn get_message_impl(&self, owner: &Owner, id: Uuid) -> Result<MessageRecord, StoreError> {
+        self.run(|| async {
+            let mut conn = self.inner.pool.acquire().await.map_err(classify)?;
+            let row = sqlx::query(GET)
+                .bind(id)
+                .bind(&owner.tenant_id)
+                .bind(&owner.user_id)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(classify)?;
+            rows::message(&row.ok_or(DbError::NotFound)?)
+        })
+        .await
+    }
+
+    pub(super) async fn list_messages_impl(
+        &self,
+        owner: &Owner,
+        session_id: Uuid,
+        query: &MessageQuery,
+    ) -> Result<Page<MessageRecord>, StoreError> {
+        let sql = list_sql(query);
+        let pattern = query.search.as_deref().map(contains_pattern);
+        let limit = usize::try_from(query.limit).unwrap_or(usize::MAX);
+        self.run(|| async {
+            let mut conn = self.inner.pool.acquire().await.map_err(classify)?;
+            let mut statement = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(session_id)
+                .bind(&owner.tenant_id)
+                .bind(&owner.user_id)
+                .bind(bigint(u64::from(query.limit) + 1))
+                .bind(bigint(query.offset));
+            if let Some(role) = query.role {
+                statement = statement.bind(role.as_str());
+            }
+            if let Some(pattern) = &pattern {
+                statement = statement.bind(pattern);
+            }
+            if let Some(after) = query.after {
+                statement = statement.bind(after.key).bind(after.id);
+            }
+            let found = statement.fetch_all(&mut *conn).await.map_err(classify)?;
+            let total: i64 = sqlx::Row::try_get(found.first().ok_or(DbError::NotFound)?, "total").map_err(classify)?;
+            let mut items = Vec::with_capacity(found.len());
+            for row in &found {
+                if let Some(message) = rows::optional_message(row)? {
+                    items.push(message);
+                }
+            }
+            let has_more = items.len() > limit;
+            items.truncate(limit);
+            Ok(Page { items, total: u64::try_from(total).unwrap_or(0), has_more })
+        })
+        .await
+    }
+
+    pub(super) async fn update_message_impl(
+        &self,
+        owner: &Owner,
+        id: Uuid,
+        patch: MessagePatch,
+    ) -> Result<MessageRecord, StoreError> {
+        let at = crate::store::now();
+        self.run(|| async {
+            let mut tx = self.inner.pool.begin().await.map_err(classify)?;
+            let row = sqlx::query(UPDATE)
+                .bind(id)
+                .bind(&owner.tenant_id)
+                .bind(&owner.user_id)
+                .bind(patch.content.as_deref())
+                .bind(patch.role.map(|role| role.as_str()))
+                .bind(patch.metadata.as_ref().map(Json))
+                .bind(at)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(classify)?;
+            let record = rows::message(&row.ok_or(DbError::NotFound)?)?;
+            let outbox = OutboxRows::new([(record.id, events::message_updated(owner, &record))])?;
+            outbox.bind(sqlx::query(INSERT_ALL)).execute(&mut *tx).await.map_err(classify)?;
+            tx.commit().await.map_err(classify_commit)?;
+            Ok(record)
+        })
+        .await
+        .inspect(|_| self.wake_relay())
+    }
+
+    pub(super) async fn delete_message_impl(&self, owner: &Owner, id: Uuid) -> Result<MessageRecord, StoreError> {
+        self.run(|| async {
+            let mut tx = self.inner.pool.begin().await.map_err(classify)?;
+            let session_id: Uuid = sqlx::query_scalar(LOCK_SESSION)
+                .bind(id)
+                .bind(&owner.tenant_id)
+                .bind(&owner.user_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(classify)?
+                .ok_or(DbError::NotFound)?;
+            let row = sqlx::query(DELETE)
+                .bind(id)
+                .bind(session_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(classify)?
+                // Deleted by a concurrent call between the lookup and the lock.
+                .ok_or(DbError::NotFound)?;
+            let record = rows::message(&row)?;
+            let outbox = OutboxRows::new([(record.id, events::message_deleted(owner, &record))])?;
+            outbox.bind(sqlx::query(INSERT_ALL)).execute(&mut *tx).await.map_err(classify)?;
+            tx.commit().await.map_err(classify_commit)?;
+            Ok(record)
+        })
+        .await
+        .inspect(|_| self.wake_relay())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Cursor, Role};
+
+    fn query() -> MessageQuery {
+        MessageQuery { role: None, search: None, limit: 50, offset: 0, after: None }
+    }
+
+    #[test]
+    fn search_patterns_take_wildcards_literally() {
+        assert_eq!(contains_pattern("100%"), "%100\\%%");
+        assert_eq!(contains_pattern("a_b\\c"), "%a\\_b\\\\c%");
+        assert_eq!(contains_pattern("École"), "%École%");
+    }
+
+    #[test]
+    fn unfiltered_listings_take_the_total_from_the_session() {
+        let plain = list_sql(&query());
+        assert!(plain.contains("s.message_count::bigint AS total"));
+        assert!(!plain.contains("count(*)"));
+        let cursor = Cursor { key: chrono::Utc::now(), id: Uuid::nil() };
+        let keyset = list_sql(&MessageQuery { after: Some(cursor), ..query() });
+        assert!(keyset.contains("AND (m.created_at, m.id) > ($6, $7)"));
+    }
+
+    #[test]
+    fn filtered_listings_count_matches() {
+        let both = list_sql(&MessageQuery {
+            role: Some(Role::User),
+            search: Some("x".into()),
+            after: Some(Cursor { key: chrono::Utc::now(), id: Uuid::nil() }),
+            ..query()
+        });
+        assert!(both.contains("(SELECT count(*) FROM messages m WHERE m.session_id = s.id AND m.role = $6 AND m.content ILIKE $7 ESCAPE '\\')"));
+        assert!(both.contains("> ($8, $9)"));
+    }
+}

@@ -1,0 +1,170 @@
+//! Writing domain events into the `outbox` table, inside the write that caused them.
+//!
+//! Every write builds its events with the `crate::events` builders and binds them as
+//! column arrays (`$1`-`$12`) of an `INSERT ... SELECT FROM unnest(...)`, which each
+//! operation embeds in its own statement (see [`outbox_insert!`]) or runs in its
+//! transaction; an append, the hot path, binds its one event as scalars instead
+//! ([`outbox_insert_one!`]). Each event carries the id of the record it is about (`record_id`), so a
+//! statement can keep only the events of the records it actually changed — e.g. a bulk
+//! delete queues `session.deleted` only for the sessions it found. Rows get their `seq`
+//! in event order (`WITH ORDINALITY`), which is the order the relay publishes them in.
+
+use agentmesh_events::Event;
+use chrono::{DateTime, Utc};
+use sqlx::Postgres;
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
+use uuid::Uuid;
+
+use super::error::DbError;
+
+/// The outbox insert over the event arrays `$1`-`$12`, keeping the events whose row `e`
+/// satisfies `$guard` (a SQL condition; `e.record_id` names the event's record).
+macro_rules! outbox_insert {
+    ($guard:literal) => {
+        concat!(
+            "INSERT INTO outbox (event_id, topic, event_type, source, subject, tenant, correlation_id, ",
+            "data_content_type, data_schema, data, time) ",
+            "SELECT e.event_id, e.topic, e.event_type, e.source, e.subject, e.tenant, e.correlation_id, ",
+            "e.data_content_type, e.data_schema, e.data, e.time ",
+            "FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], ",
+            "$8::text[], $9::text[], $10::bytea[], $11::timestamptz[], $12::uuid[]) WITH ORDINALITY ",
+            "AS e(event_id, topic, event_type, source, subject, tenant, correlation_id, data_content_type, ",
+            "data_schema, data, time, record_id, n) ",
+            "WHERE ",
+            $guard,
+            " ORDER BY e.n"
+        )
+    };
+}
+pub(super) use outbox_insert;
+
+/// The outbox insert of one event bound as scalars `$1`-`$11`, if `$guard` holds: the
+/// append's hot path, which skips the arrays.
+macro_rules! outbox_insert_one {
+    ($guard:literal) => {
+        concat!(
+            "INSERT INTO outbox (event_id, topic, event_type, source, subject, tenant, correlation_id, ",
+            "data_content_type, data_schema, data, time) ",
+            "SELECT $1::uuid, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text, $9::text, ",
+            "$10::bytea, $11::timestamptz WHERE ",
+            $guard
+        )
+    };
+}
+pub(super) use outbox_insert_one;
+
+/// One event as the scalars of [`outbox_insert_one!`].
+#[derive(Debug)]
+pub(super) struct OutboxRow {
+    event_id: Uuid,
+    event: Event,
+    time: DateTime<Utc>,
+}
+
+impl OutboxRow {
+    pub(super) fn new(event: Event) -> Result<Self, DbError> {
+        let event_id = parse_id(&event)?;
+        Ok(Self { event_id, time: super::micros(event.time()), event })
+    }
+
+    /// Binds the event as `$1`-`$11` of `query` (which must have no parameters yet).
+    pub(super) fn bind<'q>(&self, query: Query<'q, Postgres, PgArguments>) -> Query<'q, Postgres, PgArguments> {
+        let event = &self.event;
+        query
+            .bind(self.event_id)
+            .bind(event.topic())
+            .bind(event.event_type())
+            .bind(event.source())
+            .bind(event.subject())
+            .bind(event.tenant())
+            .bind(event.correlation_id())
+            .bind(event.data_content_type())
+            .bind(event.data_schema())
+            .bind(event.data().as_ref())
+            .bind(self.time)
+    }
+}
+
+fn parse_id(event: &Event) -> Result<Uuid, DbError> {
+    Uuid::parse_str(event.id()).map_err(|_| DbError::corrupt(format!("event id {:?} is not a UUID", event.id())))
+}
+
+/// Events as the column arrays of [`outbox_insert!`].
+#[derive(Debug, Default)]
+pub(super) struct OutboxRows {
+    event_id: Vec<Uuid>,
+    topic: Vec<String>,
+    event_type: Vec<String>,
+    source: Vec<String>,
+    subject: Vec<Option<String>>,
+    tenant: Vec<Option<String>>,
+    correlation_id: Vec<Option<String>>,
+    data_content_type: Vec<String>,
+    data_schema: Vec<Option<String>>,
+    data: Vec<Vec<u8>>,
+    time: Vec<DateTime<Utc>>,
+    record_id: Vec<Uuid>,
+}
+
+impl OutboxRows {
+    /// Rows for `events`, each paired with the id of the record it is about.
+    pub(super) fn new(events: impl IntoIterator<Item = (Uuid, Event)>) -> Result<Self, DbError> {
+        let mut rows = OutboxRows::default();
+        for (record_id, event) in events {
+            rows.event_id.push(parse_id(&event)?);
+            rows.topic.push(event.topic().to_owned());
+            rows.event_type.push(event.event_type().to_owned());
+            rows.source.push(event.source().to_owned());
+            rows.subject.push(event.subject().map(str::to_owned));
+            rows.tenant.push(event.tenant().map(str::to_owned));
+            rows.correlation_id.push(event.correlation_id().map(str::to_owned));
+            rows.data_content_type.push(event.data_content_type().to_owned());
+            rows.data_schema.push(event.data_schema().map(str::to_owned));
+            rows.data.push(event.data().to_vec());
+            rows.time.push(super::micros(event.time()));
+            rows.record_id.push(record_id);
+        }
+        Ok(rows)
+    }
+
+    /// Binds the arrays as `$1`-`$12` of `query` (which must have no parameters yet).
+    pub(super) fn bind<'q>(&self, query: Query<'q, Postgres, PgArguments>) -> Query<'q, Postgres, PgArguments> {
+        query
+            .bind(&self.event_id)
+            .bind(&self.topic)
+            .bind(&self.event_type)
+            .bind(&self.source)
+            .bind(&self.subject)
+            .bind(&self.tenant)
+            .bind(&self.correlation_id)
+            .bind(&self.data_content_type)
+            .bind(&self.data_schema)
+            .bind(&self.data)
+            .bind(&self.time)
+            .bind(&self.record_id)
+    }
+}
+
+/// The outbox insert of a transaction step that queues all its events.
+pub(super) const INSERT_ALL: &str = outbox_insert!("true");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_binds_twelve_arrays_in_order() {
+        assert!(INSERT_ALL.contains("$12::uuid[]) WITH ORDINALITY"));
+        assert!(INSERT_ALL.ends_with("WHERE true ORDER BY e.n"));
+        let event = Event::builder("session.created", "s", "t").subject("x").build().unwrap();
+        let rows = OutboxRows::new([(Uuid::nil(), event.clone())]).unwrap();
+        assert_eq!(rows.event_id[0].to_string(), event.id());
+        assert_eq!(rows.subject[0].as_deref(), Some("x"));
+        assert_eq!(rows.tenant[0], None);
+        let bad = Event::builder("session.created", "s", "t").id("not-a-uuid").build().unwrap();
+        assert!(OutboxRows::new([(Uuid::nil(), bad.clone())]).is_err());
+        assert!(OutboxRow::new(bad).is_err());
+        assert!(outbox_insert_one!("true").contains("$11::timestamptz WHERE true"));
+    }
+}
