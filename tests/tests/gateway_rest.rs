@@ -66,7 +66,7 @@ async fn every_session_and_message_endpoint_answers_in_the_seed_shape() {
         api.json(ALICE, Method::POST, "/api/v1/sessions", Some(json!({"title": "Trip", "metadata": {"k": 1}}))).await;
     assert_eq!(status, 201, "{session}");
     assert_eq!(keys(&session), SESSION_KEYS);
-    assert_eq!((session["title"].clone(), session["user_id"].clone()), (json!("Trip"), Value::Null));
+    assert_eq!((session["title"].clone(), session["user_id"].clone()), (json!("Trip"), json!("alice")));
     assert_eq!((session["metadata"].clone(), session["message_count"].clone()), (json!({"k": 1}), json!(0)));
     let id = session["id"].as_str().unwrap().to_owned();
 

@@ -40,6 +40,9 @@ pub struct ClientError {
     pub reason: String,
 }
 
+/// What callers are told to wait before retrying a peer that could not be reached.
+const UNREACHABLE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How long to wait for a TCP connection to a peer before the attempt fails.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -148,7 +151,7 @@ fn api_error(target: &str, error: ResilienceError<tonic::transport::Error>) -> A
     match error {
         ResilienceError::Inner(transport) => {
             tracing::warn!(%target, error = %transport, "peer unreachable");
-            ApiError::external_service(target, "internal_service", true)
+            ApiError::external_service(target, "internal_service", true).with_retry_after(UNREACHABLE_RETRY_AFTER)
         }
         ResilienceError::Timeout { after } => ApiError::timeout(target, after),
         ResilienceError::CircuitOpen { name, retry_after } => ApiError::circuit_open(&name, retry_after),

@@ -50,11 +50,13 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// Extension: the body's media type is not JSON: 415.
     UnsupportedMediaType,
+    /// Extension: the contract has the operation, its service does not implement it yet: 501.
+    NotImplemented,
 }
 
 impl ErrorCode {
     /// Every code, for tables and tests.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         Self::Validation,
         Self::Authentication,
         Self::Authorization,
@@ -68,6 +70,7 @@ impl ErrorCode {
         Self::MethodNotAllowed,
         Self::PayloadTooLarge,
         Self::UnsupportedMediaType,
+        Self::NotImplemented,
     ];
 
     /// The seed's lowercase code string, e.g. `validation_error`.
@@ -86,6 +89,7 @@ impl ErrorCode {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::NotImplemented => "not_implemented",
         }
     }
 
@@ -106,7 +110,7 @@ impl ErrorCode {
             Self::Internal => Code::Internal,
             Self::NotFound => Code::NotFound,
             Self::Conflict => Code::AlreadyExists,
-            Self::MethodNotAllowed => Code::Unimplemented,
+            Self::MethodNotAllowed | Self::NotImplemented => Code::Unimplemented,
         }
     }
 
@@ -121,7 +125,7 @@ impl ErrorCode {
             Code::DeadlineExceeded => Self::Timeout,
             Code::NotFound => Self::NotFound,
             Code::AlreadyExists | Code::Aborted => Self::Conflict,
-            Code::Unimplemented => Self::MethodNotAllowed,
+            Code::Unimplemented => Self::NotImplemented,
             Code::Ok | Code::Cancelled | Code::Unknown | Code::Internal | Code::DataLoss => Self::Internal,
         }
     }
@@ -249,6 +253,7 @@ impl ApiError {
             ErrorCode::MethodNotAllowed => S::METHOD_NOT_ALLOWED,
             ErrorCode::PayloadTooLarge => S::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => S::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::NotImplemented => S::NOT_IMPLEMENTED,
         }
     }
 
@@ -414,6 +419,7 @@ mod tests {
             (ApiError::circuit_open("openai", Duration::from_secs(30)), S::SERVICE_UNAVAILABLE),
             (ApiError::timeout("chat", Duration::from_secs(5)), S::GATEWAY_TIMEOUT),
             (ApiError::internal(), S::INTERNAL_SERVER_ERROR),
+            (ApiError::from_status(&tonic::Status::unimplemented("Not yet implemented")), S::NOT_IMPLEMENTED),
         ];
         for (error, expected) in cases {
             assert_eq!(error.http_status(), expected, "{}", error.code);

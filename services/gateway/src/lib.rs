@@ -16,6 +16,7 @@ pub mod upstream;
 pub mod ws;
 
 pub mod auth;
+pub mod browser;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -143,7 +144,13 @@ pub async fn serve(
             }),
         );
     }
-    let http = http.fallback(move |request: axum::extract::Request| rest.clone().dispatch(request));
+    let [nosniff, no_frames, no_referrer] = browser::security_headers();
+    let http = http
+        .fallback(move |request: axum::extract::Request| rest.clone().dispatch(request))
+        .layer(browser::cors(&config.security))
+        .layer(nosniff)
+        .layer(no_frames)
+        .layer(no_referrer);
     GrpcServer::new(ServiceName::Gateway, &config)
         .with_authenticator(authenticator_for_grpc)
         .add_service(health)

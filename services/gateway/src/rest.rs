@@ -217,13 +217,20 @@ impl RestGateway {
             Ok(message) => message,
             Err(error) => return call.error(&error),
         };
-        let invocation = Invocation {
-            route,
-            message,
-            principal,
-            idempotency_key: headers.get(IDEMPOTENCY_KEY).and_then(|k| k.to_str().ok()).map(str::to_owned),
-            correlation_id: call.correlation_id.clone(),
+        let idempotency_key = match headers.get(IDEMPOTENCY_KEY).map(|k| k.to_str()) {
+            None => None,
+            Some(Ok(key)) => Some(key.to_owned()),
+            Some(Err(_)) => {
+                let violation = FieldViolation {
+                    field: "Idempotency-Key".into(),
+                    message: "must be visible ASCII characters".into(),
+                    value: Json::Null,
+                };
+                return call.error(&ApiError::validation(vec![violation]));
+            }
         };
+        let invocation =
+            Invocation { route, message, principal, idempotency_key, correlation_id: call.correlation_id.clone() };
         if route.is_streaming() {
             return match self.open_stream(invocation).await {
                 Ok(stream) => {

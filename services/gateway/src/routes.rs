@@ -140,27 +140,24 @@ impl RouteTable {
     /// The route for `method` and `path`, preferring literal segments over variables.
     pub fn find(&self, method: &Method, path: &str) -> Result<Matched<'_>, Miss> {
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let candidates: Vec<(&Route, Vec<(String, String)>)> =
+            self.routes.iter().filter_map(|route| bind(&route.segments, &parts).map(|vars| (route, vars))).collect();
+        // Only the most specific templates answer for a path (as in axum): a literal
+        // `bulk-create` segment shadows `{session_id}` for every method.
+        let Some(most_literal) = candidates.iter().map(|(route, _)| route.literal_count()).max() else {
+            return Err(Miss::NotFound);
+        };
+        let specific = candidates.into_iter().filter(|(route, _)| route.literal_count() == most_literal);
         let mut allowed = Vec::new();
-        let mut best: Option<Matched<'_>> = None;
-        for route in &self.routes {
-            let Some(variables) = bind(&route.segments, &parts) else { continue };
-            if route.method != *method {
-                allowed.push(route.method.clone());
-                continue;
+        for (route, variables) in specific {
+            if route.method == *method {
+                return Ok(Matched { route, variables });
             }
-            if best.as_ref().is_none_or(|b| route.literal_count() > b.route.literal_count()) {
-                best = Some(Matched { route, variables });
-            }
+            allowed.push(route.method.clone());
         }
-        match best {
-            Some(matched) => Ok(matched),
-            None if allowed.is_empty() => Err(Miss::NotFound),
-            None => {
-                allowed.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-                allowed.dedup();
-                Err(Miss::MethodNotAllowed(allowed))
-            }
-        }
+        allowed.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        allowed.dedup();
+        Err(Miss::MethodNotAllowed(allowed))
     }
 }
 
@@ -308,6 +305,11 @@ mod tests {
         assert_eq!(bulk.route.success_status, http::StatusCode::NO_CONTENT);
         let one = table.find(&Method::DELETE, "/api/v1/sessions/0193").unwrap();
         assert_eq!(one.route.rpc.name(), "DeleteSession");
+        assert_eq!(
+            table.find(&Method::GET, "/api/v1/sessions/bulk-create").unwrap_err(),
+            Miss::MethodNotAllowed(vec![Method::POST]),
+            "a literal segment shadows the variable for every method"
+        );
     }
 
     #[test]

@@ -229,7 +229,7 @@ fn the_session_list_has_the_seed_bounds_and_is_a_bare_array() {
     for header in ["X-Total-Count", "Link", "X-Correlation-ID", "X-RateLimit-Remaining"] {
         assert!(ok["headers"].get(header).is_some(), "no {header}");
     }
-    assert_eq!(statuses(list), ["200", "401", "403", "422", "429", "500", "502", "503", "504"]);
+    assert_eq!(statuses(list), ["200", "401", "403", "422", "429", "500", "501", "502", "503", "504"]);
     assert_eq!(list["security"][0]["ApiKeyAuth"], json!(["sessions:read"]));
 
     let messages = operation(&doc, "/api/v1/sessions/{session_id}/messages", "get");
@@ -269,7 +269,10 @@ fn bulk_operations_take_bare_arrays() {
 fn statuses_bodies_and_security_follow_the_contract() {
     let doc = document();
     let create = operation(&doc, "/api/v1/sessions", "post");
-    assert_eq!(statuses(create), ["201", "401", "403", "409", "413", "415", "422", "429", "500", "502", "503", "504"]);
+    assert_eq!(
+        statuses(create),
+        ["201", "401", "403", "409", "413", "415", "422", "429", "500", "501", "502", "503", "504"]
+    );
     assert_eq!(
         create["requestBody"]["content"]["application/json"]["schema"]["$ref"],
         "#/components/schemas/agentmesh.session.v1.CreateSessionRequest-Input"
@@ -283,7 +286,7 @@ fn statuses_bodies_and_security_follow_the_contract() {
     );
 
     let delete = operation(&doc, "/api/v1/sessions/{session_id}", "delete");
-    assert_eq!(statuses(delete), ["204", "401", "403", "404", "422", "429", "500", "502", "503", "504"]);
+    assert_eq!(statuses(delete), ["204", "401", "403", "404", "422", "429", "500", "501", "502", "503", "504"]);
     let update = operation(&doc, "/api/v1/sessions/{session_id}", "put");
     let body = &update["requestBody"]["content"]["application/json"]["schema"]["$ref"];
     assert_eq!(body, "#/components/schemas/agentmesh.session.v1.UpdateSessionRequest-Body");
@@ -293,7 +296,7 @@ fn statuses_bodies_and_security_follow_the_contract() {
 
     let health = operation(&doc, "/api/v1/health", "get");
     assert_eq!(health["security"], json!([]));
-    assert_eq!(statuses(health), ["200", "429", "500", "503", "504"]);
+    assert_eq!(statuses(health), ["200", "401", "429", "500", "503", "504"]);
 
     let stream = operation(&doc, "/api/v1/agents/{agent_id}/execute/stream", "post");
     let events = &stream["responses"]["200"]["content"]["text/event-stream"];

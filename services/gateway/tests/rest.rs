@@ -79,3 +79,88 @@ async fn liveness_is_open_and_service_health_lists_every_dependency() {
     assert!(body["details"]["failing"].get("session-store").is_none(), "{body}");
     assert_eq!(headers["retry-after"], "5");
 }
+
+#[tokio::test]
+async fn browsers_get_cors_for_allowed_origins_and_defensive_headers() {
+    let mesh = Mesh::start(&[("SECURITY_CORS_ORIGINS", "https://app.example.com")]).await;
+    let preflight = mesh
+        .http
+        .request(reqwest::Method::OPTIONS, mesh.url("/api/v1/sessions"))
+        .header("Origin", "https://app.example.com")
+        .header("Access-Control-Request-Method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success());
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "https://app.example.com");
+    let stranger =
+        mesh.http.get(mesh.url("/api/v1/health")).header("Origin", "https://evil.example.com").send().await.unwrap();
+    assert!(stranger.headers().get("access-control-allow-origin").is_none());
+    assert_eq!(stranger.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(stranger.headers()["x-frame-options"], "DENY");
+    let allowed =
+        mesh.http.get(mesh.url("/api/v1/health")).header("Origin", "https://app.example.com").send().await.unwrap();
+    let exposed = allowed.headers()["access-control-expose-headers"].to_str().unwrap().to_owned();
+    assert!(exposed.contains("x-total-count") && exposed.contains("x-correlation-id"), "{exposed}");
+}
+
+#[tokio::test]
+async fn oversized_bodies_and_unreachable_services_answer_in_the_seed_format() {
+    let key = "sk-limits-0123456789abcdefghijklmnopqrstu";
+    let keys = format!("{key}=limits:premium");
+    let mesh = Mesh::start(&[("SECURITY_API_KEYS", keys.as_str())]).await;
+    let huge = serde_json::json!({"title": "x", "metadata": {"blob": "y".repeat(2 * 1024 * 1024)}});
+    let response = mesh.http.post(mesh.url("/api/v1/sessions")).bearer_auth(key).json(&huge).send().await.unwrap();
+    let (status, _, body) = json(response).await;
+    assert_eq!(status, 413);
+    assert_error_shape(&body, "payload_too_large", "/api/v1/sessions");
+
+    let response = mesh.http.get(mesh.url("/api/v1/agents")).bearer_auth(key).send().await.unwrap();
+    let (status, headers, body) = json(response).await;
+    assert_eq!(status, 503, "nothing listens for the orchestrator: {body}");
+    assert_error_shape(&body, "external_service_error", "/api/v1/agents");
+    assert_eq!(body["details"]["service_name"], "agent-orchestrator");
+    assert_eq!(headers["retry-after"], "1");
+    assert!(headers.contains_key("x-ratelimit-remaining"));
+}
+
+#[tokio::test]
+async fn native_grpc_reaches_public_rpcs_through_the_gateway_with_the_callers_identity() {
+    use agentmesh_proto::agentmesh::llm::v1::ChatRequest;
+    use agentmesh_proto::agentmesh::llm::v1::llm_service_client::LlmServiceClient;
+    use agentmesh_proto::agentmesh::session::v1::GetSessionRequest;
+    use agentmesh_proto::agentmesh::session::v1::session_service_client::SessionServiceClient;
+
+    let key = "sk-grpc-0123456789abcdefghijklmnopqrstuvw";
+    let keys = format!("{key}=grpc-user:premium");
+    let mesh = Mesh::start(&[("SECURITY_API_KEYS", keys.as_str())]).await;
+    let created = mesh
+        .http
+        .post(mesh.url("/api/v1/sessions"))
+        .bearer_auth(key)
+        .json(&serde_json::json!({"title": "via rest"}))
+        .send()
+        .await
+        .unwrap();
+    let (status, _, session) = json(created).await;
+    assert_eq!(status, 201);
+    let id = session["id"].as_str().unwrap().to_owned();
+
+    let channel = tonic::transport::Channel::from_shared(mesh.base.clone()).unwrap().connect().await.unwrap();
+    let mut sessions = SessionServiceClient::new(channel.clone());
+    let mut request = tonic::Request::new(GetSessionRequest { session_id: id.clone() });
+    request.metadata_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
+    let got = sessions.get_session(request).await.unwrap().into_inner().session.unwrap();
+    assert_eq!((got.id.as_str(), got.title.as_deref()), (id.as_str(), Some("via rest")));
+
+    let anonymous = sessions.get_session(GetSessionRequest { session_id: id.clone() }).await.unwrap_err();
+    assert_eq!(anonymous.code(), tonic::Code::Unauthenticated);
+    let mut forged = tonic::Request::new(GetSessionRequest { session_id: id });
+    forged.metadata_mut().insert("x-agentmesh-principal", "forged.principal".parse().unwrap());
+    assert_eq!(sessions.get_session(forged).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+
+    let mut internal = tonic::Request::new(ChatRequest::default());
+    internal.metadata_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
+    let refused = LlmServiceClient::new(channel).chat(internal).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unimplemented, "internal RPCs are not exposed: {refused:?}");
+}

@@ -18,7 +18,9 @@
 //!
 //! Everything happens in a schema of its own, dropped at the end even on failure. Bounds
 //! (env): `BENCH_SECONDS` per append run (default 10), `BENCH_WRITERS` (default `16,64`),
-//! `BENCH_POOL` connections (default 16), `BENCH_LIST_ITERATIONS` (default 2000).
+//! `BENCH_POOL` connections (default 16), `BENCH_LIST_ITERATIONS` (default 2000);
+//! `BENCH_SKIP_LIST=true` stops after the appends and the relay. The server comes from
+//! `AGENTMESH_TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -340,6 +342,10 @@ async fn main() {
     appends(&store, &owner, &sessions[..1], 16, seconds).await;
     relay(&store).await;
 
+    if env("BENCH_SKIP_LIST", false) {
+        println!("load average at end: {}", load_average());
+        return;
+    }
     let reader = Owner { tenant_id: "bench".into(), user_id: "reader".into() };
     let big = load(&store, &reader).await;
     let (key, id): (chrono::DateTime<chrono::Utc>, Uuid) = sqlx::query_as(

@@ -117,8 +117,10 @@ impl SessionService {
         }
     }
 
+    /// A session to create; `user_id` defaults to the caller, as the contract says.
     fn new_session(
         &self,
+        owner: &Owner,
         prefix: &str,
         request: pb::CreateSessionRequest,
         out: &mut Vec<FieldViolation>,
@@ -126,7 +128,8 @@ impl SessionService {
         let metadata = request.metadata.as_ref().map(struct_to_object).unwrap_or_default();
         self.check_title(&format!("{prefix}title"), request.title.as_ref(), out);
         self.check_metadata(&format!("{prefix}metadata"), &metadata, out);
-        NewSession { user_id: request.user_id, title: request.title, metadata }
+        let user_id = request.user_id.or_else(|| Some(owner.user_id.clone()));
+        NewSession { user_id, title: request.title, metadata }
     }
 
     fn check_content(&self, content: &str, out: &mut Vec<FieldViolation>) {
@@ -195,13 +198,11 @@ fn offset(raw: Option<i32>) -> u64 {
     raw.and_then(|n| u64::try_from(n).ok()).unwrap_or(0)
 }
 
-/// The cursor of `page_token`, refusing it with a non-zero offset or another query.
-fn after(page_token: &str, offset: u64, fingerprint: &str) -> Result<Option<Cursor>, Status> {
+/// The cursor of `page_token` (which takes precedence over `offset`, as the contract
+/// says), refusing a token issued for another query.
+fn after(page_token: &str, fingerprint: &str) -> Result<Option<Cursor>, Status> {
     if page_token.is_empty() {
         return Ok(None);
-    }
-    if offset > 0 {
-        return Err(invalid("offset", "cannot be combined with page_token", Value::from(offset)));
     }
     paging::decode(page_token, fingerprint)
         .map(Some)
@@ -218,7 +219,7 @@ impl SessionRpc for SessionService {
         validate(request.get_ref())?;
         let create = async {
             let mut violations = Vec::new();
-            let new = self.new_session("", request.get_ref().clone(), &mut violations);
+            let new = self.new_session(&owner, "", request.get_ref().clone(), &mut violations);
             finish(violations)?;
             let created = self.store.create_sessions(&owner, vec![new]).await.map_err(store_error)?;
             Ok(pb::CreateSessionResponse { session: created.first().map(session_to_proto) })
@@ -249,14 +250,14 @@ impl SessionRpc for SessionService {
             &format!("{direction:?}"),
             &format!("{}:{user_filter}", request.user_id.is_some()),
         ]);
-        let offset = offset(request.offset);
+        let after = after(&request.page_token, &fingerprint)?;
         let query = SessionQuery {
             user_id: request.user_id,
             sort,
             direction,
             limit: limit(request.limit, DEFAULT_SESSION_LIMIT),
-            offset,
-            after: after(&request.page_token, offset, &fingerprint)?,
+            offset: if after.is_some() { 0 } else { offset(request.offset) },
+            after,
         };
         let page = self.store.list_sessions(&owner, &query).await.map_err(store_error)?;
         let next_page_token = match page.items.last() {
@@ -335,7 +336,9 @@ impl SessionRpc for SessionService {
                 .sessions
                 .iter()
                 .enumerate()
-                .map(|(index, item)| self.new_session(&format!("sessions[{index}]."), item.clone(), &mut violations))
+                .map(|(index, item)| {
+                    self.new_session(&owner, &format!("sessions[{index}]."), item.clone(), &mut violations)
+                })
                 .collect();
             finish(violations)?;
             let created = self.store.create_sessions(&owner, new).await.map_err(store_error)?;
@@ -411,13 +414,13 @@ impl SessionRpc for SessionService {
             role.map_or("", Role::as_str),
             &format!("{}:{}", search.is_some(), search.as_deref().unwrap_or_default()),
         ]);
-        let offset = offset(request.offset);
+        let after = after(&request.page_token, &fingerprint)?;
         let query = MessageQuery {
             role,
             search,
             limit: limit(request.limit, DEFAULT_MESSAGE_LIMIT),
-            offset,
-            after: after(&request.page_token, offset, &fingerprint)?,
+            offset: if after.is_some() { 0 } else { offset(request.offset) },
+            after,
         };
         let page = self.store.list_messages(&owner, session_id, &query).await.map_err(not_found_as("Session"))?;
         let next_page_token = match page.items.last() {

@@ -249,6 +249,46 @@ async fn fifty_concurrent_appends_count_exactly() {
     assert_eq!(events, 50, "each append queued its event in its own transaction");
 }
 
+/// Concurrent appends to one session are combined into shared statements; each caller
+/// still gets its own outcome, and a statement failing as a whole (here: a NUL byte,
+/// which PostgreSQL text cannot hold) falls back to one-by-one without losing the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn combined_appends_report_each_outcome() {
+    let Some(t) = TestStore::start().await else { return };
+    let (alice, mallory) = (owner("alice"), owner("mallory"));
+    let id = session(&t.store, &alice).await;
+    let parent = t.store.create_message(&alice, id, text(Role::User, "parent")).await.unwrap().id;
+    let calls = (0..84).map(|i| {
+        let store = t.store.clone();
+        let (who, mut message) = match i % 7 {
+            0 | 1 => (alice.clone(), text(Role::User, &format!("plain {i}"))),
+            2 | 3 => (alice.clone(), text(Role::Assistant, &format!("reply {i}"))),
+            4 => (alice.clone(), text(Role::User, "orphan")),
+            5 => (mallory.clone(), text(Role::User, "intruder")),
+            _ => (alice.clone(), text(Role::User, "nul \0 byte")),
+        };
+        message.parent_message_id = match i % 7 {
+            2 | 3 => Some(parent),
+            4 => Some(Uuid::now_v7()),
+            _ => None,
+        };
+        tokio::spawn(async move { (i % 7, store.create_message(&who, id, message).await) })
+    });
+    for (kind, result) in futures::future::join_all(calls).await.into_iter().map(Result::unwrap) {
+        match kind {
+            0..=3 => assert!(result.is_ok(), "{kind}: {result:?}"),
+            4 => assert!(matches!(result, Err(StoreError::InvalidParent)), "{result:?}"),
+            5 => assert!(matches!(result, Err(StoreError::NotFound)), "{result:?}"),
+            _ => assert!(matches!(result, Err(StoreError::Internal(_))), "{result:?}"),
+        }
+    }
+    let count: i32 = t.scalar("SELECT message_count FROM sessions").await;
+    let rows: i64 = t.scalar("SELECT count(*) FROM messages").await;
+    let replies: i64 = t.scalar(&format!("SELECT count(*) FROM messages WHERE parent_message_id = '{parent}'")).await;
+    let events: i64 = t.scalar("SELECT count(*) FROM outbox WHERE topic = 'message.created'").await;
+    assert_eq!((count, rows, replies, events), (49, 49, 24, 49));
+}
+
 #[tokio::test]
 async fn search_is_case_insensitive_and_wildcards_are_literal() {
     let Some(t) = TestStore::start().await else { return };

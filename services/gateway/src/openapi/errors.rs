@@ -35,6 +35,8 @@ pub enum ErrorStatus {
     RateLimited,
     /// 500 `internal_error`.
     Internal,
+    /// 501 `not_implemented`.
+    NotImplemented,
     /// 502 `external_service_error` (not retryable).
     BadGateway,
     /// 503 `external_service_error` (retryable) or `circuit_breaker_open`.
@@ -45,7 +47,7 @@ pub enum ErrorStatus {
 
 impl ErrorStatus {
     /// Every error status, in status order.
-    pub const ALL: [ErrorStatus; 12] = [
+    pub const ALL: [ErrorStatus; 13] = [
         Self::Unauthorized,
         Self::Forbidden,
         Self::NotFound,
@@ -55,6 +57,7 @@ impl ErrorStatus {
         Self::Validation,
         Self::RateLimited,
         Self::Internal,
+        Self::NotImplemented,
         Self::BadGateway,
         Self::Unavailable,
         Self::Timeout,
@@ -72,6 +75,7 @@ impl ErrorStatus {
             Self::Validation => 422,
             Self::RateLimited => 429,
             Self::Internal => 500,
+            Self::NotImplemented => 501,
             Self::BadGateway => 502,
             Self::Unavailable => 503,
             Self::Timeout => 504,
@@ -90,6 +94,7 @@ impl ErrorStatus {
             Self::Validation => "ValidationError",
             Self::RateLimited => "RateLimited",
             Self::Internal => "InternalError",
+            Self::NotImplemented => "NotImplemented",
             Self::BadGateway => "BadGateway",
             Self::Unavailable => "ServiceUnavailable",
             Self::Timeout => "GatewayTimeout",
@@ -117,6 +122,7 @@ impl ErrorStatus {
             }
             Self::RateLimited => "A rate limit was reached (`rate_limit_error`); retry after `Retry-After` seconds.",
             Self::Internal => "An unexpected error (`internal_error`); details are withheld, quote the correlation id.",
+            Self::NotImplemented => "The service behind this operation does not implement it yet (`not_implemented`).",
             Self::BadGateway => {
                 "A dependency failed and retrying will not help (`external_service_error` with `is_retryable: false`)."
             }
@@ -215,9 +221,10 @@ pub fn parameters() -> Map<String, Json> {
         json!({
             "name": "X-Correlation-ID",
             "in": "header",
-            "description": "Your id for this request, echoed in the response and passed to every service. \
-                            Invalid values are replaced by a generated id.",
-            "schema": { "type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$" },
+            "description": "Your id for this request, echoed in the response and passed to every service: \
+                            1 to 128 characters from `A-Z a-z 0-9 - _ . :`. Other values are replaced by a \
+                            generated id, never refused.",
+            "schema": { "type": "string" },
         }),
     );
     parameters.insert(
@@ -226,8 +233,9 @@ pub fn parameters() -> Map<String, Json> {
             "name": "Idempotency-Key",
             "in": "header",
             "description": "Makes a create safe to retry: the same key with the same body within 24 hours \
-                            returns the first result; with another body it is a 409.",
-            "schema": { "type": "string", "minLength": 1, "maxLength": 255 },
+                            returns the first result; with another body it is a 409. 1 to 255 visible ASCII \
+                            characters.",
+            "schema": { "type": "string", "pattern": "^[!-~]{1,255}$" },
         }),
     );
     parameters.insert(
@@ -236,8 +244,8 @@ pub fn parameters() -> Map<String, Json> {
             "name": "Last-Event-ID",
             "in": "header",
             "description": "Resumes the stream after this event `id` (a sequence number), as browsers send \
-                            on reconnection.",
-            "schema": { "type": "string", "pattern": "^[0-9]{1,20}$" },
+                            on reconnection; other values are ignored.",
+            "schema": { "type": "string" },
         }),
     );
     parameters

@@ -110,13 +110,16 @@ fn error_statuses(route: &Route, has_path: bool, has_input: bool) -> Vec<ErrorSt
     ErrorStatus::ALL
         .into_iter()
         .filter(|status| match status {
-            ErrorStatus::Unauthorized | ErrorStatus::Forbidden => !route.allow_anonymous,
+            // Credentials that are sent are checked even where none are needed, and the
+            // token RPCs refuse the credentials in their body.
+            ErrorStatus::Unauthorized => true,
+            ErrorStatus::Forbidden => !route.allow_anonymous,
             ErrorStatus::NotFound => has_path,
             ErrorStatus::Conflict => writes && !route.allow_anonymous,
             ErrorStatus::PayloadTooLarge | ErrorStatus::UnsupportedMediaType => has_body,
             ErrorStatus::Validation => has_input,
             // Only services reach external dependencies; the gateway's own RPCs do not.
-            ErrorStatus::BadGateway => route.owner != ServiceName::Gateway,
+            ErrorStatus::BadGateway | ErrorStatus::NotImplemented => route.owner != ServiceName::Gateway,
             ErrorStatus::RateLimited | ErrorStatus::Internal | ErrorStatus::Unavailable | ErrorStatus::Timeout => true,
         })
         .collect()
@@ -273,7 +276,7 @@ fn description(comment: &str, route: &Route) -> String {
         text.push_str(&line);
     };
     if route.allow_anonymous {
-        note("No credentials needed.".to_owned());
+        note("No credentials needed (credentials that are sent must be valid).".to_owned());
     } else if !route.required_scopes.is_empty() {
         let scopes: Vec<String> = route.required_scopes.iter().map(|s| format!("`{s}`")).collect();
         note(format!("Requires scope {}.", scopes.join(", ")));

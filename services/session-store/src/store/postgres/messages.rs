@@ -1,10 +1,5 @@
-//! Messages: append, get, list, update, delete, with the session's counters and events.
-//!
-//! An append is the hot path and runs as **one statement**: it checks owner and parent,
-//! bumps `message_count` / `last_activity` (taking the session row's lock, which is what
-//! keeps the counter exact under concurrent appends), inserts the message and queues its
-//! event, in one implicit transaction and one round trip. `updated_at` of the session is
-//! not touched (its trigger only watches the session's own fields).
+//! Messages: get, list, update, delete, with the session's counters and events (appends,
+//! the hot path, live in `append`).
 //!
 //! A delete locks the session row first, then deletes and decrements, so it takes locks
 //! in the same order as an append and the two cannot deadlock.
@@ -13,33 +8,12 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::PostgresStore;
-use super::error::{DbError, classify, classify_commit, violated_constraint};
-use super::outbox::{INSERT_ALL, OutboxRow, OutboxRows, outbox_insert_one};
+use super::error::{DbError, classify, classify_commit};
+use super::outbox::{INSERT_ALL, OutboxRows};
 use super::rows::{self, message_columns};
-use super::sessions::{bigint, repeated_insert};
+use super::sessions::bigint;
 use crate::events;
-use crate::store::{MessagePatch, MessageQuery, MessageRecord, NewMessage, Owner, Page, StoreError};
-
-/// `$1`-`$11` the event, `$12` session, `$13` tenant, `$14` owner, `$15` id, `$16` role,
-/// `$17` content, `$18` metadata, `$19` tool calls, `$20` parent (nullable), `$21` time.
-/// Reports whether the message went in; when it did not, [`APPEND_REFUSED`] tells why.
-const CREATE: &str = concat!(
-    "WITH bumped AS (",
-    "UPDATE sessions s SET message_count = s.message_count + 1, last_activity = GREATEST(s.last_activity, $21) ",
-    "WHERE s.id = $12 AND s.tenant_id = $13 AND s.owner_id = $14 AND ($20::uuid IS NULL OR EXISTS ",
-    "(SELECT 1 FROM messages p WHERE p.id = $20 AND p.session_id = $12)) RETURNING s.id), ",
-    "inserted AS (",
-    "INSERT INTO messages (id, session_id, role, content, metadata, tool_calls, parent_message_id, created_at, ",
-    "updated_at) SELECT $15, b.id, $16, $17, $18, $19, $20, $21, $21 FROM bumped b RETURNING id), ",
-    "queued AS (",
-    outbox_insert_one!("EXISTS (SELECT 1 FROM inserted)"),
-    ") SELECT EXISTS (SELECT 1 FROM inserted)"
-);
-
-/// Why an append did not go in: the session is the owner's (so the parent was wrong), or
-/// not (or no longer).
-const APPEND_REFUSED: &str =
-    "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1 AND tenant_id = $2 AND owner_id = $3)";
+use crate::store::{MessagePatch, MessageQuery, MessageRecord, Owner, Page, StoreError};
 
 const GET: &str = concat!(
     "SELECT ",
@@ -124,75 +98,6 @@ fn list_sql(query: &MessageQuery) -> String {
 }
 
 impl PostgresStore {
-    pub(super) async fn create_message_impl(
-        &self,
-        owner: &Owner,
-        session_id: Uuid,
-        new: NewMessage,
-    ) -> Result<MessageRecord, StoreError> {
-        let at = crate::store::now();
-        let record = MessageRecord {
-            id: Uuid::now_v7(),
-            session_id,
-            role: new.role,
-            content: new.content,
-            metadata: new.metadata,
-            tool_calls: new.tool_calls,
-            parent_message_id: new.parent_message_id,
-            created_at: at,
-            updated_at: at,
-        };
-        let outbox =
-            OutboxRow::new(events::message_created(owner, &record)).map_err(|e| StoreError::Internal(Box::new(e)))?;
-        self.run(|| async {
-            let mut conn = self.inner.pool.acquire().await.map_err(classify)?;
-            let result = outbox
-                .bind(sqlx::query(CREATE))
-                .bind(session_id)
-                .bind(&owner.tenant_id)
-                .bind(&owner.user_id)
-                .bind(record.id)
-                .bind(record.role.as_str())
-                .bind(&record.content)
-                .bind(Json(&record.metadata))
-                .bind(Json(&record.tool_calls))
-                .bind(record.parent_message_id)
-                .bind(at)
-                .fetch_one(&mut *conn)
-                .await;
-            let inserted: bool = match result {
-                Ok(row) => sqlx::Row::try_get(&row, 0).map_err(classify)?,
-                // Safe to retry even if the outcome is unknown: see `repeated_insert`.
-                Err(e) if repeated_insert(&e, "messages_pkey") => return Ok(()),
-                Err(e) => {
-                    return Err(match violated_constraint(&e) {
-                        // The parent was deleted after the statement's snapshot saw it.
-                        Some(("foreign_key", name)) if name == "messages_parent_message_id_fkey" => {
-                            DbError::InvalidParent
-                        }
-                        Some(("foreign_key", name)) if name == "messages_session_id_fkey" => DbError::NotFound,
-                        _ => classify(e),
-                    });
-                }
-            };
-            if inserted {
-                return Ok(());
-            }
-            let owned: bool = sqlx::query_scalar(APPEND_REFUSED)
-                .bind(session_id)
-                .bind(&owner.tenant_id)
-                .bind(&owner.user_id)
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(classify)?;
-            // Not the owner's (or deleted while we waited for its lock): not found.
-            Err(if owned { DbError::InvalidParent } else { DbError::NotFound })
-        })
-        .await?;
-        self.wake_relay();
-        Ok(record)
-    }
-
     pub(super) async fn get_message_impl(&self, owner: &Owner, id: Uuid) -> Result<MessageRecord, StoreError> {
         self.run(|| async {
             let mut conn = self.inner.pool.acquire().await.map_err(classify)?;

@@ -6,8 +6,9 @@
 //! - this module: connecting (pool, `search_path`, migrations), the [`PostgresStore`]
 //!   handle and the [`SessionStore`] implementation, which runs every operation under the
 //!   database [`Resilience`] policy;
-//! - [`error`](self::error): how sqlx failures become [`StoreError`]s and which are retried;
-//! - `sessions` / `messages`: the SQL of each operation; `rows`: decoding rows;
+//! - `error`: how sqlx failures become [`StoreError`]s, and which are retried (and why);
+//! - `sessions` / `messages` / `append`: the SQL of each operation (appends, the hot
+//!   path, combine concurrent calls into one statement); `rows`: decoding rows;
 //! - `outbox`: writing events in the data's transaction; [`relay`]: publishing them;
 //! - `idempotency`: [`IdempotencyStore`](crate::idempotency::IdempotencyStore) on a table.
 //!
@@ -16,8 +17,9 @@
 //! - **One clock.** Ids (UUID v7) and timestamps (µs-truncated, see [`super::now`]) come
 //!   from the store, not from `now()` in SQL, so a write knows its whole record before it
 //!   runs and can insert its event in the *same statement*: an append is one round trip
-//!   (session counters, message row and outbox row in one implicit transaction). Updates
-//!   and deletes need the stored row to build their event and use a short transaction.
+//!   (session counters, message row and outbox row in one implicit transaction), and
+//!   appends arriving together share one. Updates and single deletes need the stored row
+//!   to build their event and use a short transaction.
 //! - **Counters** are maintained in the write's statement/transaction under the session
 //!   row's lock, so `message_count` is exact under any concurrency and `last_activity` is
 //!   `GREATEST(last_activity, created_at)`.
@@ -25,6 +27,7 @@
 //! - **Events** never leave from here: rows in `outbox` are published by the
 //!   [`OutboxRelay`] (see [`PostgresStore::relay`]), woken in-process after each write.
 
+mod append;
 mod error;
 mod idempotency;
 mod messages;
@@ -63,7 +66,7 @@ const MAX_SCHEMA_LENGTH: usize = 56;
 
 /// Idle time after which a pooled connection is pinged before use. Fresher connections
 /// are used without the extra round trip; a dead one fails its statement, which is then
-/// retried if that is safe (see [`error`]).
+/// retried if that is safe (see the `error` module).
 const PING_AFTER_IDLE: Duration = Duration::from_secs(10);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -101,6 +104,8 @@ struct Inner {
     resilience: Resilience,
     /// Wakes this store's relays after a write queued events.
     wake: Arc<Notify>,
+    /// Combines concurrent appends (see `append`).
+    appender: append::Appender,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -160,6 +165,7 @@ impl PostgresStore {
             ..resilience.clone()
         };
         let resilience = Resilience::new(format!("postgres.{schema}"), &preset);
+        let lanes = append_lanes(&pool);
         Ok(Self {
             inner: Arc::new(Inner {
                 pool: handle,
@@ -168,6 +174,7 @@ impl PostgresStore {
                 schema: schema.to_owned(),
                 resilience,
                 wake: Arc::new(Notify::new()),
+                appender: append::Appender::new(lanes),
             }),
         })
     }
@@ -197,7 +204,7 @@ impl PostgresStore {
     }
 
     /// Runs one operation under the database policy. `op` is one attempt; whether a failed
-    /// attempt is retried is decided by [`error::outcome`].
+    /// attempt is retried is decided by `error::outcome`.
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
@@ -210,6 +217,13 @@ impl PostgresStore {
     fn wake_relay(&self) {
         self.inner.wake.notify_one();
     }
+}
+
+/// How many append statements may run at once: half the pool (the rest serves reads and
+/// other writes), at least one, at most eight (more in flight only adds contention; the
+/// statements' batches grow instead).
+fn append_lanes(pool: &PoolSettings) -> usize {
+    usize::try_from(pool.max / 2).unwrap_or(1).clamp(1, 8)
 }
 
 /// Pool options shared by the request pool and the relay's pool.
