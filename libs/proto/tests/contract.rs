@@ -561,6 +561,7 @@ fn seed_enums_render_to_the_seed_strings() {
             "method_not_allowed",
             "payload_too_large",
             "unsupported_media_type",
+            "not_implemented",
         ])
     );
     assert_eq!(
