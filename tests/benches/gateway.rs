@@ -15,9 +15,14 @@
 //! Bounded: `BENCH_WARMUP_SECONDS` (3) + `BENCH_SECONDS` (10) per measurement and a hard
 //! overall timeout `BENCH_TIMEOUT_SECONDS` (600) after which every started process is
 //! killed and the bench exits non-zero. Also `BENCH_CONCURRENCY` (32 workers),
-//! `BENCH_GRPC_CHANNELS` (4 HTTP/2 connections to session-store), `BENCH_STREAMS`
-//! (10,000) and `BENCH_SSE_CONNECTIONS` (64 HTTP/2 connections to the gateway). Every
-//! process started here is killed when the bench ends, also on panic.
+//! `BENCH_GRPC_CHANNELS` (4 HTTP/2 connections to session-store), `BENCH_ROUNDS` (5
+//! alternating slices per path, so both paths see the same background load),
+//! `BENCH_STREAMS` (10,000), `BENCH_SSE_CONNECTIONS` (64 HTTP/2 connections to the
+//! gateway), `BENCH_SSE_OPEN_CONCURRENCY` (64 streams opening at once) and
+//! `BENCH_BREAKDOWN=1` (two reference paths through the gateway: `/api/v1/health` and
+//! native gRPC passthrough) and `BENCH_SERVICE_ENV` (extra `NAME=value` settings for every
+//! binary, for A/B runs). Every process started here is killed when the bench ends, also
+//! on panic.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -63,6 +68,9 @@ struct Settings {
     grpc_channels: usize,
     streams: usize,
     sse_connections: usize,
+    sse_open_concurrency: usize,
+    breakdown: bool,
+    rounds: usize,
 }
 
 fn env_number(name: &str, default: u64) -> u64 {
@@ -82,6 +90,11 @@ impl Settings {
             grpc_channels: env_number("BENCH_GRPC_CHANNELS", 4).max(1) as usize,
             streams: env_number("BENCH_STREAMS", 10_000).max(1) as usize,
             sse_connections: env_number("BENCH_SSE_CONNECTIONS", 64).max(1) as usize,
+            // Below the gateway's bulkhead of 128 calls in flight per backend (`Preset::internal`,
+            // not configurable), which refuses a larger burst of opens at once with 503.
+            sse_open_concurrency: env_number("BENCH_SSE_OPEN_CONCURRENCY", 64).max(1) as usize,
+            breakdown: env_number("BENCH_BREAKDOWN", 0) != 0,
+            rounds: env_number("BENCH_ROUNDS", 5).max(1) as usize,
         };
         // The gateway's HTTP/2 server allows 200 concurrent streams per connection (hyper's
         // default); more would queue in the client instead of opening.
@@ -96,13 +109,18 @@ impl Settings {
 // ---------------------------------------------------------------------------------------
 // Processes: started here, killed on drop, on panic and by the watchdog.
 
-/// Pids of every process started and not yet dropped.
-static STARTED: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+/// Pid and log file of every process started and not yet dropped.
+static STARTED: Mutex<Vec<(u32, PathBuf)>> = Mutex::new(Vec::new());
 
-fn kill_started() {
-    let pids: Vec<u32> = STARTED.lock().map(|pids| pids.clone()).unwrap_or_default();
-    for pid in pids {
+/// Kills every started process; with `remove_logs`, also deletes their log files (the
+/// watchdog exits without running destructors).
+fn kill_started(remove_logs: bool) {
+    let started: Vec<(u32, PathBuf)> = STARTED.lock().map(|started| started.clone()).unwrap_or_default();
+    for (pid, log) in started {
         let _ = std::process::Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+        if remove_logs {
+            let _ = std::fs::remove_file(log);
+        }
     }
 }
 
@@ -110,13 +128,13 @@ fn kill_started() {
 fn install_guards(timeout: Duration) {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        kill_started();
+        kill_started(false);
         default_hook(info);
     }));
     std::thread::spawn(move || {
         std::thread::sleep(timeout);
         eprintln!("bench: hard timeout of {timeout:?} reached; killing every started process");
-        kill_started();
+        kill_started(true);
         std::process::exit(124);
     });
 }
@@ -141,13 +159,14 @@ impl Service {
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .envs(service_env())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(stderr))
             .kill_on_drop(true);
         let child = command.spawn().expect("the binary starts");
         let pid = child.id().expect("a pid");
-        STARTED.lock().unwrap().push(pid);
+        STARTED.lock().unwrap().push((pid, log.clone()));
         Self { name, child, pid, log }
     }
 
@@ -182,7 +201,7 @@ impl Drop for Service {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
         if let Ok(mut pids) = STARTED.lock() {
-            pids.retain(|pid| *pid != self.pid);
+            pids.retain(|(pid, _)| *pid != self.pid);
         }
         let _ = std::fs::remove_file(&self.log);
     }
@@ -246,6 +265,20 @@ async fn wait_http_ok(service: &mut Service, url: &str) {
 /// Environment every binary gets: quiet logs, the shared secret.
 fn base_env() -> Vec<(&'static str, String)> {
     vec![("SECURITY_SECRET_KEY", SECRET.to_owned()), ("OBSERVABILITY_LOG_LEVEL", "WARNING".to_owned())]
+}
+
+/// `BENCH_SERVICE_ENV`: `NAME=value` pairs separated by spaces, set last on every binary
+/// started (for A/B experiments such as `OBSERVABILITY_TRACING_ENABLED=false`).
+fn service_env() -> Vec<(String, String)> {
+    let extra = std::env::var("BENCH_SERVICE_ENV").unwrap_or_default();
+    extra
+        .split_whitespace()
+        .map(|pair| {
+            let (name, value) =
+                pair.split_once('=').unwrap_or_else(|| panic!("BENCH_SERVICE_ENV: {pair:?} is not NAME=value"));
+            (name.to_owned(), value.to_owned())
+        })
+        .collect()
 }
 
 /// A gateway on `port` with the bench key, rate limiting off, and `extra` variables.
@@ -339,19 +372,43 @@ struct CpuUse {
     driver: Duration,
 }
 
-/// Warm-up (discarded, but its errors count), then the measured run, with CPU accounting.
-async fn measure(settings: &Settings, call: &Call, gateway: &Service, store: &Service) -> (Load, CpuUse) {
-    let warm = drive(settings.concurrency, settings.warmup, call).await;
-    assert_eq!(warm.errors, 0, "errors during warm-up: {:?}", warm.first_error);
-    let before = (gateway.cpu(), store.cpu(), cpu_time("/proc/self/stat"));
-    let load = drive(settings.concurrency, settings.measure, call).await;
-    let after = (gateway.cpu(), store.cpu(), cpu_time("/proc/self/stat"));
-    let cpu = CpuUse {
-        gateway: after.0.saturating_sub(before.0),
-        store: after.1.saturating_sub(before.1),
-        driver: after.2.saturating_sub(before.2),
-    };
-    (load, cpu)
+/// Warm-up of each path (discarded, but its errors count), then the measured runs with CPU
+/// accounting. The measured time of each path is cut into `settings.rounds` slices taken in
+/// turn (A B A B ...), so every path sees the same background load on a shared machine.
+async fn measure(settings: &Settings, calls: &[&Call], gateway: &Service, store: &Service) -> Vec<(Load, CpuUse)> {
+    for call in calls {
+        let warm = drive(settings.concurrency, settings.warmup, call).await;
+        assert_eq!(warm.errors, 0, "errors during warm-up: {:?}", warm.first_error);
+    }
+    let mut results: Vec<(Load, CpuUse)> = calls
+        .iter()
+        .map(|_| {
+            let load = Load { ok: 0, errors: 0, first_error: None, elapsed: Duration::ZERO, latencies: Vec::new() };
+            (load, CpuUse { gateway: Duration::ZERO, store: Duration::ZERO, driver: Duration::ZERO })
+        })
+        .collect();
+    let slice = settings.measure / u32::try_from(settings.rounds).unwrap_or(1);
+    for _ in 0..settings.rounds {
+        for (call, (total, cpu)) in calls.iter().zip(&mut results) {
+            let before = (gateway.cpu(), store.cpu(), cpu_time("/proc/self/stat"));
+            let load = drive(settings.concurrency, slice, call).await;
+            let after = (gateway.cpu(), store.cpu(), cpu_time("/proc/self/stat"));
+            cpu.gateway += after.0.saturating_sub(before.0);
+            cpu.store += after.1.saturating_sub(before.1);
+            cpu.driver += after.2.saturating_sub(before.2);
+            total.ok += load.ok;
+            total.errors += load.errors;
+            total.elapsed += load.elapsed;
+            total.latencies.extend(load.latencies);
+            if total.first_error.is_none() {
+                total.first_error = load.first_error;
+            }
+        }
+    }
+    for (total, _) in &mut results {
+        total.latencies.sort_unstable();
+    }
+    results
 }
 
 // ---------------------------------------------------------------------------------------
@@ -362,6 +419,8 @@ struct Unary {
     gateway_cpu: CpuUse,
     direct: Load,
     direct_cpu: CpuUse,
+    /// `BENCH_BREAKDOWN=1`: reference paths through the same gateway.
+    breakdown: Vec<(&'static str, Load, CpuUse)>,
 }
 
 async fn get_one_session(settings: &Settings) -> Unary {
@@ -443,11 +502,68 @@ async fn get_one_session(settings: &Settings) -> Unary {
     gateway_call(0).await.expect("GET through the gateway");
     direct_call(0).await.expect("GetSession directly");
 
-    let (gateway_load, gateway_cpu) = measure(settings, &gateway_call, &gateway, &store).await;
-    let (direct_load, direct_cpu) = measure(settings, &direct_call, &gateway, &store).await;
+    let references = if settings.breakdown { reference_calls(settings, &http, &base, &id).await } else { Vec::new() };
+    for (name, call) in &references {
+        call(0).await.unwrap_or_else(|error| panic!("{name}: {error}"));
+    }
+    let mut calls = vec![&gateway_call, &direct_call];
+    calls.extend(references.iter().map(|(_, call)| call));
+    let mut results = measure(settings, &calls, &gateway, &store).await.into_iter();
+    let (gateway_load, gateway_cpu) = results.next().unwrap();
+    let (direct_load, direct_cpu) = results.next().unwrap();
+    let breakdown = references.iter().map(|(name, _)| *name).zip(results).map(|(n, (l, c))| (n, l, c)).collect();
     gateway.check_alive();
     store.check_alive();
-    Unary { gateway: gateway_load, gateway_cpu, direct: direct_load, direct_cpu }
+    Unary { gateway: gateway_load, gateway_cpu, direct: direct_load, direct_cpu, breakdown }
+}
+
+/// Where the gateway's time goes, by elimination: its REST stack answering from an
+/// in-process service (no hop), and native gRPC through it to session-store
+/// (authentication and the hop, no JSON transcoding).
+async fn reference_calls(
+    settings: &Settings,
+    http: &reqwest::Client,
+    base: &str,
+    id: &str,
+) -> Vec<(&'static str, Call)> {
+    let live: Call = {
+        let (http, url) = (http.clone(), format!("{base}/api/v1/health"));
+        Arc::new(move |_worker| {
+            let (http, url) = (http.clone(), url.clone());
+            Box::pin(async move {
+                let response = http.get(&url).send().await.map_err(|e| e.to_string())?;
+                let status = response.status();
+                response.bytes().await.map_err(|e| e.to_string())?;
+                if status == 200 { Ok(()) } else { Err(status.to_string()) }
+            })
+        })
+    };
+    let mut channels = Vec::new();
+    for _ in 0..settings.grpc_channels {
+        channels.push(Endpoint::from_shared(base.to_owned()).unwrap().tcp_nodelay(true).connect().await.unwrap());
+    }
+    let bearer: MetadataValue<_> = format!("Bearer {KEY}").parse().unwrap();
+    let passthrough: Call = {
+        let (channels, id) = (Arc::new(channels), id.to_owned());
+        Arc::new(move |worker| {
+            let channel: Channel = channels[worker % channels.len()].clone();
+            let (bearer, id) = (bearer.clone(), id.clone());
+            Box::pin(async move {
+                let mut request = tonic::Request::new(GetSessionRequest { session_id: id.clone() });
+                request.metadata_mut().insert("authorization", bearer);
+                let response =
+                    SessionServiceClient::new(channel).get_session(request).await.map_err(|s| s.to_string())?;
+                match response.into_inner().session {
+                    Some(session) if session.id == id => Ok(()),
+                    other => Err(format!("unexpected response {other:?}")),
+                }
+            })
+        })
+    };
+    vec![
+        ("gateway REST `GET /api/v1/health` (in-process, no auth, no hop)", live),
+        ("gateway gRPC passthrough `GetSession` (API key, hop, no JSON)", passthrough),
+    ]
 }
 
 // ---------------------------------------------------------------------------------------
@@ -515,9 +631,12 @@ struct Streams {
 async fn hold_stream(
     client: reqwest::Client,
     url: String,
+    opening: Arc<tokio::sync::Semaphore>,
     opened: tokio::sync::mpsc::UnboundedSender<Result<(), String>>,
     mut close: tokio::sync::watch::Receiver<bool>,
 ) -> bool {
+    // Held while opening only: paces the ramp, not the number of open streams.
+    let permit = opening.acquire_owned().await.expect("the semaphore stays open");
     let response = match client.get(&url).bearer_auth(KEY).send().await {
         Ok(response) if response.status() == 200 => response,
         Ok(response) => {
@@ -548,6 +667,7 @@ async fn hold_stream(
             }
         }
     }
+    drop(permit);
     let _ = opened.send(Ok(()));
     // Idle until told to close; heartbeat comments are read and ignored.
     loop {
@@ -588,7 +708,8 @@ async fn idle_streams(settings: &Settings) -> Streams {
     {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let (close, close_rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(hold_stream(clients[0].clone(), url(usize::MAX >> 16), tx, close_rx));
+        let opening = Arc::new(tokio::sync::Semaphore::new(1));
+        let task = tokio::spawn(hold_stream(clients[0].clone(), url(usize::MAX >> 16), opening, tx, close_rx));
         rx.recv().await.unwrap().expect("one SSE stream through the gateway");
         close.send(true).unwrap();
         task.await.unwrap();
@@ -599,11 +720,12 @@ async fn idle_streams(settings: &Settings) -> Streams {
 
     let (opened_tx, mut opened_rx) = tokio::sync::mpsc::unbounded_channel();
     let (close, close_rx) = tokio::sync::watch::channel(false);
+    let opening = Arc::new(tokio::sync::Semaphore::new(settings.sse_open_concurrency));
     let started = Instant::now();
     let tasks: Vec<_> = (0..settings.streams)
         .map(|i| {
             let client = clients[i % clients.len()].clone();
-            tokio::spawn(hold_stream(client, url(i), opened_tx.clone(), close_rx.clone()))
+            tokio::spawn(hold_stream(client, url(i), opening.clone(), opened_tx.clone(), close_rx.clone()))
         })
         .collect();
     drop(opened_tx);
@@ -685,18 +807,33 @@ fn cpu_per_request_us(cpu: Duration, load: &Load) -> f64 {
     cpu.as_secs_f64() * 1e6 / load.ok.max(1) as f64
 }
 
-fn report(settings: &Settings, unary: &Unary, streams: &Streams) -> String {
+/// The 1-minute load average (the machine is shared; a busy neighbour shows here).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned())
+}
+
+fn report(settings: &Settings, unary: &Unary, streams: &Streams, load_before: &str) -> String {
     let mut out = String::new();
     let ratio = unary.gateway.rps() / unary.direct.rps();
     let mib = |kib: u64| kib as f64 / 1024.0;
     let _ = writeln!(out, "\n## Gateway benchmark\n");
     let _ = writeln!(
         out,
-        "GET one session, {} concurrent workers, {} s warm-up + {} s measured per path; \
+        "{} CPUs; 1-minute load average {load_before} before, {} after.\n",
+        std::thread::available_parallelism().map_or(0, usize::from),
+        load_average()
+    );
+    let _ = writeln!(
+        out,
+        "GET one session, {} concurrent workers, {} s warm-up + {} s measured per path in {} alternating slices; \
          gateway→REST over HTTP/1.1 keep-alive, direct→gRPC over {} HTTP/2 connections; rate limiting off.\n",
         settings.concurrency,
         settings.warmup.as_secs(),
         settings.measure.as_secs(),
+        settings.rounds,
         settings.grpc_channels
     );
     let _ = writeln!(
@@ -704,10 +841,12 @@ fn report(settings: &Settings, unary: &Unary, streams: &Streams) -> String {
         "| path | requests | req/s | p50 ms | p99 ms | max ms | errors | CPU µs/req gateway · store · driver |"
     );
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---|");
-    for (name, load, cpu) in [
+    let rows = [
         ("gateway REST `GET /api/v1/sessions/{id}`", &unary.gateway, &unary.gateway_cpu),
         ("direct gRPC `SessionService/GetSession`", &unary.direct, &unary.direct_cpu),
-    ] {
+    ];
+    let extra = unary.breakdown.iter().map(|(name, load, cpu)| (*name, load, cpu));
+    for (name, load, cpu) in rows.into_iter().chain(extra) {
         let _ = writeln!(
             out,
             "| {name} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {:.0} · {:.0} · {:.0} |",
@@ -726,8 +865,8 @@ fn report(settings: &Settings, unary: &Unary, streams: &Streams) -> String {
     let per_stream = (streams.loaded_kib.saturating_sub(streams.baseline_kib)) as f64 / streams.count.max(1) as f64;
     let _ = writeln!(
         out,
-        "Idle SSE streams ({} requested over {} HTTP/2 connections):\n",
-        settings.streams, streams.connections
+        "Idle SSE streams ({} requested over {} HTTP/2 connections, at most {} opening at once):\n",
+        settings.streams, streams.connections, settings.sse_open_concurrency
     );
     let _ = writeln!(out, "| measure | value |");
     let _ = writeln!(out, "|---|---:|");
@@ -765,6 +904,7 @@ fn main() {
     // `cargo bench` passes `--bench`; any other argument is a filter this bench ignores.
     let settings = Settings::from_env();
     install_guards(settings.timeout);
+    let load_before = load_average();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let (unary, streams) = runtime.block_on(async {
         eprintln!("bench: GET one session, gateway vs direct ...");
@@ -773,8 +913,10 @@ fn main() {
         let streams = idle_streams(&settings).await;
         (unary, streams)
     });
-    println!("{}", report(&settings, &unary, &streams));
-    let failed = unary.gateway.errors + unary.direct.errors + streams.failures + streams.ended_early > 0
+    println!("{}", report(&settings, &unary, &streams, &load_before));
+    let breakdown_errors: usize = unary.breakdown.iter().map(|(_, load, _)| load.errors).sum();
+    let failed = unary.gateway.errors + unary.direct.errors + breakdown_errors + streams.failures + streams.ended_early
+        > 0
         || !streams.healthy_after
         || streams.upstream_after_close > 0;
     // Ends the driver's own tasks (idle connections) without waiting on them.

@@ -13,8 +13,11 @@
 //! 2. **Listing**: bulk-loads 1,000,000 messages (one session of 100,000 plus 900 of
 //!    1,000) with `INSERT ... SELECT generate_series`, then times `list_messages`
 //!    (limit 50) on the big session: first page, a deep keyset page, and for comparison a
-//!    deep offset page and a filtered page (which must count its matches).
-//! 3. **Relay**: drains the outbox filled by (1) into a publisher that only counts.
+//!    deep offset page and a filtered page (which must count its matches); then appends
+//!    once more, into the loaded store.
+//! 3. **Relay**: drains the outbox filled by (1), first into a publisher that only counts
+//!    (the database side of the relay), then into NATS JetStream when a server is
+//!    reachable at `AGENTMESH_TEST_NATS_URL` (a stream of its own, deleted afterwards).
 //!
 //! Everything happens in a schema of its own, dropped at the end even on failure. Bounds
 //! (env): `BENCH_SECONDS` per append run (default 10), `BENCH_WRITERS` (default `16,64`),
@@ -28,7 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use agentmesh_events::{Event, EventsError, PublishAck, Publisher};
+use agentmesh_events::{Event, EventsError, NatsBus, NatsConfig, PublishAck, Publisher};
 use agentmesh_resilience::Preset;
 use agentmesh_session_store::store::postgres::{PoolSettings, PostgresStore, RelaySettings};
 use agentmesh_session_store::store::{Cursor, MessageQuery, NewMessage, NewSession, Owner, Role, SessionStore};
@@ -149,6 +152,11 @@ fn per_op(before: Option<Duration>, after: Option<Duration>, ops: usize) -> Stri
 
 /// `writers` tasks appending for `seconds`, each to `sessions[task % sessions.len()]`.
 async fn appends(store: &PostgresStore, owner: &Owner, sessions: &[Uuid], writers: usize, seconds: u64) {
+    // Every append leaves a dead version of its session row behind. The reference server
+    // runs with autovacuum off, so clean up between runs as autovacuum would.
+    for table in ["sessions", "messages", "outbox"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("VACUUM ANALYZE {table}"))).execute(store.pool()).await.unwrap();
+    }
     let (client_before, server_before) = cpu(store).await;
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let errors = Arc::new(AtomicU64::new(0));
@@ -287,25 +295,36 @@ impl Publisher for NullPublisher {
     }
 }
 
-async fn relay(store: &PostgresStore) {
+/// Publishes up to `limit` queued events to `publisher` within `deadline`; prints the rate.
+async fn relay(store: &PostgresStore, label: &str, publisher: Arc<dyn Publisher>, limit: u64, deadline: Duration) {
     let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
         .fetch_one(store.pool())
         .await
         .unwrap();
-    let publisher = Arc::new(NullPublisher::default());
-    let relay =
-        store.relay(publisher.clone()).with_settings(RelaySettings { batch_size: 500, ..RelaySettings::default() });
+    let limit = limit.min(u64::try_from(pending).unwrap_or(0));
+    let relay = store.relay(publisher).with_settings(RelaySettings { batch_size: 500, ..RelaySettings::default() });
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(120);
-    while (publisher.0.load(Ordering::Relaxed) as i64) < pending && Instant::now() < deadline {
-        relay.publish_batch().await.unwrap();
+    let mut published = 0;
+    while published < limit && started.elapsed() < deadline {
+        published += relay.publish_batch().await.unwrap().published as u64;
     }
-    let published = publisher.0.load(Ordering::Relaxed);
     println!(
-        "relay: {published} of {pending} queued events published in {:.1} s ({:.0} events/s, batches of 500, no-op publisher)",
+        "relay to {label}: {published} events in {:.1} s = {:.0} events/s (batches of 500; {pending} were queued)",
         started.elapsed().as_secs_f64(),
         published as f64 / started.elapsed().as_secs_f64()
     );
+}
+
+/// The real bus when a NATS server is reachable: a stream of its own, deleted afterwards.
+async fn nats() -> Option<NatsBus> {
+    let url = agentmesh_testkit::require(Service::Nats).await?;
+    let config = NatsConfig {
+        url,
+        stream_name: unique_name("BENCH"),
+        subject_root: unique_name("bench"),
+        ..NatsConfig::default()
+    };
+    NatsBus::connect(config).await.ok()
 }
 
 #[tokio::main]
@@ -340,7 +359,11 @@ async fn main() {
         appends(&store, &owner, &sessions[..n], n, seconds).await;
     }
     appends(&store, &owner, &sessions[..1], 16, seconds).await;
-    relay(&store).await;
+    relay(&store, "a no-op publisher", Arc::new(NullPublisher::default()), 30_000, Duration::from_secs(60)).await;
+    if let Some(bus) = nats().await {
+        relay(&store, "NATS JetStream", Arc::new(bus.clone()), 30_000, Duration::from_secs(60)).await;
+        bus.delete_stream().await.unwrap();
+    }
 
     if env("BENCH_SKIP_LIST", false) {
         println!("load average at end: {}", load_average());
@@ -363,6 +386,8 @@ async fn main() {
     println!("list keyset page @90k:  {}", time_lists(&store, &reader, big, &keyset, iterations).await);
     println!("list offset page @90k:  {}", time_lists(&store, &reader, big, &offset, 50).await);
     println!("list search 'postgres': {}", time_lists(&store, &reader, big, &filtered, 50).await);
+    // Appends again, now into the 1M-message store (bigger indexes, colder pages).
+    appends(&store, &owner, &sessions[..most], most, seconds).await;
     println!("load average at end: {}", load_average());
 }
 

@@ -415,9 +415,10 @@ async fn wait_until(what: &str, deadline: Duration, mut done: impl AsyncFnMut() 
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn relay_retries_failures_in_order_without_loss_or_duplicates() {
-    let Some(t) = TestStore::start().await else { return };
+/// Publishes 121 queued events through a bus failing every 7th publish; returns the
+/// queued event ids in seq order and what the bus took.
+async fn relay_through_flaky_bus(publish_concurrency: usize) -> Option<(Vec<String>, Vec<String>)> {
+    let t = TestStore::start().await?;
     let alice = owner("alice");
     let id = session(&t.store, &alice).await;
     for i in 0..120 {
@@ -426,15 +427,28 @@ async fn relay_retries_failures_in_order_without_loss_or_duplicates() {
     let queued: Vec<Uuid> =
         sqlx::query_scalar("SELECT event_id FROM outbox ORDER BY seq").fetch_all(t.store.pool()).await.unwrap();
     let flaky = CountingPublisher::new(7);
-    let settings = RelaySettings { batch_size: 16, ..quick() };
+    let settings = RelaySettings { batch_size: 16, publish_concurrency, ..quick() };
     let relay = t.relay(flaky.clone(), settings);
     wait_until("the outbox is drained", Duration::from_secs(60), async || flaky.published().len() >= queued.len())
         .await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // nothing more may come
     relay.stop().await;
-    let expected: Vec<String> = queued.iter().map(Uuid::to_string).collect();
-    assert_eq!(flaky.published(), expected, "every event once, in seq order, despite failures");
     let pending: i64 = t.scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").await;
     assert_eq!(pending, 0);
+    Some((queued.iter().map(Uuid::to_string).collect(), flaky.published()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_retries_failures_in_order_without_loss_or_duplicates() {
+    let Some((queued, published)) = relay_through_flaky_bus(1).await else { return };
+    assert_eq!(published, queued, "every event once, in seq order, despite failures");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_relay_retries_failures_without_loss_or_duplicates() {
+    let Some((queued, published)) = relay_through_flaky_bus(8).await else { return };
+    assert_eq!(published.len(), queued.len(), "no event sent twice");
+    assert_eq!(published.iter().collect::<HashSet<_>>(), queued.iter().collect::<HashSet<_>>(), "none lost");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

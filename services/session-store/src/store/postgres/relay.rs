@@ -4,12 +4,13 @@
 //!
 //! At least once, deduplicated downstream: each batch locks up to `batch_size` unpublished
 //! rows in `seq` order (`FOR UPDATE SKIP LOCKED`, so several replicas' relays share the
-//! queue without blocking each other), publishes them one by one in that order, marks
-//! the published ones and commits. Every event is rebuilt with the id it was queued with,
+//! queue without blocking each other), publishes them in that order (pipelined: up to
+//! `publish_concurrency` acknowledgements awaited at once), marks the acknowledged ones
+//! and commits. Every event is rebuilt with the id it was queued with,
 //! so if a relay dies after publishing but before committing, the re-sent event carries
 //! the same `Nats-Msg-Id` and JetStream drops it as a duplicate.
 //!
-//! A publish failure (bus down, slow, refusing) stops the batch: what was published is
+//! A publish failure (bus down, slow, refusing) stops the batch: what was acknowledged is
 //! marked, the rest stays queued, and the relay backs off exponentially with jitter
 //! (`backoff_initial` doubling up to `backoff_max`) before trying again. Nothing is ever
 //! dropped for a bus failure. A row that can no longer form a valid event (corrupted by
@@ -39,6 +40,8 @@ use std::time::Duration;
 use agentmesh_events::{Event, EventsError, Publisher};
 use chrono::{DateTime, Utc};
 use futures::FutureExt as _;
+use futures::StreamExt as _;
+use futures::stream::FuturesOrdered;
 use sqlx::Row as _;
 use sqlx::postgres::{PgListener, PgPool, PgRow};
 use tokio::sync::Notify;
@@ -80,6 +83,10 @@ const PURGE_ROUNDS: usize = 20;
 pub struct RelaySettings {
     /// Rows locked and published per transaction.
     pub batch_size: u32,
+    /// Publishes awaiting their acknowledgement at once. 1 publishes strictly in `seq`
+    /// order even across failures; more pipelines the bus's round trips, and an event
+    /// whose publish failed may then be overtaken by the few sent after it.
+    pub publish_concurrency: usize,
     /// Longest wait between looks at the queue when nothing wakes the relay.
     pub poll_interval: Duration,
     /// First delay after a failure; doubles per consecutive failure.
@@ -100,6 +107,7 @@ impl Default for RelaySettings {
     fn default() -> Self {
         Self {
             batch_size: 256,
+            publish_concurrency: 32,
             poll_interval: Duration::from_secs(1),
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
@@ -256,19 +264,32 @@ impl OutboxRelay {
         let mut report = BatchReport { fetched: rows.len(), ..BatchReport::default() };
         let mut published: Vec<i64> = Vec::with_capacity(rows.len());
         let mut dead: (Vec<i64>, Vec<String>) = (Vec::new(), Vec::new());
-        let mut failure = None;
+        let mut events = Vec::with_capacity(rows.len());
         for row in &rows {
             let seq: i64 = row.try_get("seq")?;
-            let event = match rebuild(row)? {
-                Ok(event) => event,
+            match rebuild(row)? {
+                Ok(event) => events.push((seq, event)),
                 Err(reason) => {
                     tracing::error!(seq, %reason, "outbox row is not a valid event; setting it aside");
                     dead.0.push(seq);
                     dead.1.push(reason);
-                    continue;
                 }
-            };
-            match tokio::time::timeout(self.settings.publish_timeout, self.publisher.publish(event)).await {
+            }
+        }
+        // Up to `publish_concurrency` publishes in flight, started in seq order. After a
+        // failure nothing new starts, but the ones in flight are still awaited, so every
+        // event the bus acknowledged is marked and none is sent twice by this relay.
+        let mut queue = events.into_iter();
+        let mut in_flight = FuturesOrdered::new();
+        let mut failure = None;
+        loop {
+            while failure.is_none() && in_flight.len() < self.settings.publish_concurrency.max(1) {
+                let Some((seq, event)) = queue.next() else { break };
+                let publish = tokio::time::timeout(self.settings.publish_timeout, self.publisher.publish(event));
+                in_flight.push_back(async move { (seq, publish.await) });
+            }
+            let Some((seq, result)) = in_flight.next().await else { break };
+            match result {
                 Ok(Ok(_ack)) => published.push(seq),
                 Ok(Err(EventsError::Invalid(reason))) => {
                     tracing::error!(seq, %reason, "bus rejects outbox event as invalid; setting it aside");
@@ -276,12 +297,10 @@ impl OutboxRelay {
                     dead.1.push(reason.to_string());
                 }
                 Ok(Err(error)) => {
-                    failure = Some(RelayError::Publish(error));
-                    break;
+                    failure.get_or_insert(RelayError::Publish(error));
                 }
                 Err(_) => {
-                    failure = Some(RelayError::PublishTimeout(self.settings.publish_timeout));
-                    break;
+                    failure.get_or_insert(RelayError::PublishTimeout(self.settings.publish_timeout));
                 }
             }
         }
