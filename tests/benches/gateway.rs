@@ -20,9 +20,10 @@
 //! `BENCH_STREAMS` (10,000), `BENCH_SSE_CONNECTIONS` (64 HTTP/2 connections to the
 //! gateway), `BENCH_SSE_OPEN_CONCURRENCY` (64 streams opening at once) and
 //! `BENCH_BREAKDOWN=1` (two reference paths through the gateway: `/api/v1/health` and
-//! native gRPC passthrough) and `BENCH_SERVICE_ENV` (extra `NAME=value` settings for every
-//! binary, for A/B runs). Every process started here is killed when the bench ends, also
-//! on panic.
+//! native gRPC passthrough), `BENCH_SERVICE_ENV` (extra `NAME=value` settings for every
+//! binary, for A/B runs) and `BENCH_PIN=1` (the gateway on CPU 1, session-store and the
+//! driver on CPU 0). Every process started here is killed when the bench ends, also on
+//! panic.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -90,8 +91,8 @@ impl Settings {
             grpc_channels: env_number("BENCH_GRPC_CHANNELS", 4).max(1) as usize,
             streams: env_number("BENCH_STREAMS", 10_000).max(1) as usize,
             sse_connections: env_number("BENCH_SSE_CONNECTIONS", 64).max(1) as usize,
-            // Below the gateway's bulkhead of 128 calls in flight per backend (`Preset::internal`,
-            // not configurable), which refuses a larger burst of opens at once with 503.
+            // Paces the ramp like a client library would; the gateway itself queues bursts
+            // of opens for up to 1 s at its bulkhead (`BULKHEAD_INTERNAL_*`).
             sse_open_concurrency: env_number("BENCH_SSE_OPEN_CONCURRENCY", 64).max(1) as usize,
             breakdown: env_number("BENCH_BREAKDOWN", 0) != 0,
             rounds: env_number("BENCH_ROUNDS", 5).max(1) as usize,
@@ -148,13 +149,21 @@ struct Service {
 }
 
 impl Service {
-    fn spawn(name: &'static str, env: &[(&str, String)]) -> Self {
+    /// Starts `name`; with `BENCH_PIN=1`, on `cpu` only (through `taskset`, which execs the
+    /// binary, so the pid is the binary's).
+    fn spawn(name: &'static str, env: &[(&str, String)], cpu: usize) -> Self {
         let path = binary(name).unwrap_or_else(|error| {
             panic!("{error}\n(for the bench: `cargo build --release --bins` first)");
         });
         let log = std::env::temp_dir().join(format!("agentmesh-bench-{}-{name}.log", std::process::id()));
         let stderr = std::fs::File::create(&log).expect("a log file in the temp directory");
-        let mut command = tokio::process::Command::new(path);
+        let mut command = if pinned() {
+            let mut taskset = tokio::process::Command::new("taskset");
+            taskset.arg("-c").arg(cpu.to_string()).arg(path);
+            taskset
+        } else {
+            tokio::process::Command::new(path)
+        };
         command
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -281,6 +290,28 @@ fn service_env() -> Vec<(String, String)> {
         .collect()
 }
 
+/// `BENCH_PIN=1`: the gateway runs on CPU 1; session-store and this load driver on CPU 0.
+/// The gateway is then a tier with a core of its own, as in a deployment, and both paths
+/// get the same capacity for the backend and the clients.
+fn pinned() -> bool {
+    env_number("BENCH_PIN", 0) != 0
+}
+
+/// The CPU the gateway runs on when pinned.
+const GATEWAY_CPU: usize = 1;
+/// The CPU of session-store and of this driver when pinned.
+const BACKEND_CPU: usize = 0;
+
+/// Moves every thread of this process to `cpu` (threads started later inherit it).
+fn pin_self(cpu: usize) {
+    let status = std::process::Command::new("taskset")
+        .args(["-a", "-c", "-p", &cpu.to_string(), &std::process::id().to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .expect("taskset (util-linux) runs");
+    assert!(status.success(), "taskset could not pin the driver to CPU {cpu}");
+}
+
 /// A gateway on `port` with the bench key, rate limiting off, and `extra` variables.
 fn spawn_gateway(port: u16, extra: &[(&'static str, String)]) -> Service {
     let mut env = base_env();
@@ -289,7 +320,7 @@ fn spawn_gateway(port: u16, extra: &[(&'static str, String)]) -> Service {
     // The premium tier's 5,000/min would otherwise cap both measurements.
     env.push(("FEATURE_ENABLE_RATE_LIMITING", "false".to_owned()));
     env.extend(extra.iter().cloned());
-    Service::spawn("agentmesh-gateway", &env)
+    Service::spawn("agentmesh-gateway", &env, GATEWAY_CPU)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -427,7 +458,7 @@ async fn get_one_session(settings: &Settings) -> Unary {
     let (store_port, gateway_port) = (free_port().unwrap(), free_port().unwrap());
     let mut env = base_env();
     env.push(("SESSION_STORE_ADDR", format!("127.0.0.1:{store_port}")));
-    let mut store = Service::spawn("agentmesh-session-store", &env);
+    let mut store = Service::spawn("agentmesh-session-store", &env, BACKEND_CPU);
     wait_grpc_serving(&mut store, store_port).await;
     let store_url = format!("http://127.0.0.1:{store_port}");
     let mut gateway = spawn_gateway(gateway_port, &[("SESSION_STORE_URL", store_url.clone())]);
@@ -822,9 +853,14 @@ fn report(settings: &Settings, unary: &Unary, streams: &Streams, load_before: &s
     let _ = writeln!(out, "\n## Gateway benchmark\n");
     let _ = writeln!(
         out,
-        "{} CPUs; 1-minute load average {load_before} before, {} after.\n",
+        "{} CPUs; 1-minute load average {load_before} before, {} after.{}\n",
         std::thread::available_parallelism().map_or(0, usize::from),
-        load_average()
+        load_average(),
+        if pinned() {
+            format!(" Pinned: gateway on CPU {GATEWAY_CPU}; session-store and the load driver on CPU {BACKEND_CPU}.")
+        } else {
+            " Not pinned: every process shares every CPU.".to_owned()
+        }
     );
     let _ = writeln!(
         out,
@@ -906,6 +942,9 @@ fn main() {
     install_guards(settings.timeout);
     let load_before = load_average();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    if pinned() {
+        pin_self(BACKEND_CPU);
+    }
     let (unary, streams) = runtime.block_on(async {
         eprintln!("bench: GET one session, gateway vs direct ...");
         let unary = get_one_session(&settings).await;

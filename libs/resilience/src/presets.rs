@@ -115,8 +115,10 @@ impl Preset {
             // Reads and writes of sessions and secrets take milliseconds; 10 s is a sick peer.
             timeout: Duration::from_secs(10),
             // HTTP/2 multiplexes freely; past this a peer replica is saturated and shedding is kinder.
-            max_concurrency: 128,
-            max_queue_wait: Duration::ZERO,
+            max_concurrency: 512,
+            // A burst (clients reconnecting after a rollout, a fan-out) waits briefly for a slot
+            // instead of failing at once; a peer still saturated after this is shed.
+            max_queue_wait: Duration::from_secs(1),
         }
     }
 

@@ -25,7 +25,7 @@ use tonic::transport::{Channel, Endpoint};
 use tower::{Layer, Service, ServiceExt};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::context::{RequestContext, format_grpc_timeout, new_correlation_id, parse_grpc_timeout};
+use crate::context::{RequestContext, TRACEPARENT, format_grpc_timeout, new_correlation_id, parse_grpc_timeout};
 use crate::error::{ApiError, CORRELATION_ID_HEADER};
 
 /// A peer URL that cannot be used.
@@ -40,7 +40,8 @@ pub struct ClientError {
     pub reason: String,
 }
 
-/// What callers are told to wait before retrying a peer that could not be reached.
+/// What callers are told to wait before retrying a peer that could not be reached or
+/// had no capacity left.
 const UNREACHABLE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How long to wait for a TCP connection to a peer before the attempt fails.
@@ -130,6 +131,12 @@ fn forward_context(
     }
     let trace_context = span.context();
     opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&trace_context, &mut HeaderInjector(headers)));
+    // Without an exporting span of our own, the caller's trace context goes on unchanged.
+    if !headers.contains_key(TRACEPARENT)
+        && let Some(trace) = context.and_then(|c| c.trace.as_ref())
+    {
+        trace.write_to(headers);
+    }
 
     let explicit = headers.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
     let inherited = context.and_then(RequestContext::remaining);
@@ -156,7 +163,8 @@ fn api_error(target: &str, error: ResilienceError<tonic::transport::Error>) -> A
         ResilienceError::Timeout { after } => ApiError::timeout(target, after),
         ResilienceError::CircuitOpen { name, retry_after } => ApiError::circuit_open(&name, retry_after),
         ResilienceError::BulkheadFull { name } => ApiError::external_service(&name, "internal_service", true)
-            .with_detail("reason", "too many concurrent calls"),
+            .with_detail("reason", "too many concurrent calls")
+            .with_retry_after(UNREACHABLE_RETRY_AFTER),
     }
 }
 

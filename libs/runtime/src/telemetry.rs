@@ -3,8 +3,10 @@
 //! Logs are JSON lines (or text for a terminal) from `tracing`; every line inside a request
 //! carries the request span's `correlation_id`. Metrics go to one Prometheus recorder
 //! that every service in the process shares, rendered by [`render_metrics`]. Traces use
-//! OpenTelemetry: spans always get W3C trace context (so `traceparent` propagates across
-//! gRPC hops), and are exported over OTLP/gRPC only when an endpoint is configured.
+//! OpenTelemetry and are exported over OTLP/gRPC when an endpoint is configured; only then
+//! does the OpenTelemetry layer run (it costs a sixth of a gateway request's CPU). A process
+//! that exports nothing forwards its callers' `traceparent`/`tracestate` unchanged
+//! ([`crate::context::TraceHeaders`]), so traces still cross it.
 
 use std::sync::OnceLock;
 
@@ -78,7 +80,10 @@ pub fn init(service_name: &str, config: &ObservabilityConfig) -> Result<Telemetr
         LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
     };
 
-    let tracer_provider = if config.tracing_enabled { Some(tracer_provider(service_name, config)?) } else { None };
+    let tracer_provider = match &config.otlp_endpoint {
+        Some(endpoint) if config.tracing_enabled => Some(tracer_provider(service_name, config, endpoint)?),
+        _ => None,
+    };
     let trace_layer = tracer_provider.as_ref().map(|provider| {
         tracing_opentelemetry::layer().with_tracer(provider.tracer("agentmesh")).with_filter(LevelFilter::INFO)
     });
@@ -88,7 +93,9 @@ pub fn init(service_name: &str, config: &ObservabilityConfig) -> Result<Telemetr
     if !installed {
         return Ok(TelemetryGuard { tracer_provider: None });
     }
-    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    if tracer_provider.is_some() {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    }
     Ok(TelemetryGuard { tracer_provider })
 }
 
@@ -105,21 +112,43 @@ fn log_directive(seed_level: &str) -> String {
     format!("warn,agentmesh={level}")
 }
 
-fn tracer_provider(service_name: &str, config: &ObservabilityConfig) -> Result<SdkTracerProvider, TelemetryError> {
+fn tracer_provider(
+    service_name: &str,
+    config: &ObservabilityConfig,
+    endpoint: &str,
+) -> Result<SdkTracerProvider, TelemetryError> {
+    use opentelemetry_otlp::WithExportConfig;
     let resource =
         Resource::builder().with_service_name(format!("{}-{service_name}", config.tracing_service_name)).build();
     let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.tracing_sample_rate)));
-    let mut builder = SdkTracerProvider::builder().with_resource(resource).with_sampler(sampler);
-    if let Some(endpoint) = &config.otlp_endpoint {
-        use opentelemetry_otlp::WithExportConfig;
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint.clone())
-            .build()
-            .map_err(|source| TelemetryError::Exporter { endpoint: endpoint.clone(), source })?;
-        builder = builder.with_batch_exporter(exporter);
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .build()
+        .map_err(|source| TelemetryError::Exporter { endpoint: endpoint.to_owned(), source })?;
+    Ok(SdkTracerProvider::builder().with_resource(resource).with_sampler(sampler).with_batch_exporter(exporter).build())
+}
+
+/// Makes `span` a child of the trace in the caller's `headers`, when traces are exported.
+pub fn join_caller_trace(span: &tracing::Span, headers: &http::HeaderMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
+    // Fails when no traces are exported: no OpenTelemetry layer runs, and the caller's
+    // headers are forwarded as received instead (`RequestContext::trace`).
+    let _ = span.set_parent(parent);
+}
+
+/// Reads W3C trace context from request headers.
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
     }
-    Ok(builder.build())
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
 }
 
 /// The process-wide Prometheus handle, installing the recorder on first use.

@@ -6,7 +6,12 @@
 //! collected at once, named by its field path as a client sends it (`sessions[3].title`),
 //! into one `validation_error` with field violations.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
 use agentmesh_proto::agentmesh::common::v1::FieldRules;
+use agentmesh_proto::descriptor_pool;
 use agentmesh_proto::options::field_rules;
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, ReflectMessage, Value};
 use serde_json::Value as Json;
@@ -32,10 +37,28 @@ pub fn validate_dynamic(message: &DynamicMessage) -> Result<(), ApiError> {
     if violations.is_empty() { Ok(()) } else { Err(ApiError::validation(violations)) }
 }
 
+/// The rules of every annotated field of the contract, by full field name, decoded once:
+/// descriptors keep options encoded, and decoding them on every request was a measurable
+/// share of a gateway call.
+static CONTRACT_RULES: LazyLock<HashMap<String, FieldRules>> = LazyLock::new(|| {
+    let fields = descriptor_pool().all_messages().flat_map(|message| message.fields().collect::<Vec<_>>());
+    fields.filter_map(|field| Some((field.full_name().to_owned(), field_rules(&field)?))).collect()
+});
+
+/// The rules of `field`: from the cache for the contract's own descriptors, decoded for
+/// any other pool.
+fn rules_of(field: &FieldDescriptor) -> Cow<'static, FieldRules> {
+    if field.parent_pool() == descriptor_pool() {
+        CONTRACT_RULES.get(field.full_name()).map_or_else(|| Cow::Owned(FieldRules::default()), Cow::Borrowed)
+    } else {
+        Cow::Owned(field_rules(field).unwrap_or_default())
+    }
+}
+
 fn check_message(message: &DynamicMessage, prefix: &str, out: &mut Vec<FieldViolation>) {
     for field in message.descriptor().fields() {
         let path = if prefix.is_empty() { field.name().to_owned() } else { format!("{prefix}.{}", field.name()) };
-        let rules = field_rules(&field).unwrap_or_default();
+        let rules = rules_of(&field);
         let present = message.has_field(&field);
         let value = message.get_field(&field);
         if field.is_list() {

@@ -15,6 +15,7 @@ use agentmesh_proto::agentmesh::session::v1::{GetSessionRequest, GetSessionRespo
 use agentmesh_resilience::{BreakerConfig, Preset, RetryPolicy};
 use agentmesh_runtime::auth::{Authenticate, Principal, Tier};
 use agentmesh_runtime::client::ServiceChannel;
+use agentmesh_runtime::context::TraceHeaders;
 use agentmesh_runtime::{ApiError, Config, ErrorCode, GrpcServer, RequestContext, ServiceName, telemetry};
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
@@ -134,8 +135,10 @@ fn get(id: &str) -> GetSessionRequest {
 
 #[tokio::test]
 async fn correlation_id_deadline_and_trace_context_follow_the_call() {
-    let config = Config::load(None, [("OBSERVABILITY_LOG_FORMAT".to_owned(), "text".to_owned())]).unwrap();
-    let _telemetry = telemetry::init("mesh-test", &config.observability).unwrap();
+    // Traces are exported (to a port where nothing listens): the OpenTelemetry layer runs.
+    let settings = [("OBSERVABILITY_LOG_FORMAT", "text"), ("OBSERVABILITY_OTLP_ENDPOINT", "http://127.0.0.1:9")];
+    let config = Config::load(None, settings.map(|(k, v)| (k.to_owned(), v.to_owned()))).unwrap();
+    let telemetry = telemetry::init("mesh-test", &config.observability).unwrap();
     let server = start(None).await;
     let mut client = client(&server.url);
 
@@ -143,6 +146,7 @@ async fn correlation_id_deadline_and_trace_context_follow_the_call() {
         correlation_id: "corr-123".to_owned(),
         deadline: Some(tokio::time::Instant::now() + Duration::from_secs(5)),
         principal: None,
+        trace: None,
     };
     let span = tracing::info_span!("caller");
     let trace_id = {
@@ -164,6 +168,24 @@ async fn correlation_id_deadline_and_trace_context_follow_the_call() {
         other => panic!("{other:?}"),
     };
     assert!(traceparent.contains(&trace_id), "traceparent {traceparent:?} continues trace {trace_id}");
+    // Flushing at shutdown would wait on the unreachable collector.
+    std::mem::forget(telemetry);
+}
+
+#[tokio::test]
+async fn a_hop_exporting_no_traces_forwards_the_callers_trace_context_unchanged() {
+    let server = start(None).await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut incoming = http::HeaderMap::new();
+    incoming.insert("traceparent", http::HeaderValue::from_static(traceparent));
+    incoming.insert("tracestate", http::HeaderValue::from_static("vendor=opaque"));
+    let context = RequestContext { trace: TraceHeaders::from_headers(&incoming), ..RequestContext::new() };
+    let response = context.scope(client(&server.url).get_session(get("s1"))).await.unwrap();
+    let seen = match &response.into_inner().session.unwrap().metadata.unwrap().fields["traceparent"].kind {
+        Some(prost_types::value::Kind::StringValue(value)) => value.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(seen, traceparent);
 }
 
 #[tokio::test]

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use agentmesh_events::EventBus;
 use agentmesh_proto::agentmesh::auth::v1::auth_service_server::AuthServiceServer;
 use agentmesh_proto::agentmesh::health::v1::health_service_server::HealthServiceServer;
+use agentmesh_resilience::Preset;
 use agentmesh_runtime::auth::{Authenticate, PrincipalCodec};
 use agentmesh_runtime::client::{ClientError, ServiceChannel};
 use agentmesh_runtime::context::new_correlation_id;
@@ -98,7 +99,7 @@ pub async fn serve(
     let mut channels = Vec::new();
     for service in BACKENDS {
         let url = &config.endpoints.get(service).url;
-        let channel = ServiceChannel::connect_lazy(service.as_str(), url, &config.resilience.internal)?;
+        let channel = ServiceChannel::connect_lazy(service.as_str(), url, &backend_preset(&config, service))?;
         upstreams.insert(service, BoxCloneSyncService::new(channel.clone()));
         channels.push((service, channel));
     }
@@ -159,6 +160,18 @@ pub async fn serve(
         .serve(listener, shutdown)
         .await?;
     Ok(())
+}
+
+/// The resilience settings for calls to `service`: the internal preset, with the LLM
+/// deadline for services whose calls wait on a model or a tool.
+fn backend_preset(config: &Config, service: ServiceName) -> Preset {
+    let internal = &config.resilience.internal;
+    match service {
+        ServiceName::AgentOrchestrator | ServiceName::LlmProxy | ServiceName::McpBroker => {
+            Preset { timeout: internal.timeout.max(config.resilience.llm.timeout), ..internal.clone() }
+        }
+        _ => internal.clone(),
+    }
 }
 
 /// Rate-limit counters in Redis when `USE_REDIS` is set (shared by every gateway replica),

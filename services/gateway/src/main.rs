@@ -2,6 +2,11 @@
 
 use std::process::ExitCode;
 
+/// mimalloc: the services allocate per request, and glibc malloc cost a fifth of the
+/// gateway's CPU under load (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     agentmesh_runtime::binary::main(agentmesh_runtime::ServiceName::Gateway, agentmesh_gateway::run)
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentmesh_runtime::auth::{Authenticate, PRINCIPAL_HEADER, PRINCIPAL_TTL, Principal, PrincipalCodec};
-use agentmesh_runtime::context::{new_correlation_id, sanitize_correlation_id};
+use agentmesh_runtime::context::{TraceHeaders, new_correlation_id, sanitize_correlation_id};
 use agentmesh_runtime::error::{CORRELATION_ID_HEADER, FieldViolation, retry_after_seconds};
 use agentmesh_runtime::validate::validate_dynamic;
 use agentmesh_runtime::{ApiError, ErrorCode, RequestContext};
@@ -151,18 +151,19 @@ impl RestGateway {
             http.path = %call.path,
             correlation_id = %call.correlation_id,
         );
-        let (template, response) = match self.routes.find(&method, &call.path) {
+        agentmesh_runtime::telemetry::join_caller_trace(&span, request.headers());
+        let (route_label, response) = match self.routes.find(&method, &call.path) {
             Ok(matched) => {
-                let template = matched.route.template.clone();
-                (template, tracing::Instrument::instrument(self.serve(&call, matched, request), span).await)
+                let label = matched.route.metric_label.clone();
+                (label, tracing::Instrument::instrument(self.serve(&call, matched, request), span).await)
             }
-            Err(miss) => ("unmatched".to_owned(), miss_response(&miss, &method, &call)),
+            Err(miss) => (metrics::SharedString::const_str("unmatched"), miss_response(&miss, &method, &call)),
         };
         let mut response = response;
         if let Ok(value) = HeaderValue::from_str(&call.correlation_id) {
             response.headers_mut().insert(CORRELATION_ID_HEADER, value);
         }
-        record(&method, &template, response.status(), started);
+        record(&method, route_label, response.status(), started);
         response
     }
 
@@ -202,12 +203,12 @@ impl RestGateway {
         request: axum::extract::Request,
     ) -> Response {
         let route = matched.route;
-        let headers = request.headers().clone();
         let (parts, body) = request.into_parts();
+        let headers = &parts.headers;
         let body = if route.body.is_empty() {
             None
         } else {
-            match self.read_json(&headers, body).await {
+            match self.read_json(headers, body).await {
                 Ok(json) => Some(json),
                 Err(error) => return call.error(&error),
             }
@@ -229,8 +230,14 @@ impl RestGateway {
                 return call.error(&ApiError::validation(vec![violation]));
             }
         };
-        let invocation =
-            Invocation { route, message, principal, idempotency_key, correlation_id: call.correlation_id.clone() };
+        let invocation = Invocation {
+            route,
+            message,
+            principal,
+            idempotency_key,
+            correlation_id: call.correlation_id.clone(),
+            trace: TraceHeaders::from_headers(headers),
+        };
         if route.is_streaming() {
             return match self.open_stream(invocation).await {
                 Ok(stream) => {
@@ -240,7 +247,7 @@ impl RestGateway {
             };
         }
         let (context, request) = self.grpc_request(invocation);
-        match context.scope(self.upstreams.unary(route.owner, &route.rpc, request)).await {
+        match context.scope(self.upstreams.unary(route, request)).await {
             Ok(response) => success(route, &response.into_inner(), call),
             Err(status) => call.error(&ApiError::from_status(&status)),
         }
@@ -249,7 +256,7 @@ impl RestGateway {
     /// Opens a server-streaming call (SSE and WebSocket subscriptions).
     pub async fn open_stream(&self, invocation: Invocation<'_>) -> Result<Streaming<DynamicMessage>, ApiError> {
         let (route, (context, request)) = (invocation.route, self.grpc_request(invocation));
-        let opened = context.scope(self.upstreams.server_streaming(route.owner, &route.rpc, request)).await;
+        let opened = context.scope(self.upstreams.server_streaming(route, request)).await;
         opened.map(tonic::Response::into_inner).map_err(|status| ApiError::from_status(&status))
     }
 
@@ -260,6 +267,7 @@ impl RestGateway {
             correlation_id: invocation.correlation_id,
             deadline: (!invocation.route.is_streaming()).then(|| Instant::now() + self.request_timeout),
             principal: invocation.principal,
+            trace: invocation.trace,
         };
         let mut request = tonic::Request::new(invocation.message);
         if !invocation.route.is_streaming() {
@@ -422,6 +430,8 @@ pub struct Invocation<'a> {
     pub idempotency_key: Option<String>,
     /// The request's correlation id.
     pub correlation_id: String,
+    /// The client's W3C trace context, if it sent one.
+    pub trace: Option<TraceHeaders>,
 }
 
 /// A trailers-only gRPC error response.
@@ -485,12 +495,27 @@ fn miss_response(miss: &Miss, method: &Method, call: &Call) -> Response {
     }
 }
 
-fn record(method: &Method, route: &str, status: StatusCode, started: Instant) {
-    let labels = [("method", method.as_str().to_owned()), ("route", route.to_owned())];
+fn record(method: &Method, route: metrics::SharedString, status: StatusCode, started: Instant) {
+    let method = metrics::SharedString::const_str(method_label(method));
     metrics::counter!(
         "agentmesh_http_requests_total",
-        "method" => labels[0].1.clone(), "route" => labels[1].1.clone(), "status" => status.as_u16().to_string()
+        "method" => method.clone(), "route" => route.clone(), "status" => status.as_u16().to_string()
     )
     .increment(1);
-    metrics::histogram!("agentmesh_http_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
+    metrics::histogram!("agentmesh_http_request_duration_seconds", "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// The method as a static label (the router only matches these; anything else is `OTHER`).
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
 }

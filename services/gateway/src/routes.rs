@@ -11,6 +11,7 @@ use agentmesh_proto::google::api::http_rule::Pattern;
 use agentmesh_proto::options::{http_rule, method_rules};
 use agentmesh_runtime::ServiceName;
 use http::Method;
+use http::uri::PathAndQuery;
 use prost_reflect::{DescriptorPool, MethodDescriptor};
 
 /// One segment of a path template.
@@ -47,6 +48,10 @@ pub struct Route {
     pub allow_anonymous: bool,
     /// The service that owns the RPC.
     pub owner: ServiceName,
+    /// The RPC's gRPC path, `/package.Service/Method`.
+    pub grpc_path: PathAndQuery,
+    /// The template as a metrics label, shared rather than copied per request.
+    pub metric_label: metrics::SharedString,
 }
 
 impl Route {
@@ -237,8 +242,13 @@ fn route(
             .and_then(|c| http::StatusCode::from_u16(c).ok())
             .ok_or_else(|| error(format!("invalid success_status {code}")))?,
     };
+    let grpc_path = format!("/{}/{}", rpc.parent_service().full_name(), rpc.name())
+        .parse()
+        .map_err(|_| error("the RPC's name is not a valid gRPC path".to_owned()))?;
     Ok(Route {
         method,
+        metric_label: metrics::SharedString::from(std::sync::Arc::<str>::from(template.as_str())),
+        grpc_path,
         template: template.clone(),
         segments,
         rpc: rpc.clone(),

@@ -8,13 +8,14 @@ use std::convert::Infallible;
 
 use agentmesh_runtime::ServiceName;
 use bytes::Buf;
-use http::uri::PathAndQuery;
 use prost::Message as _;
-use prost_reflect::{DynamicMessage, MessageDescriptor, MethodDescriptor};
+use prost_reflect::{DynamicMessage, MessageDescriptor};
 use tonic::Status;
 use tonic::body::Body;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder, Streaming};
 use tower::util::BoxCloneSyncService;
+
+use crate::routes::Route;
 
 /// A channel to one service, remote or in-process.
 pub type Upstream = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, Infallible>;
@@ -46,35 +47,27 @@ impl Upstreams {
         channel.oneshot(request).await.map_err(|never| match never {})
     }
 
-    /// Calls the unary `rpc` of `service` with `request`.
+    /// Calls the unary RPC of `route` on its owning service with `request`.
     pub async fn unary(
         &self,
-        service: ServiceName,
-        rpc: &MethodDescriptor,
+        route: &Route,
         request: tonic::Request<DynamicMessage>,
     ) -> Result<tonic::Response<DynamicMessage>, Status> {
-        let mut grpc = tonic::client::Grpc::new(self.channel(service)?);
+        let mut grpc = tonic::client::Grpc::new(self.channel(route.owner)?);
         grpc.ready().await.map_err(|error| Status::unavailable(error.to_string()))?;
-        grpc.unary(request, path(rpc)?, DynamicCodec::new(rpc.output())).await
+        grpc.unary(request, route.grpc_path.clone(), DynamicCodec::new(route.rpc.output())).await
     }
 
-    /// Calls the server-streaming `rpc` of `service` with `request`.
+    /// Calls the server-streaming RPC of `route` on its owning service with `request`.
     pub async fn server_streaming(
         &self,
-        service: ServiceName,
-        rpc: &MethodDescriptor,
+        route: &Route,
         request: tonic::Request<DynamicMessage>,
     ) -> Result<tonic::Response<Streaming<DynamicMessage>>, Status> {
-        let mut grpc = tonic::client::Grpc::new(self.channel(service)?);
+        let mut grpc = tonic::client::Grpc::new(self.channel(route.owner)?);
         grpc.ready().await.map_err(|error| Status::unavailable(error.to_string()))?;
-        grpc.server_streaming(request, path(rpc)?, DynamicCodec::new(rpc.output())).await
+        grpc.server_streaming(request, route.grpc_path.clone(), DynamicCodec::new(route.rpc.output())).await
     }
-}
-
-fn path(rpc: &MethodDescriptor) -> Result<PathAndQuery, Status> {
-    format!("/{}/{}", rpc.parent_service().full_name(), rpc.name())
-        .parse()
-        .map_err(|_| Status::internal("invalid RPC path"))
 }
 
 /// Encodes dynamic requests and decodes responses of a known type.

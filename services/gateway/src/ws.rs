@@ -250,8 +250,14 @@ async fn open(
     let body =
         if route.body.is_empty() { None } else { Some(request.body.unwrap_or(Json::Object(Default::default()))) };
     let message = request_message(route, &matched.variables, query, body, request.last_event_id.as_deref())?;
-    let invocation =
-        Invocation { route, message, principal, idempotency_key: None, correlation_id: new_correlation_id() };
+    let invocation = Invocation {
+        route,
+        message,
+        principal,
+        idempotency_key: None,
+        correlation_id: new_correlation_id(),
+        trace: None,
+    };
     gateway.open_stream(invocation).await
 }
 

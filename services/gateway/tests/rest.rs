@@ -164,3 +164,23 @@ async fn native_grpc_reaches_public_rpcs_through_the_gateway_with_the_callers_id
     let refused = LlmServiceClient::new(channel).chat(internal).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unimplemented, "internal RPCs are not exposed: {refused:?}");
 }
+
+#[tokio::test]
+async fn rest_requests_are_counted_by_route_template_and_status() {
+    // The process-wide recorder, installed as a service binary installs it at start-up.
+    agentmesh_runtime::telemetry::prometheus_handle();
+    let mesh = Mesh::start(&[]).await;
+    let id = "0b7f3c52-9c47-4c1e-9a43-5d8f1d6f0a11";
+    let response = mesh.http.get(mesh.url(&format!("/api/v1/sessions/{id}"))).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    mesh.http.get(mesh.url("/api/v1/nope")).send().await.unwrap();
+    let metrics = mesh.http.get(mesh.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for series in [
+        r#"agentmesh_http_requests_total{method="GET",route="/api/v1/sessions/{session_id}",status="401"}"#,
+        r#"agentmesh_http_requests_total{method="GET",route="unmatched",status="404"}"#,
+        r#"agentmesh_http_request_duration_seconds_count{method="GET",route="/api/v1/sessions/{session_id}"}"#,
+    ] {
+        assert!(metrics.contains(series), "{series} missing from:\n{metrics}");
+    }
+    assert!(!metrics.contains(id), "ids never become label values");
+}

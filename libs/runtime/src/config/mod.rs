@@ -183,7 +183,8 @@ pub struct NatsConfig {
     pub stream: String,
 }
 
-/// Retry and breaker settings for one class of dependency.
+/// Retry, breaker, bulkhead and timeout settings for each class of dependency
+/// (`RETRY_<CLASS>_*`, `CIRCUIT_<CLASS>_*`, `BULKHEAD_<CLASS>_*`, `TIMEOUT_<CLASS>`).
 #[derive(Debug, Clone)]
 pub struct ResilienceSettings {
     /// LLM providers (`RETRY_LLM_*`, `CIRCUIT_LLM_*`).
@@ -483,7 +484,7 @@ pub struct Config {
     pub redis: RedisConfig,
     /// `NATS_*`.
     pub nats: NatsConfig,
-    /// `RETRY_*` and `CIRCUIT_*`.
+    /// `RETRY_*`, `CIRCUIT_*`, `BULKHEAD_*` and `TIMEOUT_*`.
     pub resilience: ResilienceSettings,
     /// `RATE_LIMIT_*`.
     pub rate_limit: RateLimitConfig,
@@ -809,7 +810,8 @@ fn parse_endpoints(v: &mut Vars, host: &str, gateway_port: u16) -> Endpoints {
     Endpoints { endpoints }
 }
 
-/// Overlays `RETRY_<CLASS>_*` and `CIRCUIT_<CLASS>_*` on a preset's defaults.
+/// Overlays `RETRY_<CLASS>_*`, `CIRCUIT_<CLASS>_*`, `BULKHEAD_<CLASS>_*` and
+/// `TIMEOUT_<CLASS>` on a preset's defaults.
 fn parse_preset(v: &mut Vars, class: &str, defaults: Preset) -> Preset {
     let retry = &defaults.retry;
     let max_attempts: u32 = v.get(&format!("RETRY_{class}_MAX_ATTEMPTS"), retry.max_attempts);
@@ -836,7 +838,22 @@ fn parse_preset(v: &mut Vars, class: &str, defaults: Preset) -> Preset {
         recovery_timeout: v.get(&format!("CIRCUIT_{class}_RECOVERY_TIMEOUT"), defaults.breaker.recovery_timeout),
         ..defaults.breaker
     };
-    Preset { retry, breaker, ..defaults }
+    let max_concurrency: usize = v.get(&format!("BULKHEAD_{class}_MAX_CONCURRENCY"), defaults.max_concurrency);
+    if max_concurrency == 0 {
+        v.issue(&format!("BULKHEAD_{class}_MAX_CONCURRENCY"), "must be at least 1");
+    }
+    let timeout: Duration = v.get(&format!("TIMEOUT_{class}"), defaults.timeout);
+    if timeout.is_zero() {
+        v.issue(&format!("TIMEOUT_{class}"), "must be positive");
+    }
+    Preset {
+        retry,
+        breaker,
+        timeout: if timeout.is_zero() { defaults.timeout } else { timeout },
+        max_concurrency: max_concurrency.max(1),
+        max_queue_wait: v.get(&format!("BULKHEAD_{class}_QUEUE_WAIT"), defaults.max_queue_wait),
+        ..defaults
+    }
 }
 
 /// Parses `SECURITY_API_KEYS` (`sk-…=user[:tier]`, comma-separated). Issues name the

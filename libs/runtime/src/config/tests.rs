@@ -61,6 +61,22 @@ fn retry_and_circuit_variables_override_presets() {
 }
 
 #[test]
+fn bulkhead_and_timeout_variables_override_presets() {
+    let config = load(&[
+        ("BULKHEAD_INTERNAL_MAX_CONCURRENCY", "1024"),
+        ("BULKHEAD_INTERNAL_QUEUE_WAIT", "0.5"),
+        ("TIMEOUT_LLM", "300"),
+    ])
+    .unwrap();
+    let internal = &config.resilience.internal;
+    assert_eq!((internal.max_concurrency, internal.max_queue_wait), (1024, Duration::from_millis(500)));
+    assert_eq!(config.resilience.llm.timeout, Duration::from_secs(300));
+    assert_eq!(config.resilience.database, Preset::database(), "untouched classes keep their preset");
+    let names = issue_variables(load(&[("BULKHEAD_MCP_MAX_CONCURRENCY", "0"), ("TIMEOUT_DB", "0")]).unwrap_err());
+    assert_eq!(names, ["TIMEOUT_DB", "BULKHEAD_MCP_MAX_CONCURRENCY"], "in the order the classes are read");
+}
+
+#[test]
 fn every_bad_value_is_reported_at_once_by_name() {
     let error = load(&[
         ("DB_PORT", "not-a-port"),

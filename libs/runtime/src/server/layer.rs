@@ -18,15 +18,14 @@ use bytes::Bytes;
 use futures::FutureExt as _;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body, Frame};
-use opentelemetry::propagation::Extractor;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::auth::{Authenticate, is_open_path};
-use crate::context::{RequestContext, new_correlation_id, parse_grpc_timeout, sanitize_correlation_id};
+use crate::context::{RequestContext, TraceHeaders, new_correlation_id, parse_grpc_timeout, sanitize_correlation_id};
 use crate::error::{ApiError, CORRELATION_ID_HEADER};
+use crate::telemetry::join_caller_trace;
 
 /// Adds [`ServerCall`] around a service.
 #[derive(Clone)]
@@ -108,9 +107,8 @@ where
             rpc.method = %method,
             correlation_id = %correlation_id,
         );
-        let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
-        // Joining the caller's trace fails only when tracing is disabled; then the span is local.
-        let _ = span.set_parent(parent);
+        let trace = TraceHeaders::from_headers(headers);
+        join_caller_trace(&span, headers);
 
         let authenticator = if is_open_path(&path) { None } else { self.authenticator.clone() };
         let service_name = self.service_name;
@@ -130,7 +128,7 @@ where
                         }
                     },
                 };
-                let context = RequestContext { correlation_id: correlation_id.clone(), deadline, principal };
+                let context = RequestContext { correlation_id: correlation_id.clone(), deadline, principal, trace };
                 request.extensions_mut().insert(context.clone());
                 let call = Call { service_name, rpc_service, method, started: Instant::now(), span: call_span };
                 metrics::gauge!("agentmesh_grpc_server_in_flight", "service" => service_name).increment(1.0);
@@ -283,18 +281,5 @@ impl<B: Body<Data = Bytes>> Body for MeteredBody<B> {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
-    }
-}
-
-/// Reads W3C trace context from request headers.
-struct HeaderExtractor<'a>(&'a HeaderMap);
-
-impl Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(http::HeaderName::as_str).collect()
     }
 }
