@@ -1,9 +1,10 @@
 //! gateway: the mesh's front door (ARCHITECTURE §3, §8).
 //!
 //! One port serves: the seed's REST API, transcoded generically from the contract
-//! ([`routes`], [`json`], [`rest`]); native gRPC to the public RPCs of every service
-//! (passthrough); the gateway's own gRPC services (health, auth); `/metrics`. Callers are
-//! authenticated here and reach services with a signed principal.
+//! ([`routes`], [`json`], [`rest`]); native gRPC and grpc-web to the public RPCs of every
+//! service (passthrough); the gateway's own gRPC services (health, auth); `/metrics`.
+//! Callers are authenticated and rate-limited here and reach services with a signed
+//! principal; CORS ([`browser`]) covers the whole port.
 
 pub mod health;
 pub mod json;
@@ -148,7 +149,6 @@ pub async fn serve(
     let [nosniff, no_frames, no_referrer] = browser::security_headers();
     let http = http
         .fallback(move |request: axum::extract::Request| rest.clone().dispatch(request))
-        .layer(browser::cors(&config.security))
         .layer(nosniff)
         .layer(no_frames)
         .layer(no_referrer);
@@ -157,6 +157,8 @@ pub async fn serve(
         .add_service(health)
         .add_service(auth)
         .with_http_fallback(http)
+        .accept_grpc_web()
+        .with_cors(browser::cors(&config.security))
         .serve(listener, shutdown)
         .await?;
     Ok(())

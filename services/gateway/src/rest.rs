@@ -1,6 +1,9 @@
 //! The REST front: one handler serves every route of the contract.
 //!
-//! Per request: correlation id → route → authentication and scopes → rate limits → JSON
+//! Native gRPC (and grpc-web, translated by the server) to a public RPC is passed through
+//! to its owner with the same authentication, scopes and rate limits.
+//!
+//! Per REST request: correlation id → route → authentication and scopes → rate limits → JSON
 //! body, query and path into the RPC's request message → contract validation → the call,
 //! carrying the signed principal, correlation id and idempotency key → the seed's JSON
 //! (bare arrays with `X-Total-Count` and `Link`, 201/204 where the contract says). Every
@@ -14,6 +17,7 @@ use std::time::Duration;
 use agentmesh_runtime::auth::{Authenticate, PRINCIPAL_HEADER, PRINCIPAL_TTL, Principal, PrincipalCodec};
 use agentmesh_runtime::context::{TraceHeaders, new_correlation_id, sanitize_correlation_id};
 use agentmesh_runtime::error::{CORRELATION_ID_HEADER, FieldViolation, retry_after_seconds};
+use agentmesh_runtime::server::is_native_grpc;
 use agentmesh_runtime::validate::validate_dynamic;
 use agentmesh_runtime::{ApiError, ErrorCode, RequestContext};
 use axum::body::Body;
@@ -26,7 +30,7 @@ use serde_json::Value as Json;
 use tokio::time::Instant;
 
 use crate::json::{self, Violations};
-use crate::ratelimit::{RateLimitPolicy, RateLimiter};
+use crate::ratelimit::{Decision, RateLimitPolicy, RateLimiter};
 use crate::routes::{Matched, Miss, Route, RouteTable};
 use crate::sse;
 use crate::upstream::Upstreams;
@@ -84,12 +88,11 @@ pub fn error_response(error: &ApiError, correlation_id: &str, path: &str) -> Res
 }
 
 impl RestGateway {
-    /// Serves a request no local gRPC service claimed: gRPC to a public RPC of another
-    /// service is passed through; anything else is REST.
+    /// Serves a request no local gRPC service claimed: native gRPC to a public RPC of
+    /// another service is passed through (grpc-web arrives here already translated to it
+    /// by the server); anything else is REST.
     pub async fn dispatch(self: Arc<Self>, request: axum::extract::Request) -> Response {
-        let is_grpc =
-            request.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        if is_grpc {
+        if is_native_grpc(request.headers()) {
             return self.passthrough(request).await;
         }
         let path = request.uri().path().to_owned();
@@ -104,8 +107,11 @@ impl RestGateway {
     }
 
     /// Forwards a native gRPC call to the service owning it, after authenticating the
-    /// caller and replacing any principal header with a signed one. Only public RPCs (those
-    /// with a REST route) are reachable this way; internal ones stay internal.
+    /// caller, applying the route's rate limits (the same budget as its REST route) and
+    /// replacing any principal header with a signed one. Only public RPCs (those with a
+    /// REST route) are reachable this way; internal ones stay internal. The rate-limit
+    /// headers (and `retry-after` when refused) are response metadata; a refused call is
+    /// RESOURCE_EXHAUSTED.
     async fn passthrough(&self, request: axum::extract::Request) -> Response {
         let rpc = request.uri().path().trim_start_matches('/').replacen('/', ".", 1);
         let Some(route) = self.routes.for_rpc(&rpc) else {
@@ -114,6 +120,7 @@ impl RestGateway {
                 format!("{rpc} is not served by the gateway"),
             ));
         };
+        let ip = client_ip(&request);
         let (mut parts, body) = request.into_parts();
         parts.headers.remove(PRINCIPAL_HEADER);
         // The server layer has already authenticated this gRPC call.
@@ -122,16 +129,26 @@ impl RestGateway {
             Ok(principal) => principal,
             Err(error) => return grpc_error(error),
         };
-        if let Some(principal) = &principal
-            && let Ok(value) = HeaderValue::from_str(&self.principals.encode(principal, PRINCIPAL_TTL))
-        {
-            parts.headers.insert(PRINCIPAL_HEADER, value);
-        }
-        let forwarded = http::Request::from_parts(parts, tonic::body::Body::new(body));
-        match self.upstreams.forward(route.owner, forwarded).await {
-            Ok(response) => response.map(Body::new),
-            Err(status) => status.into_http::<Body>(),
-        }
+        let decision = match self.rate_limit(route, principal.as_ref(), ip).await {
+            Ok(decision) => decision,
+            Err(error) => return grpc_error(error),
+        };
+        let mut response = if decision.allowed {
+            if let Some(principal) = &principal
+                && let Ok(value) = HeaderValue::from_str(&self.principals.encode(principal, PRINCIPAL_TTL))
+            {
+                parts.headers.insert(PRINCIPAL_HEADER, value);
+            }
+            let forwarded = http::Request::from_parts(parts, tonic::body::Body::new(body));
+            match self.upstreams.forward(route.owner, forwarded).await {
+                Ok(response) => response.map(Body::new),
+                Err(status) => status.into_http::<Body>(),
+            }
+        } else {
+            grpc_error(rate_limited(&decision))
+        };
+        decision.apply_headers(response.headers_mut());
+        response
     }
 
     /// Serves one REST request.
@@ -173,26 +190,32 @@ impl RestGateway {
             Ok(principal) => principal,
             Err(error) => return call.error(&error),
         };
-        let group = route.rate_limit_group.as_deref();
-        let decision =
-            match self.rate_limits.enforce(self.limiter.as_ref(), principal.as_ref(), client_ip(&request), group).await
-            {
-                Ok(decision) => decision,
-                Err(error) => {
-                    tracing::error!(%error, "rate limit check failed");
-                    return call.error(&ApiError::internal());
-                }
-            };
+        let decision = match self.rate_limit(route, principal.as_ref(), client_ip(&request)).await {
+            Ok(decision) => decision,
+            Err(error) => return call.error(&error),
+        };
         let mut response = if decision.allowed {
             self.invoke(call, &matched, principal, request).await
         } else {
-            let error = ApiError::new(ErrorCode::RateLimit, "Rate limit exceeded")
-                .with_detail("limit", decision.limit)
-                .with_retry_after(decision.retry_after.unwrap_or(Duration::from_secs(1)));
-            call.error(&error)
+            call.error(&rate_limited(&decision))
         };
         decision.apply_headers(response.headers_mut());
         response
+    }
+
+    /// Counts one call of `route` by its caller against the route's limits. REST and gRPC
+    /// calls of an RPC share keys, so they spend one budget.
+    async fn rate_limit(
+        &self,
+        route: &Route,
+        principal: Option<&Principal>,
+        client_ip: IpAddr,
+    ) -> Result<Decision, ApiError> {
+        let group = route.rate_limit_group.as_deref();
+        self.rate_limits.enforce(self.limiter.as_ref(), principal, client_ip, group).await.map_err(|error| {
+            tracing::error!(%error, "rate limit check failed");
+            ApiError::internal()
+        })
     }
 
     async fn invoke(
@@ -432,6 +455,13 @@ pub struct Invocation<'a> {
     pub correlation_id: String,
     /// The client's W3C trace context, if it sent one.
     pub trace: Option<TraceHeaders>,
+}
+
+/// The error refusing a call over its rate limit, with when to retry.
+fn rate_limited(decision: &Decision) -> ApiError {
+    ApiError::new(ErrorCode::RateLimit, "Rate limit exceeded")
+        .with_detail("limit", decision.limit)
+        .with_retry_after(decision.retry_after.unwrap_or(Duration::from_secs(1)))
 }
 
 /// A trailers-only gRPC error response.

@@ -1,6 +1,6 @@
 //! Server-streaming RPCs through the gateway: SSE with ids, event names, heartbeats and
-//! `Last-Event-ID` resume, and the same stream over the WebSocket, against a fake
-//! orchestrator that streams run events.
+//! `Last-Event-ID` resume, the same stream over the WebSocket and over grpc-web
+//! passthrough, against a fake orchestrator that streams run events.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -14,7 +14,9 @@ use agentmesh_proto::agentmesh::agent::v1::agent_service_server::{AgentService, 
 use agentmesh_proto::agentmesh::agent::v1::run_event::Kind;
 use agentmesh_runtime::{Config, GrpcServer, ServiceName};
 use common::Mesh;
+use common::grpc_web::{Wire, request, send};
 use futures::{SinkExt, Stream, StreamExt};
+use prost::Message as _;
 use serde_json::{Value, json};
 use tonic::{Request, Response, Status};
 
@@ -165,4 +167,22 @@ async fn websockets_refuse_anonymous_callers_and_excess_connections() {
         other => panic!("the 11th connection must be refused with 429, got {other:?}"),
     }
     drop(open);
+}
+
+#[tokio::test]
+async fn the_same_stream_is_passed_through_over_grpc_web() {
+    let (mesh, runs) = start().await;
+    for wire in [Wire::Binary, Wire::Text] {
+        let ask = pb::StreamRunRequest { run_id: RUN.into(), from_sequence: Some(2) };
+        let call = request(&mesh, wire, "/agentmesh.agent.v1.AgentService/StreamRun", &ask).bearer_auth(KEY);
+        let reply = send(wire, call).await;
+        assert_eq!(reply.grpc_status(), Some("0"), "{reply:?}");
+        let sequences: Vec<u64> = reply
+            .messages
+            .iter()
+            .map(|m| pb::StreamRunResponse::decode(m.clone()).unwrap().event.unwrap().sequence)
+            .collect();
+        assert_eq!(sequences, [3, 4, 5], "{wire:?}: every event after the requested one, then the trailers");
+    }
+    assert_eq!(runs.seen_from.lock().unwrap().last(), Some(&Some(2)));
 }

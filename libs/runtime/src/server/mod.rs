@@ -6,8 +6,15 @@
 //! graceful shutdown: on the shutdown signal every service reports NOT_SERVING, keeps
 //! serving for the drain delay so load balancers notice, stops accepting, and gives
 //! in-flight calls the grace period before the rest are cut.
+//!
+//! Opt-in, for a port browsers call (the gateway's): grpc-web beside native gRPC
+//! ([`GrpcServer::accept_grpc_web`], see the `grpc_web` module) and CORS over the
+//! whole port ([`GrpcServer::with_cors`]).
 
+mod grpc_web;
 mod layer;
+
+pub use grpc_web::{is_grpc_web, is_native_grpc};
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -23,6 +30,7 @@ use tonic::service::{Routes, RoutesBuilder};
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
+use tower_http::cors::CorsLayer;
 
 use crate::auth::Authenticate;
 use crate::config::{Config, ServerConfig, ServiceName};
@@ -66,6 +74,10 @@ pub struct GrpcServer {
     metrics_path: Option<String>,
     /// Serves every request no gRPC service claims (the gateway's REST API).
     http_fallback: Option<axum::Router>,
+    /// Translates grpc-web calls to native gRPC before anything else sees them.
+    grpc_web: bool,
+    /// Answers preflights and marks responses for the origins browsers may call from.
+    cors: Option<CorsLayer>,
 }
 
 impl GrpcServer {
@@ -84,6 +96,8 @@ impl GrpcServer {
             settings: config.server.clone(),
             metrics_path: observability.metrics_enabled.then(|| observability.metrics_path.clone()),
             http_fallback: None,
+            grpc_web: false,
+            cors: None,
         }
     }
 
@@ -91,6 +105,22 @@ impl GrpcServer {
     #[must_use]
     pub fn with_http_fallback(mut self, router: axum::Router) -> Self {
         self.http_fallback = Some(router);
+        self
+    }
+
+    /// Also accepts grpc-web (`application/grpc-web`, `…+proto`, `…-text`), over HTTP/1.1
+    /// or HTTP/2, for every gRPC service and the HTTP fallback alike: each call is
+    /// translated to native gRPC before routing and authentication, and its response back.
+    #[must_use]
+    pub fn accept_grpc_web(mut self) -> Self {
+        self.grpc_web = true;
+        self
+    }
+
+    /// Applies `cors` to every request on the port: gRPC, grpc-web and the HTTP fallback.
+    #[must_use]
+    pub fn with_cors(mut self, cors: CorsLayer) -> Self {
+        self.cors = Some(cors);
         self
     }
 
@@ -151,11 +181,20 @@ impl GrpcServer {
         self.health.set_service_status("", ServingStatus::Serving).await;
 
         let local = listener.local_addr().ok();
-        let app = router.layer(layer::ServerCallLayer {
+        // Outermost last: each layer sees the request before the ones listed above it.
+        let mut app = router.layer(layer::ServerCallLayer {
             service_name: self.name,
             authenticator: self.authenticator,
             request_timeout: self.settings.request_timeout,
         });
+        if self.grpc_web {
+            // Outside the call layer, so authentication, deadlines and metrics see native gRPC.
+            app = app.layer(grpc_web::GrpcWebLayer);
+        }
+        if let Some(cors) = self.cors {
+            // Outermost: a preflight is answered before authentication could refuse it.
+            app = app.layer(cors);
+        }
         // One hyper server per port for gRPC (h2c), REST (HTTP/1.1 and 2) and WebSocket
         // upgrades, which tonic's own server does not support.
         let listener = listener.tap_io(|tcp| {

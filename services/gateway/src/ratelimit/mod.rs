@@ -1,6 +1,7 @@
-//! Rate limits of the REST gateway (ARCHITECTURE §8, seed `RateLimitSettings`): per tier
+//! Rate limits of the gateway (ARCHITECTURE §8, seed `RateLimitSettings`): per tier
 //! (100 / 1,000 / 5,000 requests per minute) and per endpoint group (create session 10/min,
-//! execute agent 5/min), keyed by principal or, for anonymous callers, by client IP.
+//! execute agent 5/min), keyed by principal or, for anonymous callers, by client IP. REST
+//! calls and gRPC / grpc-web passthrough calls of the same RPC spend the same budget.
 //!
 //! - [`RateLimiter`] answers one question — may one more request under `key` pass `limit`? —
 //!   with a [`Decision`] carrying everything the `X-RateLimit-*` and `Retry-After` headers

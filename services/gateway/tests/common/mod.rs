@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+pub mod grpc_web;
+
 use std::sync::Arc;
 
 use agentmesh_events::{EventBus, MemoryBus};
