@@ -2,7 +2,7 @@
 //!
 //! One port serves: the seed's REST API, transcoded generically from the contract
 //! ([`routes`], [`json`], [`rest`]); native gRPC and grpc-web to the public RPCs of every
-//! service (passthrough); the gateway's own gRPC services (health, auth); `/metrics`.
+//! service, the gateway's own health and auth services included (passthrough); `/metrics`.
 //! Callers are authenticated and rate-limited here and reach services with a signed
 //! principal; CORS ([`browser`]) covers the whole port.
 
@@ -112,7 +112,7 @@ pub async fn serve(
     let authenticator = Arc::new(GatewayAuth::connect(&config).await?);
     let auth = AuthServiceServer::new(AuthApi::new(authenticator.clone()));
     let mut local = Routes::builder();
-    local.add_service(health.clone()).add_service(auth.clone());
+    local.add_service(health).add_service(auth);
     upstreams.insert(ServiceName::Gateway, BoxCloneSyncService::new(local.routes()));
 
     let authenticator_for_grpc: Arc<dyn Authenticate> = authenticator.clone();
@@ -152,10 +152,11 @@ pub async fn serve(
         .layer(nosniff)
         .layer(no_frames)
         .layer(no_referrer);
+    // The gateway's own gRPC services are reached through passthrough like every other
+    // public RPC, so native gRPC and grpc-web callers meet the same scope checks and rate
+    // limits as REST ones (an unlimited `IssueToken` would invite key guessing).
     GrpcServer::new(ServiceName::Gateway, &config)
         .with_authenticator(authenticator_for_grpc)
-        .add_service(health)
-        .add_service(auth)
         .with_http_fallback(http)
         .accept_grpc_web()
         .with_cors(browser::cors(&config.security))

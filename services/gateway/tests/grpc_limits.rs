@@ -96,3 +96,32 @@ async fn rest_and_grpc_calls_share_one_budget() {
     // Another caller has a budget of their own.
     assert!(create_grpc(&mut client, other).await.is_ok());
 }
+
+#[tokio::test]
+async fn the_gateways_own_services_are_limited_over_grpc_too() {
+    use agentmesh_proto::agentmesh::auth::v1::IssueTokenRequest;
+    use agentmesh_proto::agentmesh::auth::v1::auth_service_client::AuthServiceClient;
+
+    let key = "sk-tokens-0123456789abcdefghijklmnopqrstuv";
+    let limit = LIMIT.to_string();
+    let mesh = Mesh::start(&[
+        ("SECURITY_API_KEYS", format!("{key}=tokens:premium").as_str()),
+        ("RATE_LIMIT_API_PREMIUM_LIMIT", &limit),
+    ])
+    .await;
+    let channel = Channel::from_shared(mesh.base.clone()).unwrap().connect().await.unwrap();
+    let mut auth = AuthServiceClient::new(channel);
+    let issue = || {
+        let mut request = tonic::Request::new(IssueTokenRequest { api_key: key.to_owned() });
+        request.metadata_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
+        request
+    };
+    for remaining in (0..LIMIT).rev() {
+        let response = auth.issue_token(issue()).await.unwrap();
+        assert!(!response.get_ref().access_token.is_empty());
+        assert_eq!(value(response.metadata(), "x-ratelimit-remaining"), remaining.to_string());
+    }
+    let refused = auth.issue_token(issue()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.metadata().get("retry-after").is_some());
+}
