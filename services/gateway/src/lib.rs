@@ -177,11 +177,16 @@ fn backend_preset(config: &Config, service: ServiceName) -> Preset {
     }
 }
 
-/// Rate-limit counters in Redis when `USE_REDIS` is set (shared by every gateway replica),
-/// else in this process.
+/// Rate-limit counters in Redis when `USE_REDIS` is set (shared by every gateway replica
+/// using the same `RATE_LIMIT_REDIS_PREFIX`), else in this process.
 async fn rate_limiter(config: &Config) -> Result<Arc<dyn RateLimiter>, StartError> {
     if config.use_redis {
-        let limiter = RedisRateLimiter::from_config(&config.redis, RedisRateLimiterOptions::default()).await?;
+        let options = RedisRateLimiterOptions {
+            prefix: config.rate_limit.redis_prefix.clone(),
+            timeout: config.rate_limit.redis_timeout,
+            ..RedisRateLimiterOptions::default()
+        };
+        let limiter = RedisRateLimiter::from_config(&config.redis, options).await?;
         Ok(Arc::new(limiter))
     } else {
         Ok(Arc::new(MemoryRateLimiter::new()))

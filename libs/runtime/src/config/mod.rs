@@ -220,7 +220,20 @@ pub struct RateLimitConfig {
     pub websocket_connections_per_ip: u32,
     /// `RATE_LIMIT_WEBSOCKET_MESSAGES_PER_MINUTE`.
     pub websocket_messages_per_minute: u32,
+    /// `RATE_LIMIT_REDIS_PREFIX`: prepended to every rate-limit key in Redis (default
+    /// [`DEFAULT_RATE_LIMIT_REDIS_PREFIX`]); replicas enforcing one limit share it, and a
+    /// distinct prefix keeps deployments (or tests) sharing one Redis apart.
+    pub redis_prefix: String,
+    /// `RATE_LIMIT_REDIS_TIMEOUT`: longest one rate-limit check waits for Redis before it
+    /// fails open (default [`DEFAULT_RATE_LIMIT_REDIS_TIMEOUT`]).
+    pub redis_timeout: Duration,
 }
+
+/// Default `RATE_LIMIT_REDIS_PREFIX`: the key prefix of production deployments.
+pub const DEFAULT_RATE_LIMIT_REDIS_PREFIX: &str = "agentmesh:ratelimit:";
+
+/// Default `RATE_LIMIT_REDIS_TIMEOUT`: short, because every request waits for the check.
+pub const DEFAULT_RATE_LIMIT_REDIS_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// Security settings (`SECURITY_*`).
 #[derive(Debug, Clone)]
@@ -629,6 +642,8 @@ impl Config {
                 llm_tokens_per_minute: v.get("RATE_LIMIT_LLM_TOKENS_PER_MINUTE", 50_000),
                 websocket_connections_per_ip: v.get("RATE_LIMIT_WEBSOCKET_CONNECTIONS_PER_IP", 10),
                 websocket_messages_per_minute: v.get("RATE_LIMIT_WEBSOCKET_MESSAGES_PER_MINUTE", 1000),
+                redis_prefix: v.get("RATE_LIMIT_REDIS_PREFIX", DEFAULT_RATE_LIMIT_REDIS_PREFIX.to_owned()),
+                redis_timeout: v.get("RATE_LIMIT_REDIS_TIMEOUT", DEFAULT_RATE_LIMIT_REDIS_TIMEOUT),
             },
             security: SecurityConfig {
                 secret_key,
@@ -748,6 +763,9 @@ impl Config {
         }
         if self.redis.max_connections == 0 {
             v.issue("REDIS_MAX_CONNECTIONS", "must be at least 1");
+        }
+        if self.rate_limit.redis_timeout.is_zero() {
+            v.issue("RATE_LIMIT_REDIS_TIMEOUT", "must be positive (a zero timeout fails every check open)");
         }
         if !(0.0..=1.0).contains(&self.observability.tracing_sample_rate) {
             v.issue("OBSERVABILITY_TRACING_SAMPLE_RATE", "must be between 0.0 and 1.0");

@@ -207,3 +207,19 @@ fn static_api_keys_parse_and_bad_entries_are_named_without_echoing_keys() {
     );
     assert_eq!(production, ["SECURITY_API_KEYS"]);
 }
+
+#[test]
+fn rate_limit_redis_prefix_and_timeout_default_to_production_values_and_can_be_set() {
+    let defaults = load(&[]).unwrap().rate_limit;
+    assert_eq!(defaults.redis_prefix, "agentmesh:ratelimit:");
+    assert_eq!(defaults.redis_timeout, Duration::from_millis(50));
+
+    let set = load(&[("RATE_LIMIT_REDIS_PREFIX", "test_1234:"), ("RATE_LIMIT_REDIS_TIMEOUT", "1.5")]).unwrap();
+    assert_eq!(set.rate_limit.redis_prefix, "test_1234:");
+    assert_eq!(set.rate_limit.redis_timeout, Duration::from_millis(1500));
+
+    let bad = issue_variables(load(&[("RATE_LIMIT_REDIS_TIMEOUT", "0")]).unwrap_err());
+    assert_eq!(bad, ["RATE_LIMIT_REDIS_TIMEOUT"]);
+    let bad = issue_variables(load(&[("RATE_LIMIT_REDIS_TIMEOUT", "soon")]).unwrap_err());
+    assert_eq!(bad, ["RATE_LIMIT_REDIS_TIMEOUT"]);
+}

@@ -52,12 +52,12 @@
 //!
 //! # Failure policy
 //!
-//! The Redis limiter fails **open**: when Redis is unreachable, slow (50 ms by default) or
-//! answers nonsense, the request is allowed, a warning is logged and
-//! `agentmesh_ratelimit_backend_errors_total` is incremented. A limiter protects capacity;
-//! refusing every request because its bookkeeping store is down would turn a Redis outage
-//! into a full API outage, which is worse than briefly unenforced limits. A circuit breaker
-//! stops even the 50 ms wait while Redis is known to be down.
+//! The Redis limiter fails **open**: when Redis is unreachable, slow (50 ms by default,
+//! `RATE_LIMIT_REDIS_TIMEOUT`) or answers nonsense, the request is allowed, a warning is
+//! logged and `agentmesh_ratelimit_backend_errors_total` is incremented. A limiter protects
+//! capacity; refusing every request because its bookkeeping store is down would turn a Redis
+//! outage into a full API outage, which is worse than briefly unenforced limits. A circuit
+//! breaker stops even the timeout's wait while Redis is known to be down.
 //!
 //! # Metrics
 //!

@@ -185,6 +185,8 @@ fn escape(component: &str) -> String {
 mod tests {
     use std::net::Ipv4Addr;
 
+    use agentmesh_runtime::config::{DEFAULT_RATE_LIMIT_REDIS_PREFIX, DEFAULT_RATE_LIMIT_REDIS_TIMEOUT};
+
     use super::*;
     use crate::ratelimit::MemoryRateLimiter;
 
@@ -199,6 +201,8 @@ mod tests {
             llm_tokens_per_minute: 50_000,
             websocket_connections_per_ip: 10,
             websocket_messages_per_minute: 1_000,
+            redis_prefix: DEFAULT_RATE_LIMIT_REDIS_PREFIX.to_owned(),
+            redis_timeout: DEFAULT_RATE_LIMIT_REDIS_TIMEOUT,
         }
     }
 

@@ -6,16 +6,18 @@
 //! The script's SHA-1 is computed locally; when Redis does not know it (first use, restart,
 //! `SCRIPT FLUSH`) the `NOSCRIPT` answer is followed by one `EVAL` of the full source, which
 //! runs the check and caches the script again (on the node owning the key, also in a
-//! cluster). Keys are `<prefix><key>`, production prefix [`DEFAULT_PREFIX`].
+//! cluster). Keys are `<prefix><key>`, production prefix [`DEFAULT_PREFIX`]
+//! (`RATE_LIMIT_REDIS_PREFIX`).
 //!
 //! # Failing open
 //!
-//! Every check is bounded by a short timeout (50 ms by default) and runs under a circuit
-//! breaker. When Redis errs, is too slow, or the breaker is open, the check is *allowed*,
-//! reported as an idle key would be (full quota but one), a warning is logged and
-//! `agentmesh_ratelimit_backend_errors_total{backend="redis"}` is incremented: a rate
-//! limiter exists to protect capacity, and refusing all traffic because its bookkeeping
-//! store is unavailable would turn a Redis incident into a complete API outage. The breaker
+//! Every check is bounded by a short timeout (50 ms by default, `RATE_LIMIT_REDIS_TIMEOUT`)
+//! and runs under a circuit breaker. When Redis errs, is too slow, or the breaker is open,
+//! the check is *allowed*, reported as an idle key would be (full quota but one), a warning
+//! is logged and `agentmesh_ratelimit_backend_errors_total{backend="redis"}` is
+//! incremented: a rate limiter exists to protect capacity, and refusing all traffic because
+//! its bookkeeping store is unavailable would turn a Redis incident into a complete API
+//! outage. The breaker
 //! (5 consecutive failures, 5 s cool-down) keeps a dead Redis from adding the timeout to
 //! every request. Checks are never retried: a lost reply may already have used up quota,
 //! and a retry would not fit the latency budget anyway.
@@ -25,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use agentmesh_resilience::{BreakerConfig, CircuitBreaker, Outcome};
-use agentmesh_runtime::config::RedisConfig;
+use agentmesh_runtime::config::{DEFAULT_RATE_LIMIT_REDIS_PREFIX, DEFAULT_RATE_LIMIT_REDIS_TIMEOUT, RedisConfig};
 use async_trait::async_trait;
 use fred::prelude::{Builder, ClientLike, Config, Error as FredError, LuaInterface, Pool, ReconnectPolicy};
 use sha1::{Digest, Sha1};
@@ -33,11 +35,11 @@ use sha1::{Digest, Sha1};
 use super::gcra::Gcra;
 use super::{BACKEND_ERRORS_COUNTER, Decision, Limit, RateLimitError, RateLimiter};
 
-/// Key prefix of production deployments.
-pub const DEFAULT_PREFIX: &str = "agentmesh:ratelimit:";
+/// Key prefix of production deployments (`RATE_LIMIT_REDIS_PREFIX` overrides it).
+pub const DEFAULT_PREFIX: &str = DEFAULT_RATE_LIMIT_REDIS_PREFIX;
 
-/// Default bound on one check, after which it fails open.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
+/// Default bound on one check, after which it fails open (`RATE_LIMIT_REDIS_TIMEOUT`).
+pub const DEFAULT_TIMEOUT: Duration = DEFAULT_RATE_LIMIT_REDIS_TIMEOUT;
 
 /// The check script.
 const SCRIPT: &str = include_str!("gcra.lua");
