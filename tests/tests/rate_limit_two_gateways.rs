@@ -56,10 +56,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use agentmesh_e2e::{Process, free_port, wait_serving};
+use agentmesh_testkit::redis::RedisPrefix;
 use agentmesh_testkit::{Service, require, unique_name};
-use fred::prelude::{Builder, Client as RedisClient, ClientLike, Config, Error as RedisError, KeysInterface};
-use fred::types::Key;
-use futures::TryStreamExt;
 use reqwest::{Client, StatusCode};
 use serde_json::Value;
 
@@ -81,70 +79,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// A static development key (`SECURITY_API_KEYS`); its principal is the one limited key.
 const API_KEY: &str = "sk-e2e-ratelimit-0123456789abcdefghijklmnopqrstuv";
 const PATH: &str = "/api/v1/sessions";
-
-/// The test's keys in Redis; deletes them when dropped, even when the test panics.
-struct RedisKeys {
-    url: String,
-    prefix: String,
-}
-
-impl RedisKeys {
-    async fn connect(url: &str) -> Result<RedisClient, RedisError> {
-        let client = Builder::from_config(Config::from_url(url)?).build()?;
-        client.init().await?;
-        Ok(client)
-    }
-
-    /// The keys under `prefix`, by `SCAN MATCH <prefix>*` (never `KEYS`).
-    async fn scan(client: &RedisClient, prefix: &str) -> Result<Vec<Key>, RedisError> {
-        client.scan_buffered(format!("{prefix}*"), Some(100), None).try_collect().await
-    }
-
-    /// The keys under the prefix with their remaining TTL in milliseconds.
-    async fn with_ttl(&self) -> Vec<(String, i64)> {
-        let client = Self::connect(&self.url).await.unwrap();
-        let mut keys = Vec::new();
-        for key in Self::scan(&client, &self.prefix).await.unwrap() {
-            let ttl: i64 = client.pttl(&key).await.unwrap();
-            keys.push((String::from_utf8_lossy(key.as_bytes()).into_owned(), ttl));
-        }
-        client.quit().await.unwrap();
-        keys
-    }
-
-    /// Deletes the keys under `prefix`: how many there were.
-    async fn delete(url: &str, prefix: &str) -> Result<usize, RedisError> {
-        let client = Self::connect(url).await?;
-        let keys = Self::scan(&client, prefix).await?;
-        let count = keys.len();
-        if !keys.is_empty() {
-            let _deleted: i64 = client.del(keys).await?;
-        }
-        client.quit().await?;
-        Ok(count)
-    }
-}
-
-impl Drop for RedisKeys {
-    fn drop(&mut self) {
-        let (url, prefix) = (self.url.clone(), self.prefix.clone());
-        // Drop cannot await: clean up on a thread with its own runtime.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            runtime.block_on(async move {
-                tokio::time::timeout(Duration::from_secs(10), Self::delete(&url, &prefix))
-                    .await
-                    .map_err(|_| std::io::Error::other("timed out"))?
-                    .map_err(std::io::Error::other)
-            })
-        });
-        match cleanup.join() {
-            Ok(Ok(count)) => eprintln!("deleted {count} Redis key(s) under {}", self.prefix),
-            Ok(Err(error)) => eprintln!("warning: keys under {} left to their TTL: {error}", self.prefix),
-            Err(_) => eprintln!("warning: keys under {} left to their TTL: cleanup panicked", self.prefix),
-        }
-    }
-}
 
 /// One request as the client saw it; times are since the load started.
 struct Sample {
@@ -202,7 +136,7 @@ fn floor_intervals(span: Duration) -> u32 {
 async fn two_gateways_sharing_redis_enforce_one_combined_limit() {
     let Some(redis_url) = require(Service::Redis).await else { return };
     let prefix = format!("{}:", unique_name("e2e_ratelimit"));
-    let keys = RedisKeys { url: redis_url.clone(), prefix: prefix.clone() };
+    let keys = RedisPrefix::new(redis_url.clone(), prefix.clone());
 
     let store_port = free_port().unwrap();
     let mut store = Process::spawn(
@@ -276,7 +210,7 @@ async fn two_gateways_sharing_redis_enforce_one_combined_limit() {
     // The state is where the test looks for it: under its own prefix (a gateway binary
     // built without RATE_LIMIT_REDIS_PREFIX would use the production prefix instead), with
     // a TTL that removes it within a minute should the cleanup not run.
-    let stored = keys.with_ttl().await;
+    let stored = keys.keys_with_ttl().await.unwrap();
     assert!(
         !stored.is_empty(),
         "no rate-limit key under {prefix}: the gateways ignore RATE_LIMIT_REDIS_PREFIX \

@@ -12,59 +12,14 @@ use std::time::{Duration, Instant};
 use agentmesh_gateway::ratelimit::{
     DEFAULT_TIMEOUT, Decision, Limit, RateLimiter, RedisRateLimiter, RedisRateLimiterOptions,
 };
+use agentmesh_testkit::redis::RedisPrefix;
 use agentmesh_testkit::{Service, require, unique_name};
-use fred::prelude::{Builder, ClientLike, Config, KeysInterface, LuaInterface};
-
-/// Deletes every key under the test's prefix when dropped, even when the test panics.
-struct KeyGuard {
-    url: String,
-    prefix: String,
-}
-
-impl KeyGuard {
-    /// Keys currently under the prefix with their remaining TTL in milliseconds.
-    async fn keys_with_ttl(&self) -> Vec<(String, i64)> {
-        let client = Builder::from_config(Config::from_url(&self.url).unwrap()).build().unwrap();
-        client.init().await.unwrap();
-        let pattern = format!("{}*", self.prefix);
-        let keys: Vec<String> = client.custom(fred::cmd!("KEYS"), vec![pattern]).await.unwrap();
-        let mut out = Vec::new();
-        for key in keys {
-            let ttl: i64 = client.pttl(&key).await.unwrap();
-            out.push((key, ttl));
-        }
-        client.quit().await.unwrap();
-        out
-    }
-}
-
-impl Drop for KeyGuard {
-    fn drop(&mut self) {
-        let (url, pattern) = (self.url.clone(), format!("{}*", self.prefix));
-        // Drop cannot await: clean up on a thread with its own runtime.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async move {
-                let client = Builder::from_config(Config::from_url(&url).unwrap()).build().unwrap();
-                client.init().await.unwrap();
-                let script = "local n = 0 \
-                    for _, key in ipairs(redis.call('KEYS', ARGV[1])) do n = n + redis.call('DEL', key) end \
-                    return n";
-                let _deleted: i64 = client.eval(script, Vec::<String>::new(), vec![pattern]).await.unwrap();
-                client.quit().await.unwrap();
-            });
-        });
-        if cleanup.join().is_err() {
-            eprintln!("warning: could not delete test keys under {}", self.prefix);
-        }
-    }
-}
 
 /// Redis URL and a fresh prefix with its guard; `None` (skip) without Redis.
-async fn setup(name: &str) -> Option<(String, String, KeyGuard)> {
+async fn setup(name: &str) -> Option<(String, String, RedisPrefix)> {
     let url = require(Service::Redis).await?;
     let prefix = format!("{}:", unique_name(name));
-    let guard = KeyGuard { url: url.clone(), prefix: prefix.clone() };
+    let guard = RedisPrefix::new(url.clone(), prefix.clone());
     Some((url, prefix, guard))
 }
 
@@ -106,7 +61,7 @@ async fn exactly_the_limit_is_allowed_then_denied_with_retry_after() {
     assert!(denied.reset_after > Duration::from_secs(59) && denied.reset_after <= Duration::from_secs(60));
 
     // The key carries a TTL: it expires when it becomes idle, a minute from now.
-    let keys = guard.keys_with_ttl().await;
+    let keys = guard.keys_with_ttl().await.unwrap();
     assert_eq!(keys.len(), 1, "{keys:?}");
     assert_eq!(keys[0].0, format!("{prefix}k"));
     assert!(keys[0].1 > 55_000 && keys[0].1 <= 60_000, "{keys:?}");
@@ -143,11 +98,11 @@ async fn keys_are_independent_and_expire_when_idle() {
     assert_eq!(allowed_of(&limiter, "a", limit, 5).await, 3);
     assert_eq!(allowed_of(&limiter, "b", limit, 5).await, 3);
     assert_eq!(limiter.check("c", limit).await.unwrap().remaining, 2);
-    assert_eq!(guard.keys_with_ttl().await.len(), 3);
+    assert_eq!(guard.keys_with_ttl().await.unwrap().len(), 3);
 
     // Idle keys leave Redis by their TTL (the window at most).
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(guard.keys_with_ttl().await.is_empty());
+    assert!(guard.keys_with_ttl().await.unwrap().is_empty());
     assert_eq!(limiter.backend_errors(), 0);
 }
 

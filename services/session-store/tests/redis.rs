@@ -19,53 +19,19 @@ use agentmesh_session_store::store::{
     Direction, JsonObject, MessageQuery, NewMessage, NewSession, Owner, Role, SessionPatch, SessionQuery, SessionSort,
     SessionStore, StoreError,
 };
+use agentmesh_testkit::redis::{self, RedisPrefix};
 use agentmesh_testkit::{Service, unique_name};
 use conformance::Fixture;
-use fred::prelude::{Builder, Client, ClientLike, Config, KeysInterface, SortedSetsInterface};
-use futures::TryStreamExt;
+use fred::prelude::{Client, KeysInterface, SortedSetsInterface};
 use uuid::Uuid;
 
-/// Deletes every key under `prefix` when dropped (SCAN MATCH prefix* + DEL), on a thread
-/// of its own so it also works while a runtime is unwinding from a panic.
-struct Cleanup {
-    url: String,
-    prefix: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let (url, prefix) = (self.url.clone(), self.prefix.clone());
-        let done = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(delete_prefix(&url, &prefix))
-        })
-        .join();
-        if !matches!(done, Ok(Ok(_))) {
-            eprintln!("could not delete the test's Redis keys under {}: {done:?}", self.prefix);
-        }
-    }
-}
-
 async fn client(url: &str) -> Client {
-    let client = Builder::from_config(Config::from_url(url).unwrap()).build().unwrap();
-    client.init().await.unwrap();
-    client
+    redis::connect(url).await.unwrap()
 }
 
 /// Every key under `prefix`.
 async fn keys(client: &Client, prefix: &str) -> Vec<String> {
-    let keys: Vec<_> = client.scan_buffered(format!("{prefix}*"), Some(500), None).try_collect().await.unwrap();
-    keys.into_iter().map(|key| key.into_string().unwrap()).collect()
-}
-
-async fn delete_prefix(url: &str, prefix: &str) -> Result<usize, fred::error::Error> {
-    let client = client(url).await;
-    let found = keys(&client, prefix).await;
-    for chunk in found.chunks(500) {
-        let _: i64 = client.del(chunk.to_vec()).await?;
-    }
-    client.quit().await?;
-    Ok(found.len())
+    redis::keys(client, prefix).await.unwrap()
 }
 
 /// The database preset, except that a burst beyond the bulkhead waits for a slot instead
@@ -79,13 +45,13 @@ struct Harness {
     bus: MemoryBus,
     url: String,
     prefix: String,
-    cleanup: Cleanup,
+    cleanup: RedisPrefix,
 }
 
 async fn harness(session_ttl: Duration) -> Option<Harness> {
     let url = agentmesh_testkit::require(Service::Redis).await?;
     let prefix = format!("{}:", unique_name("ss"));
-    let cleanup = Cleanup { url: url.clone(), prefix: prefix.clone() };
+    let cleanup = RedisPrefix::new(url.clone(), prefix.clone());
     let bus = MemoryBus::default();
     let sink = Arc::new(PublishDirect::new(Arc::new(bus.clone())));
     let store = RedisStore::connect(&url, &prefix, 4, session_ttl, &preset(), sink).await.unwrap();
