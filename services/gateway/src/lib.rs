@@ -32,6 +32,7 @@ use agentmesh_runtime::context::new_correlation_id;
 use agentmesh_runtime::{Config, GrpcServer, ServerError, ServiceName};
 use axum::extract::ws::WebSocketUpgrade;
 use tokio::net::TcpListener;
+use tonic::server::NamedService;
 use tonic::service::Routes;
 use tower::util::BoxCloneSyncService;
 
@@ -157,6 +158,8 @@ pub async fn serve(
     // limits as REST ones (an unlimited `IssueToken` would invite key guessing).
     GrpcServer::new(ServiceName::Gateway, &config)
         .with_authenticator(authenticator_for_grpc)
+        .report_serving(<HealthServiceServer<MeshHealth> as NamedService>::NAME)
+        .report_serving(<AuthServiceServer<AuthApi> as NamedService>::NAME)
         .with_http_fallback(http)
         .accept_grpc_web()
         .with_cors(browser::cors(&config.security))

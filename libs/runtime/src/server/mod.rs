@@ -142,6 +142,14 @@ impl GrpcServer {
         self
     }
 
+    /// Reports `name` SERVING in `grpc.health.v1` like an added service, for a service the
+    /// HTTP fallback serves (the gateway's own services, reached through its passthrough).
+    #[must_use]
+    pub fn report_serving(mut self, name: &'static str) -> Self {
+        self.served.push(name);
+        self
+    }
+
     /// Authenticates every call except health and reflection.
     #[must_use]
     pub fn with_authenticator(mut self, authenticator: Arc<dyn Authenticate>) -> Self {
