@@ -72,6 +72,8 @@ struct Settings {
     sse_open_concurrency: usize,
     breakdown: bool,
     rounds: usize,
+    /// CPUs of the machine (not of this process, which `BENCH_PIN` narrows).
+    machine_cpus: usize,
 }
 
 fn env_number(name: &str, default: u64) -> u64 {
@@ -96,6 +98,8 @@ impl Settings {
             sse_open_concurrency: env_number("BENCH_SSE_OPEN_CONCURRENCY", 64).max(1) as usize,
             breakdown: env_number("BENCH_BREAKDOWN", 0) != 0,
             rounds: env_number("BENCH_ROUNDS", 5).max(1) as usize,
+            // Read before `BENCH_PIN` narrows this process to one CPU.
+            machine_cpus: std::thread::available_parallelism().map_or(0, usize::from),
         };
         // The gateway's HTTP/2 server allows 200 concurrent streams per connection (hyper's
         // default); more would queue in the client instead of opening.
@@ -854,7 +858,7 @@ fn report(settings: &Settings, unary: &Unary, streams: &Streams, load_before: &s
     let _ = writeln!(
         out,
         "{} CPUs; 1-minute load average {load_before} before, {} after.{}\n",
-        std::thread::available_parallelism().map_or(0, usize::from),
+        settings.machine_cpus,
         load_average(),
         if pinned() {
             format!(" Pinned: gateway on CPU {GATEWAY_CPU}; session-store and the load driver on CPU {BACKEND_CPU}.")
