@@ -85,9 +85,12 @@ pub trait Authenticate: Send + Sync + 'static {
     async fn authenticate(&self, headers: &http::HeaderMap) -> Result<Option<Principal>, ApiError>;
 }
 
-/// Paths served without authentication: health checks and reflection.
+/// Paths served without authentication: health checks (`grpc.health.v1` and dependency
+/// health, which `GET /api/v1/health/services` already shows to anyone) and reflection.
 pub fn is_open_path(path: &str) -> bool {
-    path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.")
+    path.starts_with("/grpc.health.v1.Health/")
+        || path.starts_with("/grpc.reflection.")
+        || path.starts_with("/agentmesh.health.v1.DependencyHealthService/")
 }
 
 /// gRPC metadata carrying the signed principal from the gateway to services.

@@ -1,10 +1,13 @@
 //! The event bus a process publishes to: NATS JetStream when `NATS_URL` is set, otherwise
 //! an in-process bus (which the all-in-one binary shares between its services, so events
-//! still flow from one service to another).
+//! still flow from one service to another), and the bus as a reported dependency.
 
 use std::sync::Arc;
 
 use agentmesh_events::{EventBus, EventsError, MemoryBus, NatsBus, NatsConfig};
+use agentmesh_proto::agentmesh::common::v1::ExternalServiceType;
+
+use crate::dependencies::Dependency;
 
 use crate::config::Config;
 
@@ -19,3 +22,16 @@ pub async fn connect_bus(config: &Config) -> Result<Arc<dyn EventBus>, EventsErr
         None => Arc::new(MemoryBus::default()),
     })
 }
+
+/// The bus as a dependency (`event-bus`, a message queue) whose probe is its connection
+/// state, for [`DependencyHealth`](crate::dependencies::DependencyHealth).
+pub fn dependency(bus: &Arc<dyn EventBus>) -> Dependency {
+    let bus = bus.clone();
+    Dependency::new(BUS_DEPENDENCY, ExternalServiceType::MessageQueue).with_probe(move || {
+        let health = bus.health();
+        async move { if health.is_ready() { Ok(()) } else { Err(format!("{health:?}").to_lowercase()) } }
+    })
+}
+
+/// Name the event bus is reported under in dependency health.
+pub const BUS_DEPENDENCY: &str = "event-bus";

@@ -10,6 +10,8 @@
 //! - [`context`] and [`auth`]: what a request carries from hop to hop.
 //! - [`binary`]: the `main` shared by the service binaries.
 //! - [`bus`]: the event bus the configuration names.
+//! - [`dependencies`]: each service's dependency health and breaker state-change events.
+//! - [`deadlines`]: the contract's per-method maximum deadlines.
 
 pub mod auth;
 pub mod binary;
@@ -17,6 +19,8 @@ pub mod bus;
 pub mod client;
 pub mod config;
 pub mod context;
+pub mod deadlines;
+pub mod dependencies;
 pub mod error;
 pub mod server;
 pub mod telemetry;
@@ -24,5 +28,6 @@ pub mod validate;
 
 pub use config::{Config, ServiceName};
 pub use context::RequestContext;
+pub use dependencies::{Dependency, DependencyHealth};
 pub use error::{ApiError, ErrorCode};
 pub use server::{GrpcServer, ServerError, bind, shutdown_signal};

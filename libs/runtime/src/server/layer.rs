@@ -1,7 +1,8 @@
 //! The tower layer in front of every gRPC handler.
 //!
 //! Per call it: adopts or mints the correlation id, joins the caller's trace
-//! (`traceparent`), turns `grpc-timeout` into a deadline, authenticates, runs the handler
+//! (`traceparent`), turns `grpc-timeout` into a deadline (at most the method's maximum from
+//! the contract, see [`MethodDeadlines`]; for a stream it bounds the whole body), authenticates, runs the handler
 //! inside a span and a [`RequestContext`], and records the RED metrics
 //! (`agentmesh_grpc_server_requests_total`, `..._request_duration_seconds`,
 //! `..._in_flight`) with the final gRPC code — read from the response headers for
@@ -23,6 +24,7 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use crate::auth::{Authenticate, is_open_path};
+use crate::deadlines::MethodDeadlines;
 use crate::context::{RequestContext, TraceHeaders, new_correlation_id, parse_grpc_timeout, sanitize_correlation_id};
 use crate::error::{ApiError, CORRELATION_ID_HEADER};
 use crate::telemetry::join_caller_trace;
@@ -32,8 +34,8 @@ use crate::telemetry::join_caller_trace;
 pub(crate) struct ServerCallLayer {
     pub(crate) service_name: &'static str,
     pub(crate) authenticator: Option<Arc<dyn Authenticate>>,
-    /// Bounds a unary handler when the caller sent no `grpc-timeout`, or a longer one.
-    pub(crate) request_timeout: Duration,
+    /// Each method's longest deadline, which also applies when the caller sent none.
+    pub(crate) deadlines: Arc<MethodDeadlines>,
 }
 
 impl<S> Layer<S> for ServerCallLayer {
@@ -44,7 +46,7 @@ impl<S> Layer<S> for ServerCallLayer {
             inner,
             service_name: self.service_name,
             authenticator: self.authenticator.clone(),
-            request_timeout: self.request_timeout,
+            deadlines: self.deadlines.clone(),
         }
     }
 }
@@ -55,7 +57,7 @@ pub(crate) struct ServerCall<S> {
     inner: S,
     service_name: &'static str,
     authenticator: Option<Arc<dyn Authenticate>>,
-    request_timeout: Duration,
+    deadlines: Arc<MethodDeadlines>,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ServerCall<S>
@@ -96,8 +98,9 @@ where
             .and_then(sanitize_correlation_id)
             .map_or_else(new_correlation_id, str::to_owned);
         let requested = headers.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
-        let timeout = requested.map_or(self.request_timeout, |t| t.min(self.request_timeout));
-        let deadline = Some(Instant::now() + timeout);
+        let timeout = self.deadlines.limit(&path, requested);
+        let expires = Instant::now() + timeout;
+        let deadline = Some(expires);
 
         let span = tracing::info_span!(
             "grpc.request",
@@ -149,14 +152,18 @@ where
                             Err(error) => {
                                 let response = error_response(error, &correlation_id);
                                 let code = grpc_code_of(response.headers());
-                                return Ok(response.map(|()| MeteredBody::metered(ResBody::default(), call, code)));
+                                let body = MeteredBody::metered(ResBody::default(), call, code, None);
+                                return Ok(response.map(|()| body));
                             }
                         };
                         if let Ok(value) = HeaderValue::from_str(&correlation_id) {
                             response.headers_mut().insert(CORRELATION_ID_HEADER, value);
                         }
                         let header_code = grpc_code_of(response.headers());
-                        Ok(response.map(|body| MeteredBody::metered(body, call, header_code)))
+                        // A trailers-only answer is complete; any other body (a stream) must
+                        // end by the deadline too.
+                        let cut = header_code.is_none().then_some((expires, timeout));
+                        Ok(response.map(|body| MeteredBody::metered(body, call, header_code, cut)))
                     })
                     .await
             }
@@ -212,12 +219,16 @@ fn record(service_name: &'static str, rpc_service: &str, method: &str, code: Opt
 }
 
 pin_project_lite::pin_project! {
-    /// A response body that records the call's metrics when it ends or is dropped.
+    /// A response body that records the call's metrics when it ends or is dropped, and
+    /// ends a stream still running at the call's deadline with DEADLINE_EXCEEDED.
     pub(crate) struct MeteredBody<B> {
         #[pin]
         inner: B,
         call: Option<Call>,
         code: Option<i32>,
+        deadline: Option<Deadline>,
+        /// The deadline passed and its trailers were sent: the body is over.
+        cut: bool,
     }
 
     impl<B> PinnedDrop for MeteredBody<B> {
@@ -232,14 +243,31 @@ pin_project_lite::pin_project! {
     }
 }
 
+/// When a response body must end, and the limit to name in its error.
+struct Deadline {
+    expires: Pin<Box<tokio::time::Sleep>>,
+    limit: Duration,
+}
+
 impl<B> MeteredBody<B> {
     fn plain(inner: B) -> Self {
-        Self { inner, call: None, code: None }
+        Self { inner, call: None, code: None, deadline: None, cut: false }
     }
 
-    fn metered(inner: B, call: Call, header_code: Option<i32>) -> Self {
-        Self { inner, call: Some(call), code: header_code }
+    fn metered(inner: B, call: Call, header_code: Option<i32>, deadline: Option<(Instant, Duration)>) -> Self {
+        let deadline = deadline
+            .map(|(expires, limit)| Deadline { expires: Box::pin(tokio::time::sleep_until(expires)), limit });
+        Self { inner, call: Some(call), code: header_code, deadline, cut: false }
     }
+}
+
+/// The trailers ending a call whose deadline passed mid-body.
+fn deadline_trailers(limit: Duration) -> HeaderMap {
+    tonic::Status::from(ApiError::timeout("request", limit)).to_header_map().unwrap_or_else(|_| {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from(tonic::Code::DeadlineExceeded as i32));
+        trailers
+    })
 }
 
 fn finish(call: Call, code: Option<i32>) {
@@ -255,6 +283,20 @@ impl<B: Body<Data = Bytes>> Body for MeteredBody<B> {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.project();
+        if *this.cut {
+            if let Some(call) = this.call.take() {
+                finish(call, *this.code);
+            }
+            return Poll::Ready(None);
+        }
+        if let Some(deadline) = this.deadline
+            && deadline.expires.as_mut().poll(cx).is_ready()
+        {
+            *this.cut = true;
+            *this.code = Some(tonic::Code::DeadlineExceeded as i32);
+            tracing::info!(limit = ?deadline.limit, "deadline passed mid-stream: DEADLINE_EXCEEDED");
+            return Poll::Ready(Some(Ok(Frame::trailers(deadline_trailers(deadline.limit)))));
+        }
         let polled = this.inner.poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -276,7 +318,7 @@ impl<B: Body<Data = Bytes>> Body for MeteredBody<B> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.cut || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {

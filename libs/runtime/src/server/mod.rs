@@ -1,8 +1,11 @@
 //! One call serves a service the way every agentmesh service is served.
 //!
-//! [`GrpcServer`] adds `grpc.health.v1`, reflection v1 (the whole agentmesh contract),
-//! Prometheus `/metrics` on the same port (HTTP/1.1 is accepted beside gRPC), the
-//! per-call layer (correlation id, trace context, deadline, authentication, metrics) and
+//! [`GrpcServer`] adds `grpc.health.v1`, the service's dependency health
+//! (`agentmesh.health.v1.DependencyHealthService`, see [`DependencyHealth`]), reflection
+//! v1 and v1alpha (older grpcurl, Postman and Python's grpcio-reflection speak only
+//! v1alpha) listing only the services this port serves, Prometheus `/metrics` on the same
+//! port (HTTP/1.1 is accepted beside gRPC), the per-call layer (correlation id, trace
+//! context, deadline up to the method's maximum, authentication, metrics) and
 //! graceful shutdown: on the shutdown signal every service reports NOT_SERVING, keeps
 //! serving for the drain delay so load balancers notice, stops accepting, and gives
 //! in-flight calls the grace period before the rest are cut.
@@ -33,7 +36,11 @@ use tonic_health::server::{HealthReporter, HealthService};
 use tower_http::cors::CorsLayer;
 
 use crate::auth::Authenticate;
+use agentmesh_proto::agentmesh::health::v1::dependency_health_service_server::DependencyHealthServiceServer;
+
 use crate::config::{Config, ServerConfig, ServiceName};
+use crate::deadlines::MethodDeadlines;
+use crate::dependencies::DependencyHealth;
 use crate::telemetry::render_metrics;
 
 /// Serving failed.
@@ -69,6 +76,10 @@ pub struct GrpcServer {
     health_service: HealthServer<HealthService>,
     /// Fully-qualified names of the added services, reported SERVING once listening.
     served: Vec<&'static str>,
+    /// Services reflection lists besides the served ones (the gateway's passthrough).
+    reflected: Vec<String>,
+    /// This service's dependencies, served as `DependencyHealthService`.
+    dependencies: DependencyHealth,
     authenticator: Option<Arc<dyn Authenticate>>,
     settings: ServerConfig,
     metrics_path: Option<String>,
@@ -92,6 +103,8 @@ impl GrpcServer {
             health,
             health_service,
             served: Vec::new(),
+            reflected: Vec::new(),
+            dependencies: DependencyHealth::new(service.as_str(), observability.health_check_timeout),
             authenticator: None,
             settings: config.server.clone(),
             metrics_path: observability.metrics_enabled.then(|| observability.metrics_path.clone()),
@@ -150,6 +163,20 @@ impl GrpcServer {
         self
     }
 
+    /// Lists `name` in reflection without serving it here: a service another process
+    /// serves behind this port (the gateway's passthrough).
+    #[must_use]
+    pub fn reflect_service(mut self, name: impl Into<String>) -> Self {
+        self.reflected.push(name.into());
+        self
+    }
+
+    /// The registry of this service's dependencies, served on this port; register each
+    /// dependency (and attach the event bus for breaker events) before serving.
+    pub fn dependencies(&self) -> DependencyHealth {
+        self.dependencies.clone()
+    }
+
     /// Authenticates every call except health and reflection.
     #[must_use]
     pub fn with_authenticator(mut self, authenticator: Arc<dyn Authenticate>) -> Self {
@@ -168,13 +195,15 @@ impl GrpcServer {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServerError> {
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(agentmesh_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+        let mut served = self.served;
+        let dependencies = DependencyHealthServiceServer::new(self.dependencies);
+        served.push(<DependencyHealthServiceServer<DependencyHealth> as NamedService>::NAME);
+        let reflected: Vec<String> = served.iter().map(|name| (*name).to_owned()).chain(self.reflected).collect();
         let mut routes = self.routes;
+        routes.add_service(dependencies);
         routes.add_service(self.health_service);
-        routes.add_service(reflection);
+        routes.add_service(reflection(&reflected).build_v1()?);
+        routes.add_service(reflection(&reflected).build_v1alpha()?);
         let mut router = routes.routes().into_axum_router();
         if let Some(path) = &self.metrics_path {
             router = router.route(path, get(|| async { render_metrics() }));
@@ -183,7 +212,7 @@ impl GrpcServer {
             router = router.fallback_service(fallback);
         }
 
-        for name in &self.served {
+        for name in &served {
             self.health.set_service_status(name, ServingStatus::Serving).await;
         }
         self.health.set_service_status("", ServingStatus::Serving).await;
@@ -193,7 +222,7 @@ impl GrpcServer {
         let mut app = router.layer(layer::ServerCallLayer {
             service_name: self.name,
             authenticator: self.authenticator,
-            request_timeout: self.settings.request_timeout,
+            deadlines: Arc::new(MethodDeadlines::from_contract(self.settings.request_timeout)),
         });
         if self.grpc_web {
             // Outside the call layer, so authentication, deadlines and metrics see native gRPC.
@@ -226,7 +255,7 @@ impl GrpcServer {
         }
 
         tracing::info!(service = self.name, drain_delay = ?self.settings.drain_delay, "shutting down: NOT_SERVING");
-        for name in &self.served {
+        for name in &served {
             self.health.set_service_status(name, ServingStatus::NotServing).await;
         }
         self.health.set_service_status("", ServingStatus::NotServing).await;
@@ -248,6 +277,28 @@ impl GrpcServer {
         }
     }
 }
+
+/// Reflection over the agentmesh contract, `grpc.health.v1` and reflection itself, listing
+/// only `services`, `grpc.health.v1.Health` and both reflection versions.
+fn reflection(services: &[String]) -> tonic_reflection::server::Builder<'static> {
+    let mut builder = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(agentmesh_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+        // Registered above, so both versions describe each other.
+        .include_reflection_service(false);
+    let own = ["grpc.health.v1.Health", REFLECTION_V1, REFLECTION_V1ALPHA];
+    for name in services.iter().map(String::as_str).chain(own) {
+        builder = builder.with_service_name(name);
+    }
+    builder
+}
+
+/// Full name of the reflection service, version 1.
+pub const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
+/// Full name of the reflection service, version 1alpha.
+pub const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C): what binaries pass as their shutdown future.
 pub async fn shutdown_signal() {

@@ -90,6 +90,11 @@ impl Client {
         &self.prefix
     }
 
+    /// The resilience state every call runs under (its breaker feeds dependency health).
+    pub(super) fn resilience(&self) -> &Resilience {
+        &self.resilience
+    }
+
     /// The full name of `key` under the prefix.
     pub(super) fn key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)

@@ -119,6 +119,11 @@ impl RedisStore {
         self.client.prefix()
     }
 
+    /// The Redis policy's state (breaker for dependency health).
+    pub fn resilience(&self) -> &agentmesh_resilience::Resilience {
+        self.client.resilience()
+    }
+
     fn ttl(&self) -> Value {
         Value::from(millis(self.session_ttl))
     }
