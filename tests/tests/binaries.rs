@@ -1,5 +1,6 @@
 //! Every service binary starts on its configured address, serves `grpc.health.v1`,
-//! reflection v1 and Prometheus `/metrics`, reports NOT_SERVING on SIGTERM and exits 0;
+//! reflection v1 and v1alpha (each listing exactly the services that port serves) and
+//! Prometheus `/metrics`, reports NOT_SERVING on SIGTERM and exits 0;
 //! a bad configuration stops it at start-up with every bad variable named.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -10,31 +11,64 @@ use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_reflection::pb::v1::ServerReflectionRequest;
-use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+use tonic_reflection::pb::{v1, v1alpha};
 
+/// The services reflection v1 lists, sorted.
 async fn reflected_services(channel: Channel) -> Vec<String> {
-    let request = ServerReflectionRequest {
+    use v1::server_reflection_request::MessageRequest;
+    use v1::server_reflection_response::MessageResponse;
+    let request = v1::ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut responses = ServerReflectionClient::new(channel)
+    let mut responses = v1::server_reflection_client::ServerReflectionClient::new(channel)
         .server_reflection_info(tokio_stream::iter([request]))
         .await
         .expect("reflection answers")
         .into_inner();
     let response = responses.next().await.expect("one response").expect("no error");
-    match response.message_response {
+    let mut names: Vec<String> = match response.message_response {
         Some(MessageResponse::ListServicesResponse(list)) => list.service.into_iter().map(|s| s.name).collect(),
         other => panic!("unexpected reflection response {other:?}"),
-    }
+    };
+    names.sort();
+    names
 }
 
+/// The services reflection v1alpha (grpcio-reflection, Postman, older grpcurl) lists, sorted.
+async fn reflected_services_v1alpha(channel: Channel) -> Vec<String> {
+    use v1alpha::server_reflection_request::MessageRequest;
+    use v1alpha::server_reflection_response::MessageResponse;
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = v1alpha::server_reflection_client::ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection v1alpha answers")
+        .into_inner();
+    let response = responses.next().await.expect("one response").expect("no error");
+    let mut names: Vec<String> = match response.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => list.service.into_iter().map(|s| s.name).collect(),
+        other => panic!("unexpected reflection response {other:?}"),
+    };
+    names.sort();
+    names
+}
+
+/// Served on every port besides a binary's own services.
+const EVERY_PORT: [&str; 4] = [
+    "agentmesh.health.v1.DependencyHealthService",
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
 /// Runs `binary` with its listen address set by `addr_var`, checks everything the issue
-/// asks of a service binary, then stops it with SIGTERM.
-async fn check_binary(binary: &str, addr_var: &str, grpc_services: &[&str]) {
+/// asks of a service binary, then stops it with SIGTERM. Reflection must list exactly
+/// `grpc_services`, `passed_through` and [`EVERY_PORT`].
+async fn check_binary(binary: &str, addr_var: &str, grpc_services: &[&str], passed_through: &[&str]) {
     let port = free_port().unwrap();
     let env = [
         (addr_var, format!("127.0.0.1:{port}")),
@@ -51,10 +85,13 @@ async fn check_binary(binary: &str, addr_var: &str, grpc_services: &[&str]) {
         assert_eq!(status.into_inner().status, ServingStatus::Serving as i32, "{binary}: {service}");
     }
 
+    let mut expected: Vec<String> =
+        grpc_services.iter().chain(passed_through).chain(&EVERY_PORT).map(|s| (*s).to_owned()).collect();
+    expected.sort();
     let reflected = reflected_services(channel.clone()).await;
-    for expected in grpc_services.iter().chain(&["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"]) {
-        assert!(reflected.iter().any(|s| s == expected), "{binary} does not reflect {expected}: {reflected:?}");
-    }
+    assert_eq!(reflected, expected, "{binary}: reflection v1 lists exactly the services it serves");
+    let reflected = reflected_services_v1alpha(channel.clone()).await;
+    assert_eq!(reflected, expected, "{binary}: reflection v1alpha lists exactly the services it serves");
 
     let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap();
     assert_eq!(metrics.status(), 200);
@@ -87,33 +124,34 @@ async fn gateway_binary() {
         "agentmesh-gateway",
         "GATEWAY_ADDR",
         &["agentmesh.health.v1.HealthService", "agentmesh.auth.v1.AuthService"],
+        &["agentmesh.session.v1.SessionService", "agentmesh.agent.v1.AgentService", "agentmesh.mcp.v1.McpService"],
     )
     .await;
 }
 
 #[tokio::test]
 async fn session_store_binary() {
-    check_binary("agentmesh-session-store", "SESSION_STORE_ADDR", &["agentmesh.session.v1.SessionService"]).await;
+    check_binary("agentmesh-session-store", "SESSION_STORE_ADDR", &["agentmesh.session.v1.SessionService"], &[]).await;
 }
 
 #[tokio::test]
 async fn agent_orchestrator_binary() {
-    check_binary("agentmesh-agent-orchestrator", "AGENT_ORCHESTRATOR_ADDR", &["agentmesh.agent.v1.AgentService"]).await;
+    check_binary("agentmesh-agent-orchestrator", "AGENT_ORCHESTRATOR_ADDR", &["agentmesh.agent.v1.AgentService"], &[]).await;
 }
 
 #[tokio::test]
 async fn llm_proxy_binary() {
-    check_binary("agentmesh-llm-proxy", "LLM_PROXY_ADDR", &["agentmesh.llm.v1.LlmService"]).await;
+    check_binary("agentmesh-llm-proxy", "LLM_PROXY_ADDR", &["agentmesh.llm.v1.LlmService"], &[]).await;
 }
 
 #[tokio::test]
 async fn mcp_broker_binary() {
-    check_binary("agentmesh-mcp-broker", "MCP_BROKER_ADDR", &["agentmesh.mcp.v1.McpService"]).await;
+    check_binary("agentmesh-mcp-broker", "MCP_BROKER_ADDR", &["agentmesh.mcp.v1.McpService"], &[]).await;
 }
 
 #[tokio::test]
 async fn secrets_broker_binary() {
-    check_binary("agentmesh-secrets-broker", "SECRETS_BROKER_ADDR", &["agentmesh.secrets.v1.SecretsService"]).await;
+    check_binary("agentmesh-secrets-broker", "SECRETS_BROKER_ADDR", &["agentmesh.secrets.v1.SecretsService"], &[]).await;
 }
 
 #[tokio::test]

@@ -2,19 +2,26 @@
 //! the mesh as the gateway sees it (`/api/v1/health`, `/health/ready`, `/health/services`).
 //!
 //! Readiness asks every service's `grpc.health.v1` over the same resilient channels the
-//! gateway routes through; service health adds each channel's circuit breaker state and
-//! success/error counts, and the event bus' connection state.
+//! gateway routes through. Service health lists, in this order: one entry per service
+//! (reachability, and the breaker state and counts of the gateway's channel to it); the
+//! gateway's own dependencies (`event-bus`, `redis` for shared rate limits, `postgresql`
+//! for API keys); then what each service reports through its
+//! `agentmesh.health.v1.DependencyHealthService`, named `<service>/<dependency>` (for
+//! example `session-store/postgresql`). A service that does not answer is reported
+//! unhealthy in its own entry and contributes no dependency entries; the endpoint itself
+//! never fails.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use agentmesh_events::EventBus;
-use agentmesh_proto::agentmesh::common::v1::{CircuitBreakerState, ExternalServiceType, ServiceHealth};
+use agentmesh_proto::agentmesh::common::v1::{ExternalServiceType, ServiceHealth};
 use agentmesh_proto::agentmesh::health::v1 as pb;
+use agentmesh_proto::agentmesh::health::v1::dependency_health_service_client::DependencyHealthServiceClient;
 use agentmesh_proto::agentmesh::health::v1::health_service_server::HealthService;
-use agentmesh_resilience::BreakerState;
 use agentmesh_runtime::client::ServiceChannel;
-use agentmesh_runtime::{ApiError, ServiceName};
+use agentmesh_runtime::dependencies::breaker_state;
+use agentmesh_runtime::{ApiError, DependencyHealth, ServiceName};
 use prost_types::{Struct, Timestamp, Value, value::Kind};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
@@ -28,6 +35,8 @@ pub struct MeshHealth {
     pub services: Vec<(ServiceName, ServiceChannel)>,
     /// The bus events flow through.
     pub bus: Arc<dyn EventBus>,
+    /// The gateway's own dependencies (the bus among them).
+    pub dependencies: DependencyHealth,
     /// Longest a single check may take.
     pub check_timeout: Duration,
 }
@@ -79,11 +88,30 @@ fn text(value: &str) -> Value {
     Value { kind: Some(Kind::StringValue(value.to_owned())) }
 }
 
-fn breaker_state(state: BreakerState) -> CircuitBreakerState {
-    match state {
-        BreakerState::Closed => CircuitBreakerState::Closed,
-        BreakerState::Open => CircuitBreakerState::Open,
-        BreakerState::HalfOpen => CircuitBreakerState::HalfOpen,
+impl MeshHealth {
+    /// The dependencies `service` reports, named `<service>/<dependency>`; none when it
+    /// does not answer in time (its own entry then says why).
+    async fn reported(&self, service: ServiceName, channel: &ServiceChannel) -> Vec<ServiceHealth> {
+        let mut client = DependencyHealthServiceClient::new(channel.clone());
+        let request = pb::ListDependenciesRequest {};
+        let answer = match tokio::time::timeout(self.check_timeout, client.list_dependencies(request)).await {
+            Ok(Ok(answer)) => answer.into_inner(),
+            Ok(Err(status)) => {
+                tracing::debug!(%service, code = ?status.code(), "no dependency health");
+                return Vec::new();
+            }
+            Err(_) => return Vec::new(),
+        };
+        answer
+            .dependencies
+            .into_iter()
+            .map(|mut dependency| {
+                dependency.service_name = format!("{service}/{}", dependency.service_name);
+                let metadata = dependency.metadata.get_or_insert_with(Struct::default);
+                metadata.fields.insert("service".to_owned(), text(service.as_str()));
+                dependency
+            })
+            .collect()
     }
 }
 
@@ -136,7 +164,8 @@ impl HealthService for MeshHealth {
         &self,
         _request: Request<pb::ListServiceHealthRequest>,
     ) -> Result<Response<pb::ListServiceHealthResponse>, Status> {
-        let checks = self.checks().await;
+        let reported = futures::future::join_all(self.services.iter().map(|(s, c)| self.reported(*s, c)));
+        let (checks, own, reported) = tokio::join!(self.checks(), self.dependencies.check(), reported);
         let mut services: Vec<ServiceHealth> = Vec::new();
         for ((service, channel), check) in self.services.iter().zip(&checks) {
             let snapshot = channel.policy().breaker().snapshot();
@@ -159,17 +188,8 @@ impl HealthService for MeshHealth {
                 metadata: Some(metadata),
             });
         }
-        if let Some(bus) = checks.last() {
-            services.push(ServiceHealth {
-                service_name: bus.name.clone(),
-                service_type: ExternalServiceType::MessageQueue as i32,
-                status: if bus.ready { "healthy" } else { "unhealthy" }.to_owned(),
-                last_check: Some(now()),
-                circuit_breaker_state: CircuitBreakerState::Closed as i32,
-                metadata: Some(Struct { fields: [("message".to_owned(), text(&bus.message))].into() }),
-                ..ServiceHealth::default()
-            });
-        }
+        services.extend(own);
+        services.extend(reported.into_iter().flatten());
         Ok(Response::new(pb::ListServiceHealthResponse { services }))
     }
 }

@@ -29,7 +29,10 @@ use agentmesh_resilience::Preset;
 use agentmesh_runtime::auth::{Authenticate, PrincipalCodec};
 use agentmesh_runtime::client::{ClientError, ServiceChannel};
 use agentmesh_runtime::context::new_correlation_id;
-use agentmesh_runtime::{Config, GrpcServer, ServerError, ServiceName};
+use agentmesh_proto::agentmesh::common::v1::ExternalServiceType;
+use agentmesh_runtime::config::StorageBackend;
+use agentmesh_runtime::deadlines::MethodDeadlines;
+use agentmesh_runtime::{Config, Dependency, DependencyHealth, GrpcServer, ServerError, ServiceName};
 use axum::extract::ws::WebSocketUpgrade;
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
@@ -97,20 +100,35 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
+    let server = GrpcServer::new(ServiceName::Gateway, &config);
+    let dependencies = server.dependencies();
+    dependencies.register(agentmesh_runtime::bus::dependency(&bus));
+    dependencies.publish_breaker_changes(bus.clone());
     let mut upstreams = Upstreams::default();
     let mut channels = Vec::new();
     for service in BACKENDS {
         let url = &config.endpoints.get(service).url;
         let channel = ServiceChannel::connect_lazy(service.as_str(), url, &backend_preset(&config, service))?;
+        // Reported as the service's own entry; its state changes are events all the same.
+        dependencies.watch_breaker(channel.policy().breaker(), ExternalServiceType::Unspecified);
         upstreams.insert(service, BoxCloneSyncService::new(channel.clone()));
         channels.push((service, channel));
     }
     let health = HealthServiceServer::new(MeshHealth {
         services: channels,
         bus,
+        dependencies: dependencies.clone(),
         check_timeout: config.observability.health_check_timeout,
     });
     let authenticator = Arc::new(GatewayAuth::connect(&config).await?);
+    if config.storage == StorageBackend::Postgres {
+        let keys = authenticator.store().clone();
+        // A point lookup of an id no key has: one indexed read of the key table.
+        dependencies.register(Dependency::new("postgresql", ExternalServiceType::Database).with_probe(move || {
+            let keys = keys.clone();
+            async move { keys.get(uuid::Uuid::nil()).await.map(|_| ()) }
+        }));
+    }
     let auth = AuthServiceServer::new(AuthApi::new(authenticator.clone()));
     let mut local = Routes::builder();
     local.add_service(health).add_service(auth);
@@ -123,8 +141,8 @@ pub async fn serve(
         authenticator: authenticator.clone(),
         principals: PrincipalCodec::new(config.security.secret_key.expose()),
         max_body_bytes: MAX_BODY_BYTES,
-        request_timeout: config.server.request_timeout,
-        limiter: rate_limiter(&config).await?,
+        deadlines: MethodDeadlines::from_contract(config.server.request_timeout),
+        limiter: rate_limiter(&config, &dependencies).await?,
         rate_limits: RateLimitPolicy::from_config(&config),
     });
     let mut http = axum::Router::new().merge(openapi::router(&rest.routes));
@@ -147,6 +165,13 @@ pub async fn serve(
             }),
         );
     }
+    // Reflection lists the public services reached through passthrough beside the gateway's own.
+    let passed_through: Vec<String> = rest
+        .routes
+        .services()
+        .into_iter()
+        .filter(|name| routes::owner_of(name) != Some(ServiceName::Gateway))
+        .collect();
     let [nosniff, no_frames, no_referrer] = browser::security_headers();
     let http = http
         .fallback(move |request: axum::extract::Request| rest.clone().dispatch(request))
@@ -156,10 +181,14 @@ pub async fn serve(
     // The gateway's own gRPC services are reached through passthrough like every other
     // public RPC, so native gRPC and grpc-web callers meet the same scope checks and rate
     // limits as REST ones (an unlimited `IssueToken` would invite key guessing).
-    GrpcServer::new(ServiceName::Gateway, &config)
+    let mut server = server
         .with_authenticator(authenticator_for_grpc)
         .report_serving(<HealthServiceServer<MeshHealth> as NamedService>::NAME)
-        .report_serving(<AuthServiceServer<AuthApi> as NamedService>::NAME)
+        .report_serving(<AuthServiceServer<AuthApi> as NamedService>::NAME);
+    for name in passed_through {
+        server = server.reflect_service(name);
+    }
+    server
         .with_http_fallback(http)
         .accept_grpc_web()
         .with_cors(browser::cors(&config.security))
@@ -182,7 +211,7 @@ fn backend_preset(config: &Config, service: ServiceName) -> Preset {
 
 /// Rate-limit counters in Redis when `USE_REDIS` is set (shared by every gateway replica
 /// using the same `RATE_LIMIT_REDIS_PREFIX`), else in this process.
-async fn rate_limiter(config: &Config) -> Result<Arc<dyn RateLimiter>, StartError> {
+async fn rate_limiter(config: &Config, dependencies: &DependencyHealth) -> Result<Arc<dyn RateLimiter>, StartError> {
     if config.use_redis {
         let options = RedisRateLimiterOptions {
             prefix: config.rate_limit.redis_prefix.clone(),
@@ -190,6 +219,7 @@ async fn rate_limiter(config: &Config) -> Result<Arc<dyn RateLimiter>, StartErro
             ..RedisRateLimiterOptions::default()
         };
         let limiter = RedisRateLimiter::from_config(&config.redis, options).await?;
+        dependencies.register(Dependency::new("redis", ExternalServiceType::Cache).with_breaker(limiter.breaker()));
         Ok(Arc::new(limiter))
     } else {
         Ok(Arc::new(MemoryRateLimiter::new()))

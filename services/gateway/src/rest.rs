@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use agentmesh_runtime::auth::{Authenticate, PRINCIPAL_HEADER, PRINCIPAL_TTL, Principal, PrincipalCodec};
 use agentmesh_runtime::context::{TraceHeaders, new_correlation_id, sanitize_correlation_id};
+use agentmesh_runtime::deadlines::MethodDeadlines;
 use agentmesh_runtime::error::{CORRELATION_ID_HEADER, FieldViolation, retry_after_seconds};
 use agentmesh_runtime::server::is_native_grpc;
 use agentmesh_runtime::validate::validate_dynamic;
@@ -51,8 +52,10 @@ pub struct RestGateway {
     pub principals: PrincipalCodec,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
-    /// Deadline for one call downstream.
-    pub request_timeout: Duration,
+    /// Deadline of one call downstream: each method's maximum from the contract (a REST
+    /// caller cannot ask for less), the server's request timeout for the rest. For a
+    /// stream (SSE, WebSocket subscription) it bounds the whole stream.
+    pub deadlines: MethodDeadlines,
     /// Counts requests per caller (in memory, or in Redis shared by replicas).
     pub limiter: Arc<dyn RateLimiter>,
     /// Which limits apply to a request.
@@ -286,16 +289,15 @@ impl RestGateway {
     /// The gRPC request for an invocation, with the metadata services rely on, and the
     /// request context the call runs in.
     fn grpc_request(&self, invocation: Invocation<'_>) -> (RequestContext, tonic::Request<DynamicMessage>) {
+        let limit = self.deadlines.max_for(invocation.route.grpc_path.path());
         let context = RequestContext {
             correlation_id: invocation.correlation_id,
-            deadline: (!invocation.route.is_streaming()).then(|| Instant::now() + self.request_timeout),
+            deadline: Some(Instant::now() + limit),
             principal: invocation.principal,
             trace: invocation.trace,
         };
         let mut request = tonic::Request::new(invocation.message);
-        if !invocation.route.is_streaming() {
-            request.set_timeout(self.request_timeout);
-        }
+        request.set_timeout(limit);
         request.extensions_mut().insert(context.clone());
         let metadata = request.metadata_mut();
         if let Some(principal) = &context.principal

@@ -137,6 +137,19 @@ impl RouteTable {
         &self.routes
     }
 
+    /// Full names of the contract services with at least one route, each once, in
+    /// contract order: the public services.
+    pub fn services(&self) -> Vec<String> {
+        let mut services: Vec<String> = Vec::new();
+        for route in &self.routes {
+            let service = route.rpc.parent_service();
+            if !services.iter().any(|known| known == service.full_name()) {
+                services.push(service.full_name().to_owned());
+            }
+        }
+        services
+    }
+
     /// The first route of the RPC named `full_name` (e.g. `agentmesh.session.v1.SessionService.GetSession`).
     pub fn for_rpc(&self, full_name: &str) -> Option<&Route> {
         self.routes.iter().find(|route| route.rpc.full_name() == full_name)

@@ -63,7 +63,17 @@ async fn liveness_is_open_and_service_health_lists_every_dependency() {
     let names: Vec<&str> = services.iter().map(|s| s["service_name"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["session-store", "agent-orchestrator", "llm-proxy", "mcp-broker", "secrets-broker", "event-bus"]
+        [
+            "session-store",
+            "agent-orchestrator",
+            "llm-proxy",
+            "mcp-broker",
+            "secrets-broker",
+            "event-bus",
+            "session-store/memory",
+            "session-store/event-bus"
+        ],
+        "each service, the gateway's own dependencies, then what each service reports"
     );
     let store = &services[0];
     assert_eq!(store["status"], "healthy", "{store}");
@@ -71,6 +81,11 @@ async fn liveness_is_open_and_service_health_lists_every_dependency() {
     assert!(store["success_count"].as_i64().unwrap() >= 1);
     assert_eq!(services[1]["status"], "unhealthy", "nothing listens for the orchestrator here");
     assert_eq!(services[5]["service_type"], "message_queue");
+    let store_backend = &services[6];
+    assert_eq!(store_backend["status"], "healthy", "{store_backend}");
+    assert_eq!(store_backend["service_type"], "database");
+    assert_eq!(store_backend["metadata"]["service"], "session-store");
+    assert_eq!(services[7]["service_type"], "message_queue");
 
     let (status, headers, body) = json(mesh.http.get(mesh.url("/api/v1/health/ready")).send().await.unwrap()).await;
     assert_eq!(status, 503, "{body}");
@@ -184,3 +199,30 @@ async fn rest_requests_are_counted_by_route_template_and_status() {
     }
     assert!(!metrics.contains(id), "ids never become label values");
 }
+
+#[tokio::test]
+async fn service_health_lists_redis_as_the_gateway_and_session_store_see_it() {
+    let Some(url) = agentmesh_testkit::require(agentmesh_testkit::Service::Redis).await else { return };
+    let prefix = format!("{}:", agentmesh_testkit::unique_name("gwhealth"));
+    let _guard = agentmesh_testkit::redis::RedisPrefix::new(url.clone(), prefix.clone());
+    let mesh =
+        Mesh::start(&[("USE_REDIS", "true"), ("REDIS_URL", url.as_str()), ("RATE_LIMIT_REDIS_PREFIX", prefix.as_str())])
+            .await;
+    let (status, _, body) = json(mesh.http.get(mesh.url("/api/v1/health/services")).send().await.unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    let services = body.as_array().unwrap();
+    let entry = |name: &str| {
+        services.iter().find(|s| s["service_name"] == name).unwrap_or_else(|| panic!("no {name} in {body}")).clone()
+    };
+    let limiter = entry("redis");
+    assert_eq!(limiter["status"], "healthy", "{limiter}");
+    assert_eq!(limiter["service_type"], "cache");
+    assert_eq!(limiter["circuit_breaker_state"], "closed");
+    let store = entry("session-store/redis");
+    assert_eq!(store["status"], "healthy", "{store}");
+    assert_eq!(store["circuit_breaker_state"], "closed");
+    assert_eq!(store["metadata"]["message"], "ok");
+    assert_eq!(store["metadata"]["service"], "session-store");
+    assert!(services.iter().all(|s| s["service_name"] != "session-store/memory"), "{body}");
+}
+

@@ -3,6 +3,8 @@
 //! Serves `agentmesh.session.v1.SessionService` over one of three backends chosen by
 //! `USE_DATABASE` / `USE_REDIS` / `USE_MEMORY` (see [`store`]), publishes its domain events
 //! (see [`events`]), and accepts only calls carrying a principal signed by the gateway.
+//! It reports its store and event bus as dependencies (with the store's breaker, whose
+//! state changes become `agentmesh.breaker.state_changed` events).
 
 pub mod convert;
 pub mod events;
@@ -19,7 +21,8 @@ use agentmesh_events::{EventBus, Publisher};
 use agentmesh_proto::agentmesh::session::v1::session_service_server::SessionServiceServer;
 use agentmesh_runtime::auth::{PrincipalCodec, RequireSignedPrincipal};
 use agentmesh_runtime::config::StorageBackend;
-use agentmesh_runtime::{Config, GrpcServer, ServerError, ServiceName};
+use agentmesh_proto::agentmesh::common::v1::ExternalServiceType;
+use agentmesh_runtime::{Config, Dependency, GrpcServer, ServerError, ServiceName};
 use tokio::net::TcpListener;
 
 use crate::events::PublishDirect;
@@ -68,13 +71,17 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
-    let publisher: Arc<dyn Publisher> = bus;
-    let backend = open_backend(&config, publisher).await?;
+    let publisher: Arc<dyn Publisher> = bus.clone();
+    let backend = open_backend(&config, publisher.clone()).await?;
     let service = SessionService::new(backend.store.clone(), backend.idempotency, config.session_limits.clone());
     let authenticator = RequireSignedPrincipal::new(PrincipalCodec::new(config.security.secret_key.expose()));
     let server = GrpcServer::new(ServiceName::SessionStore, &config)
         .with_authenticator(Arc::new(authenticator))
         .add_service(SessionServiceServer::new(service));
+    let dependencies = server.dependencies();
+    dependencies.register(backend.dependency);
+    dependencies.register(agentmesh_runtime::bus::dependency(&bus));
+    dependencies.publish_breaker_changes(publisher);
 
     // Background work lives exactly as long as the server: dropping `_stop` ends it.
     let (_stop, stopped) = tokio::sync::watch::channel(());
@@ -102,6 +109,8 @@ struct Backend {
     idempotency: Arc<dyn IdempotencyStore>,
     /// PostgreSQL's outbox relay.
     relay: Option<OutboxRelay>,
+    /// The backend as a reported dependency.
+    dependency: Dependency,
 }
 
 /// The backend `USE_DATABASE` / `USE_REDIS` / `USE_MEMORY` selects.
@@ -110,7 +119,8 @@ async fn open_backend(config: &Config, publisher: Arc<dyn Publisher>) -> Result<
     Ok(match config.storage {
         StorageBackend::Memory => {
             let store = Arc::new(MemoryStore::new(sink));
-            Backend { store: store.clone(), idempotency: store, relay: None }
+            let dependency = store_dependency("memory", ExternalServiceType::Database, store.clone());
+            Backend { store: store.clone(), idempotency: store, relay: None, dependency }
         }
         StorageBackend::Redis => {
             let redis = &config.redis;
@@ -125,7 +135,9 @@ async fn open_backend(config: &Config, publisher: Arc<dyn Publisher>) -> Result<
             )
             .await?;
             let store = Arc::new(store);
-            Backend { store: store.clone(), idempotency: store, relay: None }
+            let dependency = store_dependency("redis", ExternalServiceType::Cache, store.clone())
+                .with_resilience(store.resilience());
+            Backend { store: store.clone(), idempotency: store, relay: None, dependency }
         }
         StorageBackend::Postgres => {
             let db = &config.database;
@@ -135,7 +147,17 @@ async fn open_backend(config: &Config, publisher: Arc<dyn Publisher>) -> Result<
                 PostgresStore::connect(url.expose(), POSTGRES_SCHEMA, pool, &config.resilience.database).await?;
             let relay = store.relay(publisher);
             let store = Arc::new(store);
-            Backend { store: store.clone(), idempotency: store, relay: Some(relay) }
+            let dependency = store_dependency("postgresql", ExternalServiceType::Database, store.clone())
+                .with_resilience(store.resilience());
+            Backend { store: store.clone(), idempotency: store, relay: Some(relay), dependency }
         }
+    })
+}
+
+/// The store as a dependency named `name`, probed with its `ping`.
+fn store_dependency(name: &str, kind: ExternalServiceType, store: Arc<dyn SessionStore>) -> Dependency {
+    Dependency::new(name, kind).with_probe(move || {
+        let store = store.clone();
+        async move { store.ping().await }
     })
 }

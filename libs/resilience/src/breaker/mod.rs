@@ -33,8 +33,8 @@ use crate::window::SlidingWindow;
 
 /// Gauge of each breaker's state: 0 closed, 1 open, 2 half-open; label `breaker`.
 pub const STATE_GAUGE: &str = "agentmesh_circuit_breaker_state";
-/// Counter of state transitions; labels `breaker` and `to`.
-pub const TRANSITIONS_COUNTER: &str = "agentmesh_circuit_breaker_transitions_total";
+/// Counter of state changes; labels `breaker`, `from` and `to`.
+pub const STATE_CHANGES_COUNTER: &str = "agentmesh_circuit_breaker_state_changes_total";
 
 /// The three states of a breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -301,7 +301,11 @@ impl CircuitBreaker {
     fn publish(&self, change: &StateChange) {
         let name = self.shared.name.clone();
         metrics::gauge!(STATE_GAUGE, "breaker" => name.clone()).set(change.to.gauge_value());
-        metrics::counter!(TRANSITIONS_COUNTER, "breaker" => name, "to" => change.to.as_str()).increment(1);
+        metrics::counter!(
+            STATE_CHANGES_COUNTER,
+            "breaker" => name, "from" => change.from.as_str(), "to" => change.to.as_str()
+        )
+        .increment(1);
         let (breaker, from, to) = (&*self.shared.name, change.from.as_str(), change.to.as_str());
         if change.to == BreakerState::Open {
             let consecutive_failures = change.consecutive_failures;

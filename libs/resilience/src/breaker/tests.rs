@@ -204,9 +204,14 @@ fn publishes_state_gauge_and_transition_counter() {
         breaker.state();
         succeed(&breaker);
         assert_eq!(recorder.gauge(gauge), Some(0.0));
-        let counter =
-            |to: &str| recorder.counter(&format!("agentmesh_circuit_breaker_transitions_total{{breaker=llm,to={to}}}"));
-        assert_eq!((counter("open"), counter("half_open"), counter("closed")), (2, 2, 1));
+        let counter = |from: &str, to: &str| {
+            recorder.counter(&format!("agentmesh_circuit_breaker_state_changes_total{{breaker=llm,from={from},to={to}}}"))
+        };
+        assert_eq!(counter("closed", "open"), 1);
+        assert_eq!(counter("open", "half_open"), 2);
+        assert_eq!(counter("half_open", "open"), 1);
+        assert_eq!(counter("half_open", "closed"), 1);
+        assert_eq!(counter("closed", "half_open"), 0);
     });
 }
 
