@@ -12,7 +12,7 @@
 //! | `agentmesh.mcp.v1` | [`agentmesh::mcp::v1`] | `McpService` |
 //! | `agentmesh.llm.v1` | [`agentmesh::llm::v1`] | `LlmService` (internal) |
 //! | `agentmesh.secrets.v1` | [`agentmesh::secrets::v1`] | `SecretsService` (internal) |
-//! | `agentmesh.health.v1` | [`agentmesh::health::v1`] | `HealthService` (gateway) |
+//! | `agentmesh.health.v1` | [`agentmesh::health::v1`] | `HealthService` (gateway), `DependencyHealthService` (every service) |
 //! | `agentmesh.auth.v1` | [`agentmesh::auth::v1`] | `AuthService` (gateway) |
 //! | `agentmesh.events.v1` | [`agentmesh::events::v1`] | — (event envelope and payloads) |
 //! | `google.api` | [`google::api`] | — (`HttpRule`) |

@@ -18,7 +18,11 @@ const PUBLIC_SERVICES: &[&str] = &[
     "agentmesh.auth.v1.AuthService",
 ];
 
-const INTERNAL_SERVICES: &[&str] = &["agentmesh.llm.v1.LlmService", "agentmesh.secrets.v1.SecretsService"];
+const INTERNAL_SERVICES: &[&str] = &[
+    "agentmesh.llm.v1.LlmService",
+    "agentmesh.secrets.v1.SecretsService",
+    "agentmesh.health.v1.DependencyHealthService",
+];
 
 /// Methods of otherwise public services that are internal (gRPC only).
 const INTERNAL_METHODS: &[&str] = &["agentmesh.mcp.v1.McpService.InvokeTool"];
@@ -203,6 +207,30 @@ fn internal_methods_have_no_http_rule() {
     for m in internal {
         assert!(http_rule(&m).is_none(), "internal method {} must not be exposed over REST", m.full_name());
     }
+}
+
+#[test]
+fn long_calls_declare_a_maximum_deadline_and_the_rest_keep_the_server_cap() {
+    let declared: HashMap<String, u32> = all_agentmesh_methods()
+        .into_iter()
+        .filter_map(|m| {
+            let seconds = method_rules(&m)?.max_deadline_seconds;
+            (seconds > 0).then(|| (m.full_name().to_owned(), seconds))
+        })
+        .collect();
+    let expected: HashMap<String, u32> = [
+        ("agentmesh.agent.v1.AgentService.ExecuteAgent", 600),
+        ("agentmesh.agent.v1.AgentService.ExecuteAgentStream", 600),
+        ("agentmesh.agent.v1.AgentService.StreamRun", 600),
+        ("agentmesh.llm.v1.LlmService.Chat", 300),
+        ("agentmesh.llm.v1.LlmService.StreamChat", 300),
+        ("agentmesh.mcp.v1.McpService.InvokeTool", 300),
+        ("agentmesh.secrets.v1.SecretsService.WatchSecrets", 86_400),
+    ]
+    .into_iter()
+    .map(|(name, seconds)| (name.to_owned(), seconds))
+    .collect();
+    assert_eq!(declared, expected);
 }
 
 #[test]

@@ -11,14 +11,13 @@ use std::time::Duration;
 use agentmesh_proto::agentmesh::agent::v1::agent_service_client::AgentServiceClient;
 use agentmesh_proto::agentmesh::agent::v1::agent_service_server::{AgentService, AgentServiceServer};
 use agentmesh_proto::agentmesh::agent::v1::{
-    ExecuteAgentRequest, ExecuteAgentResponse, ExecuteAgentStreamResponse, StreamRunRequest, StreamRunResponse,
+    ExecuteAgentRequest, ExecuteAgentResponse, StreamRunRequest, StreamRunResponse,
 };
 use agentmesh_proto::agentmesh::session::v1::session_service_client::SessionServiceClient;
 use agentmesh_proto::agentmesh::session::v1::session_service_server::{SessionService, SessionServiceServer};
 use agentmesh_proto::agentmesh::session::v1::{GetSessionRequest, GetSessionResponse};
 use agentmesh_runtime::{Config, GrpcServer, RequestContext, ServiceName};
 use futures::StreamExt;
-use futures::stream::BoxStream;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -51,9 +50,6 @@ impl SessionService for Recorder {
 
 #[tonic::async_trait]
 impl AgentService for Recorder {
-    type ExecuteAgentStreamStream = BoxStream<'static, Result<ExecuteAgentStreamResponse, Status>>;
-    type StreamRunStream = BoxStream<'static, Result<StreamRunResponse, Status>>;
-
     async fn execute_agent(
         &self,
         _request: Request<ExecuteAgentRequest>,
@@ -62,7 +58,7 @@ impl AgentService for Recorder {
         Ok(Response::new(ExecuteAgentResponse::default()))
     }
 
-    async fn stream_run(&self, _request: Request<StreamRunRequest>) -> Result<Response<Self::StreamRunStream>, Status> {
+    async fn stream_run(&self, _request: Request<StreamRunRequest>) -> Result<Response<tonic::codegen::BoxStream<StreamRunResponse>>, Status> {
         self.record("StreamRun");
         // One event every 50 ms, forever: only the deadline ends it.
         let events = futures::stream::unfold((), |()| async {

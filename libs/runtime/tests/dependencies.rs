@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentmesh_events::{EventBus, NatsBus, NatsConfig, Publisher, Subscriber, SubscriptionSpec};
+use agentmesh_events::{EventBus, NatsBus, NatsConfig, Publisher, SubscriptionSpec};
 use agentmesh_proto::agentmesh::common::v1::{CircuitBreakerState, ExternalServiceType, ServiceHealth};
 use agentmesh_proto::agentmesh::events::v1::CircuitBreakerStateChanged;
 use agentmesh_proto::agentmesh::health::v1::ListDependenciesRequest;

@@ -220,14 +220,14 @@ fn record(service_name: &'static str, rpc_service: &str, method: &str, code: Opt
 
 pin_project_lite::pin_project! {
     /// A response body that records the call's metrics when it ends or is dropped, and
-    /// ends a stream still running at the call's deadline with DEADLINE_EXCEEDED.
+    /// ends a stream still running at the call's deadline with DEADLINE_EXCEEDED (`cut`
+    /// is set once those trailers are sent: the body is over).
     pub(crate) struct MeteredBody<B> {
         #[pin]
         inner: B,
         call: Option<Call>,
         code: Option<i32>,
         deadline: Option<Deadline>,
-        /// The deadline passed and its trailers were sent: the body is over.
         cut: bool,
     }
 
@@ -263,11 +263,11 @@ impl<B> MeteredBody<B> {
 
 /// The trailers ending a call whose deadline passed mid-body.
 fn deadline_trailers(limit: Duration) -> HeaderMap {
-    tonic::Status::from(ApiError::timeout("request", limit)).to_header_map().unwrap_or_else(|_| {
-        let mut trailers = HeaderMap::new();
-        trailers.insert("grpc-status", HeaderValue::from(tonic::Code::DeadlineExceeded as i32));
-        trailers
-    })
+    // A trailers-only response carries exactly the status fields trailers need.
+    let (parts, ()) = tonic::Status::from(ApiError::timeout("request", limit)).into_http::<()>().into_parts();
+    let mut trailers = parts.headers;
+    trailers.remove(http::header::CONTENT_TYPE);
+    trailers
 }
 
 fn finish(call: Call, code: Option<i32>) {
