@@ -136,7 +136,8 @@ async fn session_store_binary() {
 
 #[tokio::test]
 async fn agent_orchestrator_binary() {
-    check_binary("agentmesh-agent-orchestrator", "AGENT_ORCHESTRATOR_ADDR", &["agentmesh.agent.v1.AgentService"], &[]).await;
+    check_binary("agentmesh-agent-orchestrator", "AGENT_ORCHESTRATOR_ADDR", &["agentmesh.agent.v1.AgentService"], &[])
+        .await;
 }
 
 #[tokio::test]
@@ -151,7 +152,8 @@ async fn mcp_broker_binary() {
 
 #[tokio::test]
 async fn secrets_broker_binary() {
-    check_binary("agentmesh-secrets-broker", "SECRETS_BROKER_ADDR", &["agentmesh.secrets.v1.SecretsService"], &[]).await;
+    check_binary("agentmesh-secrets-broker", "SECRETS_BROKER_ADDR", &["agentmesh.secrets.v1.SecretsService"], &[])
+        .await;
 }
 
 #[tokio::test]

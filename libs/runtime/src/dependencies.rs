@@ -248,10 +248,7 @@ fn breaker_details(dependency: &Dependency, snapshot: &BreakerSnapshot) -> Vec<(
         ("breaker", text(breaker)),
         ("consecutive_failures", number(f64::from(snapshot.consecutive_failures))),
         ("rejected_count", number(snapshot.rejected as f64)),
-        (
-            "state_since",
-            text(&chrono::DateTime::<chrono::Utc>::from(snapshot.last_transition_at).to_rfc3339()),
-        ),
+        ("state_since", text(&chrono::DateTime::<chrono::Utc>::from(snapshot.last_transition_at).to_rfc3339())),
     ]
 }
 

@@ -58,7 +58,10 @@ impl AgentService for Recorder {
         Ok(Response::new(ExecuteAgentResponse::default()))
     }
 
-    async fn stream_run(&self, _request: Request<StreamRunRequest>) -> Result<Response<tonic::codegen::BoxStream<StreamRunResponse>>, Status> {
+    async fn stream_run(
+        &self,
+        _request: Request<StreamRunRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<StreamRunResponse>>, Status> {
         self.record("StreamRun");
         // One event every 50 ms, forever: only the deadline ends it.
         let events = futures::stream::unfold((), |()| async {

@@ -41,8 +41,12 @@ struct TestStream {
 impl TestStream {
     async fn create() -> Option<Self> {
         let url = require(Service::Nats).await?;
-        let config =
-            NatsConfig { url, stream_name: unique_name("dh"), subject_root: unique_name("dh"), ..NatsConfig::default() };
+        let config = NatsConfig {
+            url,
+            stream_name: unique_name("dh"),
+            subject_root: unique_name("dh"),
+            ..NatsConfig::default()
+        };
         Some(Self { bus: NatsBus::connect(config).await.unwrap() })
     }
 }
@@ -92,10 +96,8 @@ fn message_of(entry: &ServiceHealth) -> String {
 async fn dependencies_are_served_without_credentials_and_breaker_changes_reach_jetstream() {
     let Some(stream) = TestStream::create().await else { return };
     let bus: Arc<dyn EventBus> = Arc::new(stream.bus.clone());
-    let mut events = bus
-        .subscribe(SubscriptionSpec::ephemeral(vec![BREAKER_STATE_CHANGED_TOPIC.to_owned()]))
-        .await
-        .unwrap();
+    let mut events =
+        bus.subscribe(SubscriptionSpec::ephemeral(vec![BREAKER_STATE_CHANGED_TOPIC.to_owned()])).await.unwrap();
 
     let config = Config::load(None, []).unwrap();
     let server = GrpcServer::new(ServiceName::LlmProxy, &config).with_authenticator(Arc::new(NobodyAllowed));
@@ -132,7 +134,8 @@ async fn dependencies_are_served_without_credentials_and_breaker_changes_reach_j
     assert_eq!((nats.status.as_str(), message_of(nats).as_str()), ("healthy", "ok"));
 
     // One failed call opens the provider's breaker.
-    let failed = provider.call(&GrpcStatusClassifier, || async { Err::<(), _>(tonic::Status::unavailable("down")) }).await;
+    let failed =
+        provider.call(&GrpcStatusClassifier, || async { Err::<(), _>(tonic::Status::unavailable("down")) }).await;
     assert!(failed.is_err());
 
     let after = client.list_dependencies(ListDependenciesRequest {}).await.unwrap().into_inner();

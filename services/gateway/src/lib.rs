@@ -24,13 +24,13 @@ use std::sync::Arc;
 
 use agentmesh_events::EventBus;
 use agentmesh_proto::agentmesh::auth::v1::auth_service_server::AuthServiceServer;
+use agentmesh_proto::agentmesh::common::v1::ExternalServiceType;
 use agentmesh_proto::agentmesh::health::v1::health_service_server::HealthServiceServer;
 use agentmesh_resilience::Preset;
 use agentmesh_runtime::auth::{Authenticate, PrincipalCodec};
 use agentmesh_runtime::client::{ClientError, ServiceChannel};
-use agentmesh_runtime::context::new_correlation_id;
-use agentmesh_proto::agentmesh::common::v1::ExternalServiceType;
 use agentmesh_runtime::config::StorageBackend;
+use agentmesh_runtime::context::new_correlation_id;
 use agentmesh_runtime::deadlines::MethodDeadlines;
 use agentmesh_runtime::{Config, Dependency, DependencyHealth, GrpcServer, ServerError, ServiceName};
 use axum::extract::ws::WebSocketUpgrade;

@@ -205,9 +205,12 @@ async fn service_health_lists_redis_as_the_gateway_and_session_store_see_it() {
     let Some(url) = agentmesh_testkit::require(agentmesh_testkit::Service::Redis).await else { return };
     let prefix = format!("{}:", agentmesh_testkit::unique_name("gwhealth"));
     let _guard = agentmesh_testkit::redis::RedisPrefix::new(url.clone(), prefix.clone());
-    let mesh =
-        Mesh::start(&[("USE_REDIS", "true"), ("REDIS_URL", url.as_str()), ("RATE_LIMIT_REDIS_PREFIX", prefix.as_str())])
-            .await;
+    let mesh = Mesh::start(&[
+        ("USE_REDIS", "true"),
+        ("REDIS_URL", url.as_str()),
+        ("RATE_LIMIT_REDIS_PREFIX", prefix.as_str()),
+    ])
+    .await;
     let (status, _, body) = json(mesh.http.get(mesh.url("/api/v1/health/services")).send().await.unwrap()).await;
     assert_eq!(status, 200, "{body}");
     let services = body.as_array().unwrap();
@@ -225,4 +228,3 @@ async fn service_health_lists_redis_as_the_gateway_and_session_store_see_it() {
     assert_eq!(store["metadata"]["service"], "session-store");
     assert!(services.iter().all(|s| s["service_name"] != "session-store/memory"), "{body}");
 }
-

@@ -18,10 +18,10 @@ use std::future::Future;
 use std::sync::Arc;
 
 use agentmesh_events::{EventBus, Publisher};
+use agentmesh_proto::agentmesh::common::v1::ExternalServiceType;
 use agentmesh_proto::agentmesh::session::v1::session_service_server::SessionServiceServer;
 use agentmesh_runtime::auth::{PrincipalCodec, RequireSignedPrincipal};
 use agentmesh_runtime::config::StorageBackend;
-use agentmesh_proto::agentmesh::common::v1::ExternalServiceType;
 use agentmesh_runtime::{Config, Dependency, GrpcServer, ServerError, ServiceName};
 use tokio::net::TcpListener;
 

@@ -205,7 +205,8 @@ fn publishes_state_gauge_and_transition_counter() {
         succeed(&breaker);
         assert_eq!(recorder.gauge(gauge), Some(0.0));
         let counter = |from: &str, to: &str| {
-            recorder.counter(&format!("agentmesh_circuit_breaker_state_changes_total{{breaker=llm,from={from},to={to}}}"))
+            recorder
+                .counter(&format!("agentmesh_circuit_breaker_state_changes_total{{breaker=llm,from={from},to={to}}}"))
         };
         assert_eq!(counter("closed", "open"), 1);
         assert_eq!(counter("open", "half_open"), 2);

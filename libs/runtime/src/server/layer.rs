@@ -24,8 +24,8 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use crate::auth::{Authenticate, is_open_path};
-use crate::deadlines::MethodDeadlines;
 use crate::context::{RequestContext, TraceHeaders, new_correlation_id, parse_grpc_timeout, sanitize_correlation_id};
+use crate::deadlines::MethodDeadlines;
 use crate::error::{ApiError, CORRELATION_ID_HEADER};
 use crate::telemetry::join_caller_trace;
 
@@ -255,8 +255,8 @@ impl<B> MeteredBody<B> {
     }
 
     fn metered(inner: B, call: Call, header_code: Option<i32>, deadline: Option<(Instant, Duration)>) -> Self {
-        let deadline = deadline
-            .map(|(expires, limit)| Deadline { expires: Box::pin(tokio::time::sleep_until(expires)), limit });
+        let deadline =
+            deadline.map(|(expires, limit)| Deadline { expires: Box::pin(tokio::time::sleep_until(expires)), limit });
         Self { inner, call: Some(call), code: header_code, deadline, cut: false }
     }
 }
