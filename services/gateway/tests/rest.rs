@@ -228,3 +228,39 @@ async fn service_health_lists_redis_as_the_gateway_and_session_store_see_it() {
     assert_eq!(store["metadata"]["service"], "session-store");
     assert!(services.iter().all(|s| s["service_name"] != "session-store/memory"), "{body}");
 }
+
+#[tokio::test]
+async fn a_breaker_opened_by_an_unreachable_service_is_reported_and_published() {
+    use agentmesh_events::SubscriptionSpec;
+    use agentmesh_proto::agentmesh::common::v1::CircuitBreakerState;
+    use agentmesh_proto::agentmesh::events::v1::CircuitBreakerStateChanged;
+    use futures::StreamExt;
+    use prost::Message;
+
+    // Nothing listens for the orchestrator; one failed call opens its breaker.
+    let mesh = Mesh::start(&[("CIRCUIT_INTERNAL_FAILURE_THRESHOLD", "1"), ("RETRY_INTERNAL_MAX_ATTEMPTS", "1")]).await;
+    let mut events =
+        mesh.bus.subscribe(SubscriptionSpec::ephemeral(vec!["breaker.state_changed".to_owned()])).await.unwrap();
+    let (status, _, body) = json(mesh.http.get(mesh.url("/api/v1/health/services")).send().await.unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = json(mesh.http.get(mesh.url("/api/v1/health/services")).send().await.unwrap()).await;
+    assert_eq!(status, 200, "an open breaker is reported, never an error: {body}");
+    let orchestrator = body.as_array().unwrap().iter().find(|s| s["service_name"] == "agent-orchestrator").unwrap();
+    assert_eq!(orchestrator["status"], "unhealthy", "{orchestrator}");
+    assert_eq!(orchestrator["circuit_breaker_state"], "open", "{orchestrator}");
+
+    let opened = loop {
+        let delivery = tokio::time::timeout(std::time::Duration::from_secs(10), events.next())
+            .await
+            .expect("a state change is published")
+            .unwrap()
+            .unwrap();
+        let change = CircuitBreakerStateChanged::decode(delivery.event().data().clone()).unwrap();
+        if change.breaker == "agent-orchestrator" {
+            break change;
+        }
+    };
+    assert_eq!(opened.service, "gateway");
+    assert_eq!(opened.previous_state, CircuitBreakerState::Closed as i32);
+    assert_eq!(opened.current_state, CircuitBreakerState::Open as i32);
+}

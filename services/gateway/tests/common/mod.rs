@@ -18,6 +18,8 @@ pub struct Mesh {
     pub base: String,
     /// HTTP client for REST calls.
     pub http: reqwest::Client,
+    /// The bus both services publish to.
+    pub bus: Arc<dyn EventBus>,
     _stop: Vec<oneshot::Sender<()>>,
 }
 
@@ -45,10 +47,10 @@ impl Mesh {
         }));
         let (stop, stopped) = oneshot::channel::<()>();
         stops.push(stop);
-        tokio::spawn(agentmesh_gateway::serve(config.clone(), bus, gateway, async {
+        tokio::spawn(agentmesh_gateway::serve(config.clone(), bus.clone(), gateway, async {
             let _ = stopped.await;
         }));
-        Mesh { base, http: reqwest::Client::new(), _stop: stops }
+        Mesh { base, http: reqwest::Client::new(), bus, _stop: stops }
     }
 
     /// The URL of `path`.
