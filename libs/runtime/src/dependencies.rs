@@ -293,3 +293,60 @@ fn text(value: &str) -> Value {
 fn number(value: f64) -> Value {
     Value { kind: Some(Kind::NumberValue(value)) }
 }
+
+#[cfg(test)]
+mod tests {
+    use agentmesh_resilience::{BreakerConfig, Outcome};
+
+    use super::*;
+
+    fn breaker(recovery_timeout: Duration) -> CircuitBreaker {
+        CircuitBreaker::new("db", BreakerConfig { failure_threshold: 1, recovery_timeout, ..BreakerConfig::default() })
+    }
+
+    fn fail(breaker: &CircuitBreaker) {
+        breaker.try_acquire().unwrap().record(Outcome::RETRYABLE);
+    }
+
+    async fn status_of(dependency: Dependency) -> (String, i32) {
+        let registry = DependencyHealth::new("test", Duration::from_secs(1));
+        registry.register(dependency);
+        let entry = registry.check().await.remove(0);
+        (entry.status, entry.circuit_breaker_state)
+    }
+
+    #[tokio::test]
+    async fn status_follows_the_probe_and_the_breaker() {
+        let kind = ExternalServiceType::Database;
+        let closed = breaker(Duration::from_secs(60));
+        let healthy = Dependency::new("db", kind).with_breaker(&closed).with_probe(|| async { Ok::<(), String>(()) });
+        assert_eq!(status_of(healthy).await, ("healthy".to_owned(), CircuitBreakerState::Closed as i32));
+
+        let failing = Dependency::new("db", kind).with_probe(|| async { Err::<(), _>("refused") });
+        assert_eq!(status_of(failing).await, ("unhealthy".to_owned(), CircuitBreakerState::Closed as i32));
+
+        let open = breaker(Duration::from_secs(60));
+        fail(&open);
+        let refused = Dependency::new("db", kind).with_breaker(&open);
+        assert_eq!(status_of(refused).await, ("unhealthy".to_owned(), CircuitBreakerState::Open as i32));
+
+        // No recovery wait: the open breaker is half-open when read, probing recovery.
+        let probing = breaker(Duration::ZERO);
+        fail(&probing);
+        let recovering = Dependency::new("db", kind).with_breaker(&probing);
+        assert_eq!(status_of(recovering).await, ("degraded".to_owned(), CircuitBreakerState::HalfOpen as i32));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_that_hangs_is_unhealthy_after_the_timeout() {
+        let registry = DependencyHealth::new("test", Duration::from_millis(100));
+        registry.register(
+            Dependency::new("vault", ExternalServiceType::SecretManager)
+                .with_probe(|| std::future::pending::<Result<(), String>>()),
+        );
+        let entry = registry.check().await.remove(0);
+        assert_eq!(entry.status, "unhealthy");
+        let message = &entry.metadata.unwrap().fields["message"];
+        assert_eq!(message.kind, Some(Kind::StringValue("no answer within 100 ms".to_owned())));
+    }
+}
