@@ -342,7 +342,7 @@ mod tests {
         let registry = DependencyHealth::new("test", Duration::from_millis(100));
         registry.register(
             Dependency::new("vault", ExternalServiceType::SecretManager)
-                .with_probe(|| std::future::pending::<Result<(), String>>()),
+                .with_probe(std::future::pending::<Result<(), String>>),
         );
         let entry = registry.check().await.remove(0);
         assert_eq!(entry.status, "unhealthy");
