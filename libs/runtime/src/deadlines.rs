@@ -44,7 +44,12 @@ impl MethodDeadlines {
 
     /// The longest deadline the method at `path` (`/package.Service/Method`) allows.
     pub fn max_for(&self, path: &str) -> Duration {
-        self.declared.get(path).copied().unwrap_or(self.default)
+        self.declared(path).unwrap_or(self.default)
+    }
+
+    /// The maximum the contract declares for the method at `path`, if any.
+    pub fn declared(&self, path: &str) -> Option<Duration> {
+        self.declared.get(path).copied()
     }
 
     /// The deadline a call to `path` runs under: what the caller asked for, at most the

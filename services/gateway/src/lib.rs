@@ -21,6 +21,7 @@ pub mod browser;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use agentmesh_events::EventBus;
 use agentmesh_proto::agentmesh::auth::v1::auth_service_server::AuthServiceServer;
@@ -104,11 +105,13 @@ pub async fn serve(
     let dependencies = server.dependencies();
     dependencies.register(agentmesh_runtime::bus::dependency(&bus));
     dependencies.publish_breaker_changes(bus.clone());
+    let deadlines = MethodDeadlines::from_contract(config.server.request_timeout);
     let mut upstreams = Upstreams::default();
     let mut channels = Vec::new();
     for service in BACKENDS {
         let url = &config.endpoints.get(service).url;
-        let channel = ServiceChannel::connect_lazy(service.as_str(), url, &backend_preset(&config, service))?;
+        let preset = backend_preset(&config, service, &deadlines);
+        let channel = ServiceChannel::connect_lazy(service.as_str(), url, &preset)?;
         // Reported as the service's own entry; its state changes are events all the same.
         dependencies.watch_breaker(channel.policy().breaker(), ExternalServiceType::Unspecified);
         upstreams.insert(service, BoxCloneSyncService::new(channel.clone()));
@@ -141,7 +144,7 @@ pub async fn serve(
         authenticator: authenticator.clone(),
         principals: PrincipalCodec::new(config.security.secret_key.expose()),
         max_body_bytes: MAX_BODY_BYTES,
-        deadlines: MethodDeadlines::from_contract(config.server.request_timeout),
+        deadlines,
         limiter: rate_limiter(&config, &dependencies).await?,
         rate_limits: RateLimitPolicy::from_config(&config),
     });
@@ -199,14 +202,31 @@ pub async fn serve(
 
 /// The resilience settings for calls to `service`: the internal preset, with the LLM
 /// deadline for services whose calls wait on a model or a tool.
-fn backend_preset(config: &Config, service: ServiceName) -> Preset {
+/// The timeout also covers the longest unary call the contract lets a caller wait for
+/// (`ExecuteAgent`: 600 s); each call is still bounded by its own, usually shorter,
+/// deadline, so CRUD calls keep failing at theirs.
+fn backend_preset(config: &Config, service: ServiceName, deadlines: &MethodDeadlines) -> Preset {
     let internal = &config.resilience.internal;
-    match service {
+    let timeout = match service {
         ServiceName::AgentOrchestrator | ServiceName::LlmProxy | ServiceName::McpBroker => {
-            Preset { timeout: internal.timeout.max(config.resilience.llm.timeout), ..internal.clone() }
+            internal.timeout.max(config.resilience.llm.timeout)
         }
-        _ => internal.clone(),
-    }
+        _ => internal.timeout,
+    };
+    let timeout = longest_unary_call(service, deadlines).map_or(timeout, |longest| timeout.max(longest));
+    Preset { timeout, ..internal.clone() }
+}
+
+/// The largest maximum deadline the contract declares for a unary RPC `service` owns. A
+/// stream's channel timeout only covers opening it, so streams do not count.
+fn longest_unary_call(service: ServiceName, deadlines: &MethodDeadlines) -> Option<Duration> {
+    agentmesh_proto::descriptor_pool()
+        .services()
+        .filter(|contract| routes::owner_of(contract.full_name()) == Some(service))
+        .flat_map(|contract| contract.methods().collect::<Vec<_>>())
+        .filter(|method| !method.is_server_streaming())
+        .filter_map(|method| deadlines.declared(&format!("/{}/{}", method.parent_service().full_name(), method.name())))
+        .max()
 }
 
 /// Rate-limit counters in Redis when `USE_REDIS` is set (shared by every gateway replica
@@ -223,5 +243,23 @@ async fn rate_limiter(config: &Config, dependencies: &DependencyHealth) -> Resul
         Ok(Arc::new(limiter))
     } else {
         Ok(Arc::new(MemoryRateLimiter::new()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_allow_the_longest_unary_call_their_service_declares() {
+        let config = Config::load(None, []).expect("defaults load");
+        let deadlines = MethodDeadlines::from_contract(config.server.request_timeout);
+        let timeout = |service| backend_preset(&config, service, &deadlines).timeout;
+        assert_eq!(timeout(ServiceName::AgentOrchestrator), Duration::from_secs(600), "ExecuteAgent");
+        assert_eq!(timeout(ServiceName::McpBroker), Duration::from_secs(300), "InvokeTool");
+        assert_eq!(timeout(ServiceName::LlmProxy), Duration::from_secs(300), "Chat");
+        // No long unary call: today's presets (WatchSecrets is a stream).
+        assert_eq!(timeout(ServiceName::SessionStore), config.resilience.internal.timeout);
+        assert_eq!(timeout(ServiceName::SecretsBroker), config.resilience.internal.timeout);
     }
 }
