@@ -130,6 +130,7 @@ pub async fn serve(
         principals: PrincipalCodec::new(config.security.secret_key.expose()),
         max_body_bytes: MAX_BODY_BYTES,
         request_timeout: config.server.request_timeout,
+        streaming: config.features.enable_streaming,
         limiter: rate_limiter(&config).await?,
         rate_limits: RateLimitPolicy::from_config(&config),
     });
