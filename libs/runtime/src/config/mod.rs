@@ -122,7 +122,10 @@ impl Config {
     /// validating the settings of `services` (those the binary runs) as well.
     pub fn from_env_with(services: &[ServiceSettings]) -> Result<Self, ConfigError> {
         let file = std::env::var_os(CONFIG_FILE_ENV);
-        Self::load_with(file.as_deref().map(Path::new), std::env::vars(), services)
+        // `vars()` panics on a variable that is not UTF-8; such variables are skipped.
+        let env =
+            std::env::vars_os().filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)));
+        Self::load_with(file.as_deref().map(Path::new), env, services)
     }
 
     /// Loads the runtime's settings from explicit sources: `file` first, then `env` on
