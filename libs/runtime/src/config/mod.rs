@@ -7,6 +7,7 @@
 //! `ENVIRONMENT`), then an optional dotenv-style file, then the environment; they are
 //! validated once at start-up and every bad value is reported at once by its name.
 
+mod client_address;
 mod vars;
 
 use std::fmt;
@@ -18,6 +19,7 @@ use agentmesh_resilience::{BreakerConfig, Preset, RetryPolicy};
 
 use crate::auth::Tier;
 
+pub use client_address::{ClientAddressConfig, MAX_TRUSTED_PROXY_HOPS};
 pub use vars::ConfigIssue;
 use vars::Vars;
 
@@ -503,6 +505,9 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     /// `SECURITY_*`.
     pub security: SecurityConfig,
+    /// `SECURITY_TRUSTED_PROXY_HOPS`, `SECURITY_TRUST_ENVOY_EXTERNAL_ADDRESS`: where the
+    /// gateway takes a caller's address from.
+    pub client_address: ClientAddressConfig,
     /// `OBSERVABILITY_*`.
     pub observability: ObservabilityConfig,
     /// `FEATURE_*`.
@@ -657,6 +662,7 @@ impl Config {
                 cors_headers: v.get("SECURITY_CORS_HEADERS", strings(&["*"])),
                 api_keys: parse_static_api_keys(v, production),
             },
+            client_address: ClientAddressConfig::parse(v),
             observability: ObservabilityConfig {
                 log_level: v.get("OBSERVABILITY_LOG_LEVEL", if development { "DEBUG" } else { "INFO" }.to_owned()),
                 log_format,
