@@ -99,16 +99,16 @@ mod tests {
         ClientAddresses::new(ClientAddressConfig { trusted_proxy_hops: hops, trust_envoy_external_address: envoy })
     }
 
-    fn headers(pairs: &[(&HeaderName, &[u8])]) -> HeaderMap {
+    fn headers(pairs: &[(HeaderName, &[u8])]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in pairs {
-            map.append((*name).clone(), HeaderValue::from_bytes(value).unwrap());
+            map.append(name.clone(), HeaderValue::from_bytes(value).unwrap());
         }
         map
     }
 
     fn xff(values: &[&str]) -> HeaderMap {
-        let pairs: Vec<(&HeaderName, &[u8])> = values.iter().map(|v| (&FORWARDED_FOR, v.as_bytes())).collect();
+        let pairs: Vec<(HeaderName, &[u8])> = values.iter().map(|v| (FORWARDED_FOR, v.as_bytes())).collect();
         headers(&pairs)
     }
 
@@ -120,7 +120,7 @@ mod tests {
     fn default_believes_no_header() {
         let spoofed = xff(&["198.51.100.1"]);
         assert_eq!(addresses(0, false).resolve(&spoofed, PEER), PEER);
-        let envoy = headers(&[(&ENVOY_EXTERNAL_ADDRESS, b"198.51.100.1")]);
+        let envoy = headers(&[(ENVOY_EXTERNAL_ADDRESS, b"198.51.100.1")]);
         assert_eq!(addresses(0, false).resolve(&envoy, PEER), PEER);
         assert_eq!(addresses(1, false).resolve(&envoy, PEER), PEER, "hops trust XFF only");
     }
@@ -151,7 +151,7 @@ mod tests {
             assert_eq!(addresses(1, false).resolve(&xff(&[&format!("1.1.1.1,{bad}")]), PEER), PEER, "{bad:?}");
         }
         // Junk, even non-UTF-8 bytes, left of the trusted entry does not spoil it.
-        let junk = headers(&[(&FORWARDED_FOR, b"\xff\xfe, 203.0.113.7")]);
+        let junk = headers(&[(FORWARDED_FOR, b"\xff\xfe, 203.0.113.7")]);
         assert_eq!(addresses(1, false).resolve(&junk, PEER), ip("203.0.113.7"));
     }
 
@@ -172,12 +172,12 @@ mod tests {
 
     #[test]
     fn envoy_external_address_when_configured() {
-        let envoy = |value: &[u8]| headers(&[(&ENVOY_EXTERNAL_ADDRESS, value), (&FORWARDED_FOR, b"1.1.1.1")]);
+        let envoy = |value: &[u8]| headers(&[(ENVOY_EXTERNAL_ADDRESS, value), (FORWARDED_FOR, b"1.1.1.1")]);
         assert_eq!(addresses(0, true).resolve(&envoy(b"203.0.113.7"), PEER), ip("203.0.113.7"));
         assert_eq!(addresses(0, true).resolve(&envoy(b"2001:db8::7"), PEER), ip("2001:db8::7"));
         assert_eq!(addresses(0, true).resolve(&envoy(b"garbage"), PEER), PEER);
         assert_eq!(addresses(0, true).resolve(&xff(&["1.1.1.1"]), PEER), PEER, "absent: the peer, not XFF");
-        let twice = headers(&[(&ENVOY_EXTERNAL_ADDRESS, b"203.0.113.7"), (&ENVOY_EXTERNAL_ADDRESS, b"1.1.1.1")]);
+        let twice = headers(&[(ENVOY_EXTERNAL_ADDRESS, b"203.0.113.7"), (ENVOY_EXTERNAL_ADDRESS, b"1.1.1.1")]);
         assert_eq!(addresses(0, true).resolve(&twice, PEER), PEER, "ambiguous: the peer");
     }
 }
