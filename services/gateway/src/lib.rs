@@ -39,8 +39,8 @@ use tower::util::BoxCloneSyncService;
 
 use crate::auth::GatewayAuth;
 use crate::auth::service::AuthApi;
-use crate::health::MeshHealth;
 use crate::client_addr::ClientAddresses;
+use crate::health::MeshHealth;
 use crate::ratelimit::{MemoryRateLimiter, RateLimitPolicy, RateLimiter, RedisRateLimiter, RedisRateLimiterOptions};
 use crate::rest::RestGateway;
 use crate::routes::{RouteError, RouteTable};

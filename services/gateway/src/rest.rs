@@ -29,8 +29,8 @@ use prost_reflect::{DynamicMessage, ReflectMessage};
 use serde_json::Value as Json;
 use tokio::time::Instant;
 
-use crate::json::{self, Violations};
 use crate::client_addr::ClientAddresses;
+use crate::json::{self, Violations};
 use crate::ratelimit::{Decision, DecisionHeaders, RateLimitPolicy, RateLimiter};
 use crate::routes::{Matched, Miss, Route, RouteTable};
 use crate::sse;

@@ -61,27 +61,26 @@ mod tests {
 
     use super::*;
 
-    fn decision(allowed: bool, remaining: u32, reset_ms: u64, retry_ms: Option<u64>) -> Decision {
-        Decision {
-            allowed,
-            limit: 10,
-            remaining,
-            reset_after: Duration::from_millis(reset_ms),
-            retry_after: retry_ms.map(Duration::from_millis),
-        }
-    }
-
     #[test]
     fn headers_round_seconds_up() {
+        let allowed =
+            Decision { remaining: 7, reset_after: Duration::from_millis(1_200), ..Decision::unrestricted(10) };
         let mut headers = HeaderMap::new();
-        decision(true, 7, 1_200, None).apply_headers(&mut headers);
+        allowed.apply_headers(&mut headers);
         assert_eq!(headers[&LIMIT_HEADER], "10");
         assert_eq!(headers[&REMAINING_HEADER], "7");
         assert_eq!(headers[&RESET_HEADER], "2");
         assert!(!headers.contains_key(http::header::RETRY_AFTER));
 
+        let denied = Decision {
+            allowed: false,
+            remaining: 0,
+            reset_after: Duration::from_secs(60),
+            retry_after: Some(Duration::from_millis(1)),
+            ..allowed
+        };
         let mut headers = HeaderMap::new();
-        decision(false, 0, 60_000, Some(1)).apply_headers(&mut headers);
+        denied.apply_headers(&mut headers);
         assert_eq!(headers[&RESET_HEADER], "60");
         assert_eq!(headers[http::header::RETRY_AFTER], "1", "a sub-second wait still says 1");
     }
