@@ -58,6 +58,25 @@
 //! Nothing is held between the two steps, so a caller that crashes in between leaves no
 //! stale reservation: the estimate simply stays spent and drains like any other usage.
 //!
+//! ```
+//! use agentmesh_ratelimit::{Limit, MemoryRateLimiter, RateLimiter};
+//!
+//! # async fn call(limiter: &dyn RateLimiter) -> Result<(), agentmesh_ratelimit::RateLimitError> {
+//! let (rpm, tpm) = (Limit::per_minute(60), Limit::per_minute(50_000));
+//! let estimate = 1_200; // prompt tokens + max_tokens
+//! let tokens = limiter.check_cost("tpm:acme", tpm, estimate).await?;
+//! if tokens.allowed && limiter.check("rpm:acme", rpm).await?.allowed {
+//!     let used = 830; // from the provider's usage report
+//!     limiter.settle("tpm:acme", tpm, estimate, used).await?;
+//! } else if tokens.allowed {
+//!     // Refused by the request limit: give the token estimate back.
+//!     limiter.adjust("tpm:acme", tpm, -i64::from(estimate)).await?;
+//! }
+//! # Ok(()) }
+//! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap()
+//! #     .block_on(call(&MemoryRateLimiter::new())).unwrap();
+//! ```
+//!
 //! # Failure policy
 //!
 //! The Redis limiter fails **open**: when Redis is unreachable, slow (50 ms by default,
