@@ -193,3 +193,27 @@ async fn two_instances_sharing_redis_enforce_one_combined_budget() {
     assert_eq!(admitted, 27);
     assert_eq!(replicas.iter().map(|replica| replica.backend_errors()).sum::<u64>(), 0, "none failed open");
 }
+
+/// Redis unreachable: weighted checks and adjustments fail open, reported as an idle key
+/// would be, and are counted; a cost above the budget is still an error (no Redis needed).
+#[tokio::test]
+async fn weighted_calls_fail_open_when_redis_is_unreachable() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let options = RedisRateLimiterOptions {
+        prefix: "agentmesh:ratelimit:unreachable:".to_owned(),
+        connect_timeout: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let limiter = RedisRateLimiter::connect(&format!("redis://127.0.0.1:{port}"), options).await.unwrap();
+
+    let decision = limiter.check_cost("k", DAILY, 400).await.unwrap();
+    assert_eq!((decision.allowed, decision.remaining), (true, 600));
+    let adjusted = limiter.adjust("k", DAILY, 2_000).await.unwrap();
+    assert!(adjusted.allowed);
+    assert_eq!(limiter.backend_errors(), 2);
+    let error = limiter.check_cost("k", DAILY, 1_001).await.unwrap_err();
+    assert_eq!(error, RateLimitError::CostExceedsLimit { cost: 1_001, quota: 1_000 });
+    assert_eq!(limiter.backend_errors(), 2, "refused before Redis is asked");
+}
