@@ -24,7 +24,7 @@ pub struct ClientAddressConfig {
 
 impl ClientAddressConfig {
     /// Reads and validates the two settings.
-    pub(super) fn parse(v: &mut Vars) -> Self {
+    pub(super) fn read(v: &mut Vars) -> Self {
         let config = Self {
             trusted_proxy_hops: v.get("SECURITY_TRUSTED_PROXY_HOPS", 0),
             trust_envoy_external_address: v.get("SECURITY_TRUST_ENVOY_EXTERNAL_ADDRESS", false),
