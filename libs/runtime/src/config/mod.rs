@@ -7,6 +7,7 @@
 //! `ENVIRONMENT`), then an optional dotenv-style file, then the environment; they are
 //! validated once at start-up and every bad value is reported at once by its name.
 
+mod peers;
 mod vars;
 
 use std::fmt;
@@ -18,6 +19,7 @@ use agentmesh_resilience::{BreakerConfig, Preset, RetryPolicy};
 
 use crate::auth::Tier;
 
+pub use peers::{PeerBalancing, PeerConfig};
 pub use vars::ConfigIssue;
 use vars::Vars;
 
@@ -509,6 +511,8 @@ pub struct Config {
     pub features: FeatureFlags,
     /// Per-service listen addresses and peer URLs.
     pub endpoints: Endpoints,
+    /// `PEER_*`: how clients spread calls over a peer's replicas.
+    pub peers: PeerConfig,
     /// `SESSION_*`.
     pub session_limits: SessionLimits,
     /// `SERVER_*`.
@@ -693,6 +697,7 @@ impl Config {
                 enable_mcp_hot_reload: v.get("FEATURE_ENABLE_MCP_HOT_RELOAD", false),
             },
             endpoints,
+            peers: peers::parse(v),
             session_limits: SessionLimits {
                 max_title_length: v.get("SESSION_MAX_TITLE_LENGTH", 500),
                 max_content_length: v.get("SESSION_MAX_CONTENT_LENGTH", 262_144),
