@@ -4,10 +4,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
 use agentmesh_proto::agentmesh::session::v1::session_service_client::SessionServiceClient;
 use agentmesh_proto::agentmesh::session::v1::session_service_server::{SessionService, SessionServiceServer};
 use agentmesh_proto::agentmesh::session::v1::{GetSessionRequest, GetSessionResponse};
@@ -15,9 +11,10 @@ use agentmesh_resilience::Preset;
 use agentmesh_runtime::client::ServiceChannel;
 use agentmesh_runtime::telemetry::services::ServiceRouter;
 use agentmesh_runtime::{Config, GrpcServer, ServiceName, telemetry};
+use agentmesh_testkit::traces::ExportedSpans;
 use opentelemetry::trace::SpanKind;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SimpleSpanProcessor, SpanData};
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 use tracing_subscriber::layer::SubscriberExt;
@@ -45,31 +42,9 @@ impl SessionService for Forwarder {
     }
 }
 
-/// Spans as exported, by the `service.name` of the exporter that received them.
-#[derive(Clone, Default)]
-struct Exported {
-    by_service: Arc<Mutex<HashMap<String, InMemorySpanExporter>>>,
-}
-
-impl Exported {
-    fn spans(&self, service: &str) -> Vec<SpanData> {
-        self.by_service.lock().unwrap().get(service).map(|e| e.get_finished_spans().unwrap()).unwrap_or_default()
-    }
-}
-
-/// The production router, with an in-memory exporter per service instead of OTLP.
-fn provider(exported: &Exported) -> SdkTracerProvider {
-    let by_service = exported.by_service.clone();
-    let router = ServiceRouter::new(
-        "agentmesh",
-        "agentmesh",
-        Box::new(move |resource| {
-            let name = resource.get(&opentelemetry::Key::new("service.name")).unwrap().as_str().into_owned();
-            let exporter = InMemorySpanExporter::default();
-            by_service.lock().unwrap().insert(name, exporter.clone());
-            Box::new(SimpleSpanProcessor::new(exporter))
-        }),
-    );
+/// The production router, exporting in memory instead of over OTLP.
+fn provider(exported: &ExportedSpans) -> SdkTracerProvider {
+    let router = ServiceRouter::new("agentmesh", "agentmesh", exported.processor_factory());
     SdkTracerProvider::builder().with_span_processor(router).build()
 }
 
@@ -82,21 +57,9 @@ async fn serve(name: ServiceName, service: impl SessionService) -> String {
     url
 }
 
-/// Spans end when the response body has been sent, just after the client has it.
-async fn wait_for_spans(exported: &Exported, service: &str) -> Vec<SpanData> {
-    for _ in 0..500 {
-        let spans = exported.spans(service);
-        if !spans.is_empty() {
-            return spans;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("no span reached {service}'s exporter");
-}
-
 #[tokio::test]
 async fn two_services_in_one_process_report_their_own_names_and_spans_named_after_the_rpc() {
-    let exported = Exported::default();
+    let exported = ExportedSpans::default();
     let provider = provider(&exported);
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     // This test's thread (the runtime is single-threaded) uses the production trace layer.
@@ -112,14 +75,11 @@ async fn two_services_in_one_process_report_their_own_names_and_spans_named_afte
     );
     orchestrator.get_session(GetSessionRequest { session_id: "s1".to_owned() }).await.unwrap();
 
-    let store_spans = wait_for_spans(&exported, "agentmesh-session-store").await;
-    let orchestrator_spans = wait_for_spans(&exported, "agentmesh-agent-orchestrator").await;
-    let [store_span] = store_spans.as_slice() else { panic!("one span for session-store: {store_spans:?}") };
-    let [orchestrator_span] = orchestrator_spans.as_slice() else {
-        panic!("one span for the orchestrator: {orchestrator_spans:?}")
-    };
-    for span in [store_span, orchestrator_span] {
-        assert_eq!(span.name, "agentmesh.session.v1.SessionService/GetSession");
+    let name = "agentmesh.session.v1.SessionService/GetSession";
+    let store_span = exported.wait_for("agentmesh-session-store", name).await.expect("session-store's span");
+    let orchestrator_span =
+        exported.wait_for("agentmesh-agent-orchestrator", name).await.expect("the orchestrator's span");
+    for span in [&store_span, &orchestrator_span] {
         assert_eq!(span.span_kind, SpanKind::Server);
         assert!(span.attributes.iter().all(|kv| !kv.key.as_str().starts_with("agentmesh.")), "{:?}", span.attributes);
     }
