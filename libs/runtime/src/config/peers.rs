@@ -49,3 +49,34 @@ pub(super) fn parse(v: &mut Vars) -> PeerConfig {
     }
     PeerConfig { balancing, refresh_interval }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn load(env: &[(&str, &str)]) -> Result<Config, crate::config::ConfigError> {
+        Config::load(None, env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())))
+    }
+
+    #[test]
+    fn clients_balance_and_resolve_every_five_seconds_by_default() {
+        assert_eq!(load(&[]).unwrap().peers, PeerConfig::default());
+        assert_eq!(PeerConfig::default().balancing, PeerBalancing::Client);
+        assert_eq!(PeerConfig::default().refresh_interval, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn mesh_balancing_and_the_interval_are_read() {
+        let config = load(&[("PEER_BALANCING", "Mesh"), ("PEER_REFRESH_INTERVAL", "0.5")]).unwrap();
+        assert_eq!(config.peers.balancing, PeerBalancing::Mesh);
+        assert_eq!(config.peers.refresh_interval, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let error = load(&[("PEER_BALANCING", "istio"), ("PEER_REFRESH_INTERVAL", "0")]).unwrap_err();
+        let variables: Vec<&str> = error.issues.iter().map(|i| i.variable.as_str()).collect();
+        assert_eq!(variables, ["PEER_BALANCING", "PEER_REFRESH_INTERVAL"], "{error}");
+    }
+}
