@@ -196,7 +196,8 @@ impl Shared {
         let weak: Weak<Self> = Arc::downgrade(self);
         let interval = source.refresh_interval;
         tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
+            // The first call resolved the name itself; the next resolution is one interval on.
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
