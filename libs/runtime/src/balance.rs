@@ -12,7 +12,8 @@
 //! next replica (it was never sent, so this is safe for every method), and the dead one
 //! is left out for one refresh interval. The peer's breaker above therefore only sees a
 //! failure when no replica could be reached. Literal IP URLs and `PEER_BALANCING=mesh`
-//! keep one channel to the URL as given.
+//! keep one channel to the URL as given. `agentmesh_client_peer_replicas{peer}` counts the
+//! replicas a client currently knows.
 
 use std::collections::BTreeSet;
 use std::error::Error as _;
@@ -241,6 +242,7 @@ impl Shared {
         let (joined, left): (Vec<_>, Vec<_>) =
             (addresses.difference(&known).collect(), known.difference(&addresses).collect());
         tracing::info!(%target, ?joined, ?left, replicas = updated.len(), "peer replicas changed");
+        metrics::gauge!("agentmesh_client_peer_replicas", "peer" => target.clone()).set(updated.len() as f64);
         *replicas = updated.into();
     }
 

@@ -188,6 +188,56 @@ async fn replicas_behind_one_name_share_calls_survive_a_kill_and_take_in_a_newco
     assert_fair(third.calls() - third_before, 200, "127.0.0.3");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_replica_under_concurrent_load_fails_no_call() {
+    let mut doomed = Replica::on("127.0.0.1").await;
+    let survivor = Replica::on("127.0.0.2").await;
+    let names = Arc::new(NameTable::default());
+    names.set(&[doomed.address, survivor.address]);
+    let channel = ServiceChannel::connect_with(
+        "session-store",
+        "http://session-store:50052",
+        &preset(),
+        &discovery(&names, Duration::from_secs(60)),
+    )
+    .unwrap();
+    // Eight callers keep calls in flight while one replica shuts down under them.
+    let (kill, killed) = tokio::sync::watch::channel(false);
+    let callers: Vec<_> = (0..8)
+        .map(|_| {
+            let mut client = SessionServiceClient::new(channel.clone());
+            let mut killed = killed.clone();
+            tokio::spawn(async move {
+                let mut failures = Vec::new();
+                for _ in 0..25 {
+                    if let Err(status) = client.get_session(get()).await {
+                        failures.push(status);
+                    }
+                }
+                // Keep calling until the kill has happened, then 25 more.
+                let _ = killed.wait_for(|done| *done).await;
+                for _ in 0..25 {
+                    if let Err(status) = client.get_session(get()).await {
+                        failures.push(status);
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    while doomed.calls() + survivor.calls() < 40 {
+        tokio::task::yield_now().await;
+    }
+    doomed.kill().await;
+    kill.send(true).unwrap();
+    for caller in callers {
+        let failures = caller.await.unwrap();
+        assert!(failures.is_empty(), "calls failed around the kill: {failures:?}");
+    }
+    assert!(survivor.calls() >= 200, "the survivor served every call after the kill: {}", survivor.calls());
+    assert_eq!(channel.policy().breaker().state(), BreakerState::Closed);
+}
+
 #[tokio::test]
 async fn a_replica_that_is_down_from_the_start_costs_no_call() {
     let alive = Replica::on("127.0.0.1").await;
