@@ -110,6 +110,9 @@ struct Shared {
     /// Whose turn is next.
     next: AtomicUsize,
     refresher_started: AtomicBool,
+    /// Held while a call resolves the name because no replica is known yet, so a burst of
+    /// first calls resolves it once.
+    first_resolution: tokio::sync::Mutex<()>,
     /// How long a replica that refused a connection is left out.
     ejection: Duration,
 }
@@ -171,15 +174,10 @@ impl Balanced {
             replicas: RwLock::new(replicas),
             next: AtomicUsize::new(0),
             refresher_started: AtomicBool::new(false),
+            first_resolution: tokio::sync::Mutex::new(()),
             ejection: discovery.settings.refresh_interval,
         };
         Self { shared: Arc::new(shared) }
-    }
-
-    /// The addresses calls currently go to (empty for a fixed channel or before the first
-    /// resolution).
-    pub fn addresses(&self) -> Vec<SocketAddr> {
-        self.shared.current().iter().filter_map(|replica| replica.address).collect()
     }
 }
 
@@ -251,8 +249,12 @@ impl Shared {
         self.start_refresher();
         let mut replicas = self.current();
         if replicas.is_empty() {
-            self.refresh().await;
+            let _resolving = self.first_resolution.lock().await;
             replicas = self.current();
+            if replicas.is_empty() {
+                self.refresh().await;
+                replicas = self.current();
+            }
         }
         let now = Instant::now();
         let healthy: Vec<Arc<Replica>> = replicas.iter().filter(|r| !r.is_ejected(now)).cloned().collect();
