@@ -5,10 +5,10 @@
 //! correlation id, W3C trace context and remaining deadline (`grpc-timeout`), buffers the
 //! request body so a retry can resend it (the contract has no client-streaming RPCs), and
 //! runs the call through `agentmesh_resilience`: breaker → timeout → retry with budget →
-//! bulkhead → [`Balanced`], which spreads calls over the peer's replicas. The stack's own refusals (open breaker, timeout, full
-//! bulkhead) and transport failures come back as ordinary gRPC statuses with google.rpc
-//! details, so a typed client sees `circuit_breaker_open` with its `retry_after` exactly as
-//! if a server had said it.
+//! bulkhead → [`Balanced`], which spreads calls over the peer's replicas. The stack's own
+//! refusals (open breaker, timeout, full bulkhead) and transport failures come back as
+//! ordinary gRPC statuses with google.rpc details, so a typed client sees
+//! `circuit_breaker_open` with its `retry_after` exactly as if a server had said it.
 
 use std::convert::Infallible;
 use std::future::Future;
