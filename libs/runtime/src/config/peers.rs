@@ -32,22 +32,24 @@ impl Default for PeerConfig {
     }
 }
 
-/// Reads `PEER_*`, recording bad values in `v`.
-pub(super) fn parse(v: &mut Vars) -> PeerConfig {
-    let defaults = PeerConfig::default();
-    let balancing = match v.raw("PEER_BALANCING").map(str::to_ascii_lowercase).as_deref() {
-        None | Some("client") => PeerBalancing::Client,
-        Some("mesh") => PeerBalancing::Mesh,
-        Some(other) => {
-            v.issue("PEER_BALANCING", format!("invalid value {other:?}: expected client or mesh"));
-            defaults.balancing
+impl PeerConfig {
+    /// Reads `PEER_*`, recording bad values in `v`.
+    pub(super) fn read(v: &mut Vars) -> Self {
+        let defaults = Self::default();
+        let balancing = match v.raw("PEER_BALANCING").map(str::to_ascii_lowercase).as_deref() {
+            None | Some("client") => PeerBalancing::Client,
+            Some("mesh") => PeerBalancing::Mesh,
+            Some(other) => {
+                v.issue("PEER_BALANCING", format!("invalid value {other:?}: expected client or mesh"));
+                defaults.balancing
+            }
+        };
+        let refresh_interval = v.get("PEER_REFRESH_INTERVAL", defaults.refresh_interval);
+        if refresh_interval.is_zero() {
+            v.issue("PEER_REFRESH_INTERVAL", "must be more than 0 seconds");
         }
-    };
-    let refresh_interval = v.get("PEER_REFRESH_INTERVAL", defaults.refresh_interval);
-    if refresh_interval.is_zero() {
-        v.issue("PEER_REFRESH_INTERVAL", "must be more than 0 seconds");
+        Self { balancing, refresh_interval }
     }
-    PeerConfig { balancing, refresh_interval }
 }
 
 #[cfg(test)]
