@@ -287,7 +287,7 @@ async fn another_users_ids_answer_exactly_like_missing_ones() {
                         "bob",
                         pb::UpdateMessageRequest {
                             message_id: message_id.clone(),
-                            content: "x".into(),
+                            content: Some("x".into()),
                             ..Default::default()
                         },
                     ))
