@@ -230,6 +230,7 @@ fn violation(field: &str, message: &str, value: Json) -> FieldViolation {
 mod tests {
     use agentmesh_proto::agentmesh::session::v1::{
         BulkCreateSessionsRequest, CreateMessageRequest, CreateSessionRequest, ListMessagesRequest, ListSessionsRequest,
+        ToolCall,
     };
 
     use super::*;
@@ -283,6 +284,58 @@ mod tests {
     #[test]
     fn required_strings_must_not_be_empty() {
         let error = validate(&CreateMessageRequest::default()).unwrap_err();
-        assert_eq!(fields(error), ["session_id", "content"]);
+        assert_eq!(fields(error), ["session_id"]);
+    }
+
+    fn text(value: &str) -> prost_types::Value {
+        prost_types::Value { kind: Some(prost_types::value::Kind::StringValue(value.into())) }
+    }
+
+    fn object(entries: Vec<(&str, prost_types::Value)>) -> prost_types::Struct {
+        prost_types::Struct { fields: entries.into_iter().map(|(k, v)| (k.to_owned(), v)).collect() }
+    }
+
+    #[test]
+    fn nul_characters_are_refused_in_every_string_with_its_path() {
+        let list = prost_types::Value {
+            kind: Some(prost_types::value::Kind::ListValue(prost_types::ListValue {
+                values: vec![text("fine"), text("x\0")],
+            })),
+        };
+        let nested = prost_types::Value { kind: Some(prost_types::value::Kind::StructValue(object(vec![("tags", list)]))) };
+        let request = CreateSessionRequest {
+            user_id: Some("\0".into()),
+            title: Some("a\0b".into()),
+            metadata: Some(object(vec![("ok", text("fine")), ("k\0", text("v")), ("deep", nested)])),
+        };
+        let error = validate(&request).unwrap_err();
+        let mut found = fields(error.clone());
+        found.sort();
+        assert_eq!(found, ["metadata.deep.tags[1]", "metadata.k\\u0000", "title", "user_id"]);
+        assert!(error.field_violations.iter().all(|v| v.message.contains("NUL") && v.value.is_null()));
+        let search = ListMessagesRequest {
+            session_id: uuid::Uuid::now_v7().to_string(),
+            search: Some("\0".into()),
+            ..Default::default()
+        };
+        assert_eq!(fields(validate(&search).unwrap_err()), ["search"]);
+        let clean = CreateSessionRequest { metadata: Some(object(vec![("k", text("v"))])), ..Default::default() };
+        validate(&clean).unwrap();
+    }
+
+    #[test]
+    fn json_text_must_parse_and_tool_calls_need_ids_and_names() {
+        let call = |id: &str, arguments: &str| ToolCall { id: id.into(), name: "f".into(), arguments: arguments.into() };
+        let request = CreateMessageRequest {
+            session_id: uuid::Uuid::now_v7().to_string(),
+            tool_calls: vec![call("a", "{\"x\": [1, null]}"), call("b", "{oops"), call("", "\"text\""), call("d", "")],
+            tool_call_id: Some("t".repeat(256)),
+            ..Default::default()
+        };
+        let error = validate(&request).unwrap_err();
+        assert_eq!(
+            fields(error),
+            ["tool_calls[1].arguments", "tool_calls[2].id", "tool_calls[3].arguments", "tool_call_id"]
+        );
     }
 }
