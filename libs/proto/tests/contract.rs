@@ -484,7 +484,7 @@ fn field_rules_are_consistent() {
                 assert!(f.is_list(), "{at}: max_items on a singular field");
             }
             if !rules.format.is_empty() {
-                assert!(["uuid", "uri"].contains(&rules.format.as_str()), "{at}: format {}", rules.format);
+                assert!(["uuid", "uri", "json"].contains(&rules.format.as_str()), "{at}: format {}", rules.format);
                 assert_eq!(f.kind(), Kind::String, "{at}: format on a non-string");
             }
         }
