@@ -229,8 +229,8 @@ fn violation(field: &str, message: &str, value: Json) -> FieldViolation {
 #[cfg(test)]
 mod tests {
     use agentmesh_proto::agentmesh::session::v1::{
-        BulkCreateSessionsRequest, CreateMessageRequest, CreateSessionRequest, ListMessagesRequest, ListSessionsRequest,
-        ToolCall,
+        BulkCreateSessionsRequest, CreateMessageRequest, CreateSessionRequest, ListMessagesRequest,
+        ListSessionsRequest, ToolCall,
     };
 
     use super::*;
@@ -302,7 +302,8 @@ mod tests {
                 values: vec![text("fine"), text("x\0")],
             })),
         };
-        let nested = prost_types::Value { kind: Some(prost_types::value::Kind::StructValue(object(vec![("tags", list)]))) };
+        let nested =
+            prost_types::Value { kind: Some(prost_types::value::Kind::StructValue(object(vec![("tags", list)]))) };
         let request = CreateSessionRequest {
             user_id: Some("\0".into()),
             title: Some("a\0b".into()),
@@ -325,7 +326,8 @@ mod tests {
 
     #[test]
     fn json_text_must_parse_and_tool_calls_need_ids_and_names() {
-        let call = |id: &str, arguments: &str| ToolCall { id: id.into(), name: "f".into(), arguments: arguments.into() };
+        let call =
+            |id: &str, arguments: &str| ToolCall { id: id.into(), name: "f".into(), arguments: arguments.into() };
         let request = CreateMessageRequest {
             session_id: uuid::Uuid::now_v7().to_string(),
             tool_calls: vec![call("a", "{\"x\": [1, null]}"), call("b", "{oops"), call("", "\"text\""), call("d", "")],

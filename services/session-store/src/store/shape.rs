@@ -63,7 +63,8 @@ impl MessageShape {
     pub fn violations(self) -> Vec<ShapeViolation> {
         let mut out = Vec::new();
         let assistant = self.role == Role::Assistant;
-        if !self.has_content && !(assistant && self.has_tool_calls) {
+        let may_be_empty = assistant && self.has_tool_calls;
+        if !self.has_content && !may_be_empty {
             out.push(("content", "is required (only an assistant message with tool calls may have empty content)"));
         }
         if self.has_tool_calls && !assistant {
