@@ -22,6 +22,7 @@
 #   SCHEMATHESIS_MAX_EXAMPLES  test cases per operation and phase, per backend (default 12)
 #   SCHEMATHESIS_PG_URL        PostgreSQL server for the postgres run, as a URL whose
 #                              database the test database is created from (default
+#                              $AGENTMESH_TEST_DATABASE_URL, else
 #                              postgres://postgres@127.0.0.1:5432/test)
 #   SCHEMATHESIS_TAGS          regex of the tags (services) to test (default
 #                              '^(session|health|auth)$': agent and mcp answer 501
@@ -66,7 +67,7 @@ fi
 backends="${SCHEMATHESIS_BACKENDS:-memory postgres}"
 read -r -a backend_list <<<"$backends"
 share=$((max_time / ${#backend_list[@]}))
-pg_url="${SCHEMATHESIS_PG_URL:-postgres://postgres@127.0.0.1:5432/test}"
+pg_url="${SCHEMATHESIS_PG_URL:-${AGENTMESH_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}}"
 # A fresh development key per run: `sk-` and 48 random characters.
 key="sk-$(python3 -c 'import secrets; print(secrets.token_hex(24))')"
 
@@ -174,7 +175,8 @@ for backend in "${backend_list[@]}"; do
         # database would mix this run's data (and migrations) with others'.
         database="schemathesis_$(date +%s)_$$"
         psql "$pg_url" -qAtc "CREATE DATABASE \"$database\"" >/dev/null
-        run_backend postgres USE_DATABASE=true DB_URL="${pg_url%/*}/$database" || overall=1
+        pg_base="${pg_url%%\?*}"
+        run_backend postgres USE_DATABASE=true DB_URL="${pg_base%/*}/$database${pg_url#"$pg_base"}" || overall=1
         drop_database
         ;;
     *)
