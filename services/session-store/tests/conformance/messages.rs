@@ -65,7 +65,26 @@ pub async fn tool_calls_and_links_round_trip(f: &Fixture) {
         assert_eq!(&f.store.get_message(&alice, written.id).await.unwrap(), written, "reads back exactly");
     }
     let listed = f.store.list_messages(&alice, session, &messages(10)).await.unwrap().items;
-    assert_eq!(listed, vec![question, asked.clone(), answered], "listings carry the new fields too");
+    assert_eq!(listed, vec![question, asked.clone(), answered.clone()], "listings carry the new fields too");
+
+    // MessageCreated carries the message, new fields included.
+    let mut stream = f.bus.subscribe(SubscriptionSpec::ephemeral(vec![">".into()])).await.unwrap();
+    let mut created = Vec::new();
+    while created.len() < 3 {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.unwrap().unwrap().unwrap();
+        if delivery.event().event_type() == "agentmesh.message.created" {
+            created.push(pb::MessageCreated::decode(delivery.event().data().clone()).unwrap().message.unwrap());
+        }
+        delivery.ack().await.unwrap();
+    }
+    created.sort_by(|a, b| a.id.cmp(&b.id));
+    let wire_calls: Vec<(String, String, String)> =
+        created[1].tool_calls.iter().map(|c| (c.id.clone(), c.name.clone(), c.arguments.clone())).collect();
+    let stored_calls: Vec<(String, String, String)> =
+        calls.iter().map(|c| (c.id.clone(), c.name.clone(), c.arguments.clone())).collect();
+    assert_eq!((created[1].id.clone(), wire_calls), (asked.id.to_string(), stored_calls));
+    assert_eq!(created[2].tool_call_id.as_deref(), Some("call_1"));
+    assert_eq!(created[2].parent_message_id, Some(asked.id.to_string()));
     assert_eq!(
         asked.shape(),
         MessageShape { role: Role::Assistant, has_content: false, has_tool_calls: true, has_tool_call_id: false }
