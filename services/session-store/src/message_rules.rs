@@ -2,7 +2,7 @@
 //! the shape rules of [`crate::store::shape`] as field violations, and the tool calls'
 //! limits (how many, unique ids, argument size).
 
-use agentmesh_runtime::config::SessionLimits;
+use crate::settings::SessionLimits;
 use agentmesh_runtime::error::FieldViolation;
 use serde_json::Value;
 
