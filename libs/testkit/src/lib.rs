@@ -6,6 +6,7 @@
 //! stopped server can never turn a red run green.
 
 pub mod redis;
+pub mod traces;
 
 use std::time::Duration;
 

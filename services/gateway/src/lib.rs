@@ -31,6 +31,7 @@ use agentmesh_proto::agentmesh::common::v1::ExternalServiceType;
 use agentmesh_proto::agentmesh::health::v1::health_service_server::HealthServiceServer;
 use agentmesh_resilience::Preset;
 use agentmesh_runtime::auth::{Authenticate, PrincipalCodec};
+use agentmesh_runtime::balance::Discovery;
 use agentmesh_runtime::client::{ClientError, ServiceChannel};
 use agentmesh_runtime::config::{ServiceSettings, SettingsSpec, StorageBackend};
 use agentmesh_runtime::context::new_correlation_id;
@@ -115,10 +116,11 @@ pub async fn serve(
     let deadlines = MethodDeadlines::from_contract(config.server.request_timeout);
     let mut upstreams = Upstreams::default();
     let mut channels = Vec::new();
+    let discovery = Discovery::new(config.peers.clone());
     for service in BACKENDS {
         let url = &config.endpoints.get(service).url;
         let preset = backend_preset(&config, service, &deadlines);
-        let channel = ServiceChannel::connect_lazy(service.as_str(), url, &preset)?;
+        let channel = ServiceChannel::connect_with(service.as_str(), url, &preset, &discovery)?;
         // Reported as the service's own entry; its state changes are events all the same.
         dependencies.watch_breaker(channel.policy().breaker(), ExternalServiceType::Unspecified);
         upstreams.insert(service, BoxCloneSyncService::new(channel.clone()));

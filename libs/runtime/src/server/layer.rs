@@ -1,8 +1,9 @@
 //! The tower layer in front of every gRPC handler.
 //!
 //! Per call it: adopts or mints the correlation id, joins the caller's trace
-//! (`traceparent`), turns `grpc-timeout` into a deadline (at most the method's maximum from
-//! the contract, see [`MethodDeadlines`]; for a stream it bounds the whole body), authenticates, runs the handler
+//! (`traceparent`) under a span named `package.Service/Method`, turns `grpc-timeout` into
+//! a deadline (at most the method's maximum from the contract, see [`MethodDeadlines`];
+//! for a stream it bounds the whole body), authenticates, runs the handler
 //! inside a span and a [`RequestContext`], and records the RED metrics
 //! (`agentmesh_grpc_server_requests_total`, `..._request_duration_seconds`,
 //! `..._in_flight`) with the final gRPC code — read from the response headers for
@@ -102,8 +103,10 @@ where
         let expires = Instant::now() + timeout;
         let deadline = Some(expires);
 
+        // OpenTelemetry names gRPC spans `package.Service/Method`: the path without its slash.
         let span = tracing::info_span!(
             "grpc.request",
+            otel.name = %path.trim_start_matches('/'),
             otel.kind = "server",
             rpc.system = "grpc",
             rpc.service = %rpc_service,
@@ -111,7 +114,7 @@ where
             correlation_id = %correlation_id,
         );
         let trace = TraceHeaders::from_headers(headers);
-        join_caller_trace(&span, headers);
+        join_caller_trace(&span, headers, self.service_name);
 
         let authenticator = if is_open_path(&path) { None } else { self.authenticator.clone() };
         let service_name = self.service_name;
