@@ -6,4 +6,5 @@
 
 pub mod cli;
 pub mod keys;
+pub mod migrate;
 pub mod up;

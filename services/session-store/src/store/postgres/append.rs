@@ -38,7 +38,8 @@ use uuid::Uuid;
 
 use super::PostgresStore;
 use super::error::{DbError, classify, violated_constraint};
-use super::outbox::{OutboxRow, OutboxRows, outbox_insert, outbox_insert_one};
+use agentmesh_postgres::outbox::{OutboxRow, OutboxRows};
+use agentmesh_postgres::{outbox_insert, outbox_insert_one};
 use super::sessions::repeated_insert;
 use crate::events;
 use crate::store::{JsonObject, MessageRecord, NewMessage, Owner, StoreError};

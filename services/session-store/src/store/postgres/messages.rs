@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::PostgresStore;
 use super::error::{DbError, classify, classify_commit};
-use super::outbox::{INSERT_ALL, OutboxRows};
+use agentmesh_postgres::outbox::{INSERT_ALL, OutboxRows};
 use super::rows::{self, message_columns};
 use super::sessions::bigint;
 use crate::events;

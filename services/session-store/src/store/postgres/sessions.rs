@@ -11,7 +11,8 @@ use uuid::Uuid;
 
 use super::PostgresStore;
 use super::error::{DbError, classify, classify_commit, violated_constraint};
-use super::outbox::{INSERT_ALL, OutboxRows, outbox_insert};
+use agentmesh_postgres::outbox::{INSERT_ALL, OutboxRows};
+use agentmesh_postgres::outbox_insert;
 use super::rows::{self, session_columns};
 use crate::events;
 use crate::store::{
