@@ -26,11 +26,10 @@ use agentmesh_session_store::store::postgres::{OutboxRelay, PoolSettings, Postgr
 use agentmesh_session_store::store::{
     MessagePatch, MessageQuery, NewMessage, NewSession, Owner, Role, SessionPatch, SessionStore, StoreError,
 };
-use agentmesh_testkit::{PgSchema, Service, unique_name};
+use agentmesh_testkit::{PgSchema, unique_name};
 use async_trait::async_trait;
 use conformance::Fixture;
 use futures::StreamExt;
-use sqlx::Connection;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;

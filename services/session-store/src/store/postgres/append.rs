@@ -356,7 +356,7 @@ impl PostgresStore {
 struct Shared(Arc<dyn std::error::Error + Send + Sync>);
 
 fn into_store_error(error: DbError) -> StoreError {
-    super::into_store_error_plain(error)
+    super::error::into_store_error(agentmesh_resilience::ResilienceError::Inner(error))
 }
 
 #[cfg(test)]
