@@ -221,7 +221,10 @@ mod tests {
         assert!(matches!(Database::lazy(URL, "1x", pool(0, 1), &preset), Err(SetupError::Schema(_))));
         assert!(matches!(Database::lazy(URL, "ok", pool(0, 0), &preset), Err(SetupError::InvalidPool)));
         assert!(matches!(Database::lazy(URL, "ok", pool(3, 2), &preset), Err(SetupError::InvalidPool)));
-        assert!(matches!(Database::lazy("postgres://h:notaport/db", "ok", pool(0, 1), &preset), Err(SetupError::InvalidUrl(_))));
+        assert!(matches!(
+            Database::lazy("postgres://h:notaport/db", "ok", pool(0, 1), &preset),
+            Err(SetupError::InvalidUrl(_))
+        ));
         let database = Database::lazy(URL, "ok", pool(0, 7), &preset).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(database.schema().as_str(), "ok");
         assert_eq!(database.resilience().name(), "postgres.ok");

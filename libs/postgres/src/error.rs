@@ -82,9 +82,9 @@ impl DbError {
     pub fn unavailable(error: &ResilienceError<DbError>) -> bool {
         match error {
             ResilienceError::Inner(inner) => inner.is_unavailable(),
-            ResilienceError::Timeout { .. } | ResilienceError::CircuitOpen { .. } | ResilienceError::BulkheadFull { .. } => {
-                true
-            }
+            ResilienceError::Timeout { .. }
+            | ResilienceError::CircuitOpen { .. }
+            | ResilienceError::BulkheadFull { .. } => true,
         }
     }
 }
@@ -167,7 +167,8 @@ mod tests {
 
     #[test]
     fn transient_states() {
-        for code in ["08006", "08001", "40001", "40P01", "53300", "53100", "55P03", "57014", "57P01", "57P03", "57P05"] {
+        for code in ["08006", "08001", "40001", "40P01", "53300", "53100", "55P03", "57014", "57P01", "57P03", "57P05"]
+        {
             assert!(is_transient_state(code), "{code}");
         }
         for code in ["23505", "23503", "42P01", "22001", "XX000", "57P04", "40002"] {
@@ -181,7 +182,10 @@ mod tests {
         assert_eq!(DbError::Ambiguous(io()).outcome(), Outcome::FATAL);
         assert_eq!(DbError::corrupt("bad").outcome(), Outcome::Neutral);
         assert!(DbError::unavailable(&ResilienceError::Inner(DbError::Ambiguous(io()))));
-        assert!(DbError::unavailable(&ResilienceError::CircuitOpen { name: "db".into(), retry_after: std::time::Duration::ZERO }));
+        assert!(DbError::unavailable(&ResilienceError::CircuitOpen {
+            name: "db".into(),
+            retry_after: std::time::Duration::ZERO
+        }));
         assert!(!DbError::unavailable(&ResilienceError::Inner(DbError::corrupt("x"))));
     }
 }

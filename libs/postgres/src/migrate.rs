@@ -96,7 +96,8 @@ pub async fn pending(
 
 async fn applied_versions(conn: &mut PgConnection, schema: &Schema) -> Result<Vec<i64>, sqlx::Error> {
     let table = format!("{}._sqlx_migrations", schema.quoted());
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL").bind(&table).fetch_one(&mut *conn).await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL").bind(&table).fetch_one(&mut *conn).await?;
     if !exists {
         return Ok(Vec::new());
     }

@@ -187,11 +187,12 @@ async fn the_outbox_publishes_committed_events_in_order_with_their_ids() {
         &Migrator::with_migrations(vec![migration(1, "CREATE TABLE orders (id int PRIMARY KEY)")]),
         [outbox::migration(2)],
     );
-    let database = Database::connect(schema.url(), schema.name(), pool(), &Preset::database(), &migrations)
-        .await
-        .unwrap();
+    let database =
+        Database::connect(schema.url(), schema.name(), pool(), &Preset::database(), &migrations).await.unwrap();
     let outbox = Outbox::new(database.schema());
-    let event = |n: u32| Event::builder("order.created", "orders", "agentmesh.order.created").data(vec![n as u8]).build().unwrap();
+    let event = |n: u32| {
+        Event::builder("order.created", "orders", "agentmesh.order.created").data(vec![n as u8]).build().unwrap()
+    };
     let (first, second, rolled_back) = (event(1), event(2), event(3));
 
     let mut tx = database.pool().begin().await.unwrap();

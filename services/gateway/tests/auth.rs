@@ -14,13 +14,13 @@ use agentmesh_gateway::auth::{
     ApiKeyRecord, ApiKeyStore, AuthApi, Clock as _, GatewayAuth, ManualClock, MemoryKeyStore, NewApiKey,
     PostgresKeyStore, create_key,
 };
+use agentmesh_postgres::PoolSettings;
 use agentmesh_proto::agentmesh::auth::v1 as pb;
 use agentmesh_proto::agentmesh::auth::v1::auth_service_server::AuthService;
 use agentmesh_proto::agentmesh::common::v1::ApiTier;
+use agentmesh_resilience::Preset;
 use agentmesh_runtime::auth::{Principal, Tier};
 use agentmesh_runtime::{ApiError, Config, ErrorCode, RequestContext};
-use agentmesh_postgres::PoolSettings;
-use agentmesh_resilience::Preset;
 use agentmesh_testkit::PgSchema;
 use chrono::{DateTime, Utc};
 use tonic::{Code, Request};

@@ -74,7 +74,11 @@ impl Outbox {
     /// back. Call [`Outbox::committed`] after the commit.
     pub async fn enqueue(&self, tx: &mut Transaction<'_, Postgres>, event: Event) -> Result<(), DbError> {
         let conn: &mut PgConnection = tx;
-        OutboxRow::new(event)?.bind(sqlx::query(crate::outbox_insert_one!("true"))).execute(conn).await.map_err(classify)?;
+        OutboxRow::new(event)?
+            .bind(sqlx::query(crate::outbox_insert_one!("true")))
+            .execute(conn)
+            .await
+            .map_err(classify)?;
         Ok(())
     }
 

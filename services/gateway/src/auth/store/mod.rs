@@ -172,9 +172,7 @@ pub trait ApiKeyStore: Send + Sync + std::fmt::Debug {
 /// logged): there is no Redis key store.
 pub async fn open(config: &Config) -> Result<Arc<dyn ApiKeyStore>, StoreError> {
     match config.storage {
-        StorageBackend::Postgres => {
-            Ok(Arc::new(connect_postgres(config).await?))
-        }
+        StorageBackend::Postgres => Ok(Arc::new(connect_postgres(config).await?)),
         StorageBackend::Redis => {
             tracing::warn!("API keys are kept in memory: set USE_DATABASE=true to persist them");
             Ok(Arc::new(MemoryKeyStore::new()))

@@ -38,11 +38,11 @@ use uuid::Uuid;
 
 use super::PostgresStore;
 use super::error::{DbError, classify, violated_constraint};
-use agentmesh_postgres::outbox::{OutboxRow, OutboxRows};
-use agentmesh_postgres::{outbox_insert, outbox_insert_one};
 use super::sessions::repeated_insert;
 use crate::events;
 use crate::store::{JsonObject, MessageRecord, NewMessage, Owner, StoreError};
+use agentmesh_postgres::outbox::{OutboxRow, OutboxRows};
+use agentmesh_postgres::{outbox_insert, outbox_insert_one};
 
 /// Most appends in one statement.
 const MAX_BATCH: usize = 64;

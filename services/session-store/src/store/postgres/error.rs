@@ -67,7 +67,9 @@ pub(super) fn into_store_error(error: ResilienceError<DbError>) -> StoreError {
     match error {
         ResilienceError::Inner(DbError::NotFound) => StoreError::NotFound,
         ResilienceError::Inner(DbError::InvalidParent) => StoreError::InvalidParent,
-        ResilienceError::Inner(DbError::Db(error)) if error.is_unavailable() => StoreError::Unavailable(Box::new(error)),
+        ResilienceError::Inner(DbError::Db(error)) if error.is_unavailable() => {
+            StoreError::Unavailable(Box::new(error))
+        }
         ResilienceError::Inner(DbError::Db(error)) => StoreError::Internal(Box::new(error)),
         other @ (ResilienceError::Timeout { .. }
         | ResilienceError::CircuitOpen { .. }

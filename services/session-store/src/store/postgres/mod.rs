@@ -104,8 +104,7 @@ impl PostgresStore {
     /// `search_path`). Connecting again to a migrated schema is a no-op. Every operation
     /// runs under `resilience` with its bulkhead sized to the pool.
     pub async fn connect(url: &str, schema: &str, pool: PoolSettings, resilience: &Preset) -> Result<Self, StoreError> {
-        let database =
-            Database::connect(url, schema, pool, resilience, migrations()).await.map_err(setup_error)?;
+        let database = Database::connect(url, schema, pool, resilience, migrations()).await.map_err(setup_error)?;
         let lanes = append_lanes(database.settings());
         let outbox = Outbox::new(database.schema());
         let pool = database.pool().clone();
@@ -159,7 +158,11 @@ fn append_lanes(pool: &PoolSettings) -> usize {
 
 /// The caller's view of a failed connect.
 fn setup_error(error: SetupError) -> StoreError {
-    if error.is_unavailable() { StoreError::Unavailable(Box::new(error)) } else { StoreError::Internal(Box::new(error)) }
+    if error.is_unavailable() {
+        StoreError::Unavailable(Box::new(error))
+    } else {
+        StoreError::Internal(Box::new(error))
+    }
 }
 
 #[async_trait]
