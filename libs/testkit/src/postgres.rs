@@ -14,11 +14,7 @@ const LOCK_TIMEOUT: &str = "SET lock_timeout = '20s'";
 
 /// A schema unique to one test, dropped with `CASCADE` when this is dropped.
 #[derive(Debug)]
-pub struct PgSchema {
-    server: String,
-    url: String,
-    name: String,
-}
+pub struct PgSchema(Claim);
 
 impl PgSchema {
     /// A fresh schema name (`<prefix>_<16 hex>`, not created yet: the code under test
@@ -31,40 +27,26 @@ impl PgSchema {
 
     /// Claims `name` on the PostgreSQL at `server`.
     pub fn new(server: &str, name: &str) -> Self {
-        let url = with_param(server, "application_name", name);
-        Self { server: server.to_owned(), url, name: name.to_owned() }
+        Self(Claim::new(server, server, name, format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE")))
     }
 
     /// The schema's name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.0.name
     }
 
     /// The server's URL with `application_name` set to the schema's name: connections
     /// made with it are closed before the schema is dropped, so a test that left a pool
     /// open cannot block the cleanup.
     pub fn url(&self) -> &str {
-        &self.url
-    }
-}
-
-impl Drop for PgSchema {
-    fn drop(&mut self) {
-        let statement = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name);
-        if let Err(error) = cleanup(&self.server, &self.name, statement) {
-            eprintln!("warning: could not drop test schema {}: {error}", self.name);
-        }
+        &self.0.url
     }
 }
 
 /// A database unique to one test, created by [`PgDatabase::create`] and dropped (with
 /// its connections) when this is dropped.
 #[derive(Debug)]
-pub struct PgDatabase {
-    server: String,
-    url: String,
-    name: String,
-}
+pub struct PgDatabase(Claim);
 
 impl PgDatabase {
     /// Creates a fresh database on the test PostgreSQL, or `None` when PostgreSQL is
@@ -78,26 +60,42 @@ impl PgDatabase {
             panic!("creating test database {name}: {error}");
         }
         let _ = conn.close().await;
-        let url = with_param(&with_database(&server, &name), "application_name", &name);
-        Some(Self { server, url, name })
+        let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+        Some(Self(Claim::new(&server, &with_database(&server, &name), &name, drop)))
     }
 
     /// The database's name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.0.name
     }
 
-    /// A URL connecting to the database.
+    /// A URL connecting to the database (tagged like [`PgSchema::url`]).
     pub fn url(&self) -> &str {
-        &self.url
+        &self.0.url
     }
 }
 
-impl Drop for PgDatabase {
+/// Something named on the server that `drop` removes when the guard is dropped, after
+/// closing the connections tagged with its name.
+#[derive(Debug)]
+struct Claim {
+    server: String,
+    url: String,
+    name: String,
+    drop: String,
+}
+
+impl Claim {
+    fn new(server: &str, url: &str, name: &str, drop: String) -> Self {
+        let url = with_param(url, "application_name", name);
+        Self { server: server.to_owned(), url, name: name.to_owned(), drop }
+    }
+}
+
+impl Drop for Claim {
     fn drop(&mut self) {
-        let statement = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
-        if let Err(error) = cleanup(&self.server, &self.name, statement) {
-            eprintln!("warning: could not drop test database {}: {error}", self.name);
+        if let Err(error) = cleanup(&self.server, &self.name, std::mem::take(&mut self.drop)) {
+            eprintln!("warning: could not clean up test {}: {error}", self.name);
         }
     }
 }

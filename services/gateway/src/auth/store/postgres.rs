@@ -127,6 +127,15 @@ impl PostgresKeyStore {
     pub fn resilience(&self) -> &agentmesh_resilience::Resilience {
         self.database.resilience()
     }
+
+    /// Runs one operation under the database policy; `op` is one attempt.
+    async fn call<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, DbError>>,
+    {
+        self.database.run(op).await.map_err(store_error)
+    }
 }
 
 /// Unavailable (transient, timed out, breaker open, bulkhead full) or internal.
@@ -169,63 +178,55 @@ const _: fn(&str, PoolSettings, &Preset) = |url, pool, preset| {
 impl ApiKeyStore for PostgresKeyStore {
     async fn insert(&self, record: &ApiKeyRecord, hash: &KeyHash) -> Result<(), StoreError> {
         let pool = self.pool();
-        self.database
-            .run(|| async {
-                sqlx::query(INSERT)
-                    .bind(record.id)
-                    .bind(hash.as_bytes().as_slice())
-                    .bind(&record.prefix)
-                    .bind(&record.user_id)
-                    .bind(&record.tenant_id)
-                    .bind(record.tier.as_str())
-                    .bind(&record.scopes)
-                    .bind(&record.name)
-                    .bind(record.created_at)
-                    .execute(pool)
-                    .await
-                    .map_err(classify_commit)
-            })
-            .await
-            .map_err(store_error)?;
+        self.call(|| async {
+            sqlx::query(INSERT)
+                .bind(record.id)
+                .bind(hash.as_bytes().as_slice())
+                .bind(&record.prefix)
+                .bind(&record.user_id)
+                .bind(&record.tenant_id)
+                .bind(record.tier.as_str())
+                .bind(&record.scopes)
+                .bind(&record.name)
+                .bind(record.created_at)
+                .execute(pool)
+                .await
+                .map_err(classify_commit)
+        })
+        .await?;
         Ok(())
     }
 
     async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<ApiKeyRecord>, StoreError> {
         let pool = self.pool();
-        self.database
-            .run(|| async {
-                let row = sqlx::query(FIND_BY_HASH).bind(hash.as_bytes().as_slice()).fetch_optional(pool).await;
-                row.map_err(classify)?.as_ref().map(key).transpose()
-            })
-            .await
-            .map_err(store_error)
+        self.call(|| async {
+            let row = sqlx::query(FIND_BY_HASH).bind(hash.as_bytes().as_slice()).fetch_optional(pool).await;
+            row.map_err(classify)?.as_ref().map(key).transpose()
+        })
+        .await
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<ApiKeyRecord>, StoreError> {
         let pool = self.pool();
-        self.database
-            .run(|| async {
-                let row = sqlx::query(GET).bind(id).fetch_optional(pool).await.map_err(classify)?;
-                row.as_ref().map(key).transpose()
-            })
-            .await
-            .map_err(store_error)
+        self.call(|| async {
+            let row = sqlx::query(GET).bind(id).fetch_optional(pool).await.map_err(classify)?;
+            row.as_ref().map(key).transpose()
+        })
+        .await
     }
 
     async fn find_by_prefix(&self, prefix: &str) -> Result<Vec<ApiKeyRecord>, StoreError> {
         let pool = self.pool();
-        self.database
-            .run(|| async {
-                let rows = sqlx::query(FIND_BY_PREFIX).bind(prefix).bind(MAX_PREFIX_MATCHES).fetch_all(pool).await;
-                rows.map_err(classify)?.iter().map(key).collect()
-            })
-            .await
-            .map_err(store_error)
+        self.call(|| async {
+            let rows = sqlx::query(FIND_BY_PREFIX).bind(prefix).bind(MAX_PREFIX_MATCHES).fetch_all(pool).await;
+            rows.map_err(classify)?.iter().map(key).collect()
+        })
+        .await
     }
 
     async fn list(&self, query: &KeyQuery) -> Result<KeyPage, StoreError> {
         let pool = self.pool();
-        self.database.run(|| list(pool, query)).await.map_err(store_error)
+        self.call(|| list(pool, query)).await
     }
 
     async fn revoke(
@@ -235,67 +236,57 @@ impl ApiKeyStore for PostgresKeyStore {
         at: DateTime<Utc>,
     ) -> Result<Option<ApiKeyRecord>, StoreError> {
         let pool = self.pool();
-        self.database
-            .run(|| async {
-                // Idempotent (the first `revoked_at` is kept), so safe to repeat.
-                let row = sqlx::query(REVOKE).bind(id).bind(tenant_id).bind(at).fetch_optional(pool).await;
-                row.map_err(classify)?.as_ref().map(key).transpose()
-            })
-            .await
-            .map_err(store_error)
+        self.call(|| async {
+            // Idempotent (the first `revoked_at` is kept), so safe to repeat.
+            let row = sqlx::query(REVOKE).bind(id).bind(tenant_id).bind(at).fetch_optional(pool).await;
+            row.map_err(classify)?.as_ref().map(key).transpose()
+        })
+        .await
     }
 
     async fn touch(&self, id: Uuid, at: DateTime<Utc>) -> Result<bool, StoreError> {
         let pool = self.pool();
-        self.database
-            .run(|| async {
-                let done = sqlx::query(TOUCH).bind(id).bind(at).bind(touch_threshold(at)).execute(pool).await;
-                Ok(done.map_err(classify)?.rows_affected() > 0)
-            })
-            .await
-            .map_err(store_error)
+        self.call(|| async {
+            let done = sqlx::query(TOUCH).bind(id).bind(at).bind(touch_threshold(at)).execute(pool).await;
+            Ok(done.map_err(classify)?.rows_affected() > 0)
+        })
+        .await
     }
 
     async fn insert_refresh(&self, token: &RefreshRecord) -> Result<(), StoreError> {
         let pool = self.pool();
-        self.database
-            .run(|| async {
-                sqlx::query(INSERT_REFRESH)
-                    .bind(token.jti)
-                    .bind(token.family_id)
-                    .bind(token.api_key_id)
-                    .bind(token.issued_at)
-                    .bind(token.expires_at)
-                    .execute(pool)
-                    .await
-                    .map_err(classify_commit)
-            })
-            .await
-            .map_err(store_error)?;
+        self.call(|| async {
+            sqlx::query(INSERT_REFRESH)
+                .bind(token.jti)
+                .bind(token.family_id)
+                .bind(token.api_key_id)
+                .bind(token.issued_at)
+                .bind(token.expires_at)
+                .execute(pool)
+                .await
+                .map_err(classify_commit)
+        })
+        .await?;
         Ok(())
     }
 
     async fn rotate_refresh(&self, jti: Uuid, next: &RefreshRecord, at: DateTime<Utc>) -> Result<Rotation, StoreError> {
         let pool = self.pool();
-        self.database.run(|| rotate(pool, jti, next, at)).await.map_err(store_error)
+        self.call(|| rotate(pool, jti, next, at)).await
     }
 
     async fn revoke_refresh_family(&self, jti: Uuid, at: DateTime<Utc>) -> Result<(), StoreError> {
         let pool = self.pool();
-        self.database
-            .run(|| async { sqlx::query(REVOKE_FAMILY_OF).bind(jti).bind(at).execute(pool).await.map_err(classify) })
-            .await
-            .map_err(store_error)?;
+        self.call(|| async { sqlx::query(REVOKE_FAMILY_OF).bind(jti).bind(at).execute(pool).await.map_err(classify) })
+            .await?;
         Ok(())
     }
 
     async fn purge_refresh(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         let pool = self.pool();
-        self.database
-            .run(|| async { sqlx::query(PURGE_REFRESH).bind(before).execute(pool).await.map_err(classify) })
+        self.call(|| async { sqlx::query(PURGE_REFRESH).bind(before).execute(pool).await.map_err(classify) })
             .await
             .map(|done| done.rows_affected())
-            .map_err(store_error)
     }
 }
 
