@@ -9,9 +9,9 @@
 //!   policy every call runs under ([`Database::run`]: breaker → timeout → retry →
 //!   bulkhead), so an outage is answered fast by an open breaker instead of every caller
 //!   waiting out the pool timeout;
-//! - [`migrate`]: the owner's embedded sqlx migrations, applied under an advisory lock
+//! - [`migrate()`]: the owner's embedded sqlx migrations, applied under an advisory lock
 //!   keyed by the schema, so replicas starting together take turns and a failed migration
-//!   leaves no lock behind; [`pending`] lists what is not applied yet;
+//!   leaves no lock behind; [`pending()`] lists what is not applied yet;
 //! - [`error`]: the one classification of transient failures (SQLSTATE classes, pool
 //!   timeouts, I/O) that decides what is retried and what counts against the breaker;
 //! - [`outbox`]: the transactional outbox (events written in the data's transaction) and

@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Each service's migrations are those it applies itself when it starts, in its own
-//! schema and under the same per-schema advisory lock ([`agentmesh_postgres::migrate`]),
+//! schema and under the same per-schema advisory lock ([`agentmesh_postgres::migrate()`]),
 //! so running this while services start is safe. Running it first lets a deployment
 //! apply schema changes as a separate step (e.g. a Kubernetes Job before the rollout)
 //! and `--check` lets CI or an operator see whether a database is up to date.
