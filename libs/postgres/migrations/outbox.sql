@@ -1,11 +1,10 @@
--- Transactional outbox (agentmesh_postgres::outbox), created in the owning service's
--- schema: every write inserts its domain events here in its own transaction; the relay
--- publishes them in `seq` order, marks them published, and deletes published rows after a
--- retention period.
+-- Transactional outbox: every write inserts its domain events here in its own
+-- transaction; the relay (store::postgres::relay) publishes them in `seq` order, marks them
+-- published, and deletes published rows after a retention period.
 --
 -- Writes do not NOTIFY: a NOTIFY serialises the commits of every notifying transaction
 -- behind one lock (measured here: 2.8k vs 8.5k commits/s with 16 clients), which would cap
--- the owner's writes. The relay is woken in-process by its owner, polls as a fallback, and
+-- message appends. The relay is woken in-process by its store, polls as a fallback, and
 -- also LISTENs on `<schema>_outbox` so other writers can wake it with pg_notify.
 
 CREATE TABLE outbox (

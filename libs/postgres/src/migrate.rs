@@ -11,7 +11,7 @@
 //! when migrating ends, failed or not, and in any case when the dedicated connection
 //! closes, so a failed migration never blocks the next attempt.
 
-use sqlx::migrate::{Migration, Migrator};
+use sqlx::migrate::{MigrateError, Migration, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{Connection as _, Executor as _};
 
@@ -70,10 +70,34 @@ async fn create_and_apply(conn: &mut PgConnection, schema: &Schema, migrations: 
     conn.execute(sqlx::AssertSqlSafe(schema.set_search_path())).await.map_err(classify)?;
     let mut unlocked = with_migrations(migrations, []);
     unlocked.set_locking(false);
-    unlocked.run_direct(None, conn, false).await.map_err(|source| match source {
-        sqlx::migrate::MigrateError::Execute(e) if crate::error::is_transient(&e) => classify(e).into(),
-        source => SetupError::Migrate { schema: schema.to_string(), source },
-    })
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match unlocked.run_direct(None, &mut *conn, false).await {
+            Ok(()) => return Ok(()),
+            Err(MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _))
+                if attempts < CATALOG_RACE_ATTEMPTS && is_catalog_race(&e) =>
+            {
+                tracing::info!(%schema, error = %e, "migration raced another schema's DDL; trying again");
+            }
+            Err(MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _)) if crate::error::is_transient(&e) => {
+                return Err(classify(e).into());
+            }
+            Err(source) => return Err(SetupError::Migrate { schema: schema.to_string(), source }),
+        }
+    }
+}
+
+/// How often a migration that lost a catalog race is tried in all.
+const CATALOG_RACE_ATTEMPTS: u32 = 3;
+
+/// Whether `error` is a unique violation on a system catalog: DDL that is global to the
+/// database (e.g. `CREATE EXTENSION IF NOT EXISTS`) run at the same moment by another
+/// schema's migration, which the per-schema lock does not serialise. The failed
+/// migration's transaction rolled back, and repeating it finds the object in place.
+fn is_catalog_race(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db)
+        if db.code().as_deref() == Some("23505") && db.constraint().is_some_and(|c| c.starts_with("pg_")))
 }
 
 /// The migrations of `migrations` not applied to `schema` yet, in order; all of them when

@@ -218,3 +218,26 @@ async fn the_outbox_publishes_committed_events_in_order_with_their_ids() {
     assert_eq!(relay.pending().await.unwrap(), 0);
     assert_eq!(relay.publish_batch().await.unwrap().fetched, 0, "published once");
 }
+
+#[tokio::test]
+async fn schemas_migrating_together_survive_database_wide_ddl() {
+    // A fresh database, so the extension does not exist yet and every schema's first
+    // migration tries to create it at the same moment.
+    let Some(database) = agentmesh_testkit::PgDatabase::create("pgext").await else { return };
+    let migrations = Arc::new(Migrator::with_migrations(vec![migration(
+        1,
+        "CREATE EXTENSION IF NOT EXISTS pg_trgm WITH SCHEMA public; CREATE TABLE words (w text)",
+    )]));
+    let replicas: Vec<_> = (0..4)
+        .map(|n| {
+            let (url, migrations) = (database.url().to_owned(), Arc::clone(&migrations));
+            tokio::spawn(async move {
+                Database::connect(&url, &format!("s{n}"), pool(), &Preset::database(), &migrations).await
+            })
+        })
+        .collect();
+    for replica in replicas {
+        let prepared = replica.await.unwrap().unwrap();
+        assert_eq!(scalar::<i64>(&prepared, "SELECT count(*) FROM words").await, 0);
+    }
+}

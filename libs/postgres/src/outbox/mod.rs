@@ -44,7 +44,9 @@ pub const TABLE_SQL: &str = include_str!("../../migrations/outbox.sql");
 
 /// The migration creating the `outbox` table, as version `version` of the owner's
 /// migrations. Its checksum is that of [`TABLE_SQL`]: an owner must keep the version it
-/// first shipped it with.
+/// first shipped it with, and the file must never change, not even a comment (it is
+/// byte for byte session-store's original migration 2, so databases migrated before the
+/// outbox moved here keep starting).
 pub fn migration(version: i64) -> Migration {
     let sql = sqlx::AssertSqlSafe(TABLE_SQL).into_sql_str();
     Migration::new(version, Cow::Borrowed("outbox"), MigrationType::Simple, sql, false)
