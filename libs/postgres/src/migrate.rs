@@ -10,6 +10,11 @@
 //! (one per database, kept when a migration fails) is not used. The lock is released
 //! when migrating ends, failed or not, and in any case when the dedicated connection
 //! closes, so a failed migration never blocks the next attempt.
+//!
+//! DDL that is global to the database (`CREATE EXTENSION IF NOT EXISTS`) is not covered
+//! by a per-schema lock: two schemas migrating at once on a fresh database may both try
+//! to create the extension, and one fails with a unique violation on a system catalog.
+//! Its migration rolled back as a whole, so such a failure is simply tried again.
 
 use sqlx::migrate::{MigrateError, Migration, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
