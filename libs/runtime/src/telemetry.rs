@@ -68,8 +68,11 @@ pub fn init(service_name: &str, config: &ObservabilityConfig) -> Result<Telemetr
     }
     // The log level filters log output only; spans still reach the tracer at INFO and
     // above, so `OBSERVABILITY_LOG_LEVEL=ERROR` does not break trace propagation.
-    let log_filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(log_directive(&config.log_level)));
+    let log_filter = config
+        .log_filter
+        .as_deref()
+        .and_then(|directive| EnvFilter::try_new(directive).ok())
+        .unwrap_or_else(|| EnvFilter::new(log_directive(&config.log_level)));
     let log_layer = match config.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)

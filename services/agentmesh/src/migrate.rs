@@ -29,9 +29,10 @@ pub struct ServiceMigrations {
     pub migrations: &'static Migrator,
 }
 
-/// Every service that owns PostgreSQL tables; services gaining tables join this list.
-pub fn services() -> Vec<ServiceMigrations> {
-    vec![
+/// Every service that owns PostgreSQL tables, with the schema `config` gives it;
+/// services gaining tables join this list.
+pub fn services(config: &Config) -> Result<Vec<ServiceMigrations>, MigrateError> {
+    Ok(vec![
         ServiceMigrations {
             service: "session-store",
             schema: agentmesh_session_store::POSTGRES_SCHEMA.to_owned(),
@@ -39,10 +40,10 @@ pub fn services() -> Vec<ServiceMigrations> {
         },
         ServiceMigrations {
             service: "gateway",
-            schema: agentmesh_gateway::auth::store::schema_from_env(),
+            schema: agentmesh_gateway::auth::store::schema(config)?,
             migrations: agentmesh_gateway::auth::store::migrations(),
         },
-    ]
+    ])
 }
 
 /// Why `agentmesh migrate` failed.
@@ -60,6 +61,9 @@ pub enum MigrateError {
         #[source]
         source: SetupError,
     },
+    /// A service's settings are unusable.
+    #[error("gateway: {0}")]
+    Settings(#[from] agentmesh_gateway::auth::store::StoreError),
     /// `--check` found migrations not applied yet.
     #[error("{0} migration(s) pending: run `agentmesh migrate`")]
     Pending(usize),
@@ -75,7 +79,7 @@ pub async fn run(config: Config, check: bool) -> Result<(), MigrateError> {
     let pool = PoolSettings { min: 0, max: 1, acquire_timeout: db.pool_timeout };
     let mut out = std::io::stdout().lock();
     let mut pending_total = 0;
-    for service in services() {
+    for service in services(&config)? {
         let setup = |source| MigrateError::Setup { service: service.service, source };
         let database =
             Database::lazy(url.expose(), &service.schema, pool.clone(), &config.resilience.database).map_err(setup)?;
@@ -132,7 +136,10 @@ mod tests {
 
     #[test]
     fn every_service_with_tables_is_listed_once() {
-        let names: Vec<_> = services().iter().map(|s| s.service).collect();
-        assert_eq!(names, ["session-store", "gateway"]);
+        let config = Config::load(None, [("GATEWAY_DB_SCHEMA".to_owned(), "gw_test".to_owned())])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let services = services(&config).unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<_> = services.iter().map(|s| (s.service, s.schema.as_str())).collect();
+        assert_eq!(names, [("session-store", "session_store"), ("gateway", "gw_test")]);
     }
 }

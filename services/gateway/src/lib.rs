@@ -12,6 +12,7 @@ pub mod openapi;
 pub mod ratelimit;
 pub mod rest;
 pub mod routes;
+pub mod settings;
 pub mod sse;
 pub mod upstream;
 pub mod ws;
@@ -28,6 +29,7 @@ use agentmesh_proto::agentmesh::health::v1::health_service_server::HealthService
 use agentmesh_resilience::Preset;
 use agentmesh_runtime::auth::{Authenticate, PrincipalCodec};
 use agentmesh_runtime::client::{ClientError, ServiceChannel};
+use agentmesh_runtime::config::{ServiceSettings, SettingsSpec};
 use agentmesh_runtime::context::new_correlation_id;
 use agentmesh_runtime::{Config, GrpcServer, ServerError, ServiceName};
 use axum::extract::ws::WebSocketUpgrade;
@@ -56,6 +58,10 @@ const BACKENDS: [ServiceName; 5] = [
     ServiceName::McpBroker,
     ServiceName::SecretsBroker,
 ];
+
+/// The gateway's own settings, for every binary that runs it to register.
+pub const SETTINGS: ServiceSettings =
+    ServiceSettings { service: ServiceName::Gateway, settings: &[SettingsSpec::of::<settings::GatewaySettings>()] };
 
 /// Why the gateway could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +130,7 @@ pub async fn serve(
         principals: PrincipalCodec::new(config.security.secret_key.expose()),
         max_body_bytes: MAX_BODY_BYTES,
         request_timeout: config.server.request_timeout,
+        streaming: config.features.enable_streaming,
         limiter: rate_limiter(&config).await?,
         rate_limits: RateLimitPolicy::from_config(&config),
     });

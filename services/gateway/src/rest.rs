@@ -53,6 +53,9 @@ pub struct RestGateway {
     pub max_body_bytes: usize,
     /// Deadline for one call downstream.
     pub request_timeout: Duration,
+    /// `FEATURE_ENABLE_STREAMING`: whether server-streaming RPCs (SSE, WebSocket
+    /// subscriptions, gRPC passthrough) are served.
+    pub streaming: bool,
     /// Counts requests per caller (in memory, or in Redis shared by replicas).
     pub limiter: Arc<dyn RateLimiter>,
     /// Which limits apply to a request.
@@ -69,6 +72,12 @@ impl Call {
     fn error(&self, error: &ApiError) -> Response {
         error_response(error, &self.correlation_id, &self.path)
     }
+}
+
+/// The refusal of a stream while `FEATURE_ENABLE_STREAMING` is off.
+fn streaming_disabled() -> ApiError {
+    ApiError::new(ErrorCode::NotImplemented, "Streaming is disabled on this deployment")
+        .with_detail("feature", "streaming")
 }
 
 /// The seed's error body for `error`, with `Retry-After` and `X-Correlation-ID`.
@@ -120,6 +129,9 @@ impl RestGateway {
                 format!("{rpc} is not served by the gateway"),
             ));
         };
+        if route.is_streaming() && !self.streaming {
+            return grpc_error(streaming_disabled());
+        }
         let ip = client_ip(&request);
         let (mut parts, body) = request.into_parts();
         parts.headers.remove(PRINCIPAL_HEADER);
@@ -278,6 +290,9 @@ impl RestGateway {
 
     /// Opens a server-streaming call (SSE and WebSocket subscriptions).
     pub async fn open_stream(&self, invocation: Invocation<'_>) -> Result<Streaming<DynamicMessage>, ApiError> {
+        if !self.streaming {
+            return Err(streaming_disabled());
+        }
         let (route, (context, request)) = (invocation.route, self.grpc_request(invocation));
         let opened = context.scope(self.upstreams.server_streaming(route, request)).await;
         opened.map(tonic::Response::into_inner).map_err(|status| ApiError::from_status(&status))

@@ -10,6 +10,7 @@ pub mod health;
 pub mod idempotency;
 pub mod paging;
 pub mod service;
+pub mod settings;
 pub mod store;
 
 use std::future::Future;
@@ -18,13 +19,14 @@ use std::sync::Arc;
 use agentmesh_events::{EventBus, Publisher};
 use agentmesh_proto::agentmesh::session::v1::session_service_server::SessionServiceServer;
 use agentmesh_runtime::auth::{PrincipalCodec, RequireSignedPrincipal};
-use agentmesh_runtime::config::StorageBackend;
+use agentmesh_runtime::config::{ConfigError, ServiceSettings, SettingsSpec, StorageBackend};
 use agentmesh_runtime::{Config, GrpcServer, ServerError, ServiceName};
 use tokio::net::TcpListener;
 
 use crate::events::PublishDirect;
 use crate::idempotency::IdempotencyStore;
 use crate::service::SessionService;
+use crate::settings::SessionLimits;
 use crate::store::memory::MemoryStore;
 use crate::store::postgres::{OutboxRelay, PoolSettings, PostgresStore};
 use crate::store::redis::RedisStore;
@@ -35,6 +37,10 @@ pub const REDIS_KEY_PREFIX: &str = "agentmesh:session-store:";
 
 /// session-store's own PostgreSQL schema (ARCHITECTURE §2: one schema per service).
 pub const POSTGRES_SCHEMA: &str = "session_store";
+
+/// session-store's own settings, for every binary that runs it to register.
+pub const SETTINGS: ServiceSettings =
+    ServiceSettings { service: ServiceName::SessionStore, settings: &[SettingsSpec::of::<SessionLimits>()] };
 
 /// Why session-store could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +54,9 @@ pub enum StartError {
     /// The storage backend could not be reached or prepared.
     #[error("storage: {0}")]
     Store(#[from] StoreError),
+    /// session-store's own settings are invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 /// Runs session-store as its own process: connects the event bus from `NATS_URL` (or an
@@ -68,9 +77,11 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
+    let limits = config.settings::<SessionLimits>()?;
     let publisher: Arc<dyn Publisher> = bus;
     let backend = open_backend(&config, publisher).await?;
-    let service = SessionService::new(backend.store.clone(), backend.idempotency, config.session_limits.clone());
+    let service = SessionService::new(backend.store.clone(), backend.idempotency, limits)
+        .with_bulk_operations(config.features.enable_bulk_operations);
     let authenticator = RequireSignedPrincipal::new(PrincipalCodec::new(config.security.secret_key.expose()));
     let server = GrpcServer::new(ServiceName::SessionStore, &config)
         .with_authenticator(Arc::new(authenticator))

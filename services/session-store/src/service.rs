@@ -11,7 +11,6 @@ use std::sync::Arc;
 use agentmesh_proto::agentmesh::common::v1::SortOrder;
 use agentmesh_proto::agentmesh::session::v1 as pb;
 use agentmesh_proto::agentmesh::session::v1::session_service_server::SessionService as SessionRpc;
-use agentmesh_runtime::config::SessionLimits;
 use agentmesh_runtime::error::FieldViolation;
 use agentmesh_runtime::validate::validate;
 use agentmesh_runtime::{ApiError, ErrorCode, RequestContext};
@@ -23,6 +22,7 @@ use uuid::Uuid;
 use crate::convert::{message_to_proto, role_from_proto, session_to_proto, struct_to_object};
 use crate::idempotency::{self, Claim, IdempotencyStore};
 use crate::paging::{self, query_fingerprint};
+use crate::settings::SessionLimits;
 use crate::store::{
     Cursor, Direction, JsonObject, MessagePatch, MessageQuery, NewMessage, NewSession, Owner, Role, SessionPatch,
     SessionQuery, SessionSort, SessionStore, StoreError,
@@ -39,12 +39,31 @@ pub struct SessionService {
     store: Arc<dyn SessionStore>,
     idempotency: Arc<dyn IdempotencyStore>,
     limits: SessionLimits,
+    /// `FEATURE_ENABLE_BULK_OPERATIONS`: whether bulk create and delete are served.
+    bulk_operations: bool,
 }
 
 impl SessionService {
-    /// A service over `store`.
+    /// A service over `store`, with bulk operations enabled.
     pub fn new(store: Arc<dyn SessionStore>, idempotency: Arc<dyn IdempotencyStore>, limits: SessionLimits) -> Self {
-        Self { store, idempotency, limits }
+        Self { store, idempotency, limits, bulk_operations: true }
+    }
+
+    /// Serves or refuses bulk creation and deletion (`FEATURE_ENABLE_BULK_OPERATIONS`).
+    #[must_use]
+    pub fn with_bulk_operations(mut self, enabled: bool) -> Self {
+        self.bulk_operations = enabled;
+        self
+    }
+
+    /// Refuses a bulk operation when they are switched off.
+    fn check_bulk_allowed(&self) -> Result<(), Status> {
+        if self.bulk_operations {
+            return Ok(());
+        }
+        let error = ApiError::new(ErrorCode::NotImplemented, "Bulk operations are disabled on this deployment")
+            .with_detail("feature", "bulk_operations");
+        Err(error.into())
     }
 
     /// Runs a create once per idempotency key (see [`crate::idempotency`]).
@@ -328,6 +347,7 @@ impl SessionRpc for SessionService {
         request: Request<pb::BulkCreateSessionsRequest>,
     ) -> Result<Response<pb::BulkCreateSessionsResponse>, Status> {
         let owner = owner(&request)?;
+        self.check_bulk_allowed()?;
         validate(request.get_ref())?;
         let create = async {
             let mut violations = Vec::new();
@@ -352,6 +372,7 @@ impl SessionRpc for SessionService {
         request: Request<pb::BulkDeleteSessionsRequest>,
     ) -> Result<Response<pb::BulkDeleteSessionsResponse>, Status> {
         let owner = owner(&request)?;
+        self.check_bulk_allowed()?;
         validate(request.get_ref())?;
         let ids = request
             .get_ref()

@@ -40,8 +40,8 @@ pub const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 /// The schema the gateway's tables live in unless [`SCHEMA_ENV`] names another.
 pub const DEFAULT_SCHEMA: &str = "gateway";
 
-/// Environment variable naming the PostgreSQL schema of the key tables (tests use a
-/// unique one per run). Read from the process environment only, not the config file.
+/// Variable naming the PostgreSQL schema of the key tables (tests use a unique one per
+/// run); read as [`GatewaySettings::db_schema`](crate::settings::GatewaySettings).
 pub const SCHEMA_ENV: &str = "GATEWAY_DB_SCHEMA";
 
 /// Why a store operation failed. Never carries a key or a hash.
@@ -182,15 +182,16 @@ pub async fn open(config: &Config) -> Result<Arc<dyn ApiKeyStore>, StoreError> {
 }
 
 /// The PostgreSQL key store of the configuration: `DB_*` settings, the database
-/// resilience policy, the schema from [`SCHEMA_ENV`] (prepared and migrated).
+/// resilience policy, the schema of [`schema`] (prepared and migrated).
 pub async fn connect_postgres(config: &Config) -> Result<PostgresKeyStore, StoreError> {
     let db = &config.database;
     let pool = PoolSettings { min: db.min_pool_size, max: db.max_pool_size, acquire_timeout: db.pool_timeout };
     let url = db.url();
-    PostgresKeyStore::connect(url.expose(), &schema_from_env(), pool, &config.resilience.database).await
+    PostgresKeyStore::connect(url.expose(), &schema(config)?, pool, &config.resilience.database).await
 }
 
 /// The schema named by [`SCHEMA_ENV`], or [`DEFAULT_SCHEMA`].
-pub fn schema_from_env() -> String {
-    std::env::var(SCHEMA_ENV).ok().filter(|s| !s.trim().is_empty()).unwrap_or_else(|| DEFAULT_SCHEMA.to_owned())
+pub fn schema(config: &Config) -> Result<String, StoreError> {
+    let settings = config.settings::<crate::settings::GatewaySettings>();
+    Ok(settings.map_err(|error| StoreError::Internal(Box::new(error)))?.db_schema)
 }
