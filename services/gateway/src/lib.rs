@@ -19,6 +19,7 @@ pub mod ws;
 
 pub mod auth;
 pub mod browser;
+pub mod client_addr;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -40,6 +41,7 @@ use tower::util::BoxCloneSyncService;
 
 use crate::auth::GatewayAuth;
 use crate::auth::service::AuthApi;
+use crate::client_addr::ClientAddresses;
 use crate::health::MeshHealth;
 use crate::ratelimit::{MemoryRateLimiter, RateLimitPolicy, RateLimiter, RedisRateLimiter, RedisRateLimiterOptions};
 use crate::rest::RestGateway;
@@ -133,6 +135,7 @@ pub async fn serve(
         streaming: config.features.enable_streaming,
         limiter: rate_limiter(&config).await?,
         rate_limits: RateLimitPolicy::from_config(&config),
+        client_addresses: ClientAddresses::new(config.client_address),
     });
     let mut http = axum::Router::new().merge(openapi::router(&rest.routes));
     if config.features.enable_websockets {
@@ -146,7 +149,7 @@ pub async fn serve(
             axum::routing::get(move |upgrade: WebSocketUpgrade, request: axum::extract::Request| {
                 let (gateway, limits) = (gateway.clone(), limits.clone());
                 async move {
-                    let ip = rest::client_ip(&request);
+                    let ip = gateway.client_ip(&request);
                     ws::upgrade(gateway, limits, upgrade, request.headers(), request.uri().query(), ip)
                         .await
                         .unwrap_or_else(|error| rest::error_response(&error, &new_correlation_id(), ws::PATH))

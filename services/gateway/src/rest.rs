@@ -29,8 +29,9 @@ use prost_reflect::{DynamicMessage, ReflectMessage};
 use serde_json::Value as Json;
 use tokio::time::Instant;
 
+use crate::client_addr::ClientAddresses;
 use crate::json::{self, Violations};
-use crate::ratelimit::{Decision, RateLimitPolicy, RateLimiter};
+use crate::ratelimit::{Decision, DecisionHeaders, RateLimitPolicy, RateLimiter};
 use crate::routes::{Matched, Miss, Route, RouteTable};
 use crate::sse;
 use crate::upstream::Upstreams;
@@ -60,6 +61,8 @@ pub struct RestGateway {
     pub limiter: Arc<dyn RateLimiter>,
     /// Which limits apply to a request.
     pub rate_limits: RateLimitPolicy,
+    /// Where a caller's address comes from (peer or trusted proxy header).
+    pub client_addresses: ClientAddresses,
 }
 
 /// A request's identity for logs and errors.
@@ -97,6 +100,16 @@ pub fn error_response(error: &ApiError, correlation_id: &str, path: &str) -> Res
 }
 
 impl RestGateway {
+    /// The caller's address: the TCP peer, or the trusted proxy header's address when one
+    /// is configured ([`ClientAddresses`]).
+    pub(crate) fn client_ip(&self, request: &axum::extract::Request) -> IpAddr {
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::from([0, 0, 0, 0]), |ConnectInfo(addr)| addr.ip());
+        self.client_addresses.resolve(request.headers(), peer)
+    }
+
     /// Serves a request no local gRPC service claimed: native gRPC to a public RPC of
     /// another service is passed through (grpc-web arrives here already translated to it
     /// by the server); anything else is REST.
@@ -132,7 +145,7 @@ impl RestGateway {
         if route.is_streaming() && !self.streaming {
             return grpc_error(streaming_disabled());
         }
-        let ip = client_ip(&request);
+        let ip = self.client_ip(&request);
         let (mut parts, body) = request.into_parts();
         parts.headers.remove(PRINCIPAL_HEADER);
         // The server layer has already authenticated this gRPC call.
@@ -202,7 +215,7 @@ impl RestGateway {
             Ok(principal) => principal,
             Err(error) => return call.error(&error),
         };
-        let decision = match self.rate_limit(route, principal.as_ref(), client_ip(&request)).await {
+        let decision = match self.rate_limit(route, principal.as_ref(), self.client_ip(&request)).await {
             Ok(decision) => decision,
             Err(error) => return call.error(&error),
         };
@@ -384,15 +397,6 @@ pub(crate) fn admit(route: &Route, principal: Option<Principal>) -> Result<Optio
         }
         None => Ok(None),
     }
-}
-
-/// The caller's address as the TCP peer (proxies in front are expected to be trusted
-/// infrastructure, so `X-Forwarded-For` is not believed from arbitrary clients).
-pub(crate) fn client_ip(request: &axum::extract::Request) -> IpAddr {
-    request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::from([0, 0, 0, 0]), |ConnectInfo(addr)| addr.ip())
 }
 
 /// The RPC request from body, query, path and `Last-Event-ID`, strictly typed and

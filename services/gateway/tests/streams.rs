@@ -176,6 +176,33 @@ async fn websockets_refuse_anonymous_callers_and_excess_connections() {
     drop(open);
 }
 
+/// WebSocket connections per IP count the client a trusted proxy names, not the proxy:
+/// with one connection allowed per IP, a second client behind the same proxy still connects.
+#[tokio::test]
+async fn websocket_connections_per_ip_count_clients_behind_a_trusted_proxy() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let keys = format!("{KEY}=streamer:premium");
+    let env = [
+        ("SECURITY_API_KEYS", keys.as_str()),
+        ("SECURITY_TRUSTED_PROXY_HOPS", "1"),
+        ("RATE_LIMIT_WEBSOCKET_CONNECTIONS_PER_IP", "1"),
+    ];
+    let mesh = Mesh::start(&env).await;
+    let url = format!("{}/api/v1/ws?token={KEY}", mesh.base.replacen("http", "ws", 1));
+    let connect = |client: &str| {
+        let mut request = url.as_str().into_client_request().unwrap();
+        request.headers_mut().insert("x-forwarded-for", client.parse().unwrap());
+        tokio_tungstenite::connect_async(request)
+    };
+    let first = connect("203.0.113.1").await.unwrap();
+    match connect("198.51.100.9, 203.0.113.1").await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 429),
+        other => panic!("a second connection of 203.0.113.1 must be refused with 429, got {other:?}"),
+    }
+    let second = connect("203.0.113.2").await.unwrap();
+    drop((first, second));
+}
+
 #[tokio::test]
 async fn the_same_stream_is_passed_through_over_grpc_web() {
     let (mesh, runs) = start().await;

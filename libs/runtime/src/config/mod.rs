@@ -12,6 +12,7 @@
 //! that nobody reads is refused; one in the environment under an agentmesh prefix is a
 //! warning ([`Config::warnings`]), because the environment is shared with other programs.
 
+mod client_address;
 mod endpoints;
 mod environment;
 mod features;
@@ -26,6 +27,7 @@ mod vars;
 
 use std::path::Path;
 
+pub use client_address::{ClientAddressConfig, MAX_TRUSTED_PROXY_HOPS};
 pub use endpoints::{Endpoints, ServiceEndpoint, ServiceName};
 pub use environment::{Environment, Secret};
 pub use features::FeatureFlags;
@@ -88,6 +90,9 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     /// `SECURITY_*`.
     pub security: SecurityConfig,
+    /// `SECURITY_TRUSTED_PROXY_HOPS`, `SECURITY_TRUST_ENVOY_EXTERNAL_ADDRESS`: where the
+    /// gateway takes a caller's address from.
+    pub client_address: ClientAddressConfig,
     /// `OBSERVABILITY_*`.
     pub observability: ObservabilityConfig,
     /// `FEATURE_*`.
@@ -183,6 +188,7 @@ impl Config {
             resilience: ResilienceSettings::read(v, &features),
             rate_limit: RateLimitConfig::read(v),
             security: SecurityConfig::read(v, environment),
+            client_address: ClientAddressConfig::read(v),
             observability: ObservabilityConfig::read(v, environment, &features),
             features,
             server: ServerConfig::read(v),
