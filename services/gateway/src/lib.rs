@@ -29,6 +29,7 @@ use agentmesh_proto::agentmesh::auth::v1::auth_service_server::AuthServiceServer
 use agentmesh_proto::agentmesh::health::v1::health_service_server::HealthServiceServer;
 use agentmesh_resilience::Preset;
 use agentmesh_runtime::auth::{Authenticate, PrincipalCodec};
+use agentmesh_runtime::balance::Discovery;
 use agentmesh_runtime::client::{ClientError, ServiceChannel};
 use agentmesh_runtime::config::{ServiceSettings, SettingsSpec};
 use agentmesh_runtime::context::new_correlation_id;
@@ -107,9 +108,11 @@ pub async fn serve(
 ) -> Result<(), StartError> {
     let mut upstreams = Upstreams::default();
     let mut channels = Vec::new();
+    let discovery = Discovery::new(config.peers.clone());
     for service in BACKENDS {
         let url = &config.endpoints.get(service).url;
-        let channel = ServiceChannel::connect_lazy(service.as_str(), url, &backend_preset(&config, service))?;
+        let channel =
+            ServiceChannel::connect_with(service.as_str(), url, &backend_preset(&config, service), &discovery)?;
         upstreams.insert(service, BoxCloneSyncService::new(channel.clone()));
         channels.push((service, channel));
     }

@@ -19,7 +19,7 @@ use agentmesh_runtime::context::{TraceHeaders, new_correlation_id, sanitize_corr
 use agentmesh_runtime::error::{CORRELATION_ID_HEADER, FieldViolation, retry_after_seconds};
 use agentmesh_runtime::server::is_native_grpc;
 use agentmesh_runtime::validate::validate_dynamic;
-use agentmesh_runtime::{ApiError, ErrorCode, RequestContext};
+use agentmesh_runtime::{ApiError, ErrorCode, RequestContext, ServiceName};
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::response::{IntoResponse, Response};
@@ -187,16 +187,24 @@ impl RestGateway {
             .map_or_else(new_correlation_id, str::to_owned);
         let call = Call { correlation_id, path: request.uri().path().to_owned() };
         let method = request.method().clone();
-        let span = tracing::info_span!(
-            "http.request",
-            http.method = %method,
-            http.path = %call.path,
-            correlation_id = %call.correlation_id,
-        );
-        agentmesh_runtime::telemetry::join_caller_trace(&span, request.headers());
         let (route_label, response) = match self.routes.find(&method, &call.path) {
             Ok(matched) => {
                 let label = matched.route.metric_label.clone();
+                // OpenTelemetry names HTTP server spans `METHOD /route`, the route's template.
+                let span = tracing::info_span!(
+                    "http.request",
+                    otel.name = %format_args!("{method} {}", matched.route.template),
+                    otel.kind = "server",
+                    http.request.method = %method,
+                    http.route = %matched.route.template,
+                    url.path = %call.path,
+                    correlation_id = %call.correlation_id,
+                );
+                agentmesh_runtime::telemetry::join_caller_trace(
+                    &span,
+                    request.headers(),
+                    ServiceName::Gateway.as_str(),
+                );
                 (label, tracing::Instrument::instrument(self.serve(&call, matched, request), span).await)
             }
             Err(miss) => (metrics::SharedString::const_str("unmatched"), miss_response(&miss, &method, &call)),

@@ -8,6 +8,7 @@ pub mod convert;
 pub mod events;
 pub mod health;
 pub mod idempotency;
+pub mod message_rules;
 pub mod paging;
 pub mod service;
 pub mod settings;

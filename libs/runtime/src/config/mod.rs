@@ -17,6 +17,7 @@ mod endpoints;
 mod environment;
 mod features;
 mod observability;
+mod peers;
 mod rate_limit;
 mod resilience;
 mod security;
@@ -32,6 +33,7 @@ pub use endpoints::{Endpoints, ServiceEndpoint, ServiceName};
 pub use environment::{Environment, Secret};
 pub use features::FeatureFlags;
 pub use observability::{LogFormat, ObservabilityConfig};
+pub use peers::{PeerBalancing, PeerConfig};
 pub use rate_limit::{DEFAULT_RATE_LIMIT_REDIS_PREFIX, DEFAULT_RATE_LIMIT_REDIS_TIMEOUT, RateLimitConfig};
 pub use resilience::ResilienceSettings;
 pub use security::{DEV_SECRET_KEY, MIN_SECRET_KEY_LEN, MIN_STATIC_KEY_RANDOM_CHARS, SecurityConfig, StaticApiKey};
@@ -60,6 +62,7 @@ const WATCHED_PREFIXES: &[&str] = &[
     "OBSERVABILITY_",
     "FEATURE_",
     "SERVER_",
+    "PEER_",
 ];
 
 /// The whole validated configuration.
@@ -99,6 +102,8 @@ pub struct Config {
     pub features: FeatureFlags,
     /// Per-service listen addresses and peer URLs.
     pub endpoints: Endpoints,
+    /// `PEER_*`: how clients spread calls over a peer's replicas.
+    pub peers: PeerConfig,
     /// `SERVER_*`.
     pub server: ServerConfig,
     /// Environment variables under an agentmesh prefix that nothing reads (probably
@@ -182,6 +187,7 @@ impl Config {
             storage,
             use_redis,
             endpoints: Endpoints::read(v),
+            peers: PeerConfig::read(v),
             database: DatabaseConfig::read(v),
             redis: RedisConfig::read(v),
             nats: NatsConfig::read(v),

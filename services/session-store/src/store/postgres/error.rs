@@ -30,6 +30,9 @@ pub(super) enum DbError {
     /// The parent message is not in the session.
     #[error("parent message is not in this session")]
     InvalidParent,
+    /// The message's shape is no longer the one the caller expected.
+    #[error("message changed concurrently")]
+    Conflict,
     /// The database failed.
     #[error(transparent)]
     Db(#[from] agentmesh_postgres::DbError),
@@ -53,10 +56,11 @@ pub(super) fn classify_commit(error: sqlx::Error) -> DbError {
 }
 
 impl Judge for DbError {
-    /// Not found and a foreign parent are answers from a healthy database.
+    /// Not found, a foreign parent and a concurrent change are answers from a healthy
+    /// database.
     fn outcome(&self) -> Outcome {
         match self {
-            DbError::NotFound | DbError::InvalidParent => Outcome::Success,
+            DbError::NotFound | DbError::InvalidParent | DbError::Conflict => Outcome::Success,
             DbError::Db(error) => error.outcome(),
         }
     }
@@ -67,6 +71,7 @@ pub(super) fn into_store_error(error: ResilienceError<DbError>) -> StoreError {
     match error {
         ResilienceError::Inner(DbError::NotFound) => StoreError::NotFound,
         ResilienceError::Inner(DbError::InvalidParent) => StoreError::InvalidParent,
+        ResilienceError::Inner(DbError::Conflict) => StoreError::Conflict,
         ResilienceError::Inner(DbError::Db(error)) if error.is_unavailable() => {
             StoreError::Unavailable(Box::new(error))
         }
@@ -89,6 +94,7 @@ mod tests {
     fn outcomes_and_caller_errors() {
         assert_eq!(DbError::NotFound.outcome(), Outcome::Success);
         assert_eq!(DbError::InvalidParent.outcome(), Outcome::Success);
+        assert_eq!(DbError::Conflict.outcome(), Outcome::Success);
         assert_eq!(classify(io()).outcome(), Outcome::RETRYABLE);
         assert_eq!(classify_commit(io()).outcome(), Outcome::FATAL);
         assert_eq!(DbError::corrupt("bad role").outcome(), Outcome::Neutral);

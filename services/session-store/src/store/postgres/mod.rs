@@ -242,7 +242,7 @@ mod tests {
     #[test]
     fn migrations_include_the_outbox_once() {
         let versions: Vec<i64> = migrations().iter().map(|m| m.version).collect();
-        assert_eq!(versions, [1, 2, 3]);
+        assert_eq!(versions, [1, 2, 3, 4]);
         assert_eq!(migrations().iter().filter(|m| m.description == "outbox").count(), 1);
     }
 }
