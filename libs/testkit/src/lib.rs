@@ -5,12 +5,15 @@
 //! `AGENTMESH_REQUIRE_SERVICES=1` (CI) an unreachable service fails the test instead, so a
 //! stopped server can never turn a red run green.
 
+pub mod postgres;
 pub mod redis;
 pub mod traces;
 
 use std::time::Duration;
 
 use tokio::net::TcpStream;
+
+pub use crate::postgres::{PgDatabase, PgSchema};
 
 /// Set to `1` to make tests fail, instead of skip, when a real service is unreachable.
 pub const REQUIRE_SERVICES_ENV: &str = "AGENTMESH_REQUIRE_SERVICES";

@@ -1,4 +1,5 @@
-//! The command line: `agentmesh up [--http ADDR]` and `agentmesh keys create|list|revoke`.
+//! The command line: `agentmesh up [--http ADDR]`, `agentmesh keys create|list|revoke` and
+//! `agentmesh migrate [--check]`.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -29,6 +30,12 @@ pub enum Command {
     /// Manage API keys in the gateway's PostgreSQL key store (`USE_DATABASE`, `DB_*`).
     #[command(subcommand)]
     Keys(crate::keys::KeysCommand),
+    /// Apply every service's PostgreSQL migrations (`DB_*` settings), each in its schema.
+    Migrate {
+        /// Only list pending migrations per service; exit 1 when any are pending.
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 /// Parses the command line and runs it.
@@ -39,6 +46,9 @@ pub fn main() -> ExitCode {
         }),
         Command::Keys(command) => {
             run_process("agentmesh", "agentmesh", &crate::SERVICES, |config| crate::keys::run(config, command))
+        }
+        Command::Migrate { check } => {
+            run_process("agentmesh", "agentmesh", &crate::SERVICES, |config| crate::migrate::run(config, check))
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod keys;
+pub mod migrate;
 pub mod up;
 
 use agentmesh_runtime::config::ServiceSettings;

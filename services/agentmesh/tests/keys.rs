@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use agentmesh_gateway::auth::keys::KeyHash;
 use agentmesh_gateway::auth::{ApiKeyStore as _, PostgresKeyStore};
-use agentmesh_testkit::{Service, unique_name};
+use agentmesh_postgres::PoolSettings;
+use agentmesh_resilience::Preset;
+use agentmesh_testkit::PgSchema;
 
 /// Runs `agentmesh keys <args>` with only the given environment (plus quiet logs).
 fn agentmesh(env: &[(&str, &str)], args: &[&str]) -> Output {
@@ -30,37 +32,10 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Drops the schema when dropped, also when the test panics.
-struct DropSchema {
-    url: String,
-    schema: String,
-}
-
-impl Drop for DropSchema {
-    fn drop(&mut self) {
-        let (url, schema) = (self.url.clone(), self.schema.clone());
-        let done = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async move {
-                use sqlx::Connection as _;
-                let mut conn = sqlx::PgConnection::connect(&url).await?;
-                let sql = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
-                sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await.map(|_| ())
-            })
-        })
-        .join();
-        if !matches!(done, Ok(Ok(()))) {
-            eprintln!("could not drop test schema {}: {done:?}", self.schema);
-        }
-    }
-}
-
 #[tokio::test]
 async fn create_list_and_revoke_through_the_binary() {
-    let Some(url) = agentmesh_testkit::require(Service::Postgres).await else { return };
-    let schema = unique_name("gwcli");
-    let _guard = DropSchema { url: url.clone(), schema: schema.clone() };
-    let env = [("USE_DATABASE", "true"), ("DB_URL", url.as_str()), ("GATEWAY_DB_SCHEMA", schema.as_str())];
+    let Some(schema) = PgSchema::start("gwcli").await else { return };
+    let env = [("USE_DATABASE", "true"), ("DB_URL", schema.url()), ("GATEWAY_DB_SCHEMA", schema.name())];
 
     // create: the key alone on stdout, metadata on stderr.
     let created = agentmesh(
@@ -93,7 +68,8 @@ async fn create_list_and_revoke_through_the_binary() {
     assert!(!stderr.contains(&key), "the key goes to stdout only");
 
     // The gateway finds it by its hash in the same schema.
-    let store = PostgresKeyStore::connect_url(&url, &schema, 1, Duration::from_secs(10)).await.unwrap();
+    let pool = PoolSettings { min: 0, max: 1, acquire_timeout: Duration::from_secs(10) };
+    let store = PostgresKeyStore::connect(schema.url(), schema.name(), pool, &Preset::database()).await.unwrap();
     let record = store.find_by_hash(&KeyHash::of(&key)).await.unwrap().unwrap();
     assert_eq!((record.user_id.as_str(), record.tenant_id.as_str()), ("alice", "acme"));
     assert_eq!(record.scopes, ["sessions:read"]);

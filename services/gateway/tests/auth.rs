@@ -14,12 +14,14 @@ use agentmesh_gateway::auth::{
     ApiKeyRecord, ApiKeyStore, AuthApi, Clock as _, GatewayAuth, ManualClock, MemoryKeyStore, NewApiKey,
     PostgresKeyStore, create_key,
 };
+use agentmesh_postgres::PoolSettings;
 use agentmesh_proto::agentmesh::auth::v1 as pb;
 use agentmesh_proto::agentmesh::auth::v1::auth_service_server::AuthService;
 use agentmesh_proto::agentmesh::common::v1::ApiTier;
+use agentmesh_resilience::Preset;
 use agentmesh_runtime::auth::{Principal, Tier};
 use agentmesh_runtime::{ApiError, Config, ErrorCode, RequestContext};
-use agentmesh_testkit::{Service, unique_name};
+use agentmesh_testkit::PgSchema;
 use chrono::{DateTime, Utc};
 use tonic::{Code, Request};
 use uuid::Uuid;
@@ -30,41 +32,17 @@ fn start() -> DateTime<Utc> {
     DateTime::from_timestamp(START, 0).unwrap()
 }
 
-/// Drops the test's schema when dropped, on a thread of its own so it also works while
-/// the test's runtime unwinds from a panic.
-struct DropSchema {
-    url: String,
-    schema: String,
-}
-
-impl Drop for DropSchema {
-    fn drop(&mut self) {
-        let (url, schema) = (self.url.clone(), self.schema.clone());
-        let done = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async move {
-                use sqlx::Connection as _;
-                let mut conn = sqlx::PgConnection::connect(&url).await?;
-                let sql = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
-                sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await.map(|_| ())
-            })
-        })
-        .join();
-        if !matches!(done, Ok(Ok(()))) {
-            eprintln!("could not drop test schema {}: {done:?}", self.schema);
-        }
-    }
-}
-
 /// A PostgreSQL store in a fresh schema, or `None` (skip) when PostgreSQL is unreachable.
-async fn postgres() -> Option<(PostgresKeyStore, DropSchema)> {
-    let url = agentmesh_testkit::require(Service::Postgres).await?;
-    let schema = unique_name("gw");
-    let guard = DropSchema { url: url.clone(), schema: schema.clone() };
-    let store = PostgresKeyStore::connect_url(&url, &schema, 4, Duration::from_secs(10)).await.unwrap();
+async fn postgres() -> Option<(PostgresKeyStore, PgSchema)> {
+    let schema = PgSchema::start("gw").await?;
+    let store = PostgresKeyStore::connect(schema.url(), schema.name(), pool(4), &Preset::database()).await.unwrap();
     // Connecting again to a migrated schema is a no-op.
-    PostgresKeyStore::connect_url(&url, &schema, 1, Duration::from_secs(10)).await.unwrap();
-    Some((store, guard))
+    PostgresKeyStore::connect(schema.url(), schema.name(), pool(1), &Preset::database()).await.unwrap();
+    Some((store, schema))
+}
+
+fn pool(max: u32) -> PoolSettings {
+    PoolSettings { min: 0, max, acquire_timeout: Duration::from_secs(10) }
 }
 
 fn new_key(user: &str, tenant: &str, scopes: &[&str]) -> NewApiKey {

@@ -35,9 +35,8 @@ use agentmesh_events::{Event, EventsError, NatsBus, NatsConfig, PublishAck, Publ
 use agentmesh_resilience::Preset;
 use agentmesh_session_store::store::postgres::{PoolSettings, PostgresStore, RelaySettings};
 use agentmesh_session_store::store::{Cursor, MessageQuery, NewMessage, NewSession, Owner, Role, SessionStore};
-use agentmesh_testkit::{Service, unique_name};
+use agentmesh_testkit::{PgSchema, Service, unique_name};
 use async_trait::async_trait;
-use sqlx::Connection;
 use uuid::Uuid;
 
 const BIG_SESSION: i64 = 100_000;
@@ -46,37 +45,6 @@ const PER_OTHER_SESSION: i64 = 1_000;
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// Drops the benchmark schema when dropped.
-struct SchemaGuard {
-    url: String,
-    schema: String,
-}
-
-impl Drop for SchemaGuard {
-    fn drop(&mut self) {
-        let (url, schema) = (self.url.clone(), self.schema.clone());
-        let done = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async move {
-                let mut conn = sqlx::PgConnection::connect(&url).await?;
-                sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1")
-                    .bind(&schema)
-                    .execute(&mut conn)
-                    .await?;
-                sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")))
-                    .execute(&mut conn)
-                    .await?;
-                Ok::<_, sqlx::Error>(())
-            })
-        })
-        .join();
-        match done {
-            Ok(Ok(())) => println!("dropped schema {}", self.schema),
-            other => eprintln!("could not drop schema {}: {other:?}", self.schema),
-        }
-    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -330,17 +298,14 @@ async fn nats() -> Option<NatsBus> {
 
 #[tokio::main]
 async fn main() {
-    let Some(url) = agentmesh_testkit::require(Service::Postgres).await else { return };
+    let Some(schema) = PgSchema::start("bench").await else { return };
     let seconds: u64 = env("BENCH_SECONDS", 10);
     let pool_size: u32 = env("BENCH_POOL", 16);
     let iterations: usize = env("BENCH_LIST_ITERATIONS", 2000);
     let writers: Vec<usize> =
         env("BENCH_WRITERS", "16,64".to_owned()).split(',').filter_map(|w| w.trim().parse().ok()).collect();
-    let schema = unique_name("bench");
-    let _guard = SchemaGuard { url: url.clone(), schema: schema.clone() };
-    let tagged = format!("{url}{}application_name={schema}", if url.contains('?') { '&' } else { '?' });
     let pool = PoolSettings { min: pool_size, max: pool_size, acquire_timeout: Duration::from_secs(30) };
-    let store = PostgresStore::connect(&tagged, &schema, pool, &Preset::database()).await.unwrap();
+    let store = PostgresStore::connect(schema.url(), schema.name(), pool, &Preset::database()).await.unwrap();
     let server: String = sqlx::query_scalar("SELECT version()").fetch_one(store.pool()).await.unwrap();
     let commit: String = sqlx::query_scalar("SHOW synchronous_commit").fetch_one(store.pool()).await.unwrap();
     println!("server: {server}; synchronous_commit = {commit}; pool {pool_size}; {} cores", num_cpus());

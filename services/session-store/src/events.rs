@@ -4,7 +4,7 @@
 //! protobuf message of `agentmesh.events.v1` (e.g. `SessionCreated`), on topics
 //! `session.created|updated|deleted` and `message.created|updated|deleted`. Memory and
 //! Redis stores hand their events to an [`EventSink`] right after the write; PostgreSQL
-//! writes them to its outbox in the write's transaction instead (see `store::postgres`).
+//! writes them to its outbox in the write's transaction instead (see `store::postgres` and `agentmesh_postgres::outbox`).
 
 use std::sync::Arc;
 

@@ -2,9 +2,8 @@
 //! transactional outbox and its relay (including a NATS outage), migrations, triggers,
 //! counters under concurrency, search escaping and SQL-level tenant isolation.
 //!
-//! Each test works in a schema of its own (`unique_name("ss")`) that is dropped when the
-//! test ends, even when it fails: the guard terminates the test's connections (tagged
-//! with the schema as `application_name`) and drops the schema from a thread of its own.
+//! Each test works in a schema of its own (testkit's `PgSchema`) that is dropped when the
+//! test ends, even when it fails.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -27,61 +26,26 @@ use agentmesh_session_store::store::postgres::{OutboxRelay, PoolSettings, Postgr
 use agentmesh_session_store::store::{
     MessagePatch, MessageQuery, NewMessage, NewSession, Owner, Role, SessionPatch, SessionStore, StoreError, ToolCall,
 };
-use agentmesh_testkit::{Service, unique_name};
+use agentmesh_testkit::{PgSchema, unique_name};
 use async_trait::async_trait;
 use conformance::Fixture;
 use futures::StreamExt;
-use sqlx::Connection;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
-
-/// Drops the test's schema when dropped.
-struct SchemaGuard {
-    url: String,
-    schema: String,
-}
-
-impl Drop for SchemaGuard {
-    fn drop(&mut self) {
-        let (url, schema) = (self.url.clone(), self.schema.clone());
-        let done = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(drop_schema(&url, &schema))
-        })
-        .join();
-        if !matches!(done, Ok(Ok(()))) {
-            eprintln!("could not drop test schema {}: {done:?}", self.schema);
-        }
-    }
-}
-
-async fn drop_schema(url: &str, schema: &str) -> Result<(), sqlx::Error> {
-    let mut conn = sqlx::PgConnection::connect(url).await?;
-    sqlx::query("SET lock_timeout = '20s'").execute(&mut conn).await?;
-    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1")
-        .bind(schema)
-        .execute(&mut conn)
-        .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))).execute(&mut conn).await?;
-    conn.close().await
-}
 
 /// A store in a fresh schema, and the schema's guard.
 struct TestStore {
     store: PostgresStore,
     url: String,
-    schema: SchemaGuard,
+    schema: PgSchema,
 }
 
 impl TestStore {
     async fn start() -> Option<Self> {
-        let url = agentmesh_testkit::require(Service::Postgres).await?;
-        let schema = unique_name("ss");
-        let tagged = format!("{url}{}application_name={schema}", if url.contains('?') { '&' } else { '?' });
-        let guard = SchemaGuard { url: url.clone(), schema: schema.clone() };
-        let store = PostgresStore::connect(&tagged, &schema, pool(), &Preset::database()).await.unwrap();
-        Some(Self { store, url: tagged, schema: guard })
+        let schema = PgSchema::start("ss").await?;
+        let store = PostgresStore::connect(schema.url(), schema.name(), pool(), &Preset::database()).await.unwrap();
+        Some(Self { store, url: schema.url().to_owned(), schema })
     }
 
     /// Runs `sql` returning one scalar, in the test's schema.
@@ -146,7 +110,7 @@ impl Drop for RunningRelay {
 /// Stops the relay, then drops the schema (field order).
 struct FixtureGuard {
     _relay: RunningRelay,
-    _schema: SchemaGuard,
+    _schema: PgSchema,
 }
 
 async fn fixture() -> Option<Fixture> {

@@ -23,6 +23,7 @@ mod postgres;
 use std::sync::Arc;
 use std::time::Duration;
 
+use agentmesh_postgres::PoolSettings;
 use agentmesh_runtime::Config;
 use agentmesh_runtime::config::StorageBackend;
 use async_trait::async_trait;
@@ -30,7 +31,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 pub use self::memory::MemoryKeyStore;
-pub use self::postgres::{ConnectError, PostgresKeyStore};
+pub use self::postgres::{PostgresKeyStore, migrations};
 use super::keys::{ApiKeyRecord, KeyHash};
 
 /// `last_used_at` is written at most once per this interval per key.
@@ -171,16 +172,22 @@ pub trait ApiKeyStore: Send + Sync + std::fmt::Debug {
 /// logged): there is no Redis key store.
 pub async fn open(config: &Config) -> Result<Arc<dyn ApiKeyStore>, StoreError> {
     match config.storage {
-        StorageBackend::Postgres => {
-            let store = PostgresKeyStore::connect(&config.database, &schema(config)?).await?;
-            Ok(Arc::new(store))
-        }
+        StorageBackend::Postgres => Ok(Arc::new(connect_postgres(config).await?)),
         StorageBackend::Redis => {
             tracing::warn!("API keys are kept in memory: set USE_DATABASE=true to persist them");
             Ok(Arc::new(MemoryKeyStore::new()))
         }
         StorageBackend::Memory => Ok(Arc::new(MemoryKeyStore::new())),
     }
+}
+
+/// The PostgreSQL key store of the configuration: `DB_*` settings, the database
+/// resilience policy, the schema of [`schema`] (prepared and migrated).
+pub async fn connect_postgres(config: &Config) -> Result<PostgresKeyStore, StoreError> {
+    let db = &config.database;
+    let pool = PoolSettings { min: db.min_pool_size, max: db.max_pool_size, acquire_timeout: db.pool_timeout };
+    let url = db.url();
+    PostgresKeyStore::connect(url.expose(), &schema(config)?, pool, &config.resilience.database).await
 }
 
 /// The schema named by [`SCHEMA_ENV`], or [`DEFAULT_SCHEMA`].

@@ -38,10 +38,11 @@ use uuid::Uuid;
 
 use super::PostgresStore;
 use super::error::{DbError, classify, violated_constraint};
-use super::outbox::{OutboxRow, OutboxRows, outbox_insert, outbox_insert_one};
 use super::sessions::repeated_insert;
 use crate::events;
 use crate::store::{JsonObject, MessageRecord, NewMessage, Owner, StoreError, ToolCall};
+use agentmesh_postgres::outbox::{OutboxRow, OutboxRows};
+use agentmesh_postgres::{outbox_insert, outbox_insert_one};
 
 /// Most appends in one statement.
 const MAX_BATCH: usize = 64;
@@ -361,7 +362,7 @@ impl PostgresStore {
 struct Shared(Arc<dyn std::error::Error + Send + Sync>);
 
 fn into_store_error(error: DbError) -> StoreError {
-    super::into_store_error_plain(error)
+    super::error::into_store_error(agentmesh_resilience::ResilienceError::Inner(error))
 }
 
 #[cfg(test)]

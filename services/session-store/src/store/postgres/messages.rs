@@ -9,11 +9,11 @@ use uuid::Uuid;
 
 use super::PostgresStore;
 use super::error::{DbError, classify, classify_commit, violated_constraint};
-use super::outbox::{INSERT_ALL, OutboxRows};
 use super::rows::{self, message_columns};
 use super::sessions::bigint;
 use crate::events;
 use crate::store::{MessagePatch, MessageQuery, MessageRecord, Owner, Page, StoreError};
+use agentmesh_postgres::outbox::{INSERT_ALL, OutboxRows};
 
 const GET: &str = concat!(
     "SELECT ",

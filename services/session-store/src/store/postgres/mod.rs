@@ -3,13 +3,15 @@
 //!
 //! # Layout
 //!
-//! - this module: connecting (pool, `search_path`, migrations), the [`PostgresStore`]
-//!   handle and the [`SessionStore`] implementation, which runs every operation under the
-//!   database [`Resilience`] policy;
-//! - `error`: how sqlx failures become [`StoreError`]s, and which are retried (and why);
+//! - this module: connecting (through [`agentmesh_postgres::Database`]: schema, pool,
+//!   advisory-locked migrations), the [`PostgresStore`] handle and the [`SessionStore`]
+//!   implementation, which runs every operation under the database policy;
+//! - `error`: how failures become [`StoreError`]s (the transient list itself is the
+//!   library's);
 //! - `sessions` / `messages` / `append`: the SQL of each operation (appends, the hot
 //!   path, combine concurrent calls into one statement); `rows`: decoding rows;
-//! - `outbox`: writing events in the data's transaction; [`relay`]: publishing them;
+//! - events go to the library's transactional outbox ([`agentmesh_postgres::outbox`]),
+//!   written in the data's own statement or transaction;
 //! - `idempotency`: [`IdempotencyStore`](crate::idempotency::IdempotencyStore) on a table.
 //!
 //! # Design choices
@@ -31,28 +33,26 @@ mod append;
 mod error;
 mod idempotency;
 mod messages;
-mod outbox;
-pub mod relay;
 mod rows;
 mod sessions;
 
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, LazyLock};
 
 use agentmesh_events::Publisher;
-use agentmesh_resilience::{Preset, Resilience};
-use agentmesh_runtime::config::DatabaseConfig;
+use agentmesh_postgres::outbox::{self, Outbox};
+use agentmesh_postgres::{Database, SetupError};
+use agentmesh_resilience::Preset;
 use async_trait::async_trait;
-use chrono::{DateTime, Timelike as _, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Connection as _, Executor as _};
-use tokio::sync::Notify;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::PgPool;
 use uuid::Uuid;
+
+pub use agentmesh_postgres::PoolSettings;
+pub use agentmesh_postgres::outbox::{OutboxRelay, RelaySettings};
 
 pub use self::append::BATCH_SIZE_HISTOGRAM;
 use self::error::{DbError, classify, into_store_error};
-pub use self::relay::{OutboxRelay, RelaySettings};
 use super::{
     MessagePatch, MessageQuery, MessageRecord, NewMessage, NewSession, Owner, Page, SessionPatch, SessionQuery,
     SessionRecord, SessionStore, StoreError,
@@ -61,32 +61,19 @@ use super::{
 /// The schema production uses (one schema per service, ARCHITECTURE §2).
 pub const DEFAULT_SCHEMA: &str = "session_store";
 
-/// Longest accepted schema name: PostgreSQL identifiers have 63 bytes, and the relay's
-/// notification channel `<schema>_outbox` must fit too.
-const MAX_SCHEMA_LENGTH: usize = 56;
+/// The migrations in `services/session-store/migrations`.
+static EMBEDDED: Migrator = sqlx::migrate!("./migrations");
 
-/// Idle time after which a pooled connection is pinged before use. Fresher connections
-/// are used without the extra round trip; a dead one fails its statement, which is then
-/// retried if that is safe (see the `error` module).
-const PING_AFTER_IDLE: Duration = Duration::from_secs(10);
+/// Version of the library's outbox table among this service's migrations.
+const OUTBOX_VERSION: i64 = 2;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+static MIGRATIONS: LazyLock<Migrator> =
+    LazyLock::new(|| agentmesh_postgres::with_migrations(&EMBEDDED, [outbox::migration(OUTBOX_VERSION)]));
 
-/// Connection pool sizing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PoolSettings {
-    /// Connections kept open when idle.
-    pub min: u32,
-    /// Most connections open at once.
-    pub max: u32,
-    /// How long a call waits for a free connection before failing as unavailable.
-    pub acquire_timeout: Duration,
-}
-
-impl From<&DatabaseConfig> for PoolSettings {
-    fn from(config: &DatabaseConfig) -> Self {
-        Self { min: config.min_pool_size, max: config.max_pool_size, acquire_timeout: config.pool_timeout }
-    }
+/// Every migration of the session-store schema: its own plus the outbox table (for
+/// `agentmesh migrate`).
+pub fn migrations() -> &'static Migrator {
+    &MIGRATIONS
 }
 
 /// The PostgreSQL store. Cheap to clone; clones share the pool, the resilience state and
@@ -97,92 +84,36 @@ pub struct PostgresStore {
 }
 
 struct Inner {
+    database: Database,
+    /// The database's pool (a shared handle), used by every operation.
     pool: PgPool,
-    /// Options and sizing the pool was made with, for the relay's own pool.
-    connect: PgConnectOptions,
-    settings: PoolSettings,
-    schema: String,
-    resilience: Resilience,
-    /// Wakes this store's relays after a write queued events.
-    wake: Arc<Notify>,
+    outbox: Outbox,
     /// Combines concurrent appends (see `append`).
     appender: append::Appender,
 }
 
 impl std::fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresStore").field("schema", &self.inner.schema).finish_non_exhaustive()
+        f.debug_struct("PostgresStore").field("schema", &self.schema()).finish_non_exhaustive()
     }
 }
 
-/// Why connecting failed, beyond the database being unreachable.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    /// The schema name cannot be used.
-    #[error(
-        "invalid schema name {0:?}: use 1 to {MAX_SCHEMA_LENGTH} ASCII letters, digits or `_`, not starting with a digit"
-    )]
-    InvalidSchema(String),
-    /// The pool settings cannot work.
-    #[error("invalid pool settings: {0}")]
-    InvalidPool(&'static str),
-    /// The connection URL does not parse.
-    #[error("invalid database URL: {0}")]
-    InvalidUrl(#[source] sqlx::Error),
-    /// A migration failed.
-    #[error("migrating schema {schema}: {source}")]
-    Migrate {
-        /// The schema being migrated.
-        schema: String,
-        /// What failed.
-        #[source]
-        source: sqlx::migrate::MigrateError,
-    },
-}
-
 impl PostgresStore {
-    /// Connects to `url`, creates `schema` if missing, points every pooled connection's
-    /// `search_path` at `<schema>, public` and applies the migrations (their bookkeeping
-    /// table lives in `schema` too). Connecting again to a migrated schema is a no-op.
-    ///
-    /// The bulkhead of `resilience` is sized to the pool (`max` calls in flight, waiting
-    /// up to `acquire_timeout` for a slot, like the pool itself), so a burst larger than
-    /// the pool queues briefly instead of being refused at once.
+    /// Connects to `url` and prepares `schema` (see [`Database::connect`]: created if
+    /// missing, migrated under its advisory lock, first on every pooled connection's
+    /// `search_path`). Connecting again to a migrated schema is a no-op. Every operation
+    /// runs under `resilience` with its bulkhead sized to the pool.
     pub async fn connect(url: &str, schema: &str, pool: PoolSettings, resilience: &Preset) -> Result<Self, StoreError> {
-        validate_schema(schema).map_err(internal)?;
-        if pool.max == 0 || pool.min > pool.max {
-            return Err(internal(ConnectError::InvalidPool("need 1 <= max and min <= max")));
-        }
-        let connect: PgConnectOptions = url.parse().map_err(|e| internal(ConnectError::InvalidUrl(e)))?;
-        let handle = pool_options(schema, &pool)
-            .connect_with(connect.clone())
-            .await
-            .map_err(|e| into_store_error_plain(classify(e)))?;
-        create_schema(&handle, schema).await?;
-        migrate(&handle, schema).await?;
-        let preset = Preset {
-            max_concurrency: usize::try_from(pool.max).unwrap_or(usize::MAX),
-            max_queue_wait: pool.acquire_timeout,
-            ..resilience.clone()
-        };
-        let resilience = Resilience::new(format!("postgres.{schema}"), &preset);
-        let lanes = append_lanes(&pool);
-        Ok(Self {
-            inner: Arc::new(Inner {
-                pool: handle,
-                connect,
-                settings: pool,
-                schema: schema.to_owned(),
-                resilience,
-                wake: Arc::new(Notify::new()),
-                appender: append::Appender::new(lanes),
-            }),
-        })
+        let database = Database::connect(url, schema, pool, resilience, migrations()).await.map_err(setup_error)?;
+        let lanes = append_lanes(database.settings());
+        let outbox = Outbox::new(database.schema());
+        let pool = database.pool().clone();
+        Ok(Self { inner: Arc::new(Inner { database, pool, outbox, appender: append::Appender::new(lanes) }) })
     }
 
     /// The schema this store lives in.
     pub fn schema(&self) -> &str {
-        &self.inner.schema
+        self.inner.database.schema().as_str()
     }
 
     /// The connection pool (for tests, benchmarks and maintenance tooling).
@@ -191,32 +122,29 @@ impl PostgresStore {
     }
 
     /// The database policy's state (breaker for health output).
-    pub fn resilience(&self) -> &Resilience {
-        &self.inner.resilience
+    pub fn resilience(&self) -> &agentmesh_resilience::Resilience {
+        self.inner.database.resilience()
     }
 
-    /// A relay publishing this store's outbox to `publisher`; drive it with
-    /// [`OutboxRelay::run`]. It has its own two connections (one listening, one working)
-    /// so it neither waits for nor starves the request pool.
+    /// A relay publishing this store's outbox to `publisher` (and purging expired
+    /// idempotency keys); drive it with [`OutboxRelay::run`].
     pub fn relay(&self, publisher: Arc<dyn Publisher>) -> OutboxRelay {
-        let settings = PoolSettings { min: 0, max: 2, acquire_timeout: self.inner.settings.acquire_timeout };
-        let pool = pool_options(&self.inner.schema, &settings).connect_lazy_with(self.inner.connect.clone());
-        OutboxRelay::new(pool, publisher, Arc::clone(&self.inner.wake), channel(&self.inner.schema))
+        self.inner.outbox.relay(&self.inner.database, publisher).with_purge(idempotency::PURGE_EXPIRED)
     }
 
     /// Runs one operation under the database policy. `op` is one attempt; whether a failed
-    /// attempt is retried is decided by `error::outcome`.
+    /// attempt is retried is decided by the error's `Judge` outcome.
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, DbError>>,
     {
-        self.inner.resilience.call(&error::outcome::<T>, op).await.map_err(into_store_error)
+        self.inner.database.run(op).await.map_err(into_store_error)
     }
 
     /// Tells the relays that events were queued.
     fn wake_relay(&self) {
-        self.inner.wake.notify_one();
+        self.inner.outbox.committed();
     }
 }
 
@@ -228,92 +156,13 @@ fn append_lanes(pool: &PoolSettings) -> usize {
     usize::try_from(pool.max / 4).unwrap_or(1).clamp(1, 8)
 }
 
-/// Pool options shared by the request pool and the relay's pool.
-fn pool_options(schema: &str, settings: &PoolSettings) -> PgPoolOptions {
-    let set_path: Arc<str> = Arc::from(format!("SET search_path TO {}, public", quote_ident(schema)));
-    PgPoolOptions::new()
-        .min_connections(settings.min)
-        .max_connections(settings.max)
-        .acquire_timeout(settings.acquire_timeout)
-        .test_before_acquire(false)
-        .before_acquire(|conn, meta| {
-            Box::pin(async move {
-                if meta.idle_for > PING_AFTER_IDLE {
-                    conn.ping().await?;
-                }
-                Ok(true)
-            })
-        })
-        .after_connect(move |conn, _meta| {
-            let set_path = Arc::clone(&set_path);
-            Box::pin(async move {
-                conn.execute(sqlx::AssertSqlSafe(set_path.to_string())).await?;
-                Ok(())
-            })
-        })
-}
-
-async fn create_schema(pool: &PgPool, schema: &str) -> Result<(), StoreError> {
-    let sql = format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(schema));
-    let mut conn = pool.acquire().await.map_err(|e| into_store_error_plain(classify(e)))?;
-    match conn.execute(sqlx::AssertSqlSafe(sql)).await {
-        Ok(_) => Ok(()),
-        // Two replicas starting at once: both see the schema missing, one creates it.
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => Ok(()),
-        Err(e) => Err(into_store_error_plain(classify(e))),
+/// The caller's view of a failed connect.
+fn setup_error(error: SetupError) -> StoreError {
+    if error.is_unavailable() {
+        StoreError::Unavailable(Box::new(error))
+    } else {
+        StoreError::Internal(Box::new(error))
     }
-}
-
-/// Applies the migrations on a dedicated connection. sqlx holds a database-wide advisory
-/// lock while migrating (so concurrent starts, and other services' migrations, take
-/// turns) and does not release it when a migration fails: the connection is then closed
-/// instead of going back to the pool with the lock.
-async fn migrate(pool: &PgPool, schema: &str) -> Result<(), StoreError> {
-    let mut conn = pool.acquire().await.map_err(|e| into_store_error_plain(classify(e)))?;
-    // `run_direct` is `run` on a concrete connection, which sqlx offers because `run`'s
-    // `Acquire` bound is not general enough for the future to be proven `Send` (callers
-    // box `connect` as `Send`; the `connect_future_is_send` test keeps it so).
-    match MIGRATOR.run_direct(None, &mut *conn, false).await {
-        Ok(()) => Ok(()),
-        Err(source) => {
-            let _ = conn.detach().close().await;
-            Err(match source {
-                sqlx::migrate::MigrateError::Execute(e) => into_store_error_plain(classify(e)),
-                source => internal(ConnectError::Migrate { schema: schema.to_owned(), source }),
-            })
-        }
-    }
-}
-
-fn validate_schema(schema: &str) -> Result<(), ConnectError> {
-    let valid = !schema.is_empty()
-        && schema.len() <= MAX_SCHEMA_LENGTH
-        && schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && !schema.starts_with(|c: char| c.is_ascii_digit());
-    if valid { Ok(()) } else { Err(ConnectError::InvalidSchema(schema.to_owned())) }
-}
-
-/// `"name"`, safe for any name `validate_schema` accepts (and escaping quotes anyway).
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// The channel relays LISTEN on: `NOTIFY <schema>_outbox` wakes them.
-fn channel(schema: &str) -> String {
-    format!("{schema}_outbox")
-}
-
-/// `at` truncated to the microsecond PostgreSQL stores.
-fn micros(at: DateTime<Utc>) -> DateTime<Utc> {
-    at.with_nanosecond(at.nanosecond() / 1_000 * 1_000).unwrap_or(at)
-}
-
-fn internal(error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
-    StoreError::Internal(Box::new(error))
-}
-
-fn into_store_error_plain(error: DbError) -> StoreError {
-    into_store_error(agentmesh_resilience::ResilienceError::Inner(error))
 }
 
 #[async_trait]
@@ -380,30 +229,20 @@ impl SessionStore for PostgresStore {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
-    /// Callers box the connect future as `Send` (e.g. to spawn start-up work); this only
-    /// has to compile.
-    #[allow(dead_code)]
-    fn connect_future_is_send<'a>(
-        url: &'a str,
-        preset: &'a Preset,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<PostgresStore, StoreError>> + Send + 'a>> {
-        let pool = PoolSettings { min: 0, max: 1, acquire_timeout: Duration::from_secs(1) };
-        Box::pin(PostgresStore::connect(url, DEFAULT_SCHEMA, pool, preset))
+    #[test]
+    fn append_lanes_follow_the_pool() {
+        let lanes = |max| append_lanes(&PoolSettings { min: 0, max, acquire_timeout: Duration::from_secs(1) });
+        assert_eq!((lanes(1), lanes(16), lanes(20), lanes(100)), (1, 4, 5, 8));
     }
 
     #[test]
-    fn schema_names_are_checked() {
-        for ok in ["session_store", "ss_0123456789abcdef", "_x", "A1"] {
-            assert!(validate_schema(ok).is_ok(), "{ok}");
-        }
-        for bad in ["", "1abc", "a-b", "a b", "a\"b", "é", &"x".repeat(57)] {
-            assert!(validate_schema(bad).is_err(), "{bad:?}");
-        }
-        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
-        assert_eq!(channel("session_store"), "session_store_outbox");
-        let lanes = |max| append_lanes(&PoolSettings { min: 0, max, acquire_timeout: Duration::from_secs(1) });
-        assert_eq!((lanes(1), lanes(16), lanes(20), lanes(100)), (1, 4, 5, 8));
+    fn migrations_include_the_outbox_once() {
+        let versions: Vec<i64> = migrations().iter().map(|m| m.version).collect();
+        assert_eq!(versions, [1, 2, 3, 4]);
+        assert_eq!(migrations().iter().filter(|m| m.description == "outbox").count(), 1);
     }
 }

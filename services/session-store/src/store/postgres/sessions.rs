@@ -11,12 +11,13 @@ use uuid::Uuid;
 
 use super::PostgresStore;
 use super::error::{DbError, classify, classify_commit, violated_constraint};
-use super::outbox::{INSERT_ALL, OutboxRows, outbox_insert};
 use super::rows::{self, session_columns};
 use crate::events;
 use crate::store::{
     Direction, NewSession, Owner, Page, SessionPatch, SessionQuery, SessionRecord, SessionSort, StoreError,
 };
+use agentmesh_postgres::outbox::{INSERT_ALL, OutboxRows};
+use agentmesh_postgres::outbox_insert;
 
 /// `$13` tenant, `$14` owner, `$15`-`$19` the sessions' columns as arrays.
 const CREATE: &str = concat!(

@@ -1,4 +1,4 @@
-//! The outbox relay: publishes the events the store's writes queued in `outbox`.
+//! The outbox relay: publishes the events an owner's writes queued in `outbox`.
 //!
 //! # Delivery
 //!
@@ -18,18 +18,19 @@
 //!
 //! # Waking up
 //!
-//! The relay waits until one of: its store wakes it after a write (in-process, no
-//! database round trip), a `NOTIFY <schema>_outbox` arrives (for writers outside this
+//! The relay waits until one of: its owner wakes it after a commit
+//! ([`Outbox::committed`](super::Outbox::committed), in-process, no database round trip), a `NOTIFY <schema>_outbox` arrives (for writers outside this
 //! process, or operators), or `poll_interval` passes (the fallback that covers
 //! everything else, such as rows left by a crashed replica). Writes deliberately do not
 //! NOTIFY: PostgreSQL serialises the commits of notifying transactions, which would cap
-//! appends (see the `0002_outbox` migration).
+//! writes (see the table's migration, [`TABLE_SQL`](super::TABLE_SQL)).
 //!
 //! # Housekeeping
 //!
 //! Every `maintenance_interval` it deletes rows published longer than `retention` ago
-//! and expired idempotency keys (in bounded chunks), and refreshes the
-//! `agentmesh_outbox_pending` gauge.
+//! (in bounded chunks), runs the owner's extra purge statements
+//! ([`OutboxRelay::with_purge`], e.g. expired idempotency keys) the same way, and
+//! refreshes the `agentmesh_outbox_pending` gauge.
 
 use std::collections::hash_map::RandomState;
 use std::future::Future;
@@ -47,8 +48,6 @@ use sqlx::postgres::{PgListener, PgPool, PgRow};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use uuid::Uuid;
-
-use super::idempotency::PURGE_EXPIRED;
 
 /// Gauge: live rows waiting to be published.
 pub const PENDING_GAUGE: &str = "agentmesh_outbox_pending";
@@ -147,14 +146,16 @@ pub struct BatchReport {
     pub dead: usize,
 }
 
-/// Publishes a store's outbox; see the module documentation. Made by
-/// [`PostgresStore::relay`](super::PostgresStore::relay).
+/// Publishes an owner's outbox; see the module documentation. Made by
+/// [`Outbox::relay`](super::Outbox::relay).
 pub struct OutboxRelay {
     pool: PgPool,
     publisher: Arc<dyn Publisher>,
     wake: Arc<Notify>,
     channel: String,
     settings: RelaySettings,
+    /// The owner's extra housekeeping deletes (`$1`: most rows per statement).
+    purges: Vec<&'static str>,
 }
 
 impl std::fmt::Debug for OutboxRelay {
@@ -175,7 +176,16 @@ enum Drained {
 
 impl OutboxRelay {
     pub(super) fn new(pool: PgPool, publisher: Arc<dyn Publisher>, wake: Arc<Notify>, channel: String) -> Self {
-        Self { pool, publisher, wake, channel, settings: RelaySettings::default() }
+        Self { pool, publisher, wake, channel, settings: RelaySettings::default(), purges: Vec::new() }
+    }
+
+    /// Adds a housekeeping `DELETE` run every `maintenance_interval`, repeated while it
+    /// deletes full chunks; `$1` is the most rows one statement may delete (e.g.
+    /// `DELETE FROM t WHERE ctid = ANY(ARRAY(SELECT ctid FROM t WHERE expired LIMIT $1))`).
+    #[must_use]
+    pub fn with_purge(mut self, statement: &'static str) -> Self {
+        self.purges.push(statement);
+        self
     }
 
     /// Replaces the default pacing.
@@ -330,21 +340,23 @@ impl OutboxRelay {
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
-    /// Deletes published rows past retention and expired idempotency keys, and refreshes
-    /// the pending gauge.
+    /// Deletes published rows past retention, runs the owner's purges, and refreshes the
+    /// pending gauge.
     pub async fn maintain(&self) -> Result<(), RelayError> {
         let retention = i64::try_from(self.settings.retention.as_micros()).unwrap_or(i64::MAX);
-        self.purge(PurgeKind::Published, retention).await?;
-        self.purge(PurgeKind::Idempotency, retention).await?;
+        self.purge(Purge::Published(retention)).await?;
+        for statement in &self.purges {
+            self.purge(Purge::Owner(statement)).await?;
+        }
         metrics::gauge!(PENDING_GAUGE).set(self.pending().await? as f64);
         Ok(())
     }
 
-    async fn purge(&self, kind: PurgeKind, retention: i64) -> Result<(), RelayError> {
+    async fn purge(&self, purge: Purge) -> Result<(), RelayError> {
         for _ in 0..PURGE_ROUNDS {
-            let query = match kind {
-                PurgeKind::Published => sqlx::query(PURGE_PUBLISHED).bind(retention).bind(PURGE_CHUNK),
-                PurgeKind::Idempotency => sqlx::query(PURGE_EXPIRED).bind(PURGE_CHUNK),
+            let query = match purge {
+                Purge::Published(retention) => sqlx::query(PURGE_PUBLISHED).bind(retention).bind(PURGE_CHUNK),
+                Purge::Owner(statement) => sqlx::query(sqlx::AssertSqlSafe(statement)).bind(PURGE_CHUNK),
             };
             let deleted = self.db(query.execute(&self.pool)).await?.rows_affected();
             if deleted < PURGE_CHUNK.unsigned_abs() {
@@ -388,10 +400,13 @@ impl OutboxRelay {
     }
 }
 
+/// One housekeeping delete.
 #[derive(Debug, Clone, Copy)]
-enum PurgeKind {
-    Published,
-    Idempotency,
+enum Purge {
+    /// Published rows older than the retention (µs).
+    Published(i64),
+    /// One of the owner's statements.
+    Owner(&'static str),
 }
 
 /// Waits for the next notification on `listener` (forever without one), then swallows

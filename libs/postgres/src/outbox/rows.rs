@@ -1,13 +1,14 @@
-//! Writing domain events into the `outbox` table, inside the write that caused them.
+//! Outbox rows as statement parameters, for owners that write their events in the same
+//! statement as their data (one round trip instead of a transaction).
 //!
-//! Every write builds its events with the `crate::events` builders and binds them as
-//! column arrays (`$1`-`$12`) of an `INSERT ... SELECT FROM unnest(...)`, which each
-//! operation embeds in its own statement (see [`outbox_insert!`]) or runs in its
-//! transaction; an append, the hot path, binds its one event as scalars instead
-//! ([`outbox_insert_one!`]). Each event carries the id of the record it is about (`record_id`), so a
-//! statement can keep only the events of the records it actually changed — e.g. a bulk
-//! delete queues `session.deleted` only for the sessions it found. Rows get their `seq`
-//! in event order (`WITH ORDINALITY`), which is the order the relay publishes them in.
+//! Events are bound as column arrays (`$1`-`$12`) of an `INSERT ... SELECT FROM
+//! unnest(...)` ([`outbox_insert!`](crate::outbox_insert)) that an owner embeds in its own
+//! statement (e.g. after a data-modifying CTE) or runs in its transaction; a single event
+//! may be bound as scalars instead ([`outbox_insert_one!`](crate::outbox_insert_one)).
+//! Each event carries the id of the record it is about (`record_id`), so a statement can
+//! keep only the events of the records it actually changed — e.g. a bulk delete queues
+//! events only for the rows it found. Rows get their `seq` in event order (`WITH
+//! ORDINALITY`), which is the order the relay publishes them in.
 
 use agentmesh_events::Event;
 use chrono::{DateTime, Utc};
@@ -16,10 +17,12 @@ use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
 use uuid::Uuid;
 
-use super::error::DbError;
+use crate::error::DbError;
 
-/// The outbox insert over the event arrays `$1`-`$12`, keeping the events whose row `e`
-/// satisfies `$guard` (a SQL condition; `e.record_id` names the event's record).
+/// The outbox insert over the event arrays `$1`-`$12` of [`OutboxRows`], keeping the
+/// events whose row `e` satisfies `$guard` (a SQL condition; `e.record_id` names the
+/// event's record).
+#[macro_export]
 macro_rules! outbox_insert {
     ($guard:literal) => {
         concat!(
@@ -37,10 +40,10 @@ macro_rules! outbox_insert {
         )
     };
 }
-pub(super) use outbox_insert;
 
-/// The outbox insert of one event bound as scalars `$1`-`$11`, if `$guard` holds: the
-/// append's hot path, which skips the arrays.
+/// The outbox insert of one event bound as scalars `$1`-`$11` by [`OutboxRow`], if
+/// `$guard` holds: for hot paths that write one event and skip the arrays.
+#[macro_export]
 macro_rules! outbox_insert_one {
     ($guard:literal) => {
         concat!(
@@ -52,24 +55,24 @@ macro_rules! outbox_insert_one {
         )
     };
 }
-pub(super) use outbox_insert_one;
 
-/// One event as the scalars of [`outbox_insert_one!`].
+/// One event as the scalars of [`outbox_insert_one!`](crate::outbox_insert_one).
 #[derive(Debug)]
-pub(super) struct OutboxRow {
+pub struct OutboxRow {
     event_id: Uuid,
     event: Event,
     time: DateTime<Utc>,
 }
 
 impl OutboxRow {
-    pub(super) fn new(event: Event) -> Result<Self, DbError> {
+    /// The row of `event`; fails when its id is not a UUID.
+    pub fn new(event: Event) -> Result<Self, DbError> {
         let event_id = parse_id(&event)?;
-        Ok(Self { event_id, time: super::micros(event.time()), event })
+        Ok(Self { event_id, time: crate::micros(event.time()), event })
     }
 
     /// Binds the event as `$1`-`$11` of `query` (which must have no parameters yet).
-    pub(super) fn bind<'q>(&self, query: Query<'q, Postgres, PgArguments>) -> Query<'q, Postgres, PgArguments> {
+    pub fn bind<'q>(&self, query: Query<'q, Postgres, PgArguments>) -> Query<'q, Postgres, PgArguments> {
         let event = &self.event;
         query
             .bind(self.event_id)
@@ -90,9 +93,9 @@ fn parse_id(event: &Event) -> Result<Uuid, DbError> {
     Uuid::parse_str(event.id()).map_err(|_| DbError::corrupt(format!("event id {:?} is not a UUID", event.id())))
 }
 
-/// Events as the column arrays of [`outbox_insert!`].
+/// Events as the column arrays of [`outbox_insert!`](crate::outbox_insert).
 #[derive(Debug, Default)]
-pub(super) struct OutboxRows {
+pub struct OutboxRows {
     event_id: Vec<Uuid>,
     topic: Vec<String>,
     event_type: Vec<String>,
@@ -109,7 +112,7 @@ pub(super) struct OutboxRows {
 
 impl OutboxRows {
     /// Rows for `events`, each paired with the id of the record it is about.
-    pub(super) fn new(events: impl IntoIterator<Item = (Uuid, Event)>) -> Result<Self, DbError> {
+    pub fn new(events: impl IntoIterator<Item = (Uuid, Event)>) -> Result<Self, DbError> {
         let mut rows = OutboxRows::default();
         for (record_id, event) in events {
             rows.event_id.push(parse_id(&event)?);
@@ -122,14 +125,14 @@ impl OutboxRows {
             rows.data_content_type.push(event.data_content_type().to_owned());
             rows.data_schema.push(event.data_schema().map(str::to_owned));
             rows.data.push(event.data().to_vec());
-            rows.time.push(super::micros(event.time()));
+            rows.time.push(crate::micros(event.time()));
             rows.record_id.push(record_id);
         }
         Ok(rows)
     }
 
     /// Binds the arrays as `$1`-`$12` of `query` (which must have no parameters yet).
-    pub(super) fn bind<'q>(&self, query: Query<'q, Postgres, PgArguments>) -> Query<'q, Postgres, PgArguments> {
+    pub fn bind<'q>(&self, query: Query<'q, Postgres, PgArguments>) -> Query<'q, Postgres, PgArguments> {
         query
             .bind(&self.event_id)
             .bind(&self.topic)
@@ -147,7 +150,7 @@ impl OutboxRows {
 }
 
 /// The outbox insert of a transaction step that queues all its events.
-pub(super) const INSERT_ALL: &str = outbox_insert!("true");
+pub const INSERT_ALL: &str = crate::outbox_insert!("true");
 
 #[cfg(test)]
 mod tests {
@@ -157,14 +160,14 @@ mod tests {
     fn insert_binds_twelve_arrays_in_order() {
         assert!(INSERT_ALL.contains("$12::uuid[]) WITH ORDINALITY"));
         assert!(INSERT_ALL.ends_with("WHERE true ORDER BY e.n"));
-        let event = Event::builder("session.created", "s", "t").subject("x").build().unwrap();
+        let event = Event::builder("thing.created", "s", "t").subject("x").build().unwrap();
         let rows = OutboxRows::new([(Uuid::nil(), event.clone())]).unwrap();
         assert_eq!(rows.event_id[0].to_string(), event.id());
         assert_eq!(rows.subject[0].as_deref(), Some("x"));
         assert_eq!(rows.tenant[0], None);
-        let bad = Event::builder("session.created", "s", "t").id("not-a-uuid").build().unwrap();
+        let bad = Event::builder("thing.created", "s", "t").id("not-a-uuid").build().unwrap();
         assert!(OutboxRows::new([(Uuid::nil(), bad.clone())]).is_err());
         assert!(OutboxRow::new(bad).is_err());
-        assert!(outbox_insert_one!("true").contains("$11::timestamptz WHERE true"));
+        assert!(crate::outbox_insert_one!("true").contains("$11::timestamptz WHERE true"));
     }
 }

@@ -1,0 +1,132 @@
+//! The transactional outbox: an owner of data writes the domain events of a change in the
+//! same transaction as the change, into an `outbox` table in its own schema, and an
+//! [`OutboxRelay`] publishes them to the event bus afterwards. An event is therefore
+//! published if and only if its change committed, even when the bus is down at the time.
+//!
+//! # What the owner does
+//!
+//! 1. Includes the table: its migrator is its embedded migrations plus [`migration`] at a
+//!    version of its choosing, combined with [`with_migrations`](crate::with_migrations).
+//! 2. Writes events in its transactions with [`Outbox::enqueue`] (or, to save the round
+//!    trip, embeds [`outbox_insert!`](crate::outbox_insert) in its own statement and binds
+//!    [`OutboxRows`]), then calls [`Outbox::committed`] after committing, which wakes the
+//!    relay at once instead of at its next poll.
+//! 3. Runs [`Outbox::relay`] in the background until shutdown.
+//!
+//! # What the relay guarantees
+//!
+//! See [`relay`]: every committed event is published at least once, with the event id it
+//! was queued with as the bus's deduplication id (JetStream's `Nats-Msg-Id`), so a repeat
+//! after a crash is dropped by the bus; events are published in the order they were
+//! queued (`seq`), except that with pipelining an event whose publish failed may be
+//! overtaken by the few sent after it.
+
+pub mod relay;
+mod rows;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use agentmesh_events::{Event, Publisher};
+use sqlx::SqlSafeStr as _;
+use sqlx::migrate::{Migration, MigrationType};
+use sqlx::{PgConnection, Postgres, Transaction};
+use tokio::sync::Notify;
+
+pub use self::relay::{BatchReport, OutboxRelay, RelayError, RelaySettings};
+pub use self::rows::{INSERT_ALL, OutboxRow, OutboxRows};
+use crate::database::Database;
+use crate::error::{DbError, classify};
+use crate::schema::Schema;
+
+/// The `outbox` table's DDL, applied into the owner's schema by [`migration`].
+pub const TABLE_SQL: &str = include_str!("../../migrations/outbox.sql");
+
+/// The migration creating the `outbox` table, as version `version` of the owner's
+/// migrations. Its checksum is that of [`TABLE_SQL`]: an owner must keep the version it
+/// first shipped it with, and the file must never change, not even a comment (it is
+/// byte for byte session-store's original migration 2, so databases migrated before the
+/// outbox moved here keep starting).
+pub fn migration(version: i64) -> Migration {
+    let sql = sqlx::AssertSqlSafe(TABLE_SQL).into_sql_str();
+    Migration::new(version, Cow::Borrowed("outbox"), MigrationType::Simple, sql, false)
+}
+
+/// One owner's outbox: where events are written and who to wake after a commit. Cheap to
+/// clone; clones share the wake-up.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    wake: Arc<Notify>,
+    channel: String,
+}
+
+impl Outbox {
+    /// The outbox in `schema`. Its relays also LISTEN on `<schema>_outbox`, so writers
+    /// outside this process can wake them with `pg_notify`.
+    pub fn new(schema: &Schema) -> Self {
+        Self { wake: Arc::new(Notify::new()), channel: schema.channel("outbox") }
+    }
+
+    /// The notification channel the relays listen on.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// Queues `event` in `tx`: it is published once `tx` commits, and never if it rolls
+    /// back. Call [`Outbox::committed`] after the commit.
+    pub async fn enqueue(&self, tx: &mut Transaction<'_, Postgres>, event: Event) -> Result<(), DbError> {
+        let conn: &mut PgConnection = tx;
+        OutboxRow::new(event)?
+            .bind(sqlx::query(crate::outbox_insert_one!("true")))
+            .execute(conn)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    /// Queues `events` in `tx`, in order, with one statement.
+    pub async fn enqueue_all(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        events: impl IntoIterator<Item = Event>,
+    ) -> Result<(), DbError> {
+        let conn: &mut PgConnection = tx;
+        let rows = OutboxRows::new(events.into_iter().map(|event| (uuid::Uuid::nil(), event)))?;
+        rows.bind(sqlx::query(INSERT_ALL)).execute(conn).await.map_err(classify)?;
+        Ok(())
+    }
+
+    /// Tells this process's relays that events were committed, so they publish now rather
+    /// than at their next poll. Writes deliberately do not `NOTIFY` (see the table's
+    /// migration): this in-process wake-up is free.
+    pub fn committed(&self) {
+        self.wake.notify_one();
+    }
+
+    /// A relay publishing this outbox to `publisher`; drive it with [`OutboxRelay::run`].
+    /// It has its own two connections (one listening, one working) so it neither waits
+    /// for nor starves the request pool.
+    pub fn relay(&self, database: &Database, publisher: Arc<dyn Publisher>) -> OutboxRelay {
+        OutboxRelay::new(database.side_pool(2), publisher, Arc::clone(&self.wake), self.channel.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_migration_carries_the_table() {
+        let m = migration(7);
+        assert_eq!((m.version, m.description.as_ref()), (7, "outbox"));
+        assert!(m.sql.as_str().contains("CREATE TABLE outbox"));
+        // SHA-384 of session-store's original `0002_outbox.sql`: databases migrated before
+        // the outbox moved into this library must keep matching.
+        let original = "34686f6ed28d166236a21af08f2b59b3d67177565e8fd34f35935cfa3d7167f5\
+                        e27a354cff222ccea8841ca5b467c4fb";
+        let checksum: String = m.checksum.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(checksum, original);
+        let schema = Schema::new("orchestrator").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(Outbox::new(&schema).channel(), "orchestrator_outbox");
+    }
+}
