@@ -3,8 +3,9 @@
 //! One port serves: the seed's REST API, transcoded generically from the contract
 //! ([`routes`], [`json`], [`rest`]); native gRPC and grpc-web to the public RPCs of every
 //! service, the gateway's own health and auth services included (passthrough); `/metrics`.
-//! Callers are authenticated and rate-limited here and reach services with a signed
-//! principal; CORS ([`browser`]) covers the whole port.
+//! Callers are authenticated and rate-limited here and reach services with a principal
+//! signed by the gateway's own Ed25519 key (minted once per caller per lifetime window)
+//! and the gateway's actor token; CORS ([`browser`]) covers the whole port.
 
 pub mod health;
 pub mod json;
@@ -26,7 +27,7 @@ use agentmesh_events::EventBus;
 use agentmesh_proto::agentmesh::auth::v1::auth_service_server::AuthServiceServer;
 use agentmesh_proto::agentmesh::health::v1::health_service_server::HealthServiceServer;
 use agentmesh_resilience::Preset;
-use agentmesh_runtime::auth::{Authenticate, PrincipalCodec};
+use agentmesh_runtime::auth::{Authenticate, MintError, ServiceIdentity};
 use agentmesh_runtime::client::{ClientError, ServiceChannel};
 use agentmesh_runtime::context::new_correlation_id;
 use agentmesh_runtime::{Config, GrpcServer, ServerError, ServiceName};
@@ -75,6 +76,9 @@ pub enum StartError {
     /// The API key store could not be opened.
     #[error("api keys: {0}")]
     Keys(#[from] auth::store::StoreError),
+    /// This service's key may not sign principals.
+    #[error("identity: {0}")]
+    Identity(#[from] MintError),
     /// The shared rate limiter could not be set up.
     #[error("rate limiter: {0}")]
     RateLimit(#[from] ratelimit::RateLimitError),
@@ -97,11 +101,13 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
+    let identity = ServiceIdentity::from_config(&config, ServiceName::Gateway);
     let mut upstreams = Upstreams::default();
     let mut channels = Vec::new();
     for service in BACKENDS {
         let url = &config.endpoints.get(service).url;
-        let channel = ServiceChannel::connect_lazy(service.as_str(), url, &backend_preset(&config, service))?;
+        let channel = ServiceChannel::connect_lazy(service.as_str(), url, &backend_preset(&config, service))?
+            .acting_as(&identity);
         upstreams.insert(service, BoxCloneSyncService::new(channel.clone()));
         channels.push((service, channel));
     }
@@ -121,7 +127,7 @@ pub async fn serve(
         routes: RouteTable::from_pool(agentmesh_proto::descriptor_pool())?,
         upstreams,
         authenticator: authenticator.clone(),
-        principals: PrincipalCodec::new(config.security.secret_key.expose()),
+        principals: Arc::new(identity.principal_minter()?),
         max_body_bytes: MAX_BODY_BYTES,
         request_timeout: config.server.request_timeout,
         limiter: rate_limiter(&config).await?,

@@ -14,7 +14,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentmesh_runtime::auth::{Authenticate, PRINCIPAL_HEADER, PRINCIPAL_TTL, Principal, PrincipalCodec};
+use agentmesh_runtime::auth::{Authenticate, PRINCIPAL_HEADER, Principal, PrincipalMinter};
 use agentmesh_runtime::context::{TraceHeaders, new_correlation_id, sanitize_correlation_id};
 use agentmesh_runtime::error::{CORRELATION_ID_HEADER, FieldViolation, retry_after_seconds};
 use agentmesh_runtime::server::is_native_grpc;
@@ -47,8 +47,8 @@ pub struct RestGateway {
     pub upstreams: Upstreams,
     /// Establishes the caller from API keys or tokens.
     pub authenticator: Arc<dyn Authenticate>,
-    /// Signs the principal forwarded to services.
-    pub principals: PrincipalCodec,
+    /// Signs the principal forwarded to services (once per caller per lifetime window).
+    pub principals: Arc<PrincipalMinter>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// Deadline for one call downstream.
@@ -134,10 +134,8 @@ impl RestGateway {
             Err(error) => return grpc_error(error),
         };
         let mut response = if decision.allowed {
-            if let Some(principal) = &principal
-                && let Ok(value) = HeaderValue::from_str(&self.principals.encode(principal, PRINCIPAL_TTL))
-            {
-                parts.headers.insert(PRINCIPAL_HEADER, value);
+            if let Some(principal) = &principal {
+                parts.headers.insert(PRINCIPAL_HEADER, self.principals.mint(principal));
             }
             let forwarded = http::Request::from_parts(parts, tonic::body::Body::new(body));
             match self.upstreams.forward(route.owner, forwarded).await {
@@ -289,7 +287,9 @@ impl RestGateway {
         let context = RequestContext {
             correlation_id: invocation.correlation_id,
             deadline: (!invocation.route.is_streaming()).then(|| Instant::now() + self.request_timeout),
+            principal_token: invocation.principal.as_ref().map(|principal| self.principals.mint(principal)),
             principal: invocation.principal,
+            actor: None,
             trace: invocation.trace,
         };
         let mut request = tonic::Request::new(invocation.message);
@@ -298,9 +298,7 @@ impl RestGateway {
         }
         request.extensions_mut().insert(context.clone());
         let metadata = request.metadata_mut();
-        if let Some(principal) = &context.principal
-            && let Ok(value) = self.principals.encode(principal, PRINCIPAL_TTL).parse()
-        {
+        if let Some(value) = context.principal_token.as_ref().and_then(|token| token.to_str().ok()?.parse().ok()) {
             metadata.insert(PRINCIPAL_HEADER, value);
         }
         if let Some(key) = invocation.idempotency_key.and_then(|k| k.parse().ok()) {

@@ -2,7 +2,9 @@
 //!
 //! Serves `agentmesh.session.v1.SessionService` over one of three backends chosen by
 //! `USE_DATABASE` / `USE_REDIS` / `USE_MEMORY` (see [`store`]), publishes its domain events
-//! (see [`events`]), and accepts only calls carrying a principal signed by the gateway.
+//! (see [`events`]), and accepts only calls carrying a principal signed by a minter
+//! (gateway, agent-orchestrator) from the actors it serves (gateway, agent-orchestrator);
+//! see `agentmesh_runtime::auth`.
 
 pub mod convert;
 pub mod events;
@@ -17,7 +19,6 @@ use std::sync::Arc;
 
 use agentmesh_events::{EventBus, Publisher};
 use agentmesh_proto::agentmesh::session::v1::session_service_server::SessionServiceServer;
-use agentmesh_runtime::auth::{PrincipalCodec, RequireSignedPrincipal};
 use agentmesh_runtime::config::StorageBackend;
 use agentmesh_runtime::{Config, GrpcServer, ServerError, ServiceName};
 use tokio::net::TcpListener;
@@ -71,10 +72,7 @@ pub async fn serve(
     let publisher: Arc<dyn Publisher> = bus;
     let backend = open_backend(&config, publisher).await?;
     let service = SessionService::new(backend.store.clone(), backend.idempotency, config.session_limits.clone());
-    let authenticator = RequireSignedPrincipal::new(PrincipalCodec::new(config.security.secret_key.expose()));
-    let server = GrpcServer::new(ServiceName::SessionStore, &config)
-        .with_authenticator(Arc::new(authenticator))
-        .add_service(SessionServiceServer::new(service));
+    let server = GrpcServer::new(ServiceName::SessionStore, &config).add_service(SessionServiceServer::new(service));
 
     // Background work lives exactly as long as the server: dropping `_stop` ends it.
     let (_stop, stopped) = tokio::sync::watch::channel(());

@@ -7,6 +7,7 @@
 //! `ENVIRONMENT`), then an optional dotenv-style file, then the environment; they are
 //! validated once at start-up and every bad value is reported at once by its name.
 
+mod identity;
 mod vars;
 
 use std::fmt;
@@ -18,6 +19,7 @@ use agentmesh_resilience::{BreakerConfig, Preset, RetryPolicy};
 
 use crate::auth::Tier;
 
+pub use identity::IdentityConfig;
 pub use vars::ConfigIssue;
 use vars::Vars;
 
@@ -513,6 +515,8 @@ pub struct Config {
     pub session_limits: SessionLimits,
     /// `SERVER_*`.
     pub server: ServerConfig,
+    /// `SECURITY_SERVICE_KEY`, `SECURITY_TRUSTED_KEYS`: the mesh's own keys.
+    pub identity: IdentityConfig,
 }
 
 /// Configuration could not be loaded: every bad value, one per line.
@@ -704,6 +708,7 @@ impl Config {
                 shutdown_grace: v.get("SERVER_SHUTDOWN_GRACE_PERIOD", Duration::from_secs(30)),
                 request_timeout: v.get("SERVER_REQUEST_TIMEOUT", Duration::from_secs(60)),
             },
+            identity: IdentityConfig::parse(v, production || environment == Environment::Staging),
         };
         config.apply_feature_flags();
         config
