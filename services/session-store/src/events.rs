@@ -68,8 +68,11 @@ fn build(topic: &str, subject: String, owner: &Owner, schema: &str, payload: &im
     if !owner.tenant_id.is_empty() {
         builder = builder.tenant(owner.tenant_id.clone());
     }
-    if let Some(correlation_id) = RequestContext::current_correlation_id() {
-        builder = builder.correlation_id(correlation_id);
+    if let Some(context) = RequestContext::current() {
+        builder = builder.correlation_id(context.correlation_id);
+        if let Some(actor) = context.actor {
+            builder = builder.actor(actor.as_str());
+        }
     }
     builder.build().unwrap_or_else(|error| {
         // A tenant or correlation id the envelope refuses must not cost the event.
