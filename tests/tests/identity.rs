@@ -14,7 +14,7 @@ use agentmesh_proto::agentmesh::llm::v1::llm_service_client::LlmServiceClient;
 use agentmesh_proto::agentmesh::session::v1::session_service_client::SessionServiceClient;
 use agentmesh_proto::agentmesh::session::v1::{GetSessionRequest, ListSessionsRequest};
 use agentmesh_resilience::Preset;
-use agentmesh_runtime::auth::claims::{PrincipalClaims, sign_principal};
+use agentmesh_runtime::auth::claims::sign_principal;
 use agentmesh_runtime::auth::{ACTOR_HEADER, PRINCIPAL_HEADER, ServiceIdentity, ServiceKey};
 use agentmesh_runtime::client::ServiceChannel;
 use agentmesh_runtime::{Config, GrpcServer, RequestContext, ServiceName};
@@ -89,7 +89,10 @@ async fn session_store_refuses_forged_wrongly_minted_and_expired_principals_and_
         "session-store does not serve calls from llm-proxy",
     );
     // No actor at all, and an actor token made out to another service.
-    assert_refused(list_sessions(&channel, &[principal.clone()]).await, "actor token (x-agentmesh-actor) is required");
+    assert_refused(
+        list_sessions(&channel, std::slice::from_ref(&principal)).await,
+        "actor token (x-agentmesh-actor) is required",
+    );
     let elsewhere = (ACTOR_HEADER, identity::actor_token(ServiceName::Gateway, ServiceName::LlmProxy));
     assert_refused(list_sessions(&channel, &[principal, elsewhere]).await, "actor token is addressed to llm-proxy");
 }

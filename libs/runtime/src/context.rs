@@ -35,6 +35,8 @@ pub struct RequestContext {
     pub principal_token: Option<HeaderValue>,
     /// The service that made this call, for calls inside the mesh.
     pub actor: Option<ServiceName>,
+    /// The run the principal is bound to, when the orchestrator minted it for one.
+    pub run: Option<String>,
     /// The caller's W3C trace context, as received.
     pub trace: Option<TraceHeaders>,
 }
@@ -78,6 +80,7 @@ impl RequestContext {
             principal: None,
             principal_token: None,
             actor: None,
+            run: None,
             trace: None,
         }
     }

@@ -290,6 +290,7 @@ impl RestGateway {
             principal_token: invocation.principal.as_ref().map(|principal| self.principals.mint(principal)),
             principal: invocation.principal,
             actor: None,
+            run: None,
             trace: invocation.trace,
         };
         let mut request = tonic::Request::new(invocation.message);

@@ -240,6 +240,11 @@ fn run_principals_are_bound_to_the_run_and_never_outlive_it() {
     assert_eq!(verified.issuer, ServiceName::AgentOrchestrator);
     assert!(verified.expires <= claims::unix_time(ends));
     assert_eq!(runs.mint(&alice(), "run-1", ends).unwrap(), token, "reused while fresh enough");
+    let mut headers = HeaderMap::new();
+    headers.insert(PRINCIPAL_HEADER, token.clone());
+    headers
+        .insert(ACTOR_HEADER, actor_token(ServiceName::AgentOrchestrator, ServiceName::SessionStore).parse().unwrap());
+    assert_eq!(store().authenticate_headers(GET_SESSION, &headers).unwrap().run.as_deref(), Some("run-1"));
     let long_run = SystemTime::now() + Duration::from_secs(3600);
     let long = store().verify_principal(runs.mint(&alice(), "run-2", long_run).unwrap().to_str().unwrap()).unwrap();
     assert!(long.expires <= unix_now() + PRINCIPAL_TTL.as_secs());

@@ -139,6 +139,7 @@ where
                     principal: caller.principal,
                     principal_token: caller.principal_token,
                     actor: caller.actor,
+                    run: caller.run,
                     trace,
                 };
                 request.extensions_mut().insert(context.clone());
