@@ -158,6 +158,10 @@ impl ServiceIdentity {
         let identity = &config.identity;
         let key = identity.service_key.clone().unwrap_or_else(|| ServiceKey::development(service));
         let trusted = identity.trusted_keys.clone().unwrap_or_else(TrustedKeys::development);
+        if trusted.get(service, key.kid()).is_none() {
+            // Peers holding the same trusted keys will refuse this service's tokens.
+            tracing::warn!(%service, kid = key.kid(), "SECURITY_TRUSTED_KEYS does not list this service's own public key");
+        }
         Self::new(service, key, trusted)
     }
 
