@@ -1,26 +1,36 @@
 #!/usr/bin/env bash
-# Property-based API tests of the real gateway against its own OpenAPI document.
+# Property-based API tests of the real gateway against its own OpenAPI document, once per
+# session-store backend: memory, then PostgreSQL.
 #
-# Starts the `agentmesh up` binary on a free loopback port with a development API key,
-# waits for liveness, checks that /openapi.json is a valid OpenAPI 3.1 document, then runs
-# schemathesis 4.x (examples, coverage, fuzzing and stateful phases) on the operations of
-# the services implemented so far, authenticated, bounded in examples and time. Fails when
-# the gateway answers 5xx, or any status, content type, header or body does not match the
-# document. The server is stopped on exit, whatever happens.
+# For each backend: starts the `agentmesh up` binary on a free loopback port with a
+# development API key, waits for liveness, checks that /openapi.json is a valid OpenAPI 3.1
+# document, then runs schemathesis 4.x (examples, coverage, fuzzing and stateful phases) on
+# the operations of the services implemented so far, authenticated, bounded in examples
+# and time. Fails when the gateway answers 5xx, or any status, content type, header or
+# body does not match the document. The PostgreSQL run gets a database of its own
+# (`CREATE DATABASE` with a unique name), dropped afterwards; the server is stopped on
+# exit, whatever happens.
 #
-# Needs the binary built first (`cargo build -p agentmesh`, as .ci/test does) and python3.
+# Needs the binary built first (`cargo build -p agentmesh`, as .ci/test does), python3,
+# and for the PostgreSQL run psql and a PostgreSQL server whose user may create databases.
 # The venv is created once under ~/.cache/agentmesh-tools and reused.
 #
 # Environment (all optional):
-#   SCHEMATHESIS_MAX_TIME      seconds of testing (default 150); the whole run is capped
-#                              at this plus 90 s
-#   SCHEMATHESIS_MAX_EXAMPLES  test cases per operation and phase (default 20)
+#   SCHEMATHESIS_BACKENDS      backends to test, in order (default "memory postgres")
+#   SCHEMATHESIS_MAX_TIME      seconds of testing in all (default 150), split evenly across
+#                              the backends; each run is capped at its share plus 90 s
+#   SCHEMATHESIS_MAX_EXAMPLES  test cases per operation and phase, per backend (default 12)
+#   SCHEMATHESIS_PG_URL        PostgreSQL server for the postgres run, as a URL whose
+#                              database the test database is created from (default
+#                              $AGENTMESH_TEST_DATABASE_URL, else
+#                              postgres://postgres@127.0.0.1:5432/test)
 #   SCHEMATHESIS_TAGS          regex of the tags (services) to test (default
 #                              '^(session|health|auth)$': agent and mcp answer 501
 #                              not_implemented until their services land)
 #   SCHEMATHESIS_CHECKS        comma-separated schemathesis checks (default: see below)
 #   SCHEMATHESIS_SEED          reproduce an earlier run
-#   SCHEMATHESIS_REPORT_DIR    where the JUnit report and server log go (default: a temp dir)
+#   SCHEMATHESIS_REPORT_DIR    where the JUnit reports and server logs go, one
+#                              subdirectory per backend (default: a temp dir)
 #   AGENTMESH_BIN              the binary (default $CARGO_TARGET_DIR/debug/agentmesh)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -29,7 +39,7 @@ target="${CARGO_TARGET_DIR:-$HOME/.cache/agentmesh-target}"
 bin="${AGENTMESH_BIN:-$target/debug/agentmesh}"
 venv="$HOME/.cache/agentmesh-tools/schemathesis-venv"
 max_time="${SCHEMATHESIS_MAX_TIME:-150}"
-max_examples="${SCHEMATHESIS_MAX_EXAMPLES:-20}"
+max_examples="${SCHEMATHESIS_MAX_EXAMPLES:-12}"
 tags="${SCHEMATHESIS_TAGS:-^(session|health|auth)\$}"
 # Server errors; status codes, content types, headers and bodies as documented; 405 for
 # methods a path does not serve, with the right `Allow`. Left out: negative_data_rejection (the gateway replaces an
@@ -54,66 +64,125 @@ if [ ! -x "$venv/bin/schemathesis" ] || [ ! -x "$venv/bin/openapi-spec-validator
     "$venv/bin/pip" install --quiet --disable-pip-version-check 'schemathesis>=4,<5' 'openapi-spec-validator>=0.7,<1'
 fi
 
-port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-base="http://127.0.0.1:$port"
+backends="${SCHEMATHESIS_BACKENDS:-memory postgres}"
+read -r -a backend_list <<<"$backends"
+share=$((max_time / ${#backend_list[@]}))
+pg_url="${SCHEMATHESIS_PG_URL:-${AGENTMESH_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}}"
 # A fresh development key per run: `sk-` and 48 random characters.
 key="sk-$(python3 -c 'import secrets; print(secrets.token_hex(24))')"
 
-# Session creation is limited to 10 a minute by default; lift the limits so the stateful
-# phase can build on created sessions (the rate limiter has its own tests).
-SECURITY_API_KEYS="$key=schemathesis:premium" \
-    OBSERVABILITY_LOG_LEVEL="${OBSERVABILITY_LOG_LEVEL:-INFO}" \
-    RATE_LIMIT_API_PREMIUM_LIMIT=1000000 \
-    RATE_LIMIT_CREATE_SESSION_LIMIT=1000000 \
-    "$bin" up --http "127.0.0.1:$port" >"$report_dir/agentmesh.log" 2>&1 &
-server=$!
-
-stop() {
-    kill "$server" 2>/dev/null || true
-    wait "$server" 2>/dev/null || true
+server=""
+database=""
+stop_server() {
+    if [ -n "$server" ]; then
+        kill "$server" 2>/dev/null || true
+        wait "$server" 2>/dev/null || true
+        server=""
+    fi
 }
-trap stop EXIT
+drop_database() {
+    if [ -n "$database" ]; then
+        psql "$pg_url" -qAtc "DROP DATABASE IF EXISTS \"$database\" WITH (FORCE)" >/dev/null || \
+            log "could not drop database $database"
+        database=""
+    fi
+}
+cleanup() {
+    stop_server
+    drop_database
+}
+trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-for _ in $(seq 1 60); do
-    if curl -fsS -o /dev/null "$base/api/v1/health"; then break; fi
-    if ! kill -0 "$server" 2>/dev/null; then
-        log "agentmesh exited during start-up:"
-        tail -n 40 "$report_dir/agentmesh.log" >&2
-        exit 1
+# Runs schemathesis against one backend; $1 names it, the rest are extra environment
+# variables of the server (NAME=value).
+run_backend() {
+    local name="$1"
+    shift
+    local dir="$report_dir/$name"
+    mkdir -p "$dir"
+    local port
+    port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')" ||
+        return 1
+    local base="http://127.0.0.1:$port"
+
+    # Session creation is limited to 10 a minute by default; lift the limits so the stateful
+    # phase can build on created sessions (the rate limiter has its own tests).
+    env "$@" \
+        SECURITY_API_KEYS="$key=schemathesis:premium" \
+        OBSERVABILITY_LOG_LEVEL="${OBSERVABILITY_LOG_LEVEL:-INFO}" \
+        RATE_LIMIT_API_PREMIUM_LIMIT=1000000 \
+        RATE_LIMIT_CREATE_SESSION_LIMIT=1000000 \
+        "$bin" up --http "127.0.0.1:$port" >"$dir/agentmesh.log" 2>&1 &
+    server=$!
+
+    for _ in $(seq 1 60); do
+        if curl -fsS -o /dev/null "$base/api/v1/health"; then break; fi
+        if ! kill -0 "$server" 2>/dev/null; then
+            log "$name: agentmesh exited during start-up:"
+            tail -n 40 "$dir/agentmesh.log" >&2
+            return 1
+        fi
+        sleep 0.5
+    done
+    # Called as `run_backend ... || ...`, so `set -e` does not apply here: check each step.
+    curl -fsS -o "$dir/openapi.json" "$base/openapi.json" || return 1
+    "$venv/bin/openapi-spec-validator" "$dir/openapi.json" || return 1
+
+    # Without a working key every protected operation would only ever answer 401: no test.
+    local auth_status
+    auth_status="$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $key" "$base/api/v1/sessions")"
+    if [ "$auth_status" != 200 ]; then
+        log "$name: the gateway answers $auth_status to the SECURITY_API_KEYS key on GET /api/v1/sessions"
+        return 1
     fi
-    sleep 0.5
+
+    local args=(
+        run "$base/openapi.json"
+        --header "Authorization: Bearer $key"
+        --checks "$checks"
+        --include-tag-regex "$tags"
+        --max-examples "$max_examples"
+        --max-time "$share"
+        --workers 2
+        --request-timeout 10
+        --report junit
+        --report-junit-path "$dir/junit.xml"
+    )
+    if [ -n "${SCHEMATHESIS_SEED:-}" ]; then args+=(--seed "$SCHEMATHESIS_SEED"); fi
+
+    local status=0
+    log "$name: testing for at most ${share}s"
+    # schemathesis keeps its state (.schemathesis/) in the working directory: not in the repo.
+    (cd "$dir" && NO_COLOR=1 timeout --kill-after=10 "$((share + 90))" "$venv/bin/schemathesis" "${args[@]}") ||
+        status=$?
+    stop_server
+    if [ "$status" -ne 0 ]; then
+        log "$name: failed (exit $status); server log: $dir/agentmesh.log"
+        if [ "$status" -eq 124 ]; then log "$name: the run exceeded its time cap"; fi
+    fi
+    return "$status"
+}
+
+overall=0
+for backend in "${backend_list[@]}"; do
+    case "$backend" in
+    memory)
+        run_backend memory || overall=1
+        ;;
+    postgres)
+        # A database of the run's own: the service's schema name is fixed, and a shared
+        # database would mix this run's data (and migrations) with others'.
+        database="schemathesis_$(date +%s)_$$"
+        psql "$pg_url" -qAtc "CREATE DATABASE \"$database\"" >/dev/null
+        pg_base="${pg_url%%\?*}"
+        run_backend postgres USE_DATABASE=true DB_URL="${pg_base%/*}/$database${pg_url#"$pg_base"}" || overall=1
+        drop_database
+        ;;
+    *)
+        log "unknown backend $backend (use memory and/or postgres)"
+        exit 2
+        ;;
+    esac
 done
-curl -fsS -o "$report_dir/openapi.json" "$base/openapi.json"
-"$venv/bin/openapi-spec-validator" "$report_dir/openapi.json"
-
-# Without a working key every protected operation would only ever answer 401: no test.
-auth_status="$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $key" "$base/api/v1/sessions")"
-if [ "$auth_status" != 200 ]; then
-    log "the gateway answers $auth_status to the SECURITY_API_KEYS key on GET /api/v1/sessions"
-    exit 1
-fi
-
-args=(
-    run "$base/openapi.json"
-    --header "Authorization: Bearer $key"
-    --checks "$checks"
-    --include-tag-regex "$tags"
-    --max-examples "$max_examples"
-    --max-time "$max_time"
-    --workers 2
-    --request-timeout 10
-    --report junit
-    --report-junit-path "$report_dir/junit.xml"
-)
-if [ -n "${SCHEMATHESIS_SEED:-}" ]; then args+=(--seed "$SCHEMATHESIS_SEED"); fi
-
-status=0
-# schemathesis keeps its state (.schemathesis/) in the working directory: not in the repo.
-cd "$report_dir"
-NO_COLOR=1 timeout --kill-after=10 "$((max_time + 90))" "$venv/bin/schemathesis" "${args[@]}" || status=$?
-if [ "$status" -ne 0 ]; then
-    log "failed (exit $status); server log: $report_dir/agentmesh.log"
-    if [ "$status" -eq 124 ]; then log "the run exceeded its time cap"; fi
-fi
-exit "$status"
+exit "$overall"

@@ -79,6 +79,11 @@ async fn check_binary(binary: &str, addr_var: &str, grpc_services: &[&str]) {
     assert!(status.success(), "{binary} exited with {status}:\n{stderr}");
     assert!(stderr.contains("\"correlation_id\""), "{binary}: request logs carry correlation ids:\n{stderr}");
     assert!(stderr.contains("NOT_SERVING"), "{binary}: shutdown is logged:\n{stderr}");
+    assert!(
+        stderr.contains(&format!("\"address\":\"127.0.0.1:{port}\"")),
+        "{binary}: the listen address is logged as an address:\n{stderr}"
+    );
+    assert!(!stderr.contains("Some("), "{binary}: log fields print values, not Option's Debug:\n{stderr}");
 }
 
 #[tokio::test]

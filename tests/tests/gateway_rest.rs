@@ -55,8 +55,18 @@ fn keys(value: &Value) -> Vec<&str> {
 
 const SESSION_KEYS: [&str; 8] =
     ["created_at", "id", "last_activity", "message_count", "metadata", "title", "updated_at", "user_id"];
-const MESSAGE_KEYS: [&str; 9] =
-    ["content", "created_at", "id", "metadata", "parent_message_id", "role", "session_id", "tool_calls", "updated_at"];
+const MESSAGE_KEYS: [&str; 10] = [
+    "content",
+    "created_at",
+    "id",
+    "metadata",
+    "parent_message_id",
+    "role",
+    "session_id",
+    "tool_call_id",
+    "tool_calls",
+    "updated_at",
+];
 
 #[tokio::test]
 async fn every_session_and_message_endpoint_answers_in_the_seed_shape() {
@@ -101,7 +111,7 @@ async fn every_session_and_message_endpoint_answers_in_the_seed_shape() {
     assert_eq!(status, 201, "{question}");
     assert_eq!(keys(&question), MESSAGE_KEYS);
     assert_eq!((question["role"].clone(), question["tool_calls"].clone()), (json!("user"), json!([])));
-    let body = json!({"content": "Lisbon", "role": "assistant", "parent_message_id": question["id"], "tool_calls": [{"name": "search"}]});
+    let body = json!({"content": "Lisbon", "role": "assistant", "parent_message_id": question["id"], "tool_calls": [{"id": "c1", "name": "search", "arguments": "{}"}]});
     let (status, answer) = api.json(ALICE, Method::POST, &messages, Some(body)).await;
     assert_eq!((status, answer["parent_message_id"].clone()), (201, question["id"].clone()));
 
@@ -161,6 +171,94 @@ async fn bad_input_gets_the_seed_error_format_and_changes_nothing() {
     assert_eq!(response.status(), 401);
     let (_, sessions) = api.json(ALICE, Method::GET, "/api/v1/sessions", None).await;
     assert_eq!(sessions, json!([]), "nothing was created by refused requests");
+}
+
+fn fields(error: &Value) -> Vec<&str> {
+    error["validation_errors"].as_array().unwrap().iter().map(|v| v["field"].as_str().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn tool_calls_tool_results_and_parents_over_rest() {
+    let api = Api::start().await;
+    let (_, session) = api.json(ALICE, Method::POST, "/api/v1/sessions", Some(json!({"title": "tools"}))).await;
+    let messages = format!("/api/v1/sessions/{}/messages", session["id"].as_str().unwrap());
+    let calls = json!([{"id": "call_1", "name": "weather", "arguments": "{\"city\": \"Lisbon\"}"}]);
+    let body = json!({"role": "assistant", "content": "", "tool_calls": calls});
+    let (status, asked) = api.json(ALICE, Method::POST, &messages, Some(body)).await;
+    assert_eq!(status, 201, "{asked}");
+    assert_eq!(
+        (asked["content"].clone(), asked["tool_calls"].clone(), asked["tool_call_id"].clone()),
+        (json!(""), calls, Value::Null)
+    );
+    let body = json!({"role": "tool", "content": "18 °C", "tool_call_id": "call_1", "parent_message_id": asked["id"]});
+    let (status, result) = api.json(ALICE, Method::POST, &messages, Some(body)).await;
+    assert_eq!(
+        (status, result["tool_call_id"].clone(), result["parent_message_id"].clone()),
+        (201, json!("call_1"), asked["id"].clone())
+    );
+
+    let refusals = [
+        (json!({"role": "assistant", "content": ""}), vec!["content"]),
+        (json!({"role": "tool", "content": "r"}), vec!["tool_call_id"]),
+        (json!({"content": "hi", "tool_calls": [{"id": "c", "name": "f", "arguments": "{}"}]}), vec!["tool_calls"]),
+        (
+            json!({"role": "assistant", "content": "", "tool_calls": [{"id": "c", "name": "f", "arguments": "{oops"}]}),
+            vec!["tool_calls[0].arguments"],
+        ),
+        (
+            json!({"role": "assistant", "content": "", "tool_calls": [{"name": "f", "arguments": "{}"}]}),
+            vec!["tool_calls[0].id"],
+        ),
+    ];
+    for (body, expected) in refusals {
+        let (status, error) = api.json(ALICE, Method::POST, &messages, Some(body.clone())).await;
+        assert_eq!((status, fields(&error)), (422, expected), "{body}: {error}");
+    }
+
+    // PUT keeps what it is not given; "" removes the tool call id.
+    let result_path = format!("/api/v1/messages/{}", result["id"].as_str().unwrap());
+    let (status, kept) = api.json(ALICE, Method::PUT, &result_path, Some(json!({"metadata": {"ok": true}}))).await;
+    assert_eq!((status, kept["tool_call_id"].clone(), kept["content"].clone()), (200, json!("call_1"), json!("18 °C")));
+    let (status, error) = api.json(ALICE, Method::PUT, &result_path, Some(json!({"role": "user"}))).await;
+    assert_eq!((status, fields(&error)), (422, vec!["tool_call_id"]));
+    let (status, moved) =
+        api.json(ALICE, Method::PUT, &result_path, Some(json!({"role": "user", "tool_call_id": ""}))).await;
+    assert_eq!((status, moved["role"].clone(), moved["tool_call_id"].clone()), (200, json!("user"), Value::Null));
+    let (_, listed) = api.json(ALICE, Method::GET, &messages, None).await;
+    assert_eq!(listed[0]["tool_calls"][0]["name"], "weather");
+}
+
+#[tokio::test]
+async fn nul_characters_are_refused_with_422_naming_the_field() {
+    let api = Api::start().await;
+    let (_, session) = api.json(ALICE, Method::POST, "/api/v1/sessions", Some(json!({"title": "ok"}))).await;
+    let id = session["id"].as_str().unwrap();
+    let messages = format!("/api/v1/sessions/{id}/messages");
+    let cases = [
+        (Method::POST, "/api/v1/sessions".to_owned(), json!({"title": "a\0b"}), "title"),
+        (Method::POST, "/api/v1/sessions".to_owned(), json!({"metadata": {"k\0": 1}}), "metadata.k\\u0000"),
+        (
+            Method::POST,
+            "/api/v1/sessions".to_owned(),
+            json!({"metadata": {"k": ["x", {"v": "\0"}]}}),
+            "metadata.k[1].v",
+        ),
+        (Method::PUT, format!("/api/v1/sessions/{id}"), json!({"title": "\0"}), "title"),
+        (Method::POST, messages.clone(), json!({"content": "\0"}), "content"),
+        (Method::POST, messages.clone(), json!({"content": "x", "metadata": {"\0": "v"}}), "metadata.\\u0000"),
+    ];
+    for (method, path, body, field) in cases {
+        let (status, error) = api.json(ALICE, method, &path, Some(body.clone())).await;
+        assert_eq!(
+            (status, error["code"].clone(), fields(&error)),
+            (422, json!("validation_error"), vec![field]),
+            "{body}"
+        );
+    }
+    let (status, error) = api.json(ALICE, Method::GET, &format!("{messages}?search=%00"), None).await;
+    assert_eq!((status, fields(&error)), (422, vec!["search"]));
+    let (_, sessions) = api.json(ALICE, Method::GET, "/api/v1/sessions", None).await;
+    assert_eq!(sessions.as_array().unwrap().len(), 1, "nothing was created by refused requests");
 }
 
 #[tokio::test]

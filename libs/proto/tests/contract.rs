@@ -484,7 +484,7 @@ fn field_rules_are_consistent() {
                 assert!(f.is_list(), "{at}: max_items on a singular field");
             }
             if !rules.format.is_empty() {
-                assert!(["uuid", "uri"].contains(&rules.format.as_str()), "{at}: format {}", rules.format);
+                assert!(["uuid", "uri", "json"].contains(&rules.format.as_str()), "{at}: format {}", rules.format);
                 assert_eq!(f.kind(), Kind::String, "{at}: format on a non-string");
             }
         }
@@ -591,6 +591,7 @@ fn seed_entities_have_their_fields() {
                 "content",
                 "metadata",
                 "tool_calls",
+                "tool_call_id",
                 "parent_message_id",
                 "created_at",
                 "updated_at",
@@ -699,7 +700,8 @@ fn seed_entities_have_their_fields() {
     }
     let tool_calls = field("agentmesh.session.v1.Message", "tool_calls");
     assert!(tool_calls.is_list());
-    assert!(matches!(tool_calls.kind(), Kind::Message(m) if m.full_name() == "google.protobuf.Struct"));
+    assert!(matches!(tool_calls.kind(), Kind::Message(m) if m.full_name() == "agentmesh.session.v1.ToolCall"));
+    assert!(field("agentmesh.session.v1.Message", "tool_call_id").supports_presence());
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use crate::config::{Config, ServiceName};
+use crate::config::{Config, ServiceName, ServiceSettings};
 use crate::server::{ServerError, bind, serve_metrics, shutdown_signal};
 use crate::telemetry;
 
@@ -22,32 +22,34 @@ pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// Exit code for a configuration the binary refuses to start with.
 const EXIT_BAD_CONFIG: u8 = 2;
 
-/// Runs `service` as a process: see [`run_process`]; then binds the service's listen
-/// address and awaits `run` until SIGTERM/SIGINT.
-pub fn main<F, Fut, E>(service: ServiceName, run: F) -> ExitCode
+/// Runs the service `settings` names as a process: see [`run_process`]; then binds the
+/// service's listen address and awaits `run` until SIGTERM/SIGINT.
+pub fn main<F, Fut, E>(settings: ServiceSettings, run: F) -> ExitCode
 where
     F: FnOnce(Arc<Config>, TcpListener, Shutdown) -> Fut,
     Fut: Future<Output = Result<(), E>>,
     E: Display + From<ServerError>,
 {
+    let service = settings.service;
     let name = format!("agentmesh-{service}");
-    run_process(&name, service.as_str(), |config| async move {
+    run_process(&name, service.as_str(), &[settings], |config| async move {
         let listener = bind(config.listen_addr(service)).await?;
         run(Arc::new(config), listener, Box::pin(shutdown_signal())).await
     })
 }
 
 /// The life of an agentmesh process: loads and validates [`Config`] from the environment
-/// (exit code 2 listing every bad variable), starts the tokio runtime with `WORKERS`
-/// threads, installs telemetry for `telemetry_name`, starts the optional metrics listener,
-/// then awaits `body`; an error from it is logged and exits 1.
-pub fn run_process<F, Fut, E>(program: &str, telemetry_name: &str, body: F) -> ExitCode
+/// with the settings of the `services` it runs (exit code 2 listing every bad variable),
+/// starts the tokio runtime with `WORKERS` threads, installs telemetry for
+/// `telemetry_name`, logs the configuration's warnings, starts the optional metrics
+/// listener, then awaits `body`; an error from it is logged and exits 1.
+pub fn run_process<F, Fut, E>(program: &str, telemetry_name: &str, services: &[ServiceSettings], body: F) -> ExitCode
 where
     F: FnOnce(Config) -> Fut,
     Fut: Future<Output = Result<(), E>>,
     E: Display + From<ServerError>,
 {
-    let config = match Config::from_env() {
+    let config = match Config::from_env_with(services) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("{program}: {error}");
@@ -69,6 +71,9 @@ where
                 return ExitCode::FAILURE;
             }
         };
+        for warning in &config.warnings {
+            tracing::warn!(variable = %warning.variable, "configuration: {}", warning.message);
+        }
         let result = match spawn_metrics_listener(&config).await {
             Ok(()) => body(config).await,
             Err(error) => Err(E::from(error)),

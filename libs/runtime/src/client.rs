@@ -7,10 +7,10 @@
 //! service's actor token when built [`ServiceChannel::acting_as`] a service, buffers the
 //! request body so a retry can resend it (the contract has no client-streaming RPCs), and
 //! runs the call through `agentmesh_resilience`: breaker → timeout → retry with budget →
-//! bulkhead → the tonic `Channel`. The stack's own refusals (open breaker, timeout, full
-//! bulkhead) and transport failures come back as ordinary gRPC statuses with google.rpc
-//! details, so a typed client sees `circuit_breaker_open` with its `retry_after` exactly as
-//! if a server had said it.
+//! bulkhead → [`Balanced`], which spreads calls over the peer's replicas. The stack's own
+//! refusals (open breaker, timeout, full bulkhead) and transport failures come back as
+//! ordinary gRPC statuses with google.rpc details, so a typed client sees
+//! `circuit_breaker_open` with its `retry_after` exactly as if a server had said it.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,17 +19,17 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use agentmesh_resilience::{GrpcResponseClassifier, Preset, Resilience, ResilienceError, ResilientService};
-use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::BodyExt;
 use opentelemetry::propagation::Injector;
 use tonic::body::Body;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tower::{Layer, Service, ServiceExt};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::auth::keys::service_named;
 use crate::auth::{ACTOR_HEADER, ActorSigner, PRINCIPAL_HEADER, ServiceIdentity};
+use crate::balance::{BalanceError, Balanced, Discovery};
 use crate::context::{RequestContext, TRACEPARENT, format_grpc_timeout, new_correlation_id, parse_grpc_timeout};
 use crate::error::{ApiError, CORRELATION_ID_HEADER};
 
@@ -49,14 +49,11 @@ pub struct ClientError {
 /// had no capacity left.
 const UNREACHABLE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// How long to wait for a TCP connection to a peer before the attempt fails.
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// A resilient, context-propagating channel to one peer service. Cheap to clone; clones
 /// share the peer's breaker, retry budget and bulkhead.
 #[derive(Clone)]
 pub struct ServiceChannel {
-    stack: ResilientService<ToTonicBody, GrpcResponseClassifier>,
+    stack: ResilientService<Balanced, GrpcResponseClassifier>,
     policy: Resilience,
     /// Signs this service's actor token for the peer (reused while fresh).
     actor: Option<Arc<ActorSigner>>,
@@ -64,16 +61,21 @@ pub struct ServiceChannel {
 
 impl ServiceChannel {
     /// A channel to `target` at `url`, connecting lazily on first use (so services can
-    /// start in any order) and guarded by `preset`.
+    /// start in any order), guarded by `preset` and balanced over every address of the
+    /// URL's host name through DNS ([`Discovery::default`]).
     pub fn connect_lazy(target: &str, url: &str, preset: &Preset) -> Result<Self, ClientError> {
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|error| ClientError { target: target.to_owned(), url: url.to_owned(), reason: error.to_string() })?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(std::time::Duration::from_secs(30))
-            .keep_alive_while_idle(true);
+        Self::connect_with(target, url, preset, &Discovery::default())
+    }
+
+    /// Like [`connect_lazy`](Self::connect_lazy), finding replicas as `discovery` says.
+    pub fn connect_with(target: &str, url: &str, preset: &Preset, discovery: &Discovery) -> Result<Self, ClientError> {
+        let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|error| ClientError {
+            target: target.to_owned(),
+            url: url.to_owned(),
+            reason: error.to_string(),
+        })?;
         let policy = Resilience::new(target, preset);
-        let stack = policy.layer(GrpcResponseClassifier).layer(ToTonicBody(endpoint.connect_lazy()));
+        let stack = policy.layer(GrpcResponseClassifier).layer(Balanced::new(target, endpoint.uri(), discovery));
         Ok(Self { stack, policy, actor: None })
     }
 
@@ -185,7 +187,7 @@ fn forward_identity(headers: &mut HeaderMap, context: Option<&RequestContext>, a
 
 /// What a failed call through the stack means to the caller. Transport details stay in
 /// the logs.
-fn api_error(target: &str, error: ResilienceError<tonic::transport::Error>) -> ApiError {
+fn api_error(target: &str, error: ResilienceError<BalanceError>) -> ApiError {
     match error {
         ResilienceError::Inner(transport) => {
             tracing::warn!(%target, error = %transport, "peer unreachable");
@@ -208,24 +210,6 @@ fn status_response(error: ApiError) -> Response<Body> {
         status.metadata_mut().insert(CORRELATION_ID_HEADER, value);
     }
     status.into_http()
-}
-
-/// The bottom of the stack: hands the buffered request to tonic's `Channel`.
-#[derive(Clone)]
-pub struct ToTonicBody(Channel);
-
-impl Service<Request<Bytes>> for ToTonicBody {
-    type Response = Response<Body>;
-    type Error = tonic::transport::Error;
-    type Future = <Channel as Service<Request<Body>>>::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
-        self.0.call(request.map(|bytes| Body::new(http_body_util::Full::new(bytes))))
-    }
 }
 
 /// Writes W3C trace context into request headers.

@@ -50,7 +50,8 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// Extension: the body's media type is not JSON: 415.
     UnsupportedMediaType,
-    /// Extension: the contract has the operation, its service does not implement it yet: 501.
+    /// Extension: the contract has the operation, its service does not implement it yet
+    /// (or a `FEATURE_*` flag switched it off): 501.
     NotImplemented,
 }
 

@@ -4,7 +4,8 @@
 //! - [`telemetry`]: JSON logs with correlation ids, Prometheus metrics, OTLP traces.
 //! - [`server`]: serve a tonic service with health, reflection, metrics, auth and drain.
 //! - [`client`]: channels to other services behind the resilience stack, forwarding
-//!   correlation id, trace context and deadline.
+//!   correlation id, trace context and deadline; [`balance`] spreads their calls over
+//!   every replica of a peer.
 //! - [`error`]: the seed's error codes ↔ `tonic::Status` ↔ the REST error body.
 //! - [`validate`]: the contract's field rules, enforced for every request.
 //! - [`context`] and [`auth`]: what a request carries from hop to hop.
@@ -12,6 +13,7 @@
 //! - [`bus`]: the event bus the configuration names.
 
 pub mod auth;
+pub mod balance;
 pub mod binary;
 pub mod bus;
 pub mod client;

@@ -7,6 +7,12 @@
 //! does the OpenTelemetry layer run (it costs a sixth of a gateway request's CPU). A process
 //! that exports nothing forwards its callers' `traceparent`/`tracestate` unchanged
 //! ([`crate::context::TraceHeaders`]), so traces still cross it.
+//!
+//! Spans follow OpenTelemetry's naming: `package.Service/Method` for gRPC calls, `METHOD
+//! /route` for REST calls (the `otel.name` field), and each service reports its own
+//! `service.name`, also when several run in one process ([`services`]).
+
+pub mod services;
 
 use std::sync::OnceLock;
 
@@ -14,7 +20,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use opentelemetry_sdk::trace::{BatchSpanProcessor, Sampler, SdkTracerProvider, SpanProcessor};
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -68,8 +74,11 @@ pub fn init(service_name: &str, config: &ObservabilityConfig) -> Result<Telemetr
     }
     // The log level filters log output only; spans still reach the tracer at INFO and
     // above, so `OBSERVABILITY_LOG_LEVEL=ERROR` does not break trace propagation.
-    let log_filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(log_directive(&config.log_level)));
+    let log_filter = config
+        .log_filter
+        .as_deref()
+        .and_then(|directive| EnvFilter::try_new(directive).ok())
+        .unwrap_or_else(|| EnvFilter::new(log_directive(&config.log_level)));
     let log_layer = match config.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
@@ -84,9 +93,7 @@ pub fn init(service_name: &str, config: &ObservabilityConfig) -> Result<Telemetr
         Some(endpoint) if config.tracing_enabled => Some(tracer_provider(service_name, config, endpoint)?),
         _ => None,
     };
-    let trace_layer = tracer_provider.as_ref().map(|provider| {
-        tracing_opentelemetry::layer().with_tracer(provider.tracer("agentmesh")).with_filter(LevelFilter::INFO)
-    });
+    let trace_layer = tracer_provider.as_ref().map(trace_layer);
 
     let installed =
         tracing_subscriber::registry().with(log_layer.with_filter(log_filter)).with(trace_layer).try_init().is_ok();
@@ -97,6 +104,15 @@ pub fn init(service_name: &str, config: &ObservabilityConfig) -> Result<Telemetr
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     }
     Ok(TelemetryGuard { tracer_provider })
+}
+
+/// The layer that turns `tracing` spans at INFO and above into OpenTelemetry spans of
+/// `provider`.
+pub fn trace_layer<S>(provider: &SdkTracerProvider) -> impl Layer<S> + use<S>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    tracing_opentelemetry::layer().with_tracer(provider.tracer("agentmesh")).with_filter(LevelFilter::INFO)
 }
 
 /// `info`-level noise from dependencies is useful in production, `debug` is not: the
@@ -117,25 +133,47 @@ fn tracer_provider(
     config: &ObservabilityConfig,
     endpoint: &str,
 ) -> Result<SdkTracerProvider, TelemetryError> {
-    use opentelemetry_otlp::WithExportConfig;
-    let resource =
-        Resource::builder().with_service_name(format!("{}-{service_name}", config.tracing_service_name)).build();
+    // Built once here so a bad endpoint stops the start; each service's exporter is built
+    // the same way when its first span ends.
+    otlp_exporter(endpoint)?;
+    let endpoint = endpoint.to_owned();
+    let make: Box<services::ProcessorFactory> = Box::new(move |resource| match otlp_exporter(&endpoint) {
+        Ok(exporter) => {
+            let mut processor = BatchSpanProcessor::builder(exporter).build();
+            processor.set_resource(&resource);
+            Box::new(processor)
+        }
+        Err(error) => {
+            tracing::error!(%error, "spans of this service are not exported");
+            Box::new(services::Discard)
+        }
+    });
+    let router = services::ServiceRouter::new(&config.tracing_service_name, service_name, make);
     let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.tracing_sample_rate)));
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
+    Ok(SdkTracerProvider::builder()
+        .with_resource(Resource::builder().with_service_name(router.reported_name(service_name)).build())
+        .with_sampler(sampler)
+        .with_span_processor(router)
+        .build())
+}
+
+fn otlp_exporter(endpoint: &str) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
+    use opentelemetry_otlp::WithExportConfig;
+    opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(endpoint)
         .build()
-        .map_err(|source| TelemetryError::Exporter { endpoint: endpoint.to_owned(), source })?;
-    Ok(SdkTracerProvider::builder().with_resource(resource).with_sampler(sampler).with_batch_exporter(exporter).build())
+        .map_err(|source| TelemetryError::Exporter { endpoint: endpoint.to_owned(), source })
 }
 
-/// Makes `span` a child of the trace in the caller's `headers`, when traces are exported.
-pub fn join_caller_trace(span: &tracing::Span, headers: &http::HeaderMap) {
+/// Makes `span`, the request span of `service`, a child of the trace in the caller's
+/// `headers` and the owner of the spans below it, when traces are exported.
+pub fn join_caller_trace(span: &tracing::Span, headers: &http::HeaderMap, service: &'static str) {
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
     // Fails when no traces are exported: no OpenTelemetry layer runs, and the caller's
     // headers are forwarded as received instead (`RequestContext::trace`).
-    let _ = span.set_parent(parent);
+    let _ = span.set_parent(services::owned_by(parent, service));
 }
 
 /// Reads W3C trace context from request headers.

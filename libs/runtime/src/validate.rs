@@ -5,6 +5,11 @@
 //! A request is read through its descriptor (prost-reflect) and every violation is
 //! collected at once, named by its field path as a client sends it (`sessions[3].title`),
 //! into one `validation_error` with field violations.
+//!
+//! One rule holds for every string of a request, annotated or not, down to the keys and
+//! values inside `google.protobuf.Struct` metadata: it must not contain the NUL character
+//! (U+0000). PostgreSQL text and jsonb cannot store it, so without this rule the same
+//! request would be stored by the memory and Redis backends and fail inside PostgreSQL.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -13,7 +18,7 @@ use std::sync::LazyLock;
 use agentmesh_proto::agentmesh::common::v1::FieldRules;
 use agentmesh_proto::descriptor_pool;
 use agentmesh_proto::options::field_rules;
-use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, ReflectMessage, Value};
+use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MapKey, ReflectMessage, Value};
 use serde_json::Value as Json;
 
 use crate::error::{ApiError, FieldViolation};
@@ -74,7 +79,16 @@ fn check_message(message: &DynamicMessage, prefix: &str, out: &mut Vec<FieldViol
                 check_value(&field, &rules, item, &format!("{path}[{index}]"), out);
             }
         } else if field.is_map() {
-            continue;
+            let value_field = match field.kind() {
+                Kind::Message(entry) => entry.map_entry_value_field(),
+                _ => continue,
+            };
+            for (key, item) in value.as_map().into_iter().flatten() {
+                let key = key_text(key);
+                let entry = format!("{path}.{}", shown_key(&key));
+                check_nul_key(&key, &entry, out);
+                check_value(&value_field, &FieldRules::default(), item, &entry, out);
+            }
         } else if !present && field.supports_presence() {
             if rules.required {
                 out.push(violation(&path, "is required", Json::Null));
@@ -96,14 +110,77 @@ fn check_value(field: &FieldDescriptor, rules: &FieldRules, value: &Value, path:
                 out.push(violation(path, "is not one of the allowed values", Json::from(*number)));
             }
         }
-        Value::Message(inner) if !inner.descriptor().full_name().starts_with("google.protobuf.") => {
-            check_message(inner, path, out);
-        }
+        Value::Message(inner) => match inner.descriptor().full_name() {
+            "google.protobuf.Struct" | "google.protobuf.Value" | "google.protobuf.ListValue" => {
+                check_json_strings(inner, path, out);
+            }
+            _ => check_message(inner, path, out),
+        },
         _ => {}
     }
 }
 
+/// The NUL rule inside a `Struct`, `Value` or `ListValue`: object keys and string values,
+/// named by their JSON path (`metadata.tags[2]`).
+fn check_json_strings(message: &DynamicMessage, path: &str, out: &mut Vec<FieldViolation>) {
+    for (field, value) in message.fields() {
+        match (field.name(), value) {
+            ("fields", Value::Map(entries)) => {
+                for (key, item) in entries {
+                    let key = key_text(key);
+                    let entry = format!("{path}.{}", shown_key(&key));
+                    check_nul_key(&key, &entry, out);
+                    if let Value::Message(inner) = item {
+                        check_json_strings(inner, &entry, out);
+                    }
+                }
+            }
+            ("values", Value::List(items)) => {
+                for (index, item) in items.iter().enumerate() {
+                    if let Value::Message(inner) = item {
+                        check_json_strings(inner, &format!("{path}[{index}]"), out);
+                    }
+                }
+            }
+            ("string_value", Value::String(text)) if text.contains('\0') => out.push(nul_violation(path)),
+            (_, Value::Message(inner)) => check_json_strings(inner, path, out),
+            _ => {}
+        }
+    }
+}
+
+/// A map key as text.
+fn key_text(key: &MapKey) -> String {
+    match key {
+        MapKey::Bool(b) => b.to_string(),
+        MapKey::I32(n) => n.to_string(),
+        MapKey::I64(n) => n.to_string(),
+        MapKey::U32(n) => n.to_string(),
+        MapKey::U64(n) => n.to_string(),
+        MapKey::String(text) => text.clone(),
+    }
+}
+
+/// A map key as it appears in a field path: NUL shown as `\u0000`.
+fn shown_key(key: &str) -> Cow<'_, str> {
+    if key.contains('\0') { Cow::Owned(key.replace('\0', "\\u0000")) } else { Cow::Borrowed(key) }
+}
+
+fn check_nul_key(key: &str, path: &str, out: &mut Vec<FieldViolation>) {
+    if key.contains('\0') {
+        out.push(violation(path, "must not contain the NUL character (U+0000) in its key", Json::Null));
+    }
+}
+
+fn nul_violation(path: &str) -> FieldViolation {
+    violation(path, "must not contain the NUL character (U+0000)", Json::Null)
+}
+
 fn check_string(rules: &FieldRules, text: &str, path: &str, out: &mut Vec<FieldViolation>) {
+    if text.contains('\0') {
+        out.push(nul_violation(path));
+        return;
+    }
     let length = text.chars().count();
     if rules.required && text.is_empty() {
         out.push(violation(path, "is required", Json::from(text)));
@@ -119,6 +196,10 @@ fn check_string(rules: &FieldRules, text: &str, path: &str, out: &mut Vec<FieldV
     }
     if rules.format == "uuid" && !text.is_empty() && uuid::Uuid::try_parse(text).is_err() {
         out.push(violation(path, "must be a UUID", Json::from(text)));
+    }
+    if rules.format == "json" && !text.is_empty() && serde_json::from_str::<serde::de::IgnoredAny>(text).is_err() {
+        let shown: String = text.chars().take(64).collect();
+        out.push(violation(path, "must be valid JSON text", Json::from(shown)));
     }
 }
 
@@ -148,7 +229,8 @@ fn violation(field: &str, message: &str, value: Json) -> FieldViolation {
 #[cfg(test)]
 mod tests {
     use agentmesh_proto::agentmesh::session::v1::{
-        BulkCreateSessionsRequest, CreateMessageRequest, CreateSessionRequest, ListMessagesRequest, ListSessionsRequest,
+        BulkCreateSessionsRequest, CreateMessageRequest, CreateSessionRequest, ListMessagesRequest,
+        ListSessionsRequest, ToolCall,
     };
 
     use super::*;
@@ -202,6 +284,60 @@ mod tests {
     #[test]
     fn required_strings_must_not_be_empty() {
         let error = validate(&CreateMessageRequest::default()).unwrap_err();
-        assert_eq!(fields(error), ["session_id", "content"]);
+        assert_eq!(fields(error), ["session_id"]);
+    }
+
+    fn text(value: &str) -> prost_types::Value {
+        prost_types::Value { kind: Some(prost_types::value::Kind::StringValue(value.into())) }
+    }
+
+    fn object(entries: Vec<(&str, prost_types::Value)>) -> prost_types::Struct {
+        prost_types::Struct { fields: entries.into_iter().map(|(k, v)| (k.to_owned(), v)).collect() }
+    }
+
+    #[test]
+    fn nul_characters_are_refused_in_every_string_with_its_path() {
+        let list = prost_types::Value {
+            kind: Some(prost_types::value::Kind::ListValue(prost_types::ListValue {
+                values: vec![text("fine"), text("x\0")],
+            })),
+        };
+        let nested =
+            prost_types::Value { kind: Some(prost_types::value::Kind::StructValue(object(vec![("tags", list)]))) };
+        let request = CreateSessionRequest {
+            user_id: Some("\0".into()),
+            title: Some("a\0b".into()),
+            metadata: Some(object(vec![("ok", text("fine")), ("k\0", text("v")), ("deep", nested)])),
+        };
+        let error = validate(&request).unwrap_err();
+        let mut found = fields(error.clone());
+        found.sort();
+        assert_eq!(found, ["metadata.deep.tags[1]", "metadata.k\\u0000", "title", "user_id"]);
+        assert!(error.field_violations.iter().all(|v| v.message.contains("NUL") && v.value.is_null()));
+        let search = ListMessagesRequest {
+            session_id: uuid::Uuid::now_v7().to_string(),
+            search: Some("\0".into()),
+            ..Default::default()
+        };
+        assert_eq!(fields(validate(&search).unwrap_err()), ["search"]);
+        let clean = CreateSessionRequest { metadata: Some(object(vec![("k", text("v"))])), ..Default::default() };
+        validate(&clean).unwrap();
+    }
+
+    #[test]
+    fn json_text_must_parse_and_tool_calls_need_ids_and_names() {
+        let call =
+            |id: &str, arguments: &str| ToolCall { id: id.into(), name: "f".into(), arguments: arguments.into() };
+        let request = CreateMessageRequest {
+            session_id: uuid::Uuid::now_v7().to_string(),
+            tool_calls: vec![call("a", "{\"x\": [1, null]}"), call("b", "{oops"), call("", "\"text\""), call("d", "")],
+            tool_call_id: Some("t".repeat(256)),
+            ..Default::default()
+        };
+        let error = validate(&request).unwrap_err();
+        assert_eq!(
+            fields(error),
+            ["tool_calls[1].arguments", "tool_calls[2].id", "tool_calls[3].arguments", "tool_call_id"]
+        );
     }
 }

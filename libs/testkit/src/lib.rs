@@ -7,6 +7,7 @@
 
 pub mod identity;
 pub mod redis;
+pub mod traces;
 
 use std::time::Duration;
 

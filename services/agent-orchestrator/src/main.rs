@@ -8,8 +8,5 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    agentmesh_runtime::binary::main(
-        agentmesh_runtime::ServiceName::AgentOrchestrator,
-        agentmesh_agent_orchestrator::run,
-    )
+    agentmesh_runtime::binary::main(agentmesh_agent_orchestrator::SETTINGS, agentmesh_agent_orchestrator::run)
 }

@@ -34,9 +34,11 @@ pub enum Command {
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Up { http } => {
-            run_process("agentmesh", "agentmesh", |config| crate::up::up(config, http, shutdown_signal()))
+        Command::Up { http } => run_process("agentmesh", "agentmesh", &crate::SERVICES, |config| {
+            crate::up::up(config, http, shutdown_signal())
+        }),
+        Command::Keys(command) => {
+            run_process("agentmesh", "agentmesh", &crate::SERVICES, |config| crate::keys::run(config, command))
         }
-        Command::Keys(command) => run_process("agentmesh", "agentmesh", |config| crate::keys::run(config, command)),
     }
 }

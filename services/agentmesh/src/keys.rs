@@ -121,7 +121,7 @@ pub async fn run(config: Config, command: KeysCommand) -> Result<(), KeysError> 
         StorageBackend::Memory => return Err(KeysError::NotPersistent("memory")),
         StorageBackend::Redis => return Err(KeysError::NotPersistent("Redis (sessions only)")),
     }
-    let store = PostgresKeyStore::connect(&config.database, &store::schema_from_env()).await?;
+    let store = PostgresKeyStore::connect(&config.database, &store::schema(&config)?).await?;
     let settings = KeySettings::from_config(&config.security);
     match command {
         KeysCommand::Create { user, tenant, tier, scopes, name } => {

@@ -7,3 +7,16 @@
 pub mod cli;
 pub mod keys;
 pub mod up;
+
+use agentmesh_runtime::config::ServiceSettings;
+
+/// The settings of all six services: `agentmesh` runs them all, so its configuration
+/// file may set (and is checked against) every service's variables.
+pub const SERVICES: [ServiceSettings; 6] = [
+    agentmesh_secrets_broker::SETTINGS,
+    agentmesh_session_store::SETTINGS,
+    agentmesh_llm_proxy::SETTINGS,
+    agentmesh_mcp_broker::SETTINGS,
+    agentmesh_agent_orchestrator::SETTINGS,
+    agentmesh_gateway::SETTINGS,
+];

@@ -158,7 +158,7 @@ async fn run_service(
 ) -> Result<(), UpError> {
     type BoxError = Box<dyn Error + Send + Sync>;
     let result: Result<(), BoxError> = match service {
-        ServiceName::Gateway => agentmesh_gateway::run(config, listener, shutdown).await.map_err(Into::into),
+        ServiceName::Gateway => agentmesh_gateway::serve(config, bus, listener, shutdown).await.map_err(Into::into),
         ServiceName::SessionStore => {
             agentmesh_session_store::serve(config, bus, listener, shutdown).await.map_err(Into::into)
         }

@@ -13,12 +13,14 @@ pub mod openapi;
 pub mod ratelimit;
 pub mod rest;
 pub mod routes;
+pub mod settings;
 pub mod sse;
 pub mod upstream;
 pub mod ws;
 
 pub mod auth;
 pub mod browser;
+pub mod client_addr;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -28,7 +30,9 @@ use agentmesh_proto::agentmesh::auth::v1::auth_service_server::AuthServiceServer
 use agentmesh_proto::agentmesh::health::v1::health_service_server::HealthServiceServer;
 use agentmesh_resilience::Preset;
 use agentmesh_runtime::auth::{Authenticate, MintError, ServiceIdentity};
+use agentmesh_runtime::balance::Discovery;
 use agentmesh_runtime::client::{ClientError, ServiceChannel};
+use agentmesh_runtime::config::{ServiceSettings, SettingsSpec};
 use agentmesh_runtime::context::new_correlation_id;
 use agentmesh_runtime::{Config, GrpcServer, ServerError, ServiceName};
 use axum::extract::ws::WebSocketUpgrade;
@@ -39,6 +43,7 @@ use tower::util::BoxCloneSyncService;
 
 use crate::auth::GatewayAuth;
 use crate::auth::service::AuthApi;
+use crate::client_addr::ClientAddresses;
 use crate::health::MeshHealth;
 use crate::ratelimit::{MemoryRateLimiter, RateLimitPolicy, RateLimiter, RedisRateLimiter, RedisRateLimiterOptions};
 use crate::rest::RestGateway;
@@ -57,6 +62,10 @@ const BACKENDS: [ServiceName; 5] = [
     ServiceName::McpBroker,
     ServiceName::SecretsBroker,
 ];
+
+/// The gateway's own settings, for every binary that runs it to register.
+pub const SETTINGS: ServiceSettings =
+    ServiceSettings { service: ServiceName::Gateway, settings: &[SettingsSpec::of::<settings::GatewaySettings>()] };
 
 /// Why the gateway could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -104,10 +113,12 @@ pub async fn serve(
     let identity = ServiceIdentity::from_config(&config, ServiceName::Gateway);
     let mut upstreams = Upstreams::default();
     let mut channels = Vec::new();
+    let discovery = Discovery::new(config.peers.clone());
     for service in BACKENDS {
         let url = &config.endpoints.get(service).url;
-        let channel = ServiceChannel::connect_lazy(service.as_str(), url, &backend_preset(&config, service))?
-            .acting_as(&identity);
+        let channel =
+            ServiceChannel::connect_with(service.as_str(), url, &backend_preset(&config, service), &discovery)?
+                .acting_as(&identity);
         upstreams.insert(service, BoxCloneSyncService::new(channel.clone()));
         channels.push((service, channel));
     }
@@ -130,8 +141,10 @@ pub async fn serve(
         principals: Arc::new(identity.principal_minter()?),
         max_body_bytes: MAX_BODY_BYTES,
         request_timeout: config.server.request_timeout,
+        streaming: config.features.enable_streaming,
         limiter: rate_limiter(&config).await?,
         rate_limits: RateLimitPolicy::from_config(&config),
+        client_addresses: ClientAddresses::new(config.client_address),
     });
     let mut http = axum::Router::new().merge(openapi::router(&rest.routes));
     if config.features.enable_websockets {
@@ -145,7 +158,7 @@ pub async fn serve(
             axum::routing::get(move |upgrade: WebSocketUpgrade, request: axum::extract::Request| {
                 let (gateway, limits) = (gateway.clone(), limits.clone());
                 async move {
-                    let ip = rest::client_ip(&request);
+                    let ip = gateway.client_ip(&request);
                     ws::upgrade(gateway, limits, upgrade, request.headers(), request.uri().query(), ip)
                         .await
                         .unwrap_or_else(|error| rest::error_response(&error, &new_correlation_id(), ws::PATH))

@@ -8,5 +8,5 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    agentmesh_runtime::binary::main(agentmesh_runtime::ServiceName::Gateway, agentmesh_gateway::run)
+    agentmesh_runtime::binary::main(agentmesh_gateway::SETTINGS, agentmesh_gateway::run)
 }

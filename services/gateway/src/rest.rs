@@ -19,7 +19,7 @@ use agentmesh_runtime::context::{TraceHeaders, new_correlation_id, sanitize_corr
 use agentmesh_runtime::error::{CORRELATION_ID_HEADER, FieldViolation, retry_after_seconds};
 use agentmesh_runtime::server::is_native_grpc;
 use agentmesh_runtime::validate::validate_dynamic;
-use agentmesh_runtime::{ApiError, ErrorCode, RequestContext};
+use agentmesh_runtime::{ApiError, ErrorCode, RequestContext, ServiceName};
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::response::{IntoResponse, Response};
@@ -29,8 +29,9 @@ use prost_reflect::{DynamicMessage, ReflectMessage};
 use serde_json::Value as Json;
 use tokio::time::Instant;
 
+use crate::client_addr::ClientAddresses;
 use crate::json::{self, Violations};
-use crate::ratelimit::{Decision, RateLimitPolicy, RateLimiter};
+use crate::ratelimit::{Decision, DecisionHeaders, RateLimitPolicy, RateLimiter};
 use crate::routes::{Matched, Miss, Route, RouteTable};
 use crate::sse;
 use crate::upstream::Upstreams;
@@ -53,10 +54,15 @@ pub struct RestGateway {
     pub max_body_bytes: usize,
     /// Deadline for one call downstream.
     pub request_timeout: Duration,
+    /// `FEATURE_ENABLE_STREAMING`: whether server-streaming RPCs (SSE, WebSocket
+    /// subscriptions, gRPC passthrough) are served.
+    pub streaming: bool,
     /// Counts requests per caller (in memory, or in Redis shared by replicas).
     pub limiter: Arc<dyn RateLimiter>,
     /// Which limits apply to a request.
     pub rate_limits: RateLimitPolicy,
+    /// Where a caller's address comes from (peer or trusted proxy header).
+    pub client_addresses: ClientAddresses,
 }
 
 /// A request's identity for logs and errors.
@@ -69,6 +75,12 @@ impl Call {
     fn error(&self, error: &ApiError) -> Response {
         error_response(error, &self.correlation_id, &self.path)
     }
+}
+
+/// The refusal of a stream while `FEATURE_ENABLE_STREAMING` is off.
+fn streaming_disabled() -> ApiError {
+    ApiError::new(ErrorCode::NotImplemented, "Streaming is disabled on this deployment")
+        .with_detail("feature", "streaming")
 }
 
 /// The seed's error body for `error`, with `Retry-After` and `X-Correlation-ID`.
@@ -88,6 +100,16 @@ pub fn error_response(error: &ApiError, correlation_id: &str, path: &str) -> Res
 }
 
 impl RestGateway {
+    /// The caller's address: the TCP peer, or the trusted proxy header's address when one
+    /// is configured ([`ClientAddresses`]).
+    pub(crate) fn client_ip(&self, request: &axum::extract::Request) -> IpAddr {
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::from([0, 0, 0, 0]), |ConnectInfo(addr)| addr.ip());
+        self.client_addresses.resolve(request.headers(), peer)
+    }
+
     /// Serves a request no local gRPC service claimed: native gRPC to a public RPC of
     /// another service is passed through (grpc-web arrives here already translated to it
     /// by the server); anything else is REST.
@@ -120,7 +142,10 @@ impl RestGateway {
                 format!("{rpc} is not served by the gateway"),
             ));
         };
-        let ip = client_ip(&request);
+        if route.is_streaming() && !self.streaming {
+            return grpc_error(streaming_disabled());
+        }
+        let ip = self.client_ip(&request);
         let (mut parts, body) = request.into_parts();
         parts.headers.remove(PRINCIPAL_HEADER);
         // The server layer has already authenticated this gRPC call.
@@ -160,16 +185,24 @@ impl RestGateway {
             .map_or_else(new_correlation_id, str::to_owned);
         let call = Call { correlation_id, path: request.uri().path().to_owned() };
         let method = request.method().clone();
-        let span = tracing::info_span!(
-            "http.request",
-            http.method = %method,
-            http.path = %call.path,
-            correlation_id = %call.correlation_id,
-        );
-        agentmesh_runtime::telemetry::join_caller_trace(&span, request.headers());
         let (route_label, response) = match self.routes.find(&method, &call.path) {
             Ok(matched) => {
                 let label = matched.route.metric_label.clone();
+                // OpenTelemetry names HTTP server spans `METHOD /route`, the route's template.
+                let span = tracing::info_span!(
+                    "http.request",
+                    otel.name = %format_args!("{method} {}", matched.route.template),
+                    otel.kind = "server",
+                    http.request.method = %method,
+                    http.route = %matched.route.template,
+                    url.path = %call.path,
+                    correlation_id = %call.correlation_id,
+                );
+                agentmesh_runtime::telemetry::join_caller_trace(
+                    &span,
+                    request.headers(),
+                    ServiceName::Gateway.as_str(),
+                );
                 (label, tracing::Instrument::instrument(self.serve(&call, matched, request), span).await)
             }
             Err(miss) => (metrics::SharedString::const_str("unmatched"), miss_response(&miss, &method, &call)),
@@ -188,7 +221,7 @@ impl RestGateway {
             Ok(principal) => principal,
             Err(error) => return call.error(&error),
         };
-        let decision = match self.rate_limit(route, principal.as_ref(), client_ip(&request)).await {
+        let decision = match self.rate_limit(route, principal.as_ref(), self.client_ip(&request)).await {
             Ok(decision) => decision,
             Err(error) => return call.error(&error),
         };
@@ -276,6 +309,9 @@ impl RestGateway {
 
     /// Opens a server-streaming call (SSE and WebSocket subscriptions).
     pub async fn open_stream(&self, invocation: Invocation<'_>) -> Result<Streaming<DynamicMessage>, ApiError> {
+        if !self.streaming {
+            return Err(streaming_disabled());
+        }
         let (route, (context, request)) = (invocation.route, self.grpc_request(invocation));
         let opened = context.scope(self.upstreams.server_streaming(route, request)).await;
         opened.map(tonic::Response::into_inner).map_err(|status| ApiError::from_status(&status))
@@ -368,15 +404,6 @@ pub(crate) fn admit(route: &Route, principal: Option<Principal>) -> Result<Optio
         }
         None => Ok(None),
     }
-}
-
-/// The caller's address as the TCP peer (proxies in front are expected to be trusted
-/// infrastructure, so `X-Forwarded-For` is not believed from arbitrary clients).
-pub(crate) fn client_ip(request: &axum::extract::Request) -> IpAddr {
-    request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::from([0, 0, 0, 0]), |ConnectInfo(addr)| addr.ip())
 }
 
 /// The RPC request from body, query, path and `Last-Event-ID`, strictly typed and

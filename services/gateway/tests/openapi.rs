@@ -463,7 +463,8 @@ async fn session_and_message_answers_conform_to_the_document() {
     assert_eq!(invalid["validation_errors"][0]["field"], "limit");
 
     let in_session = format!("{url}/messages");
-    let body = json!({ "content": "hi", "role": "assistant", "tool_calls": [{ "id": "c1" }] });
+    let body =
+        json!({ "content": "hi", "role": "assistant", "tool_calls": [{ "id": "c1", "name": "f", "arguments": "{}" }] });
     let created = conforms(&doc, m, "post", messages, &in_session, Some(body), 201).await;
     assert_eq!(created["parent_message_id"], Value::Null);
     conforms(&doc, m, "get", messages, &format!("{in_session}?role=assistant"), None, 200).await;

@@ -124,6 +124,33 @@ async fn oversized_bodies_and_unreachable_services_answer_in_the_seed_format() {
     assert!(headers.contains_key("x-ratelimit-remaining"));
 }
 
+/// Anonymous callers behind one proxy (every request comes from the same socket peer):
+/// with `SECURITY_TRUSTED_PROXY_HOPS=1` each client the proxy names in `X-Forwarded-For`
+/// has its own bucket and entries a client forged to the left are ignored; with the
+/// default, the header is not believed and all of them share the peer's bucket.
+#[tokio::test]
+async fn clients_behind_a_trusted_proxy_get_their_own_rate_limit_buckets() {
+    async fn statuses(mesh: &Mesh, forwarded_for: &str, count: usize) -> Vec<u16> {
+        let mut statuses = Vec::new();
+        for _ in 0..count {
+            let request = mesh.http.get(mesh.url("/api/v1/health")).header("x-forwarded-for", forwarded_for);
+            statuses.push(request.send().await.unwrap().status().as_u16());
+        }
+        statuses
+    }
+    let limit = ("RATE_LIMIT_API_DEFAULT_LIMIT", "2");
+
+    let trusted = Mesh::start(&[limit, ("SECURITY_TRUSTED_PROXY_HOPS", "1")]).await;
+    assert_eq!(statuses(&trusted, "203.0.113.1", 3).await, [200, 200, 429]);
+    assert_eq!(statuses(&trusted, "203.0.113.2", 3).await, [200, 200, 429], "a second client, its own bucket");
+    assert_eq!(statuses(&trusted, "198.51.100.9, 203.0.113.1", 1).await, [429], "a forged entry changes nothing");
+    assert_eq!(statuses(&trusted, "2001:db8::3", 2).await, [200, 200]);
+
+    let untrusted = Mesh::start(&[limit]).await;
+    assert_eq!(statuses(&untrusted, "203.0.113.1", 2).await, [200, 200]);
+    assert_eq!(statuses(&untrusted, "203.0.113.2", 1).await, [429], "one bucket: the peer's");
+}
+
 #[tokio::test]
 async fn native_grpc_reaches_public_rpcs_through_the_gateway_with_the_callers_identity() {
     use agentmesh_proto::agentmesh::llm::v1::ChatRequest;

@@ -54,6 +54,11 @@ impl AgentService for FakeRuns {
 }
 
 async fn start() -> (Mesh, Arc<FakeRuns>) {
+    start_with(&[]).await
+}
+
+/// The mesh and its fake orchestrator, with `flags` set.
+async fn start_with(flags: &[(&str, &str)]) -> (Mesh, Arc<FakeRuns>) {
     let runs = Arc::new(FakeRuns::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -62,7 +67,9 @@ async fn start() -> (Mesh, Arc<FakeRuns>) {
         .add_service(AgentServiceServer::from_arc(runs.clone()));
     tokio::spawn(server.serve(listener, std::future::pending()));
     let keys = format!("{KEY}=streamer:premium");
-    let mesh = Mesh::start_with(&[("SECURITY_API_KEYS", keys.as_str())], &[("AGENT_ORCHESTRATOR_URL", url)]).await;
+    let mut env = vec![("SECURITY_API_KEYS", keys.as_str())];
+    env.extend_from_slice(flags);
+    let mesh = Mesh::start_with(&env, &[("AGENT_ORCHESTRATOR_URL", url)]).await;
     (mesh, runs)
 }
 
@@ -169,6 +176,33 @@ async fn websockets_refuse_anonymous_callers_and_excess_connections() {
     drop(open);
 }
 
+/// WebSocket connections per IP count the client a trusted proxy names, not the proxy:
+/// with one connection allowed per IP, a second client behind the same proxy still connects.
+#[tokio::test]
+async fn websocket_connections_per_ip_count_clients_behind_a_trusted_proxy() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let keys = format!("{KEY}=streamer:premium");
+    let env = [
+        ("SECURITY_API_KEYS", keys.as_str()),
+        ("SECURITY_TRUSTED_PROXY_HOPS", "1"),
+        ("RATE_LIMIT_WEBSOCKET_CONNECTIONS_PER_IP", "1"),
+    ];
+    let mesh = Mesh::start(&env).await;
+    let url = format!("{}/api/v1/ws?token={KEY}", mesh.base.replacen("http", "ws", 1));
+    let connect = |client: &str| {
+        let mut request = url.as_str().into_client_request().unwrap();
+        request.headers_mut().insert("x-forwarded-for", client.parse().unwrap());
+        tokio_tungstenite::connect_async(request)
+    };
+    let first = connect("203.0.113.1").await.unwrap();
+    match connect("198.51.100.9, 203.0.113.1").await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 429),
+        other => panic!("a second connection of 203.0.113.1 must be refused with 429, got {other:?}"),
+    }
+    let second = connect("203.0.113.2").await.unwrap();
+    drop((first, second));
+}
+
 #[tokio::test]
 async fn the_same_stream_is_passed_through_over_grpc_web() {
     let (mesh, runs) = start().await;
@@ -185,4 +219,27 @@ async fn the_same_stream_is_passed_through_over_grpc_web() {
         assert_eq!(sequences, [3, 4, 5], "{wire:?}: every event after the requested one, then the trailers");
     }
     assert_eq!(runs.seen_from.lock().unwrap().last(), Some(&Some(2)));
+}
+
+#[tokio::test]
+async fn streaming_off_refuses_every_stream_before_it_reaches_the_service() {
+    let (mesh, runs) = start_with(&[("FEATURE_ENABLE_STREAMING", "false")]).await;
+    let sse = mesh.http.get(mesh.url(&format!("/api/v1/runs/{RUN}/stream"))).bearer_auth(KEY).send().await.unwrap();
+    assert_eq!(sse.status(), 501);
+    let body: Value = sse.json().await.unwrap();
+    assert_eq!(body["code"], "not_implemented", "{body}");
+    assert_eq!(body["message"], "Streaming is disabled on this deployment", "{body}");
+
+    let url = format!("{}{}?token={KEY}", mesh.base.replacen("http", "ws", 1), "/api/v1/ws");
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let subscribe = json!({"type": "subscribe", "id": "s1", "path": &format!("/api/v1/runs/{RUN}/stream")});
+    socket.send(tokio_tungstenite::tungstenite::Message::Text(subscribe.to_string().into())).await.unwrap();
+    let frame: Value = serde_json::from_str(socket.next().await.unwrap().unwrap().to_text().unwrap()).unwrap();
+    assert_eq!((frame["type"].as_str(), frame["error"]["code"].as_str()), (Some("error"), Some("not_implemented")));
+
+    let ask = pb::StreamRunRequest { run_id: RUN.into(), from_sequence: None };
+    let call = request(&mesh, Wire::Binary, "/agentmesh.agent.v1.AgentService/StreamRun", &ask).bearer_auth(KEY);
+    let reply = send(Wire::Binary, call).await;
+    assert_eq!(reply.grpc_status(), Some("12"), "UNIMPLEMENTED over grpc-web passthrough: {reply:?}");
+    assert!(runs.seen_from.lock().unwrap().is_empty(), "no stream reached the orchestrator");
 }

@@ -8,5 +8,5 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    agentmesh_runtime::binary::main(agentmesh_runtime::ServiceName::LlmProxy, agentmesh_llm_proxy::run)
+    agentmesh_runtime::binary::main(agentmesh_llm_proxy::SETTINGS, agentmesh_llm_proxy::run)
 }

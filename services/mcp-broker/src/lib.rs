@@ -10,8 +10,12 @@ use std::future::Future;
 use std::sync::Arc;
 
 use agentmesh_proto::agentmesh::mcp::v1::mcp_service_server::{McpService, McpServiceServer};
+use agentmesh_runtime::config::ServiceSettings;
 use agentmesh_runtime::{Config, GrpcServer, ServerError, ServiceName};
 use tokio::net::TcpListener;
+
+/// This service's own settings: none yet (they arrive with the service).
+pub const SETTINGS: ServiceSettings = ServiceSettings { service: ServiceName::McpBroker, settings: &[] };
 
 /// Serves this service on `listener` until `shutdown` resolves, then drains.
 pub async fn run(

@@ -8,5 +8,5 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    agentmesh_runtime::binary::main(agentmesh_runtime::ServiceName::McpBroker, agentmesh_mcp_broker::run)
+    agentmesh_runtime::binary::main(agentmesh_mcp_broker::SETTINGS, agentmesh_mcp_broker::run)
 }

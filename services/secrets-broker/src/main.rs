@@ -8,5 +8,5 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    agentmesh_runtime::binary::main(agentmesh_runtime::ServiceName::SecretsBroker, agentmesh_secrets_broker::run)
+    agentmesh_runtime::binary::main(agentmesh_secrets_broker::SETTINGS, agentmesh_secrets_broker::run)
 }

@@ -109,6 +109,7 @@ fn message(i: u64) -> NewMessage {
         content: format!("benchmark message {i}: what is the weather like in Lisbon today, and tomorrow?"),
         metadata: serde_json::json!({"client": "bench", "i": i}).as_object().cloned().unwrap(),
         tool_calls: vec![],
+        tool_call_id: None,
         parent_message_id: None,
     }
 }

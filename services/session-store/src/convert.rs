@@ -1,14 +1,14 @@
 //! Conversions between stored records and the protobuf contract: JSON objects ↔
-//! `google.protobuf.Struct`, timestamps, roles.
+//! `google.protobuf.Struct`, timestamps, roles, tool calls.
 
 use agentmesh_proto::agentmesh::common::v1::MessageRole;
-use agentmesh_proto::agentmesh::session::v1::{Message, Session};
+use agentmesh_proto::agentmesh::session::v1::{self as pb, Message, Session};
 use chrono::{DateTime, Utc};
 use prost_types::value::Kind;
 use prost_types::{ListValue, Struct, Timestamp, Value};
 use serde_json::{Map, Number, Value as Json};
 
-use crate::store::{JsonObject, MessageRecord, Role, SessionRecord};
+use crate::store::{JsonObject, MessageRecord, Role, SessionRecord, ToolCall};
 
 /// A stored session as the contract's `Session` (the owner stays private).
 pub fn session_to_proto(session: &SessionRecord) -> Session {
@@ -32,11 +32,22 @@ pub fn message_to_proto(message: &MessageRecord) -> Message {
         role: role_to_proto(message.role) as i32,
         content: message.content.clone(),
         metadata: Some(object_to_struct(&message.metadata)),
-        tool_calls: message.tool_calls.iter().map(object_to_struct).collect(),
+        tool_calls: message.tool_calls.iter().map(tool_call_to_proto).collect(),
+        tool_call_id: message.tool_call_id.clone(),
         parent_message_id: message.parent_message_id.map(|id| id.to_string()),
         created_at: Some(timestamp(message.created_at)),
         updated_at: Some(timestamp(message.updated_at)),
     }
+}
+
+/// A stored tool call as the contract's.
+pub fn tool_call_to_proto(call: &ToolCall) -> pb::ToolCall {
+    pb::ToolCall { id: call.id.clone(), name: call.name.clone(), arguments: call.arguments.clone() }
+}
+
+/// The contract's tool call as a stored one.
+pub fn tool_call_from_proto(call: &pb::ToolCall) -> ToolCall {
+    ToolCall { id: call.id.clone(), name: call.name.clone(), arguments: call.arguments.clone() }
 }
 
 /// The contract's role for a stored one.

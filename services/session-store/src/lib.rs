@@ -10,8 +10,10 @@ pub mod convert;
 pub mod events;
 pub mod health;
 pub mod idempotency;
+pub mod message_rules;
 pub mod paging;
 pub mod service;
+pub mod settings;
 pub mod store;
 
 use std::future::Future;
@@ -19,13 +21,14 @@ use std::sync::Arc;
 
 use agentmesh_events::{EventBus, Publisher};
 use agentmesh_proto::agentmesh::session::v1::session_service_server::SessionServiceServer;
-use agentmesh_runtime::config::StorageBackend;
+use agentmesh_runtime::config::{ConfigError, ServiceSettings, SettingsSpec, StorageBackend};
 use agentmesh_runtime::{Config, GrpcServer, ServerError, ServiceName};
 use tokio::net::TcpListener;
 
 use crate::events::PublishDirect;
 use crate::idempotency::IdempotencyStore;
 use crate::service::SessionService;
+use crate::settings::SessionLimits;
 use crate::store::memory::MemoryStore;
 use crate::store::postgres::{OutboxRelay, PoolSettings, PostgresStore};
 use crate::store::redis::RedisStore;
@@ -36,6 +39,10 @@ pub const REDIS_KEY_PREFIX: &str = "agentmesh:session-store:";
 
 /// session-store's own PostgreSQL schema (ARCHITECTURE §2: one schema per service).
 pub const POSTGRES_SCHEMA: &str = "session_store";
+
+/// session-store's own settings, for every binary that runs it to register.
+pub const SETTINGS: ServiceSettings =
+    ServiceSettings { service: ServiceName::SessionStore, settings: &[SettingsSpec::of::<SessionLimits>()] };
 
 /// Why session-store could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +56,9 @@ pub enum StartError {
     /// The storage backend could not be reached or prepared.
     #[error("storage: {0}")]
     Store(#[from] StoreError),
+    /// session-store's own settings are invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 /// Runs session-store as its own process: connects the event bus from `NATS_URL` (or an
@@ -69,9 +79,11 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
+    let limits = config.settings::<SessionLimits>()?;
     let publisher: Arc<dyn Publisher> = bus;
     let backend = open_backend(&config, publisher).await?;
-    let service = SessionService::new(backend.store.clone(), backend.idempotency, config.session_limits.clone());
+    let service = SessionService::new(backend.store.clone(), backend.idempotency, limits)
+        .with_bulk_operations(config.features.enable_bulk_operations);
     let server = GrpcServer::new(ServiceName::SessionStore, &config).add_service(SessionServiceServer::new(service));
 
     // Background work lives exactly as long as the server: dropping `_stop` ends it.

@@ -8,5 +8,5 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    agentmesh_runtime::binary::main(agentmesh_runtime::ServiceName::SessionStore, agentmesh_session_store::run)
+    agentmesh_runtime::binary::main(agentmesh_session_store::SETTINGS, agentmesh_session_store::run)
 }

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use agentmesh_proto::agentmesh::common::v1::SortOrder;
 use agentmesh_proto::agentmesh::session::v1 as pb;
 use agentmesh_proto::agentmesh::session::v1::session_service_server::SessionService as SessionRpc;
-use agentmesh_runtime::config::SessionLimits;
 use agentmesh_runtime::error::FieldViolation;
 use agentmesh_runtime::validate::validate;
 use agentmesh_runtime::{ApiError, ErrorCode, RequestContext};
@@ -20,16 +19,21 @@ use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::convert::{message_to_proto, role_from_proto, session_to_proto, struct_to_object};
+use crate::convert::{message_to_proto, role_from_proto, session_to_proto, struct_to_object, tool_call_from_proto};
 use crate::idempotency::{self, Claim, IdempotencyStore};
+use crate::message_rules::{check_tool_calls, shape_violations};
 use crate::paging::{self, query_fingerprint};
+use crate::settings::SessionLimits;
 use crate::store::{
-    Cursor, Direction, JsonObject, MessagePatch, MessageQuery, NewMessage, NewSession, Owner, Role, SessionPatch,
-    SessionQuery, SessionSort, SessionStore, StoreError,
+    Cursor, Direction, JsonObject, MessagePatch, MessageQuery, MessageShape, NewMessage, NewSession, Owner, Role,
+    SessionPatch, SessionQuery, SessionSort, SessionStore, StoreError,
 };
 
 /// Metadata key of the idempotency key (the gateway maps the `Idempotency-Key` header).
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// Reads and checks of one message update before giving up on concurrent changes.
+const UPDATE_ATTEMPTS: usize = 3;
 
 const DEFAULT_SESSION_LIMIT: u32 = 20;
 const DEFAULT_MESSAGE_LIMIT: u32 = 50;
@@ -39,12 +43,31 @@ pub struct SessionService {
     store: Arc<dyn SessionStore>,
     idempotency: Arc<dyn IdempotencyStore>,
     limits: SessionLimits,
+    /// `FEATURE_ENABLE_BULK_OPERATIONS`: whether bulk create and delete are served.
+    bulk_operations: bool,
 }
 
 impl SessionService {
-    /// A service over `store`.
+    /// A service over `store`, with bulk operations enabled.
     pub fn new(store: Arc<dyn SessionStore>, idempotency: Arc<dyn IdempotencyStore>, limits: SessionLimits) -> Self {
-        Self { store, idempotency, limits }
+        Self { store, idempotency, limits, bulk_operations: true }
+    }
+
+    /// Serves or refuses bulk creation and deletion (`FEATURE_ENABLE_BULK_OPERATIONS`).
+    #[must_use]
+    pub fn with_bulk_operations(mut self, enabled: bool) -> Self {
+        self.bulk_operations = enabled;
+        self
+    }
+
+    /// Refuses a bulk operation when they are switched off.
+    fn check_bulk_allowed(&self) -> Result<(), Status> {
+        if self.bulk_operations {
+            return Ok(());
+        }
+        let error = ApiError::new(ErrorCode::NotImplemented, "Bulk operations are disabled on this deployment")
+            .with_detail("feature", "bulk_operations");
+        Err(error.into())
     }
 
     /// Runs a create once per idempotency key (see [`crate::idempotency`]).
@@ -170,7 +193,10 @@ fn id(field: &str, raw: &str) -> Result<Uuid, Status> {
 fn store_error(error: StoreError) -> Status {
     match error {
         StoreError::NotFound => ApiError::not_found("Resource").into(),
-        StoreError::InvalidParent => invalid("parent_message_id", "must be a message of the same session", Value::Null),
+        StoreError::InvalidParent => {
+            invalid("parent_message_id", "must be an earlier message of the same session", Value::Null)
+        }
+        StoreError::Conflict => ApiError::new(ErrorCode::Conflict, "The message changed concurrently; retry").into(),
         StoreError::Unavailable(source) => {
             tracing::warn!(error = %source, "session storage unavailable");
             ApiError::external_service("session-storage", "database", true).into()
@@ -187,6 +213,16 @@ fn not_found_as(resource: &'static str) -> impl Fn(StoreError) -> Status {
     move |error| match error {
         StoreError::NotFound => ApiError::not_found(resource).into(),
         other => store_error(other),
+    }
+}
+
+/// The shape of a message with `shape` once `patch` is applied.
+fn patched_shape(shape: MessageShape, patch: &MessagePatch) -> MessageShape {
+    MessageShape {
+        role: patch.role.unwrap_or(shape.role),
+        has_content: patch.content.as_ref().map_or(shape.has_content, |content| !content.is_empty()),
+        has_tool_calls: patch.tool_calls.as_ref().map_or(shape.has_tool_calls, |calls| !calls.is_empty()),
+        has_tool_call_id: patch.tool_call_id.as_ref().map_or(shape.has_tool_call_id, Option::is_some),
     }
 }
 
@@ -328,6 +364,7 @@ impl SessionRpc for SessionService {
         request: Request<pb::BulkCreateSessionsRequest>,
     ) -> Result<Response<pb::BulkCreateSessionsResponse>, Status> {
         let owner = owner(&request)?;
+        self.check_bulk_allowed()?;
         validate(request.get_ref())?;
         let create = async {
             let mut violations = Vec::new();
@@ -352,6 +389,7 @@ impl SessionRpc for SessionService {
         request: Request<pb::BulkDeleteSessionsRequest>,
     ) -> Result<Response<pb::BulkDeleteSessionsResponse>, Status> {
         let owner = owner(&request)?;
+        self.check_bulk_allowed()?;
         validate(request.get_ref())?;
         let ids = request
             .get_ref()
@@ -376,21 +414,28 @@ impl SessionRpc for SessionService {
             let parent_message_id =
                 body.parent_message_id.as_deref().map(|raw| id("parent_message_id", raw)).transpose()?;
             let metadata = body.metadata.as_ref().map(struct_to_object).unwrap_or_default();
-            let mut violations = Vec::new();
-            self.check_content(&body.content, &mut violations);
-            self.check_metadata("metadata", &metadata, &mut violations);
-            if body.tool_calls.len() > self.limits.max_tool_calls {
-                let message = format!("must have at most {} items", self.limits.max_tool_calls);
-                violations.push(violation("tool_calls", &message, Value::from(body.tool_calls.len())));
-            }
-            finish(violations)?;
             let message = NewMessage {
                 role: role_from_proto(body.role).unwrap_or(Role::User),
                 content: body.content.clone(),
                 metadata,
-                tool_calls: body.tool_calls.iter().map(struct_to_object).collect(),
+                tool_calls: body.tool_calls.iter().map(tool_call_from_proto).collect(),
+                tool_call_id: body.tool_call_id.clone().filter(|id| !id.is_empty()),
                 parent_message_id,
             };
+            let mut violations = Vec::new();
+            self.check_content(&message.content, &mut violations);
+            self.check_metadata("metadata", &message.metadata, &mut violations);
+            check_tool_calls(&self.limits, &message.tool_calls, &mut violations);
+            shape_violations(
+                MessageShape {
+                    role: message.role,
+                    has_content: !message.content.is_empty(),
+                    has_tool_calls: !message.tool_calls.is_empty(),
+                    has_tool_call_id: message.tool_call_id.is_some(),
+                },
+                &mut violations,
+            );
+            finish(violations)?;
             let created =
                 self.store.create_message(&owner, session_id, message).await.map_err(not_found_as("Session"))?;
             Ok(pb::CreateMessageResponse { message: Some(message_to_proto(&created)) })
@@ -453,16 +498,52 @@ impl SessionRpc for SessionService {
         let request = request.into_inner();
         validate(&request)?;
         let message_id = id("message_id", &request.message_id)?;
-        let metadata = request.metadata.as_ref().map(struct_to_object);
+        let parent_message_id = match request.parent_message_id.as_deref() {
+            None => None,
+            Some("") => Some(None),
+            Some(raw) => Some(Some(id("parent_message_id", raw)?)),
+        };
+        let tool_calls: Vec<_> = request.tool_calls.iter().map(tool_call_from_proto).collect();
+        let mut patch = MessagePatch {
+            content: request.content,
+            role: role_from_proto(request.role),
+            metadata: request.metadata.as_ref().map(struct_to_object),
+            tool_calls: if tool_calls.is_empty() { None } else { Some(tool_calls) },
+            tool_call_id: request.tool_call_id.map(|id| Some(id).filter(|id| !id.is_empty())),
+            parent_message_id,
+            expect: None,
+        };
         let mut violations = Vec::new();
-        self.check_content(&request.content, &mut violations);
-        if let Some(metadata) = &metadata {
+        if let Some(content) = &patch.content {
+            self.check_content(content, &mut violations);
+        }
+        if let Some(metadata) = &patch.metadata {
             self.check_metadata("metadata", metadata, &mut violations);
         }
+        if let Some(calls) = &patch.tool_calls {
+            check_tool_calls(&self.limits, calls, &mut violations);
+        }
         finish(violations)?;
-        let patch = MessagePatch { content: Some(request.content), role: role_from_proto(request.role), metadata };
-        let message = self.store.update_message(&owner, message_id, patch).await.map_err(not_found_as("Message"))?;
-        Ok(Response::new(pb::UpdateMessageResponse { message: Some(message_to_proto(&message)) }))
+        // The shape rules apply to the message the update produces: read it, check the
+        // result, and let the store apply the patch only if the shape read is still the
+        // stored one (a concurrent update in between makes us read and check again).
+        for _ in 0..UPDATE_ATTEMPTS {
+            let current = self.store.get_message(&owner, message_id).await.map_err(not_found_as("Message"))?;
+            let mut violations = Vec::new();
+            shape_violations(patched_shape(current.shape(), &patch), &mut violations);
+            finish(violations)?;
+            patch.expect = Some(current.shape());
+            match self.store.update_message(&owner, message_id, patch.clone()).await {
+                Ok(message) => {
+                    return Ok(Response::new(pb::UpdateMessageResponse { message: Some(message_to_proto(&message)) }));
+                }
+                Err(StoreError::Conflict) => continue,
+                Err(error) => return Err(not_found_as("Message")(error)),
+            }
+        }
+        Err(ApiError::new(ErrorCode::Conflict, "The message is being changed concurrently; retry")
+            .with_retry_after(std::time::Duration::from_secs(1))
+            .into())
     }
 
     async fn delete_message(

@@ -25,7 +25,7 @@ use agentmesh_resilience::Preset;
 use agentmesh_session_store::idempotency::IdempotencyStore;
 use agentmesh_session_store::store::postgres::{OutboxRelay, PoolSettings, PostgresStore, RelaySettings};
 use agentmesh_session_store::store::{
-    MessagePatch, MessageQuery, NewMessage, NewSession, Owner, Role, SessionPatch, SessionStore, StoreError,
+    MessagePatch, MessageQuery, NewMessage, NewSession, Owner, Role, SessionPatch, SessionStore, StoreError, ToolCall,
 };
 use agentmesh_testkit::{Service, unique_name};
 use async_trait::async_trait;
@@ -174,6 +174,7 @@ fn text(role: Role, content: &str) -> NewMessage {
         content: content.into(),
         metadata: Default::default(),
         tool_calls: vec![],
+        tool_call_id: None,
         parent_message_id: None,
     }
 }
@@ -192,7 +193,7 @@ async fn migrations_are_idempotent_and_live_in_the_schema() {
     let again = PostgresStore::connect(&t.url, t.store.schema(), pool(), &Preset::database()).await.unwrap();
     again.ping().await.unwrap();
     let applied: i64 = t.scalar("SELECT count(*) FROM _sqlx_migrations WHERE success").await;
-    assert_eq!(applied, 3);
+    assert_eq!(applied, 4);
     let tables: i64 = t
         .scalar(&format!(
             "SELECT count(*) FROM information_schema.tables WHERE table_schema = '{}' \
@@ -657,4 +658,30 @@ async fn outbox_delivers_every_event_exactly_once_across_a_nats_outage() {
     })
     .await
     .expect("the outage test finishes in time");
+}
+
+#[tokio::test]
+async fn migration_0004_rewrites_free_form_tool_calls_as_typed_ones() {
+    let Some(t) = TestStore::start().await else { return };
+    let alice = owner("alice");
+    let session = session(&t.store, &alice).await;
+    let message = t.store.create_message(&alice, session, text(Role::Assistant, "legacy")).await.unwrap();
+    // The table as it was before 0004, holding tool calls written as free-form objects.
+    let pool = t.store.pool();
+    sqlx::query("ALTER TABLE messages DROP COLUMN tool_call_id").execute(pool).await.unwrap();
+    let legacy = r#"[{"id": "c1", "name": "search", "arguments": {"q": "x"}}, {"name": "clock"}, {"id": "c3", "name": "f", "arguments": "{\"a\": 1}"}]"#;
+    let update = sqlx::query("UPDATE messages SET tool_calls = $1::text::jsonb WHERE id = $2");
+    update.bind(legacy).bind(message.id).execute(pool).await.unwrap();
+    sqlx::raw_sql(include_str!("../migrations/0004_tool_calls.sql")).execute(pool).await.unwrap();
+    let read = t.store.get_message(&alice, message.id).await.unwrap();
+    let call = |id: &str, name: &str, arguments: &str| ToolCall {
+        id: id.into(),
+        name: name.into(),
+        arguments: arguments.into(),
+    };
+    assert_eq!(
+        read.tool_calls,
+        [call("c1", "search", r#"{"q": "x"}"#), call("", "clock", ""), call("c3", "f", r#"{"a": 1}"#)]
+    );
+    assert_eq!(read.tool_call_id, None);
 }

@@ -80,6 +80,7 @@ fn message(content: &str) -> NewMessage {
         content: content.into(),
         metadata: JsonObject::new(),
         tool_calls: Vec::new(),
+        tool_call_id: None,
         parent_message_id: None,
     }
 }

@@ -293,7 +293,7 @@ async fn another_users_ids_answer_exactly_like_missing_ones() {
                         "bob",
                         pb::UpdateMessageRequest {
                             message_id: message_id.clone(),
-                            content: "x".into(),
+                            content: Some("x".into()),
                             ..Default::default()
                         },
                     ))
@@ -312,4 +312,42 @@ async fn another_users_ids_answer_exactly_like_missing_ones() {
     let get = pb::GetMessageRequest { message_id: message.id.clone() };
     let still = mesh.client.get_message(mesh.as_user("alice", get)).await.unwrap().into_inner().message.unwrap();
     assert_eq!((still.content.as_str(), still.role), ("private", MessageRole::Assistant as i32));
+}
+
+#[tokio::test]
+async fn tool_calls_and_tool_results_over_grpc() {
+    let mut mesh = start(&[]).await;
+    let session = mesh.create("alice", "tools").await.id;
+    let calls =
+        vec![pb::ToolCall { id: "call_1".into(), name: "weather".into(), arguments: r#"{"city":"Lisbon"}"#.into() }];
+    let ask = pb::CreateMessageRequest {
+        session_id: session.clone(),
+        role: MessageRole::Assistant as i32,
+        tool_calls: calls.clone(),
+        ..Default::default()
+    };
+    let asked = mesh.client.create_message(mesh.as_user("alice", ask)).await.unwrap().into_inner().message.unwrap();
+    let answer = pb::CreateMessageRequest {
+        session_id: session.clone(),
+        role: MessageRole::Tool as i32,
+        content: "18 °C".into(),
+        tool_call_id: Some("call_1".into()),
+        parent_message_id: Some(asked.id.clone()),
+        ..Default::default()
+    };
+    let answered =
+        mesh.client.create_message(mesh.as_user("alice", answer)).await.unwrap().into_inner().message.unwrap();
+    let read = mesh.as_user("alice", pb::GetMessageRequest { message_id: asked.id.clone() });
+    let read = mesh.client.get_message(read).await.unwrap().into_inner().message.unwrap();
+    assert_eq!((read.content.as_str(), read.tool_calls, read.tool_call_id), ("", calls, None));
+    assert_eq!((answered.tool_call_id.as_deref(), answered.parent_message_id), (Some("call_1"), Some(asked.id)));
+
+    let unanswered = pb::CreateMessageRequest {
+        session_id: session,
+        role: MessageRole::Tool as i32,
+        content: "r".into(),
+        ..Default::default()
+    };
+    let status = mesh.client.create_message(mesh.as_user("alice", unanswered)).await.unwrap_err();
+    assert_eq!(violations(&status), ["tool_call_id"]);
 }

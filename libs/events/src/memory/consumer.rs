@@ -83,7 +83,7 @@ impl Consumer {
             state.spec = spec;
         } else {
             tracing::warn!(
-                durable = ?spec.durable_name,
+                durable = spec.durable_name.as_deref().unwrap_or_default(),
                 "start position changed; durable consumer starts over"
             );
             *state = State::new(spec, log);

@@ -1,4 +1,9 @@
+use std::time::Duration;
+
+use agentmesh_resilience::Preset;
+
 use super::*;
+use crate::auth::Tier;
 
 fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
     Config::load(None, pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())))

@@ -3,10 +3,13 @@
 //!
 //! Parsing never stops at the first bad value: every problem is collected as a
 //! [`ConfigIssue`] naming its variable, so an operator fixes a deployment in one round.
+//! Every variable a reader looks at is remembered, so once the runtime and the services'
+//! [`Settings`](super::Settings) have read theirs, whatever else the file sets is unknown.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// One bad configuration value, named by its variable.
@@ -32,6 +35,14 @@ const SECRET_VARIABLES: &[&str] =
 #[derive(Debug, Default)]
 pub(crate) struct Vars {
     values: BTreeMap<String, String>,
+    /// The configuration file, if any.
+    file: Option<PathBuf>,
+    /// The line of the file that set each of its variables.
+    file_lines: BTreeMap<String, usize>,
+    /// Names that came from the process environment.
+    env_names: BTreeSet<String>,
+    /// Names some reader has looked at: the known variables.
+    consulted: RefCell<BTreeSet<String>>,
     pub(crate) issues: Vec<ConfigIssue>,
 }
 
@@ -40,13 +51,74 @@ impl Vars {
     pub(crate) fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Self {
         let mut vars = Vars::default();
         if let Some(path) = file {
+            vars.file = Some(path.to_owned());
             match std::fs::read_to_string(path) {
                 Ok(text) => vars.read_env_file(&text, path),
                 Err(error) => vars.issue("AGENTMESH_CONFIG_FILE", format!("cannot read {}: {error}", path.display())),
             }
         }
-        vars.values.extend(env);
+        for (name, value) in env {
+            vars.env_names.insert(name.clone());
+            vars.values.insert(name, value);
+        }
         vars
+    }
+
+    /// Variables already merged (a loaded configuration's), read again by a service.
+    pub(crate) fn from_values(values: BTreeMap<String, String>) -> Self {
+        Vars { values, ..Vars::default() }
+    }
+
+    /// The merged variables, for [`Config`](super::Config) to keep.
+    pub(crate) fn values(&self) -> &BTreeMap<String, String> {
+        &self.values
+    }
+
+    /// Reports every variable the file sets that no reader looked at, with its line and
+    /// the closest known name, except those `tolerated` (another binary's settings).
+    pub(crate) fn report_unknown_file_variables(&mut self, tolerated: impl Fn(&str) -> bool) {
+        let Some(path) = self.file.clone() else { return };
+        let mut unknown: Vec<(usize, String)> = {
+            let consulted = self.consulted.borrow();
+            self.file_lines
+                .iter()
+                .filter(|(name, _)| !consulted.contains(*name) && !tolerated(name))
+                .map(|(name, line)| (*line, name.clone()))
+                .collect()
+        };
+        unknown.sort();
+        for (line, name) in unknown {
+            let hint = self.closest_known(&name).map(|known| format!("; did you mean {known}?")).unwrap_or_default();
+            self.issue(&name, format!("unknown variable ({}, line {line}){hint}", path.display()));
+        }
+    }
+
+    /// Environment variables under a `watched` prefix that no reader looked at, as
+    /// warnings: the environment also holds variables of other programs, so these never
+    /// stop a start. Names shaped like Kubernetes service links (`X_SERVICE_HOST`,
+    /// `X_PORT_80_TCP`, …) are skipped.
+    pub(crate) fn unknown_env_variables(&self, watched: impl Fn(&str) -> bool) -> Vec<ConfigIssue> {
+        let consulted = self.consulted.borrow();
+        self.env_names
+            .iter()
+            .filter(|name| !consulted.contains(*name) && watched(name))
+            .filter(|name| !name.contains("_SERVICE_") && !name.contains("_PORT"))
+            .map(|name| {
+                let hint = self.closest_known(name).map(|known| format!("; did you mean {known}?")).unwrap_or_default();
+                ConfigIssue { variable: name.clone(), message: format!("unknown variable, ignored{hint}") }
+            })
+            .collect()
+    }
+
+    /// The known name within two edits of `name`, if there is one.
+    fn closest_known(&self, name: &str) -> Option<String> {
+        let consulted = self.consulted.borrow();
+        consulted
+            .iter()
+            .map(|known| (edit_distance(name, known), known))
+            .filter(|(distance, _)| *distance <= 2)
+            .min()
+            .map(|(_, known)| known.clone())
     }
 
     /// Parses `KEY=VALUE` lines (dotenv style: `#` comments, optional `export `, optional
@@ -67,7 +139,9 @@ impl Vars {
                 .iter()
                 .find_map(|q| value.strip_prefix(*q).and_then(|v| v.strip_suffix(*q)))
                 .unwrap_or(value);
-            self.values.insert(key.trim().to_owned(), unquoted.to_owned());
+            let key = key.trim().to_owned();
+            self.file_lines.insert(key.clone(), number + 1);
+            self.values.insert(key, unquoted.to_owned());
         }
     }
 
@@ -77,6 +151,7 @@ impl Vars {
 
     /// The raw value, treating an empty string as unset (as shells and compose files do).
     pub(crate) fn raw(&self, key: &str) -> Option<&str> {
+        self.consulted.borrow_mut().insert(key.to_owned());
         self.values.get(key).map(String::as_str).filter(|v| !v.trim().is_empty())
     }
 
@@ -100,8 +175,24 @@ impl Vars {
     }
 }
 
-/// A type a configuration variable can hold.
-pub(crate) trait ConfigValue: Sized {
+/// Levenshtein distance between two ASCII-ish names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1).min(row[j] + 1).min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+/// A type a configuration variable can hold; implement it for a service's own types.
+pub trait ConfigValue: Sized {
     /// Parses the trimmed raw value, or describes what was expected.
     fn parse(raw: &str) -> Result<Self, String>;
 }

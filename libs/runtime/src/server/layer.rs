@@ -1,8 +1,9 @@
 //! The tower layer in front of every gRPC handler.
 //!
 //! Per call it: adopts or mints the correlation id, joins the caller's trace
-//! (`traceparent`), turns `grpc-timeout` into a deadline, authenticates (user and calling
-//! service; the span's `actor` field names the latter), runs the handler
+//! (`traceparent`) under a span named `package.Service/Method`, turns `grpc-timeout` into
+//! a deadline, authenticates (user and calling service; the span's `actor` field names
+//! the latter), runs the handler
 //! inside a span and a [`RequestContext`], and records the RED metrics
 //! (`agentmesh_grpc_server_requests_total`, `..._request_duration_seconds`,
 //! `..._in_flight`) with the final gRPC code — read from the response headers for
@@ -100,8 +101,10 @@ where
         let timeout = requested.map_or(self.request_timeout, |t| t.min(self.request_timeout));
         let deadline = Some(Instant::now() + timeout);
 
+        // OpenTelemetry names gRPC spans `package.Service/Method`: the path without its slash.
         let span = tracing::info_span!(
             "grpc.request",
+            otel.name = %path.trim_start_matches('/'),
             otel.kind = "server",
             rpc.system = "grpc",
             rpc.service = %rpc_service,
@@ -110,7 +113,7 @@ where
             actor = tracing::field::Empty,
         );
         let trace = TraceHeaders::from_headers(headers);
-        join_caller_trace(&span, headers);
+        join_caller_trace(&span, headers, self.service_name);
 
         let authenticator = if is_open_path(&path) { None } else { self.authenticator.clone() };
         let service_name = self.service_name;

@@ -204,7 +204,8 @@ impl GrpcServer {
         }
         self.health.set_service_status("", ServingStatus::Serving).await;
 
-        let local = listener.local_addr().ok();
+        // Printed as an address (`127.0.0.1:50051`), never as `Some(…)`.
+        let local = listener.local_addr().map_or_else(|error| format!("unknown ({error})"), |a| a.to_string());
         // Outermost last: each layer sees the request before the ones listed above it.
         let mut app = router.layer(layer::ServerCallLayer {
             service_name: self.name,
@@ -234,7 +235,7 @@ impl GrpcServer {
             })
             .into_future();
         tokio::pin!(server);
-        tracing::info!(service = self.name, address = ?local, "serving");
+        tracing::info!(service = self.name, address = %local, "serving");
 
         tokio::select! {
             result = &mut server => return result.map_err(ServerError::Io),

@@ -24,7 +24,7 @@ fn a_message_renders_in_the_seed_shape() {
         "content": "hello",
         "role": "assistant",
         "metadata": {"lang": "en", "n": 3, "nested": {"ok": [true, null, 1.5]}},
-        "tool_calls": [{"name": "search"}]
+        "tool_calls": [{"id": "call_1", "name": "search", "arguments": "{\"q\": \"x\"}"}]
     });
     let message = parse("agentmesh.session.v1.CreateMessageRequest", body.clone()).unwrap();
     let rendered = message_to_json(&message);

@@ -208,7 +208,11 @@ impl Schemas {
                     if rules.max_length > 0 {
                         schema["maxLength"] = Json::from(rules.max_length);
                     }
-                    if !rules.format.is_empty() {
+                    if rules.format == "json" {
+                        // JSON text: JSON Schema's content keyword, not a `format` (which
+                        // tools would not know).
+                        schema["contentMediaType"] = Json::from("application/json");
+                    } else if !rules.format.is_empty() {
                         schema["format"] = Json::from(rules.format.as_str());
                     }
                 }
@@ -362,9 +366,13 @@ mod tests {
         schemas.message(&message("agentmesh.session.v1.CreateMessageRequest"), Direction::Request);
         let components = schemas.into_components();
         let create = &components["agentmesh.session.v1.CreateMessageRequest-Input"];
-        assert_eq!(create["required"], json!(["session_id", "content"]));
-        let content = &create["properties"]["content"];
-        assert_eq!((content["type"].clone(), content["minLength"].clone()), (json!("string"), json!(1)));
+        assert_eq!(create["required"], json!(["session_id"]), "content may be empty on tool-call-only messages");
+        assert_eq!(create["properties"]["content"]["type"], json!("string"));
+        let call = &components["agentmesh.session.v1.ToolCall-Input"];
+        assert_eq!(call["required"], json!(["id", "name", "arguments"]));
+        assert_eq!(call["properties"]["id"]["maxLength"], json!(255));
+        let arguments = &call["properties"]["arguments"];
+        assert_eq!((arguments["contentMediaType"].clone(), arguments.get("format")), (json!("application/json"), None));
         let role = &create["properties"]["role"];
         assert_eq!(role["enum"], json!(["user", "assistant", "system", "tool"]));
         assert_eq!(role["default"], "user");

@@ -134,7 +134,7 @@ impl RateLimitPolicy {
                 tightest = Some(decision);
             }
         }
-        Ok(tightest.unwrap_or_else(|| Decision::unrestricted(tier_limit.requests)))
+        Ok(tightest.unwrap_or_else(|| Decision::unrestricted(tier_limit.quota)))
     }
 
     fn scoped_checks(

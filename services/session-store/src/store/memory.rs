@@ -244,6 +244,7 @@ impl SessionStore for MemoryStore {
                 content: new.content,
                 metadata: new.metadata,
                 tool_calls: new.tool_calls,
+                tool_call_id: new.tool_call_id,
                 parent_message_id: new.parent_message_id,
                 created_at: at,
                 updated_at: at,
@@ -297,8 +298,41 @@ impl SessionStore for MemoryStore {
     async fn update_message(&self, owner: &Owner, id: Uuid, patch: MessagePatch) -> Result<MessageRecord, StoreError> {
         let updated = {
             let mut state = self.state();
-            state.owned_message(owner, id)?;
+            let current = state.owned_message(owner, id)?;
+            if patch.expect.is_some_and(|shape| shape != current.shape()) {
+                return Err(StoreError::Conflict);
+            }
+            let (session_id, position) = (current.session_id, (current.created_at, current.id));
+            if let Some(Some(parent)) = patch.parent_message_id {
+                let earlier = state
+                    .messages
+                    .get(&parent)
+                    .is_some_and(|p| p.session_id == session_id && (p.created_at, p.id) < position);
+                if !earlier {
+                    return Err(StoreError::InvalidParent);
+                }
+            }
+            if let Some(parent) = patch.parent_message_id {
+                let old = state.messages.get(&id).and_then(|m| m.parent_message_id);
+                if let Some(old) = old
+                    && let Some(replies) = state.replies.get_mut(&old)
+                {
+                    replies.remove(&id);
+                }
+                if let Some(new) = parent {
+                    state.replies.entry(new).or_default().insert(id);
+                }
+            }
             let message = state.messages.get_mut(&id).ok_or(StoreError::NotFound)?;
+            if let Some(parent) = patch.parent_message_id {
+                message.parent_message_id = parent;
+            }
+            if let Some(tool_calls) = patch.tool_calls {
+                message.tool_calls = tool_calls;
+            }
+            if let Some(tool_call_id) = patch.tool_call_id {
+                message.tool_call_id = tool_call_id;
+            }
             if let Some(content) = patch.content {
                 message.content = content;
             }

@@ -39,8 +39,8 @@ pub const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 /// The schema the gateway's tables live in unless [`SCHEMA_ENV`] names another.
 pub const DEFAULT_SCHEMA: &str = "gateway";
 
-/// Environment variable naming the PostgreSQL schema of the key tables (tests use a
-/// unique one per run). Read from the process environment only, not the config file.
+/// Variable naming the PostgreSQL schema of the key tables (tests use a unique one per
+/// run); read as [`GatewaySettings::db_schema`](crate::settings::GatewaySettings).
 pub const SCHEMA_ENV: &str = "GATEWAY_DB_SCHEMA";
 
 /// Why a store operation failed. Never carries a key or a hash.
@@ -172,7 +172,7 @@ pub trait ApiKeyStore: Send + Sync + std::fmt::Debug {
 pub async fn open(config: &Config) -> Result<Arc<dyn ApiKeyStore>, StoreError> {
     match config.storage {
         StorageBackend::Postgres => {
-            let store = PostgresKeyStore::connect(&config.database, &schema_from_env()).await?;
+            let store = PostgresKeyStore::connect(&config.database, &schema(config)?).await?;
             Ok(Arc::new(store))
         }
         StorageBackend::Redis => {
@@ -184,6 +184,7 @@ pub async fn open(config: &Config) -> Result<Arc<dyn ApiKeyStore>, StoreError> {
 }
 
 /// The schema named by [`SCHEMA_ENV`], or [`DEFAULT_SCHEMA`].
-pub fn schema_from_env() -> String {
-    std::env::var(SCHEMA_ENV).ok().filter(|s| !s.trim().is_empty()).unwrap_or_else(|| DEFAULT_SCHEMA.to_owned())
+pub fn schema(config: &Config) -> Result<String, StoreError> {
+    let settings = config.settings::<crate::settings::GatewaySettings>();
+    Ok(settings.map_err(|error| StoreError::Internal(Box::new(error)))?.db_schema)
 }

@@ -41,7 +41,7 @@ use super::error::{DbError, classify, violated_constraint};
 use super::outbox::{OutboxRow, OutboxRows, outbox_insert, outbox_insert_one};
 use super::sessions::repeated_insert;
 use crate::events;
-use crate::store::{JsonObject, MessageRecord, NewMessage, Owner, StoreError};
+use crate::store::{JsonObject, MessageRecord, NewMessage, Owner, StoreError, ToolCall};
 
 /// Most appends in one statement.
 const MAX_BATCH: usize = 64;
@@ -50,7 +50,8 @@ const MAX_BATCH: usize = 64;
 pub const BATCH_SIZE_HISTOGRAM: &str = "agentmesh_session_store_append_batch_size";
 
 /// `$1`-`$11` the event, `$12` session, `$13` tenant, `$14` owner, `$15` id, `$16` role,
-/// `$17` content, `$18` metadata, `$19` tool calls, `$20` parent (nullable), `$21` time.
+/// `$17` content, `$18` metadata, `$19` tool calls, `$20` parent (nullable), `$21` time,
+/// `$22` tool call id (nullable).
 /// Reports whether the message went in; when it did not, [`APPEND_REFUSED`] tells why.
 const CREATE: &str = concat!(
     "WITH bumped AS (",
@@ -59,7 +60,7 @@ const CREATE: &str = concat!(
     "(SELECT 1 FROM messages p WHERE p.id = $20 AND p.session_id = $12)) RETURNING s.id), ",
     "inserted AS (",
     "INSERT INTO messages (id, session_id, role, content, metadata, tool_calls, parent_message_id, created_at, ",
-    "updated_at) SELECT $15, b.id, $16, $17, $18, $19, $20, $21, $21 FROM bumped b RETURNING id), ",
+    "updated_at, tool_call_id) SELECT $15, b.id, $16, $17, $18, $19, $20, $21, $21, $22 FROM bumped b RETURNING id), ",
     "queued AS (",
     outbox_insert_one!("EXISTS (SELECT 1 FROM inserted)"),
     ") SELECT EXISTS (SELECT 1 FROM inserted)"
@@ -72,11 +73,12 @@ const APPEND_REFUSED: &str =
 
 /// Many appends: `$1`-`$12` the events (record id = message id), `$13`-`$22` the
 /// messages as arrays (id, session, tenant, owner, role, content, metadata, tool calls,
-/// parent, time). One row per append, in input order: inserted, owned, parent valid.
+/// parent, time), `$23` their tool call ids. One row per append, in input order: inserted, owned, parent valid.
 const CREATE_BATCH: &str = concat!(
     "WITH input AS (SELECT * FROM unnest($13::uuid[], $14::uuid[], $15::text[], $16::text[], $17::text[], ",
-    "$18::text[], $19::jsonb[], $20::jsonb[], $21::uuid[], $22::timestamptz[]) WITH ORDINALITY ",
-    "AS i(id, session_id, tenant_id, owner_id, role, content, metadata, tool_calls, parent_message_id, at, n)), ",
+    "$18::text[], $19::jsonb[], $20::jsonb[], $21::uuid[], $22::timestamptz[], $23::text[]) WITH ORDINALITY ",
+    "AS i(id, session_id, tenant_id, owner_id, role, content, metadata, tool_calls, parent_message_id, at, ",
+    "tool_call_id, n)), ",
     "owned AS (SELECT i.id, (i.parent_message_id IS NULL OR EXISTS (SELECT 1 FROM messages p ",
     "WHERE p.id = i.parent_message_id AND p.session_id = i.session_id)) AS parent_ok ",
     "FROM input i JOIN sessions s ON s.id = i.session_id AND s.tenant_id = i.tenant_id AND s.owner_id = i.owner_id), ",
@@ -85,8 +87,8 @@ const CREATE_BATCH: &str = concat!(
     "last_activity = GREATEST(s.last_activity, g.latest) FROM (SELECT session_id, count(*) AS added, ",
     "max(at) AS latest FROM accepted GROUP BY session_id) g WHERE s.id = g.session_id RETURNING s.id), ",
     "inserted AS (INSERT INTO messages (id, session_id, role, content, metadata, tool_calls, parent_message_id, ",
-    "created_at, updated_at) SELECT a.id, a.session_id, a.role, a.content, a.metadata, a.tool_calls, ",
-    "a.parent_message_id, a.at, a.at FROM accepted a WHERE a.session_id IN (SELECT id FROM bumped) ",
+    "created_at, updated_at, tool_call_id) SELECT a.id, a.session_id, a.role, a.content, a.metadata, a.tool_calls, ",
+    "a.parent_message_id, a.at, a.at, a.tool_call_id FROM accepted a WHERE a.session_id IN (SELECT id FROM bumped) ",
     "ORDER BY a.n RETURNING id), ",
     "queued AS (",
     outbox_insert!("e.record_id IN (SELECT id FROM inserted)"),
@@ -170,6 +172,7 @@ impl PostgresStore {
             content: new.content,
             metadata: new.metadata,
             tool_calls: new.tool_calls,
+            tool_call_id: new.tool_call_id,
             parent_message_id: new.parent_message_id,
             created_at: at,
             updated_at: at,
@@ -268,6 +271,7 @@ impl PostgresStore {
                 .bind(Json(&record.tool_calls))
                 .bind(record.parent_message_id)
                 .bind(record.created_at)
+                .bind(record.tool_call_id.as_deref())
                 .fetch_one(&mut *conn)
                 .await;
             let inserted: bool = match result {
@@ -315,7 +319,8 @@ impl PostgresStore {
         let roles: Vec<&str> = batch.iter().map(|p| p.record.role.as_str()).collect();
         let contents: Vec<&str> = batch.iter().map(|p| p.record.content.as_str()).collect();
         let metadata: Vec<Json<&JsonObject>> = batch.iter().map(|p| Json(&p.record.metadata)).collect();
-        let tool_calls: Vec<Json<&Vec<JsonObject>>> = batch.iter().map(|p| Json(&p.record.tool_calls)).collect();
+        let tool_calls: Vec<Json<&Vec<ToolCall>>> = batch.iter().map(|p| Json(&p.record.tool_calls)).collect();
+        let tool_call_ids: Vec<Option<&str>> = batch.iter().map(|p| p.record.tool_call_id.as_deref()).collect();
         let parents: Vec<Option<Uuid>> = batch.iter().map(|p| p.record.parent_message_id).collect();
         let times: Vec<_> = batch.iter().map(|p| p.record.created_at).collect();
         self.run(|| async {
@@ -332,6 +337,7 @@ impl PostgresStore {
                 .bind(&tool_calls)
                 .bind(&parents)
                 .bind(&times)
+                .bind(&tool_call_ids)
                 .fetch_all(&mut *conn)
                 .await
                 .map_err(classify)?;
@@ -387,6 +393,7 @@ mod tests {
                 content: String::new(),
                 metadata: JsonObject::new(),
                 tool_calls: vec![],
+                tool_call_id: None,
                 parent_message_id: None,
                 created_at: crate::store::now(),
                 updated_at: crate::store::now(),

@@ -39,6 +39,9 @@ pub(super) enum DbError {
     /// The parent message is not in the session.
     #[error("parent message is not in this session")]
     InvalidParent,
+    /// The message's shape is no longer the one the caller expected.
+    #[error("message changed concurrently")]
+    Conflict,
     /// Failed without taking effect; the same attempt may succeed later.
     #[error("database unavailable: {0}")]
     Transient(#[source] sqlx::Error),
@@ -112,7 +115,7 @@ pub(super) fn violated_constraint(error: &sqlx::Error) -> Option<(&'static str, 
 /// How the resilience policy judges one attempt's result.
 pub(super) fn outcome<T>(result: &Result<T, DbError>) -> Outcome {
     match result {
-        Ok(_) | Err(DbError::NotFound | DbError::InvalidParent) => Outcome::Success,
+        Ok(_) | Err(DbError::NotFound | DbError::InvalidParent | DbError::Conflict) => Outcome::Success,
         Err(DbError::Transient(_)) => Outcome::RETRYABLE,
         Err(DbError::Ambiguous(_)) => Outcome::FATAL,
         Err(DbError::Internal(_)) => Outcome::Neutral,
@@ -124,6 +127,7 @@ pub(super) fn into_store_error(error: ResilienceError<DbError>) -> StoreError {
     match error {
         ResilienceError::Inner(DbError::NotFound) => StoreError::NotFound,
         ResilienceError::Inner(DbError::InvalidParent) => StoreError::InvalidParent,
+        ResilienceError::Inner(DbError::Conflict) => StoreError::Conflict,
         ResilienceError::Inner(error @ (DbError::Transient(_) | DbError::Ambiguous(_))) => {
             StoreError::Unavailable(Box::new(error))
         }

@@ -8,7 +8,7 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::PostgresStore;
-use super::error::{DbError, classify, classify_commit};
+use super::error::{DbError, classify, classify_commit, violated_constraint};
 use super::outbox::{INSERT_ALL, OutboxRows};
 use super::rows::{self, message_columns};
 use super::sessions::bigint;
@@ -22,10 +22,21 @@ const GET: &str = concat!(
     "WHERE m.id = $1 AND s.tenant_id = $2 AND s.owner_id = $3"
 );
 
+/// `$1` id, `$2` tenant, `$3` owner, `$4`-`$6` content, role, metadata (each NULL to keep),
+/// `$7` time, `$8` tool calls (NULL keeps), `$9`/`$10` replace the tool call id / with,
+/// `$11`/`$12` replace the parent / with, `$13`-`$16` the expected shape (role NULL: any).
+/// No row when the message is not the owner's, its shape is not the expected one, or the
+/// new parent is not an earlier message of its session.
 const UPDATE: &str = concat!(
     "UPDATE messages m SET content = COALESCE($4, m.content), role = COALESCE($5, m.role), ",
-    "metadata = COALESCE($6, m.metadata), updated_at = $7 ",
+    "metadata = COALESCE($6, m.metadata), updated_at = $7, tool_calls = COALESCE($8, m.tool_calls), ",
+    "tool_call_id = CASE WHEN $9 THEN $10 ELSE m.tool_call_id END, ",
+    "parent_message_id = CASE WHEN $11 THEN $12::uuid ELSE m.parent_message_id END ",
     "FROM sessions s WHERE m.id = $1 AND s.id = m.session_id AND s.tenant_id = $2 AND s.owner_id = $3 ",
+    "AND ($13::text IS NULL OR (m.role = $13 AND (m.content <> '') = $14 ",
+    "AND (m.tool_calls <> '[]'::jsonb) = $15 AND (m.tool_call_id IS NOT NULL) = $16)) ",
+    "AND (NOT $11 OR $12::uuid IS NULL OR EXISTS (SELECT 1 FROM messages p WHERE p.id = $12 ",
+    "AND p.session_id = m.session_id AND (p.created_at, p.id) < (m.created_at, m.id))) ",
     "RETURNING ",
     message_columns!()
 );
@@ -171,10 +182,24 @@ impl PostgresStore {
                 .bind(patch.role.map(|role| role.as_str()))
                 .bind(patch.metadata.as_ref().map(Json))
                 .bind(at)
+                .bind(patch.tool_calls.as_ref().map(Json))
+                .bind(patch.tool_call_id.is_some())
+                .bind(patch.tool_call_id.as_ref().and_then(Option::as_deref))
+                .bind(patch.parent_message_id.is_some())
+                .bind(patch.parent_message_id.flatten())
+                .bind(patch.expect.map(|shape| shape.role.as_str()))
+                .bind(patch.expect.map(|shape| shape.has_content))
+                .bind(patch.expect.map(|shape| shape.has_tool_calls))
+                .bind(patch.expect.map(|shape| shape.has_tool_call_id))
                 .fetch_optional(&mut *tx)
                 .await
-                .map_err(classify)?;
-            let record = rows::message(&row.ok_or(DbError::NotFound)?)?;
+                .map_err(|error| match violated_constraint(&error) {
+                    // The new parent was deleted after the statement's snapshot saw it.
+                    Some(("foreign_key", name)) if name == "messages_parent_message_id_fkey" => DbError::InvalidParent,
+                    _ => classify(error),
+                })?;
+            let Some(row) = row else { return Err(self.why_not_updated(&mut tx, owner, id, &patch).await) };
+            let record = rows::message(&row)?;
             let outbox = OutboxRows::new([(record.id, events::message_updated(owner, &record))])?;
             outbox.bind(sqlx::query(INSERT_ALL)).execute(&mut *tx).await.map_err(classify)?;
             tx.commit().await.map_err(classify_commit)?;
@@ -182,6 +207,27 @@ impl PostgresStore {
         })
         .await
         .inspect(|_| self.wake_relay())
+    }
+
+    /// Why [`UPDATE`] changed no row: the message is not the owner's, its shape is not
+    /// the expected one, or else the new parent was refused.
+    async fn why_not_updated(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        owner: &Owner,
+        id: Uuid,
+        patch: &MessagePatch,
+    ) -> DbError {
+        let found = sqlx::query(GET).bind(id).bind(&owner.tenant_id).bind(&owner.user_id).fetch_optional(tx).await;
+        match found {
+            Ok(None) => DbError::NotFound,
+            Ok(Some(row)) => match rows::message(&row) {
+                Ok(current) if patch.expect.is_some_and(|shape| shape != current.shape()) => DbError::Conflict,
+                Ok(_) => DbError::InvalidParent,
+                Err(error) => error,
+            },
+            Err(error) => classify(error),
+        }
     }
 
     pub(super) async fn delete_message_impl(&self, owner: &Owner, id: Uuid) -> Result<MessageRecord, StoreError> {

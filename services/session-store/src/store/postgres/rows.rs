@@ -11,7 +11,7 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::error::{DbError, classify};
-use crate::store::{JsonObject, MessageRecord, Owner, Role, SessionRecord};
+use crate::store::{JsonObject, MessageRecord, Owner, Role, SessionRecord, ToolCall};
 
 /// The columns of a session, as selected from `sessions` (unqualified).
 macro_rules! session_columns {
@@ -24,8 +24,8 @@ pub(super) use session_columns;
 /// The columns of a message, qualified by the alias `m`.
 macro_rules! message_columns {
     () => {
-        "m.id, m.session_id, m.role, m.content, m.metadata, m.tool_calls, m.parent_message_id, m.created_at, \
-         m.updated_at"
+        "m.id, m.session_id, m.role, m.content, m.metadata, m.tool_calls, m.tool_call_id, m.parent_message_id, \
+         m.created_at, m.updated_at"
     };
 }
 pub(super) use message_columns;
@@ -69,7 +69,8 @@ pub(super) fn message(row: &PgRow) -> Result<MessageRecord, DbError> {
         role: Role::parse(&role).ok_or_else(|| DbError::corrupt(format!("unknown role {role:?}")))?,
         content: get(row, "content")?,
         metadata: get::<Json<JsonObject>>(row, "metadata")?.0,
-        tool_calls: get::<Json<Vec<JsonObject>>>(row, "tool_calls")?.0,
+        tool_calls: get::<Json<Vec<ToolCall>>>(row, "tool_calls")?.0,
+        tool_call_id: get(row, "tool_call_id")?,
         parent_message_id: get(row, "parent_message_id")?,
         created_at: get::<DateTime<Utc>>(row, "created_at")?,
         updated_at: get::<DateTime<Utc>>(row, "updated_at")?,

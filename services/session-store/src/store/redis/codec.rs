@@ -5,7 +5,8 @@
 //! (integer microseconds since the Unix epoch) and the internal `horizon` (see the TTL
 //! notes in `lua/common.lua`). A message is a hash with `id`, `session_id`, `role`,
 //! `content`, `content_lc` (lowercased content, for search), `metadata`, `tool_calls`
-//! (JSON text), `parent`?, `created_at`, `updated_at`. JSON stays opaque text to Lua, so
+//! (JSON text: a list of `{id, name, arguments}`), `tool_call_id`?, `parent`?,
+//! `created_at`, `updated_at`. JSON stays opaque text to Lua, so
 //! numbers in metadata round-trip exactly (cjson would rewrite them).
 
 use std::collections::HashMap;
@@ -14,7 +15,7 @@ use chrono::{DateTime, Utc};
 use fred::prelude::Value;
 use uuid::Uuid;
 
-use crate::store::{JsonObject, MessageRecord, Owner, Role, SessionRecord};
+use crate::store::{JsonObject, MessageRecord, Owner, Role, SessionRecord, ToolCall};
 
 /// A reply or stored record this code cannot accept.
 #[derive(Debug, thiserror::Error)]
@@ -242,7 +243,8 @@ pub(super) fn message(fields: &Fields) -> Result<MessageRecord, CodecError> {
         role: Role::parse(role).ok_or_else(|| record.invalid("role", role))?,
         content: record.text("content")?.to_owned(),
         metadata: record.json::<JsonObject>("metadata")?,
-        tool_calls: record.json::<Vec<JsonObject>>("tool_calls")?,
+        tool_calls: record.json::<Vec<ToolCall>>("tool_calls")?,
+        tool_call_id: record.optional("tool_call_id"),
         parent_message_id: match record.optional("parent") {
             Some(parent) => Some(parent.parse().map_err(|error| record.invalid("parent", error))?),
             None => None,

@@ -77,8 +77,8 @@ use self::client::{Client, Retry, internal};
 use self::codec::{Fields, Reply, json, micros, optional};
 use self::idempotency::millis;
 use super::{
-    Cursor, Direction, MessagePatch, MessageQuery, MessageRecord, NewMessage, NewSession, Owner, Page, SessionPatch,
-    SessionQuery, SessionRecord, SessionSort, SessionStore, StoreError,
+    Cursor, Direction, MessagePatch, MessageQuery, MessageRecord, MessageShape, NewMessage, NewSession, Owner, Page,
+    SessionPatch, SessionQuery, SessionRecord, SessionSort, SessionStore, StoreError,
 };
 use crate::events::{self, EventSink};
 
@@ -135,8 +135,22 @@ fn check(reply: &Reply) -> Result<(), StoreError> {
         "ok" => Ok(()),
         "not_found" => Err(StoreError::NotFound),
         "invalid_parent" => Err(StoreError::InvalidParent),
+        "conflict" => Err(StoreError::Conflict),
         _ => Err(internal(reply.unexpected())),
     }
+}
+
+/// A shape as `update_message.lua` compares it: `role|content|tool_calls|tool_call_id`,
+/// each of the last three `1` when set.
+fn shape_text(shape: MessageShape) -> String {
+    let flag = |set: bool| if set { '1' } else { '0' };
+    format!(
+        "{}|{}|{}|{}",
+        shape.role.as_str(),
+        flag(shape.has_content),
+        flag(shape.has_tool_calls),
+        flag(shape.has_tool_call_id)
+    )
 }
 
 fn session(fields: &Fields) -> Result<SessionRecord, StoreError> {
@@ -266,6 +280,7 @@ impl SessionStore for RedisStore {
             text(json(&new.metadata)),
             text(json(&new.tool_calls)),
             text(optional(new.parent_message_id.map(|id| id.to_string()).as_deref())),
+            text(optional(new.tool_call_id.as_deref())),
         ];
         let mut reply =
             self.client.script(&self.client.scripts().create_message, owner, args, Retry::Transient).await?;
@@ -306,6 +321,12 @@ impl SessionStore for RedisStore {
             text(optional(patch.content.as_deref().map(str::to_lowercase).as_deref())),
             text(optional(patch.role.map(|role| role.as_str()))),
             text(optional(patch.metadata.as_ref().map(json).as_deref())),
+            text(optional(patch.tool_calls.as_ref().map(json).as_deref())),
+            text(optional(patch.tool_call_id.as_ref().map(|id| id.as_deref().unwrap_or_default()))),
+            text(optional(
+                patch.parent_message_id.map(|id| id.map(|id| id.to_string()).unwrap_or_default()).as_deref(),
+            )),
+            text(optional(patch.expect.map(shape_text).as_deref())),
         ];
         let mut reply =
             self.client.script(&self.client.scripts().update_message, owner, args, Retry::Transient).await?;

@@ -37,6 +37,7 @@ async fn a_repeated_append_attempt_counts_once() {
         text("{}"),
         text("[]"),
         text("-"),
+        text("-"),
     ];
     let scripts = store.client.scripts();
     let mut replies = Vec::new();

@@ -1,6 +1,7 @@
 -- Appends a message. ARGV[4] = ttl (ms), ARGV[5] = session id, ARGV[6] = message id,
 -- ARGV[7] = role, ARGV[8] = content, ARGV[9] = content lowercased (for search),
--- ARGV[10] = metadata JSON, ARGV[11] = tool_calls JSON, ARGV[12] = parent id (optional).
+-- ARGV[10] = metadata JSON, ARGV[11] = tool_calls JSON, ARGV[12] = parent id (optional),
+-- ARGV[13] = tool_call_id (optional).
 -- Returns { 'ok', message hash }, { 'not_found' } or { 'invalid_parent' }.
 local ttl, session, id = tonumber(ARGV[4]), ARGV[5], ARGV[6]
 if not owned(session) then return { 'not_found' } end
@@ -24,6 +25,8 @@ local skey = session_key(session)
 local label = label_of(session)
 redis.call('HSET', key, 'id', id, 'session_id', session, 'role', ARGV[7], 'content', ARGV[8],
   'content_lc', ARGV[9], 'metadata', ARGV[10], 'tool_calls', ARGV[11], 'created_at', at, 'updated_at', at)
+local tool_call_id = opt(ARGV[13])
+if tool_call_id then redis.call('HSET', key, 'tool_call_id', tool_call_id) end
 if parent then
   redis.call('HSET', key, 'parent', parent)
   redis.call('ZADD', replies_key(session), 0, parent .. ':' .. id)

@@ -1,8 +1,9 @@
-//! Rate limiter shared by every gateway replica through Redis.
+//! Rate limiter shared by every replica of a service through Redis.
 //!
-//! One check is one `EVALSHA` of `gcra.lua`: read the key's TAT, decide with Redis's own
-//! `TIME`, write the new TAT with a TTL (`PX` = time until the key is idle) — atomically, so
-//! any number of replicas, each with its own connection pool, enforce one combined limit.
+//! One call (a check or an adjustment) is one `EVALSHA` of `gcra.lua`: read the key's TAT,
+//! decide with Redis's own `TIME`, write the new TAT with a TTL (`PX` = time until the key
+//! is idle) — atomically, so any number of replicas, each with its own connection pool,
+//! enforce one combined limit.
 //! The script's SHA-1 is computed locally; when Redis does not know it (first use, restart,
 //! `SCRIPT FLUSH`) the `NOSCRIPT` answer is followed by one `EVAL` of the full source, which
 //! runs the check and caches the script again (on the node owning the key, also in a
@@ -11,15 +12,15 @@
 //!
 //! # Failing open
 //!
-//! Every check is bounded by a short timeout (50 ms by default, `RATE_LIMIT_REDIS_TIMEOUT`)
+//! Every call is bounded by a short timeout (50 ms by default, `RATE_LIMIT_REDIS_TIMEOUT`)
 //! and runs under a circuit breaker. When Redis errs, is too slow, or the breaker is open,
-//! the check is *allowed*, reported as an idle key would be (full quota but one), a warning
+//! the check is *allowed* (an adjustment is lost), reported as an idle key would be, a warning
 //! is logged and `agentmesh_ratelimit_backend_errors_total{backend="redis"}` is
 //! incremented: a rate limiter exists to protect capacity, and refusing all traffic because
 //! its bookkeeping store is unavailable would turn a Redis incident into a complete API
 //! outage. The breaker
 //! (5 consecutive failures, 5 s cool-down) keeps a dead Redis from adding the timeout to
-//! every request. Checks are never retried: a lost reply may already have used up quota,
+//! every request. Calls are never retried: a lost reply may already have used up quota,
 //! and a retry would not fit the latency budget anyway.
 
 use std::fmt;
@@ -32,7 +33,7 @@ use async_trait::async_trait;
 use fred::prelude::{Builder, ClientLike, Config, Error as FredError, LuaInterface, Pool, ReconnectPolicy};
 use sha1::{Digest, Sha1};
 
-use super::gcra::Gcra;
+use super::gcra::{Change, Gcra};
 use super::{BACKEND_ERRORS_COUNTER, Decision, Limit, RateLimitError, RateLimiter};
 
 /// Key prefix of production deployments (`RATE_LIMIT_REDIS_PREFIX` overrides it).
@@ -78,7 +79,7 @@ impl Default for RedisRateLimiterOptions {
     }
 }
 
-/// GCRA rate limiter with its state in Redis, shared by gateway replicas.
+/// GCRA rate limiter with its state in Redis, shared by replicas.
 pub struct RedisRateLimiter {
     pool: Pool,
     /// Hex SHA-1 of [`SCRIPT`].
@@ -196,10 +197,12 @@ impl RedisRateLimiter {
     }
 
     /// Runs the script for `key`: `(allowed, now, tat)`.
-    async fn run(&self, key: &str, gcra: &Gcra) -> Result<(bool, u64, u64), RateLimitError> {
-        let args = [gcra.interval(), gcra.tolerance()].map(|value| i64::try_from(value).unwrap_or(i64::MAX));
+    async fn run(&self, key: &str, gcra: &Gcra, change: Change) -> Result<(bool, u64, u64), RateLimitError> {
+        let (increment, forced) = change.script_args();
+        let window = i64::try_from(gcra.window()).unwrap_or(i64::MAX);
+        let args = vec![increment, window, i64::from(forced)];
         let key = format!("{}{key}", self.prefix);
-        let reply = evaluate(&self.pool, &self.sha, self.source, key, args.to_vec())
+        let reply = evaluate(&self.pool, &self.sha, self.source, key, args)
             .await
             .map_err(|error| RateLimitError::Backend(error.to_string()))?;
         match reply.as_slice() {
@@ -211,48 +214,62 @@ impl RedisRateLimiter {
         }
     }
 
+    /// Applies `change` in Redis within the timeout, or fails open.
+    async fn apply(&self, key: &str, gcra: &Gcra, change: Change) -> Decision {
+        let Ok(permit) = self.breaker.try_acquire() else {
+            return self.fail_open(gcra, change, Failure::CircuitOpen, None);
+        };
+        match tokio::time::timeout(self.timeout, self.run(key, gcra, change)).await {
+            Ok(Ok((allowed, now, tat))) => {
+                permit.record(Outcome::Success);
+                gcra.decision(allowed, now, tat, change)
+            }
+            Ok(Err(error)) => {
+                permit.record(Outcome::FATAL);
+                self.fail_open(gcra, change, Failure::Error, Some(&error))
+            }
+            Err(_elapsed) => {
+                permit.record(Outcome::FATAL);
+                self.fail_open(gcra, change, Failure::Timeout, None)
+            }
+        }
+    }
+
     /// The fail-open answer: allowed, reported as an idle key would be.
-    fn fail_open(&self, gcra: &Gcra, failure: Failure, error: Option<&RateLimitError>) -> Decision {
+    fn fail_open(&self, gcra: &Gcra, change: Change, failure: Failure, error: Option<&RateLimitError>) -> Decision {
         self.backend_errors.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(BACKEND_ERRORS_COUNTER, "backend" => "redis", "reason" => failure.as_str()).increment(1);
         match (failure, error) {
             // The breaker logged when it opened; once per request would flood the logs.
             (Failure::CircuitOpen, _) => tracing::debug!("rate-limit Redis breaker open; request allowed"),
-            (_, Some(error)) => tracing::warn!(reason = failure.as_str(), %error, "rate-limit check failed open"),
+            (_, Some(error)) => tracing::warn!(reason = failure.as_str(), %error, "rate-limit call failed open"),
             (_, None) => tracing::warn!(
                 reason = failure.as_str(),
                 timeout_ms = self.timeout.as_millis(),
-                "rate-limit check failed open"
+                "rate-limit call failed open"
             ),
         }
-        gcra.fresh()
+        gcra.fresh(change)
     }
 }
 
 #[async_trait]
 impl RateLimiter for RedisRateLimiter {
-    async fn check(&self, key: &str, limit: Limit) -> Result<Decision, RateLimitError> {
+    async fn check_cost(&self, key: &str, limit: Limit, cost: u32) -> Result<Decision, RateLimitError> {
         let gcra = Gcra::new(limit)?;
         if gcra.denies_all() {
             return Ok(gcra.deny_all());
         }
-        let Ok(permit) = self.breaker.try_acquire() else {
-            return Ok(self.fail_open(&gcra, Failure::CircuitOpen, None));
-        };
-        match tokio::time::timeout(self.timeout, self.run(key, &gcra)).await {
-            Ok(Ok((allowed, now, tat))) => {
-                permit.record(Outcome::Success);
-                Ok(gcra.decision(allowed, now, tat))
-            }
-            Ok(Err(error)) => {
-                permit.record(Outcome::FATAL);
-                Ok(self.fail_open(&gcra, Failure::Error, Some(&error)))
-            }
-            Err(_elapsed) => {
-                permit.record(Outcome::FATAL);
-                Ok(self.fail_open(&gcra, Failure::Timeout, None))
-            }
+        let change = gcra.check(cost)?;
+        Ok(self.apply(key, &gcra, change).await)
+    }
+
+    async fn adjust(&self, key: &str, limit: Limit, delta: i64) -> Result<Decision, RateLimitError> {
+        let gcra = Gcra::new(limit)?;
+        if gcra.denies_all() {
+            return Ok(gcra.deny_all());
         }
+        Ok(self.apply(key, &gcra, gcra.adjust(delta)).await)
     }
 }
 
@@ -309,7 +326,8 @@ mod tests {
         assert!(!cached(limiter.pool.clone(), sha.clone()).await);
 
         let gcra = Gcra::new(Limit::per_minute(2)).unwrap();
-        let args = vec![i64::try_from(gcra.interval()).unwrap(), i64::try_from(gcra.tolerance()).unwrap()];
+        let (increment, _) = gcra.check(1).unwrap().script_args();
+        let args = vec![increment, i64::try_from(gcra.window()).unwrap(), 0];
         let key = format!("{prefix}k");
         let first = evaluate(&limiter.pool, &sha, source, key.clone(), args.clone()).await.unwrap();
         assert!(cached(limiter.pool.clone(), sha.clone()).await, "EVAL cached the script");

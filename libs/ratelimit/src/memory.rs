@@ -1,4 +1,4 @@
-//! In-process rate limiter for a single gateway instance.
+//! In-process rate limiter for a single service instance.
 //!
 //! Keys live in a fixed number of shards, each a mutex over a map from key to its GCRA
 //! theoretical arrival time (microseconds on tokio's monotonic clock since the limiter was
@@ -18,7 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::gcra::{Gcra, micros};
+use super::gcra::{Change, Gcra, micros};
 use super::{Decision, Limit, RateLimitError, RateLimiter};
 
 /// Settings of a [`MemoryRateLimiter`].
@@ -127,26 +127,43 @@ fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
     shard.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+impl MemoryRateLimiter {
+    /// Applies `change` to `key` atomically: the key's shard stays locked throughout.
+    fn apply(&self, key: &str, gcra: &Gcra, change: Change) -> Decision {
+        let mut shard = lock(self.shard(key));
+        let now = self.now();
+        shard.sweep_if_due(now, self.sweep_every);
+        let (allowed, tat) = gcra.step(shard.tats.get(key).copied(), now, change);
+        if allowed {
+            if tat <= now {
+                shard.tats.remove(key);
+            } else if let Some(stored) = shard.tats.get_mut(key) {
+                *stored = tat;
+            } else {
+                shard.tats.insert(key.to_owned(), tat);
+            }
+        }
+        gcra.decision(allowed, now, tat, change)
+    }
+}
+
 #[async_trait]
 impl RateLimiter for MemoryRateLimiter {
-    async fn check(&self, key: &str, limit: Limit) -> Result<Decision, RateLimitError> {
+    async fn check_cost(&self, key: &str, limit: Limit, cost: u32) -> Result<Decision, RateLimitError> {
         let gcra = Gcra::new(limit)?;
         if gcra.denies_all() {
             return Ok(gcra.deny_all());
         }
-        let mut shard = lock(self.shard(key));
-        let now = self.now();
-        shard.sweep_if_due(now, self.sweep_every);
-        let (allowed, tat) = gcra.step(shard.tats.get(key).copied(), now);
-        if allowed {
-            match shard.tats.get_mut(key) {
-                Some(stored) => *stored = tat,
-                None => {
-                    shard.tats.insert(key.to_owned(), tat);
-                }
-            }
+        let change = gcra.check(cost)?;
+        Ok(self.apply(key, &gcra, change))
+    }
+
+    async fn adjust(&self, key: &str, limit: Limit, delta: i64) -> Result<Decision, RateLimitError> {
+        let gcra = Gcra::new(limit)?;
+        if gcra.denies_all() {
+            return Ok(gcra.deny_all());
         }
-        Ok(gcra.decision(allowed, now, tat))
+        Ok(self.apply(key, &gcra, gcra.adjust(delta)))
     }
 }
 
