@@ -41,7 +41,9 @@ use agentmesh_proto::agentmesh::agent::v1 as agent;
 use agentmesh_proto::agentmesh::agent::v1::agent_service_server::{AgentService, AgentServiceServer};
 use agentmesh_proto::agentmesh::session::v1::GetSessionRequest;
 use agentmesh_proto::agentmesh::session::v1::session_service_client::SessionServiceClient;
-use agentmesh_runtime::auth::{PRINCIPAL_HEADER, PRINCIPAL_TTL, Principal, PrincipalCodec, Tier};
+use agentmesh_runtime::ServiceName;
+use agentmesh_runtime::auth::{ACTOR_HEADER, PRINCIPAL_HEADER, Principal, Tier};
+use agentmesh_testkit::identity;
 use futures::{Stream, StreamExt};
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
@@ -509,7 +511,12 @@ async fn get_one_session(settings: &Settings) -> Unary {
     // A principal exactly as the gateway forwards it for KEY (static keys: no tenant, `*`).
     let principal =
         Principal { user_id: USER.into(), tenant_id: String::new(), tier: Tier::Premium, scopes: vec!["*".into()] };
-    let signed: MetadataValue<_> = PrincipalCodec::new(SECRET).encode(&principal, PRINCIPAL_TTL).parse().unwrap();
+    // Signed with the gateway's development key, as the benchmarked gateway signs it, and
+    // long-lived enough for the run (the verifier caches it after the first call).
+    let claims = identity::principal_claims(ServiceName::Gateway, &principal, 300);
+    let signed: MetadataValue<_> = identity::principal_signed_by(ServiceName::Gateway, &claims).parse().unwrap();
+    let actor: MetadataValue<_> =
+        identity::actor_token(ServiceName::Gateway, ServiceName::SessionStore).parse().unwrap();
     let mut channels = Vec::new();
     for _ in 0..settings.grpc_channels {
         // Separate endpoints connect separately: one HTTP/2 connection each.
@@ -519,10 +526,11 @@ async fn get_one_session(settings: &Settings) -> Unary {
         let (channels, id) = (Arc::new(channels), id.clone());
         Arc::new(move |worker| {
             let channel: Channel = channels[worker % channels.len()].clone();
-            let (signed, id) = (signed.clone(), id.clone());
+            let (signed, actor, id) = (signed.clone(), actor.clone(), id.clone());
             Box::pin(async move {
                 let mut request = tonic::Request::new(GetSessionRequest { session_id: id.clone() });
                 request.metadata_mut().insert(PRINCIPAL_HEADER, signed);
+                request.metadata_mut().insert(ACTOR_HEADER, actor);
                 let response =
                     SessionServiceClient::new(channel).get_session(request).await.map_err(|s| s.to_string())?;
                 match response.into_inner().session {

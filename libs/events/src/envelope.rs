@@ -30,6 +30,7 @@ pub struct Event {
     time: DateTime<Utc>,
     tenant: Option<String>,
     correlation_id: Option<String>,
+    actor: Option<String>,
     data_content_type: String,
     data_schema: Option<String>,
     data: Bytes,
@@ -52,6 +53,7 @@ impl Event {
                 time: Utc::now(),
                 tenant: None,
                 correlation_id: None,
+                actor: None,
                 data_content_type: DEFAULT_DATA_CONTENT_TYPE.to_owned(),
                 data_schema: None,
                 data: Bytes::new(),
@@ -97,6 +99,12 @@ impl Event {
     /// `correlationid` extension attribute: the request that caused the event.
     pub fn correlation_id(&self) -> Option<&str> {
         self.correlation_id.as_deref()
+    }
+
+    /// `actor` extension attribute: the service that called the producer on the user's
+    /// behalf (audit).
+    pub fn actor(&self) -> Option<&str> {
+        self.actor.as_deref()
     }
 
     /// CloudEvents `datacontenttype` (default [`DEFAULT_DATA_CONTENT_TYPE`]).
@@ -155,6 +163,12 @@ impl EventBuilder {
         self
     }
 
+    /// Sets the `actor` extension.
+    pub fn actor(mut self, actor: impl Into<String>) -> Self {
+        self.event.actor = Some(actor.into());
+        self
+    }
+
     /// Overrides `datacontenttype`.
     pub fn data_content_type(mut self, content_type: impl Into<String>) -> Self {
         self.event.data_content_type = content_type.into();
@@ -184,6 +198,7 @@ impl EventBuilder {
         check_optional("subject", event.subject.as_deref())?;
         check_optional("tenant", event.tenant.as_deref())?;
         check_optional("correlationid", event.correlation_id.as_deref())?;
+        check_optional("actor", event.actor.as_deref())?;
         check_optional("dataschema", event.data_schema.as_deref())?;
         Ok(event)
     }

@@ -775,6 +775,7 @@ fn events_document_their_subjects() {
         "time",
         "tenant",
         "correlation_id",
+        "actor",
         "data_content_type",
         "data_schema",
         "data",

@@ -2,7 +2,9 @@
 //!
 //! [`ServiceChannel`] is what generated clients are built on
 //! (`SessionServiceClient::new(channel)`). Per call it forwards the current request's
-//! correlation id, W3C trace context and remaining deadline (`grpc-timeout`), buffers the
+//! correlation id, W3C trace context, remaining deadline (`grpc-timeout`) and signed
+//! principal (unchanged, so the callee authorises against the same user), adds this
+//! service's actor token when built [`ServiceChannel::acting_as`] a service, buffers the
 //! request body so a retry can resend it (the contract has no client-streaming RPCs), and
 //! runs the call through `agentmesh_resilience`: breaker → timeout → retry with budget →
 //! bulkhead → [`Balanced`], which spreads calls over the peer's replicas. The stack's own
@@ -13,6 +15,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use agentmesh_resilience::{GrpcResponseClassifier, Preset, Resilience, ResilienceError, ResilientService};
@@ -24,6 +27,8 @@ use tonic::transport::Endpoint;
 use tower::{Layer, Service, ServiceExt};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::auth::keys::service_named;
+use crate::auth::{ACTOR_HEADER, ActorSigner, PRINCIPAL_HEADER, ServiceIdentity};
 use crate::balance::{BalanceError, Balanced, Discovery};
 use crate::context::{RequestContext, TRACEPARENT, format_grpc_timeout, new_correlation_id, parse_grpc_timeout};
 use crate::error::{ApiError, CORRELATION_ID_HEADER};
@@ -50,6 +55,8 @@ const UNREACHABLE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_s
 pub struct ServiceChannel {
     stack: ResilientService<Balanced, GrpcResponseClassifier>,
     policy: Resilience,
+    /// Signs this service's actor token for the peer (reused while fresh).
+    actor: Option<Arc<ActorSigner>>,
 }
 
 impl ServiceChannel {
@@ -69,7 +76,15 @@ impl ServiceChannel {
         })?;
         let policy = Resilience::new(target, preset);
         let stack = policy.layer(GrpcResponseClassifier).layer(Balanced::new(target, endpoint.uri(), discovery));
-        Ok(Self { stack, policy })
+        Ok(Self { stack, policy, actor: None })
+    }
+
+    /// Calls go out as `identity`'s service: each carries its actor token for the peer
+    /// (when the peer is a service of the mesh, as its target name says).
+    #[must_use]
+    pub fn acting_as(mut self, identity: &ServiceIdentity) -> Self {
+        self.actor = service_named(self.policy.name()).map(|peer| Arc::new(identity.actor_signer(peer)));
+        self
     }
 
     /// The peer's resilience state (breaker snapshot for health output, state-change hooks).
@@ -91,11 +106,13 @@ impl Service<Request<Body>> for ServiceChannel {
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let stack = self.stack.clone();
         let target = self.policy.name().to_owned();
+        let actor = self.actor.clone();
         let context = RequestContext::current();
         let span = tracing::Span::current();
         Box::pin(async move {
             let (mut parts, body) = request.into_parts();
             let remaining = forward_context(&mut parts.headers, context.as_ref(), &span);
+            forward_identity(&mut parts.headers, context.as_ref(), actor.as_deref());
             if remaining == Some(std::time::Duration::ZERO) {
                 return Ok(status_response(ApiError::timeout(&target, std::time::Duration::ZERO)));
             }
@@ -152,6 +169,20 @@ fn forward_context(
         headers.insert("grpc-timeout", value);
     }
     remaining
+}
+
+/// Forwards the caller's signed principal unchanged (unless the call sets one itself, as
+/// the gateway and the orchestrator do when they mint) and adds this service's actor
+/// token.
+fn forward_identity(headers: &mut HeaderMap, context: Option<&RequestContext>, actor: Option<&ActorSigner>) {
+    if !headers.contains_key(PRINCIPAL_HEADER)
+        && let Some(token) = context.and_then(|c| c.principal_token.clone())
+    {
+        headers.insert(PRINCIPAL_HEADER, token);
+    }
+    if let Some(signer) = actor {
+        headers.insert(ACTOR_HEADER, signer.token());
+    }
 }
 
 /// What a failed call through the stack means to the caller. Transport details stay in

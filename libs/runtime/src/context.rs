@@ -1,9 +1,11 @@
 //! What one request carries through a service and on to the next: correlation id,
-//! deadline, the caller's principal and trace context.
+//! deadline, the caller's principal (and the signed header it came in), the calling
+//! service and trace context.
 //!
 //! The server layer installs a [`RequestContext`] as a task-local for the handler's
-//! future; client channels read it to forward `x-correlation-id`, `traceparent` and the
-//! remaining `grpc-timeout`, so one id and one deadline follow a request across the mesh.
+//! future; client channels read it to forward `x-correlation-id`, `traceparent`, the
+//! remaining `grpc-timeout` and the principal header, so one id, one deadline and one
+//! user follow a request across the mesh.
 //! Work spawned onto other tasks must carry the context explicitly ([`RequestContext::scope`]).
 
 use std::future::Future;
@@ -13,6 +15,7 @@ use http::{HeaderMap, HeaderValue};
 use tokio::time::Instant;
 
 use crate::auth::Principal;
+use crate::config::ServiceName;
 
 tokio::task_local! {
     static CURRENT: RequestContext;
@@ -27,6 +30,13 @@ pub struct RequestContext {
     pub deadline: Option<Instant>,
     /// Who is calling, once authenticated.
     pub principal: Option<Principal>,
+    /// The signed `x-agentmesh-principal` the principal came in, forwarded unchanged on
+    /// the calls this request makes (a service other than a minter cannot sign one).
+    pub principal_token: Option<HeaderValue>,
+    /// The service that made this call, for calls inside the mesh.
+    pub actor: Option<ServiceName>,
+    /// The run the principal is bound to, when the orchestrator minted it for one.
+    pub run: Option<String>,
     /// The caller's W3C trace context, as received.
     pub trace: Option<TraceHeaders>,
 }
@@ -64,7 +74,15 @@ impl TraceHeaders {
 impl RequestContext {
     /// A context with a fresh correlation id and no deadline or principal.
     pub fn new() -> Self {
-        Self { correlation_id: new_correlation_id(), deadline: None, principal: None, trace: None }
+        Self {
+            correlation_id: new_correlation_id(),
+            deadline: None,
+            principal: None,
+            principal_token: None,
+            actor: None,
+            run: None,
+            trace: None,
+        }
     }
 
     /// The context of the running request, if this task serves one.

@@ -1,7 +1,8 @@
 //! A server started with `GrpcServer` and a client on `ServiceChannel`, over loopback:
 //! correlation id, deadline and trace context travel with each call; retries, the breaker
 //! and transport failures reach the caller as the mesh's typed errors; the authentication
-//! hook guards every RPC but health.
+//! hook guards every RPC but health; by default a server requires the mesh's principal
+//! and actor tokens, which a channel acting as a service forwards and adds.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,7 +14,7 @@ use agentmesh_proto::agentmesh::session::v1::session_service_client::SessionServ
 use agentmesh_proto::agentmesh::session::v1::session_service_server::{SessionService, SessionServiceServer};
 use agentmesh_proto::agentmesh::session::v1::{GetSessionRequest, GetSessionResponse, Session};
 use agentmesh_resilience::{BreakerConfig, Preset, RetryPolicy};
-use agentmesh_runtime::auth::{Authenticate, Principal, Tier};
+use agentmesh_runtime::auth::{Authenticate, Principal, ServiceIdentity, Tier};
 use agentmesh_runtime::client::ServiceChannel;
 use agentmesh_runtime::context::TraceHeaders;
 use agentmesh_runtime::{ApiError, Config, ErrorCode, GrpcServer, RequestContext, ServiceName, telemetry};
@@ -54,10 +55,20 @@ impl SessionService for Echo {
                 user_id: context.principal.map(|p| p.user_id),
                 message_count: remaining_ms,
                 metadata: Some(prost_types::Struct {
-                    fields: [(
-                        "traceparent".to_owned(),
-                        prost_types::Value { kind: Some(prost_types::value::Kind::StringValue(traceparent)) },
-                    )]
+                    fields: [
+                        (
+                            "traceparent".to_owned(),
+                            prost_types::Value { kind: Some(prost_types::value::Kind::StringValue(traceparent)) },
+                        ),
+                        (
+                            "actor".to_owned(),
+                            prost_types::Value {
+                                kind: Some(prost_types::value::Kind::StringValue(
+                                    context.actor.map(|a| a.as_str().to_owned()).unwrap_or_default(),
+                                )),
+                            },
+                        ),
+                    ]
                     .into(),
                 }),
                 ..Session::default()
@@ -89,16 +100,32 @@ struct Running {
     _stop: oneshot::Sender<()>,
 }
 
+/// How the test server authenticates.
+enum Auth {
+    /// Not at all.
+    Off,
+    /// With this authenticator.
+    With(Arc<dyn Authenticate>),
+    /// As `GrpcServer` does by default: the mesh's principal and actor tokens.
+    Mesh,
+}
+
 async fn start(authenticator: Option<Arc<dyn Authenticate>>) -> Running {
+    start_with(authenticator.map_or(Auth::Off, Auth::With)).await
+}
+
+async fn start_with(auth: Auth) -> Running {
     let config = Config::load(None, []).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let echo = Arc::new(Echo::default());
     let mut server =
         GrpcServer::new(ServiceName::SessionStore, &config).add_service(SessionServiceServer::from_arc(echo.clone()));
-    if let Some(authenticator) = authenticator {
-        server = server.with_authenticator(authenticator);
-    }
+    server = match auth {
+        Auth::Off => server.without_authentication(),
+        Auth::With(authenticator) => server.with_authenticator(authenticator),
+        Auth::Mesh => server,
+    };
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(server.serve(listener, async {
         let _ = stopped.await;
@@ -145,8 +172,7 @@ async fn correlation_id_deadline_and_trace_context_follow_the_call() {
     let context = RequestContext {
         correlation_id: "corr-123".to_owned(),
         deadline: Some(tokio::time::Instant::now() + Duration::from_secs(5)),
-        principal: None,
-        trace: None,
+        ..RequestContext::new()
     };
     let span = tracing::info_span!("caller");
     let trace_id = {
@@ -281,4 +307,43 @@ async fn calls_are_counted_by_method_and_code() {
     };
     assert!(counted("Unavailable") && counted("Ok"), "{text}");
     assert!(text.contains("agentmesh_grpc_server_request_duration_seconds_bucket"), "{text}");
+}
+
+#[tokio::test]
+async fn by_default_a_server_requires_the_mesh_identity_which_channels_forward_and_add() {
+    let server = start_with(Auth::Mesh).await;
+    let status = client(&server.url).get_session(get("s1")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    assert!(status.message().contains("actor token"), "{status:?}");
+
+    let alice = Principal { user_id: "alice".into(), tenant_id: "t1".into(), tier: Tier::Premium, scopes: vec![] };
+    let minted = ServiceIdentity::development(ServiceName::Gateway).principal_minter().unwrap().mint(&alice);
+    // What a service serving alice's call has in its context: the principal as received.
+    let context = RequestContext { principal: Some(alice), principal_token: Some(minted), ..RequestContext::new() };
+    let acting_as = |service| {
+        let channel = ServiceChannel::connect_lazy("session-store", &server.url, &preset()).unwrap();
+        SessionServiceClient::new(channel.acting_as(&ServiceIdentity::development(service)))
+    };
+
+    let mut orchestrator = acting_as(ServiceName::AgentOrchestrator);
+    let session = context.clone().scope(orchestrator.get_session(get("s1"))).await.unwrap().into_inner();
+    let session = session.session.unwrap();
+    assert_eq!(session.user_id.as_deref(), Some("alice"), "the callee acts for the forwarded user");
+    let actor = match &session.metadata.unwrap().fields["actor"].kind {
+        Some(prost_types::value::Kind::StringValue(value)) => value.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(actor, "agent-orchestrator");
+
+    let status = orchestrator.get_session(get("s1")).await.unwrap_err();
+    assert!(status.message().contains("principal"), "no user, no call: {status:?}");
+
+    let mut llm_proxy = acting_as(ServiceName::LlmProxy);
+    let status = context.scope(llm_proxy.get_session(get("s1"))).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    assert!(status.message().contains("session-store does not serve calls from llm-proxy"), "{status:?}");
+
+    let channel = tonic::transport::Channel::from_shared(server.url.clone()).unwrap().connect().await.unwrap();
+    let health = HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await;
+    assert!(health.is_ok(), "health needs no credentials: {health:?}");
 }

@@ -50,7 +50,9 @@ impl Replica {
         let config = Config::load(None, []).unwrap();
         let address = listener.local_addr().unwrap();
         let counter = Arc::new(Counter::default());
+        // Balancing is under test, not identity (tests/mesh.rs covers that): no tokens needed.
         let server = GrpcServer::new(ServiceName::SessionStore, &config)
+            .without_authentication()
             .add_service(SessionServiceServer::from_arc(counter.clone()));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

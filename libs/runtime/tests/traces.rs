@@ -52,7 +52,9 @@ async fn serve(name: ServiceName, service: impl SessionService) -> String {
     let config = Config::load(None, []).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let server = GrpcServer::new(name, &config).add_service(SessionServiceServer::new(service));
+    // Spans are under test, not identity (tests/mesh.rs covers that): no tokens needed.
+    let server =
+        GrpcServer::new(name, &config).without_authentication().add_service(SessionServiceServer::new(service));
     tokio::spawn(server.serve(listener, std::future::pending()));
     url
 }

@@ -5,6 +5,7 @@
 //! `AGENTMESH_REQUIRE_SERVICES=1` (CI) an unreachable service fails the test instead, so a
 //! stopped server can never turn a red run green.
 
+pub mod identity;
 pub mod postgres;
 pub mod redis;
 pub mod traces;

@@ -2,6 +2,9 @@
 //!
 //! Serves `agentmesh.agent.v1.AgentService`. The graph loop arrives with the
 //! agent-orchestrator issue; until then every RPC answers UNIMPLEMENTED.
+//!
+//! Like every service it serves only calls carrying a signed principal and an actor it
+//! serves: the gateway (`agentmesh_runtime::auth::actors`).
 
 use std::future::Future;
 use std::sync::Arc;

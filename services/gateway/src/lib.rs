@@ -3,8 +3,9 @@
 //! One port serves: the seed's REST API, transcoded generically from the contract
 //! ([`routes`], [`json`], [`rest`]); native gRPC and grpc-web to the public RPCs of every
 //! service, the gateway's own health and auth services included (passthrough); `/metrics`.
-//! Callers are authenticated and rate-limited here and reach services with a signed
-//! principal; CORS ([`browser`]) covers the whole port.
+//! Callers are authenticated and rate-limited here and reach services with a principal
+//! signed by the gateway's own Ed25519 key (minted once per caller per lifetime window)
+//! and the gateway's actor token; CORS ([`browser`]) covers the whole port.
 
 pub mod health;
 pub mod json;
@@ -30,7 +31,7 @@ use agentmesh_proto::agentmesh::auth::v1::auth_service_server::AuthServiceServer
 use agentmesh_proto::agentmesh::common::v1::ExternalServiceType;
 use agentmesh_proto::agentmesh::health::v1::health_service_server::HealthServiceServer;
 use agentmesh_resilience::Preset;
-use agentmesh_runtime::auth::{Authenticate, PrincipalCodec};
+use agentmesh_runtime::auth::{Authenticate, MintError, ServiceIdentity};
 use agentmesh_runtime::balance::Discovery;
 use agentmesh_runtime::client::{ClientError, ServiceChannel};
 use agentmesh_runtime::config::{ServiceSettings, SettingsSpec, StorageBackend};
@@ -87,6 +88,9 @@ pub enum StartError {
     /// The API key store could not be opened.
     #[error("api keys: {0}")]
     Keys(#[from] auth::store::StoreError),
+    /// This service's key may not sign principals.
+    #[error("identity: {0}")]
+    Identity(#[from] MintError),
     /// The shared rate limiter could not be set up.
     #[error("rate limiter: {0}")]
     RateLimit(#[from] ratelimit::RateLimitError),
@@ -114,13 +118,14 @@ pub async fn serve(
     dependencies.register(agentmesh_runtime::bus::dependency(&bus));
     dependencies.publish_breaker_changes(bus.clone());
     let deadlines = MethodDeadlines::from_contract(config.server.request_timeout);
+    let identity = ServiceIdentity::from_config(&config, ServiceName::Gateway);
     let mut upstreams = Upstreams::default();
     let mut channels = Vec::new();
     let discovery = Discovery::new(config.peers.clone());
     for service in BACKENDS {
         let url = &config.endpoints.get(service).url;
         let preset = backend_preset(&config, service, &deadlines);
-        let channel = ServiceChannel::connect_with(service.as_str(), url, &preset, &discovery)?;
+        let channel = ServiceChannel::connect_with(service.as_str(), url, &preset, &discovery)?.acting_as(&identity);
         // Reported as the service's own entry; its state changes are events all the same.
         dependencies.watch_breaker(channel.policy().breaker(), ExternalServiceType::Unspecified);
         upstreams.insert(service, BoxCloneSyncService::new(channel.clone()));
@@ -151,7 +156,7 @@ pub async fn serve(
         routes: RouteTable::from_pool(agentmesh_proto::descriptor_pool())?,
         upstreams,
         authenticator: authenticator.clone(),
-        principals: PrincipalCodec::new(config.security.secret_key.expose()),
+        principals: Arc::new(identity.principal_minter()?),
         max_body_bytes: MAX_BODY_BYTES,
         deadlines,
         streaming: config.features.enable_streaming,

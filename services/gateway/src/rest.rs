@@ -14,7 +14,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentmesh_runtime::auth::{Authenticate, PRINCIPAL_HEADER, PRINCIPAL_TTL, Principal, PrincipalCodec};
+use agentmesh_runtime::auth::{Authenticate, PRINCIPAL_HEADER, Principal, PrincipalMinter};
 use agentmesh_runtime::context::{TraceHeaders, new_correlation_id, sanitize_correlation_id};
 use agentmesh_runtime::deadlines::MethodDeadlines;
 use agentmesh_runtime::error::{CORRELATION_ID_HEADER, FieldViolation, retry_after_seconds};
@@ -49,8 +49,8 @@ pub struct RestGateway {
     pub upstreams: Upstreams,
     /// Establishes the caller from API keys or tokens.
     pub authenticator: Arc<dyn Authenticate>,
-    /// Signs the principal forwarded to services.
-    pub principals: PrincipalCodec,
+    /// Signs the principal forwarded to services (once per caller per lifetime window).
+    pub principals: Arc<PrincipalMinter>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// Deadline of one call downstream: each method's maximum from the contract (a REST
@@ -162,10 +162,8 @@ impl RestGateway {
             Err(error) => return grpc_error(error),
         };
         let mut response = if decision.allowed {
-            if let Some(principal) = &principal
-                && let Ok(value) = HeaderValue::from_str(&self.principals.encode(principal, PRINCIPAL_TTL))
-            {
-                parts.headers.insert(PRINCIPAL_HEADER, value);
+            if let Some(principal) = &principal {
+                parts.headers.insert(PRINCIPAL_HEADER, self.principals.mint(principal));
             }
             let forwarded = http::Request::from_parts(parts, tonic::body::Body::new(body));
             match self.upstreams.forward(route.owner, forwarded).await {
@@ -329,16 +327,17 @@ impl RestGateway {
         let context = RequestContext {
             correlation_id: invocation.correlation_id,
             deadline: Some(Instant::now() + limit),
+            principal_token: invocation.principal.as_ref().map(|principal| self.principals.mint(principal)),
             principal: invocation.principal,
+            actor: None,
+            run: None,
             trace: invocation.trace,
         };
         let mut request = tonic::Request::new(invocation.message);
         request.set_timeout(limit);
         request.extensions_mut().insert(context.clone());
         let metadata = request.metadata_mut();
-        if let Some(principal) = &context.principal
-            && let Ok(value) = self.principals.encode(principal, PRINCIPAL_TTL).parse()
-        {
+        if let Some(value) = context.principal_token.as_ref().and_then(|token| token.to_str().ok()?.parse().ok()) {
             metadata.insert(PRINCIPAL_HEADER, value);
         }
         if let Some(key) = invocation.idempotency_key.and_then(|k| k.parse().ok()) {

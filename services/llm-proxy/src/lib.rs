@@ -2,6 +2,9 @@
 //!
 //! Serves `agentmesh.llm.v1.LlmService`. Providers arrive with the llm-proxy issue; until
 //! then every RPC answers UNIMPLEMENTED.
+//!
+//! Like every service it serves only calls carrying a signed principal and an actor it
+//! serves: the agent-orchestrator (`agentmesh_runtime::auth::actors`).
 
 use std::future::Future;
 use std::sync::Arc;

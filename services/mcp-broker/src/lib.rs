@@ -2,6 +2,9 @@
 //!
 //! Serves `agentmesh.mcp.v1.McpService`. Registry and transports arrive with the
 //! mcp-broker issue; until then every RPC answers UNIMPLEMENTED.
+//!
+//! Like every service it serves only calls carrying a signed principal and an actor it
+//! serves: the agent-orchestrator (and the gateway on its public RPCs) (`agentmesh_runtime::auth::actors`).
 
 use std::future::Future;
 use std::sync::Arc;

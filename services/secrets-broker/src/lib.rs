@@ -2,6 +2,9 @@
 //!
 //! Serves `agentmesh.secrets.v1.SecretsService`. Providers arrive with the secrets-broker
 //! issue; until then every RPC answers UNIMPLEMENTED.
+//!
+//! Like every service it serves only calls carrying a signed principal and an actor it
+//! serves: llm-proxy, mcp-broker and the agent-orchestrator (`agentmesh_runtime::auth::actors`).
 
 use std::future::Future;
 use std::sync::Arc;

@@ -68,8 +68,11 @@ fn build(topic: &str, subject: String, owner: &Owner, schema: &str, payload: &im
     if !owner.tenant_id.is_empty() {
         builder = builder.tenant(owner.tenant_id.clone());
     }
-    if let Some(correlation_id) = RequestContext::current_correlation_id() {
-        builder = builder.correlation_id(correlation_id);
+    if let Some(context) = RequestContext::current() {
+        builder = builder.correlation_id(context.correlation_id);
+        if let Some(actor) = context.actor {
+            builder = builder.actor(actor.as_str());
+        }
     }
     builder.build().unwrap_or_else(|error| {
         // A tenant or correlation id the envelope refuses must not cost the event.
@@ -113,4 +116,26 @@ pub fn message_updated(owner: &Owner, message: &MessageRecord) -> Event {
 pub fn message_deleted(owner: &Owner, message: &MessageRecord) -> Event {
     let payload = pb::MessageDeleted { message_id: message.id.to_string(), session_id: message.session_id.to_string() };
     build("message.deleted", message.id.to_string(), owner, "MessageDeleted", &payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use agentmesh_runtime::ServiceName;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn events_name_the_calling_service_and_the_request() {
+        let owner = Owner { tenant_id: "acme".into(), user_id: "alice".into() };
+        let id = uuid::Uuid::now_v7();
+        let context = RequestContext {
+            correlation_id: "req-7".into(),
+            actor: Some(ServiceName::AgentOrchestrator),
+            ..RequestContext::new()
+        };
+        let event = context.scope(async { session_deleted(&owner, id) }).await;
+        assert_eq!(event.actor(), Some("agent-orchestrator"));
+        assert_eq!(event.correlation_id(), Some("req-7"));
+        assert_eq!(session_deleted(&owner, id).actor(), None, "no call, no actor");
+    }
 }

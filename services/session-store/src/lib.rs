@@ -2,9 +2,11 @@
 //!
 //! Serves `agentmesh.session.v1.SessionService` over one of three backends chosen by
 //! `USE_DATABASE` / `USE_REDIS` / `USE_MEMORY` (see [`store`]), publishes its domain events
-//! (see [`events`]), and accepts only calls carrying a principal signed by the gateway.
-//! It reports its store and event bus as dependencies (with the store's breaker, whose
-//! state changes become `agentmesh.breaker.state_changed` events).
+//! (see [`events`]), and accepts only calls carrying a principal signed by a minter
+//! (gateway, agent-orchestrator) from the actors it serves (gateway, agent-orchestrator);
+//! see `agentmesh_runtime::auth`. It reports its store and event bus as dependencies
+//! (with the store's breaker, whose state changes become `agentmesh.breaker.state_changed`
+//! events).
 
 pub mod convert;
 pub mod events;
@@ -22,7 +24,6 @@ use std::sync::Arc;
 use agentmesh_events::{EventBus, Publisher};
 use agentmesh_proto::agentmesh::common::v1::ExternalServiceType;
 use agentmesh_proto::agentmesh::session::v1::session_service_server::SessionServiceServer;
-use agentmesh_runtime::auth::{PrincipalCodec, RequireSignedPrincipal};
 use agentmesh_runtime::config::{ConfigError, ServiceSettings, SettingsSpec, StorageBackend};
 use agentmesh_runtime::{Config, Dependency, GrpcServer, ServerError, ServiceName};
 use tokio::net::TcpListener;
@@ -86,10 +87,7 @@ pub async fn serve(
     let backend = open_backend(&config, publisher.clone()).await?;
     let service = SessionService::new(backend.store.clone(), backend.idempotency, limits)
         .with_bulk_operations(config.features.enable_bulk_operations);
-    let authenticator = RequireSignedPrincipal::new(PrincipalCodec::new(config.security.secret_key.expose()));
-    let server = GrpcServer::new(ServiceName::SessionStore, &config)
-        .with_authenticator(Arc::new(authenticator))
-        .add_service(SessionServiceServer::new(service));
+    let server = GrpcServer::new(ServiceName::SessionStore, &config).add_service(SessionServiceServer::new(service));
     let dependencies = server.dependencies();
     dependencies.register(backend.dependency);
     dependencies.register(agentmesh_runtime::bus::dependency(&bus));

@@ -9,15 +9,16 @@ use agentmesh_events::MemoryBus;
 use agentmesh_proto::agentmesh::common::v1::{MessageRole, SortOrder};
 use agentmesh_proto::agentmesh::session::v1 as pb;
 use agentmesh_proto::agentmesh::session::v1::session_service_client::SessionServiceClient;
-use agentmesh_runtime::auth::{PRINCIPAL_HEADER, PRINCIPAL_TTL, Principal, PrincipalCodec, Tier};
+use agentmesh_runtime::ServiceName;
+use agentmesh_runtime::auth::{ACTOR_HEADER, PRINCIPAL_HEADER};
 use agentmesh_runtime::{ApiError, Config, ErrorCode};
+use agentmesh_testkit::identity;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 struct Mesh {
     client: SessionServiceClient<Channel>,
-    codec: PrincipalCodec,
     _stop: oneshot::Sender<()>,
 }
 
@@ -27,20 +28,19 @@ async fn start(extra_env: &[(&str, &str)]) -> Mesh {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();
-    let codec = PrincipalCodec::new(config.security.secret_key.expose());
     tokio::spawn(agentmesh_session_store::serve(config, Arc::new(MemoryBus::default()), listener, async {
         let _ = stopped.await;
     }));
     let channel = Channel::from_shared(url).unwrap().connect_lazy();
-    Mesh { client: SessionServiceClient::new(channel), codec, _stop: stop }
+    Mesh { client: SessionServiceClient::new(channel), _stop: stop }
 }
 
 impl Mesh {
     fn as_user<T>(&self, user: &str, body: T) -> Request<T> {
-        let principal =
-            Principal { user_id: user.into(), tenant_id: "acme".into(), tier: Tier::Authenticated, scopes: vec![] };
         let mut request = Request::new(body);
-        request.metadata_mut().insert(PRINCIPAL_HEADER, self.codec.encode(&principal, PRINCIPAL_TTL).parse().unwrap());
+        for (name, value) in identity::gateway_call(&identity::user(user, "acme"), ServiceName::SessionStore) {
+            request.metadata_mut().insert(name, value.parse().unwrap());
+        }
         request
     }
 
@@ -62,11 +62,17 @@ async fn calls_without_a_signed_principal_are_refused() {
     let mut mesh = start(&[]).await;
     let status = mesh.client.list_sessions(pb::ListSessionsRequest::default()).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
-    let mut forged = Request::new(pb::ListSessionsRequest::default());
-    let other_key = PrincipalCodec::new("another-secret-key-another-secret-key");
-    let principal = Principal { user_id: "a".into(), tenant_id: "t".into(), tier: Tier::Premium, scopes: vec![] };
-    forged.metadata_mut().insert(PRINCIPAL_HEADER, other_key.encode(&principal, PRINCIPAL_TTL).parse().unwrap());
+    let mut forged = mesh.as_user("a", pb::ListSessionsRequest::default());
+    let claims = identity::principal_claims(ServiceName::Gateway, &identity::user("a", "t"), 60);
+    let by_mcp_broker = identity::principal_signed_by(ServiceName::McpBroker, &claims);
+    forged.metadata_mut().insert(PRINCIPAL_HEADER, by_mcp_broker.parse().unwrap());
     assert_eq!(mesh.client.list_sessions(forged).await.unwrap_err().code(), Code::Unauthenticated);
+    let mut unserved = mesh.as_user("a", pb::ListSessionsRequest::default());
+    let llm_proxy = identity::actor_token(ServiceName::LlmProxy, ServiceName::SessionStore);
+    unserved.metadata_mut().insert(ACTOR_HEADER, llm_proxy.parse().unwrap());
+    let status = mesh.client.list_sessions(unserved).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert!(status.message().contains("does not serve calls from llm-proxy"), "{status:?}");
 }
 
 #[tokio::test]

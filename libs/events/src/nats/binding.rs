@@ -31,6 +31,7 @@ const SUBJECT: HeaderName = HeaderName::from_static("ce-subject");
 const TIME: HeaderName = HeaderName::from_static("ce-time");
 const TENANT: HeaderName = HeaderName::from_static("ce-tenant");
 const CORRELATION_ID: HeaderName = HeaderName::from_static("ce-correlationid");
+const ACTOR: HeaderName = HeaderName::from_static("ce-actor");
 const DATA_SCHEMA: HeaderName = HeaderName::from_static("ce-dataschema");
 const CONTENT_TYPE: HeaderName = HeaderName::from_static("Content-Type");
 
@@ -48,6 +49,7 @@ pub(crate) fn encode(event: &Event) -> Result<HeaderMap, ValidationError> {
         (SUBJECT, "subject", event.subject()),
         (TENANT, "tenant", event.tenant()),
         (CORRELATION_ID, "correlationid", event.correlation_id()),
+        (ACTOR, "actor", event.actor()),
         (DATA_SCHEMA, "dataschema", event.data_schema()),
     ];
     let mut headers = HeaderMap::new();
@@ -98,6 +100,9 @@ pub(crate) fn decode(
     if let Some(value) = optional(headers, CORRELATION_ID) {
         builder = builder.correlation_id(value);
     }
+    if let Some(value) = optional(headers, ACTOR) {
+        builder = builder.actor(value);
+    }
     if let Some(value) = optional(headers, DATA_SCHEMA) {
         builder = builder.data_schema(value);
     }
@@ -126,6 +131,7 @@ mod tests {
             .subject("sess-1")
             .tenant("acme")
             .correlation_id("req-1")
+            .actor("agent-orchestrator")
             .data_schema("agentmesh.events.v1.SessionCreated")
             .data(Bytes::from_static(b"\x0a\x06sess-1"))
             .build()
@@ -148,6 +154,7 @@ mod tests {
         assert_eq!(header(&headers, "ce-subject"), Some("sess-1"));
         assert_eq!(header(&headers, "ce-tenant"), Some("acme"));
         assert_eq!(header(&headers, "ce-correlationid"), Some("req-1"));
+        assert_eq!(header(&headers, "ce-actor"), Some("agent-orchestrator"));
         assert_eq!(header(&headers, "ce-dataschema"), Some("agentmesh.events.v1.SessionCreated"));
         assert_eq!(header(&headers, "Content-Type"), Some("application/protobuf"));
         let time = header(&headers, "ce-time").unwrap();
@@ -159,7 +166,7 @@ mod tests {
     fn optional_attributes_are_omitted() {
         let event = Event::builder("a.b", "s", "t").build().unwrap();
         let headers = encode(&event).unwrap();
-        for absent in ["ce-subject", "ce-tenant", "ce-correlationid", "ce-dataschema"] {
+        for absent in ["ce-subject", "ce-tenant", "ce-correlationid", "ce-actor", "ce-dataschema"] {
             assert_eq!(header(&headers, absent), None, "{absent}");
         }
     }

@@ -16,6 +16,7 @@ mod client_address;
 mod endpoints;
 mod environment;
 mod features;
+mod identity;
 mod observability;
 mod peers;
 mod rate_limit;
@@ -32,6 +33,7 @@ pub use client_address::{ClientAddressConfig, MAX_TRUSTED_PROXY_HOPS};
 pub use endpoints::{Endpoints, ServiceEndpoint, ServiceName};
 pub use environment::{Environment, Secret};
 pub use features::FeatureFlags;
+pub use identity::IdentityConfig;
 pub use observability::{LogFormat, ObservabilityConfig};
 pub use peers::{PeerBalancing, PeerConfig};
 pub use rate_limit::{DEFAULT_RATE_LIMIT_REDIS_PREFIX, DEFAULT_RATE_LIMIT_REDIS_TIMEOUT, RateLimitConfig};
@@ -106,6 +108,8 @@ pub struct Config {
     pub peers: PeerConfig,
     /// `SERVER_*`.
     pub server: ServerConfig,
+    /// `SECURITY_SERVICE_KEY`, `SECURITY_TRUSTED_KEYS`: the mesh's own keys.
+    pub identity: IdentityConfig,
     /// Environment variables under an agentmesh prefix that nothing reads (probably
     /// misspelled); binaries log them as warnings once telemetry is up.
     pub warnings: Vec<ConfigIssue>,
@@ -198,6 +202,7 @@ impl Config {
             observability: ObservabilityConfig::read(v, environment, &features),
             features,
             server: ServerConfig::read(v),
+            identity: IdentityConfig::parse(v, environment.is_strict()),
             warnings: Vec::new(),
             raw: RawVariables::default(),
         };

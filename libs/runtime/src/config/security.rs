@@ -19,7 +19,8 @@ pub const MIN_STATIC_KEY_RANDOM_CHARS: usize = 32;
 /// Security settings (`SECURITY_*`).
 #[derive(Debug, Clone)]
 pub struct SecurityConfig {
-    /// `SECURITY_SECRET_KEY`: signs JWTs and the principal passed between services.
+    /// `SECURITY_SECRET_KEY`: signs the gateway's JWTs (principals between services are
+    /// signed with each service's own Ed25519 key, see [`crate::auth`]).
     pub secret_key: Secret,
     /// `SECURITY_ALGORITHM`: JWT algorithm; only HS256 is supported.
     pub algorithm: String,

@@ -15,6 +15,26 @@ fn issue_variables(error: ConfigError) -> Vec<String> {
 
 const STRONG_KEY: &str = "q7Vx2pLm9Rt4Kc8Nw3Yb6Hf1Jd5Gs0Za";
 
+/// A real (non-development) service key and the trusted-keys entry for it.
+fn identity_keys() -> (String, String) {
+    use base64::Engine as _;
+    let encode = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let key = crate::auth::ServiceKey::from_seed(&[7; 32]);
+    (encode(&[7; 32]), format!("gateway:{}", encode(key.verifying_key().as_bytes())))
+}
+
+/// `pairs` in production with real identity keys.
+fn load_production(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let (service_key, trusted) = identity_keys();
+    let mut all = vec![
+        ("ENVIRONMENT", "production"),
+        ("SECURITY_SERVICE_KEY", &service_key),
+        ("SECURITY_TRUSTED_KEYS", &trusted),
+    ];
+    all.extend_from_slice(pairs);
+    load(&all)
+}
+
 #[test]
 fn embedded_defaults_run_without_any_variable() {
     let config = load(&[]).unwrap();
@@ -126,10 +146,9 @@ fn production_refuses_dev_secret_wildcard_cors_memory_and_debug() {
 
 #[test]
 fn production_refuses_a_missing_or_weak_secret() {
-    let missing = issue_variables(load(&[("ENVIRONMENT", "production")]).unwrap_err());
+    let missing = issue_variables(load_production(&[]).unwrap_err());
     assert_eq!(missing, ["SECURITY_SECRET_KEY"]);
-    let weak =
-        issue_variables(load(&[("ENVIRONMENT", "production"), ("SECURITY_SECRET_KEY", &"ab".repeat(20))]).unwrap_err());
+    let weak = issue_variables(load_production(&[("SECURITY_SECRET_KEY", &"ab".repeat(20))]).unwrap_err());
     assert_eq!(weak, ["SECURITY_SECRET_KEY"]);
     let short = issue_variables(load(&[("SECURITY_SECRET_KEY", "short")]).unwrap_err());
     assert_eq!(short, ["SECURITY_SECRET_KEY"]);
@@ -137,7 +156,7 @@ fn production_refuses_a_missing_or_weak_secret() {
 
 #[test]
 fn production_with_a_strong_secret_uses_persistent_storage() {
-    let config = load(&[("ENVIRONMENT", "production"), ("SECURITY_SECRET_KEY", STRONG_KEY)]).unwrap();
+    let config = load_production(&[("SECURITY_SECRET_KEY", STRONG_KEY)]).unwrap();
     assert_eq!(config.storage, StorageBackend::Postgres);
     assert!(!config.debug);
     assert!((config.observability.tracing_sample_rate - 0.01).abs() < f64::EPSILON);
@@ -207,8 +226,7 @@ fn static_api_keys_parse_and_bad_entries_are_named_without_echoing_keys() {
     assert!(!text.contains(&good) && !text.contains(short) && !text.contains(&premium), "{text}");
 
     let production = issue_variables(
-        load(&[("ENVIRONMENT", "production"), ("SECURITY_SECRET_KEY", STRONG_KEY), ("SECURITY_API_KEYS", &good)])
-            .unwrap_err(),
+        load_production(&[("SECURITY_SECRET_KEY", STRONG_KEY), ("SECURITY_API_KEYS", &good)]).unwrap_err(),
     );
     assert_eq!(production, ["SECURITY_API_KEYS"]);
 }
@@ -227,4 +245,46 @@ fn rate_limit_redis_prefix_and_timeout_default_to_production_values_and_can_be_s
     assert_eq!(bad, ["RATE_LIMIT_REDIS_TIMEOUT"]);
     let bad = issue_variables(load(&[("RATE_LIMIT_REDIS_TIMEOUT", "soon")]).unwrap_err());
     assert_eq!(bad, ["RATE_LIMIT_REDIS_TIMEOUT"]);
+}
+
+#[test]
+fn production_refuses_missing_or_development_service_keys_and_reads_key_files() {
+    let missing =
+        issue_variables(load(&[("ENVIRONMENT", "production"), ("SECURITY_SECRET_KEY", STRONG_KEY)]).unwrap_err());
+    assert_eq!(missing, ["SECURITY_SERVICE_KEY", "SECURITY_TRUSTED_KEYS"]);
+
+    use base64::Engine as _;
+    let dev = crate::auth::ServiceKey::development(ServiceName::Gateway);
+    let dev_public = base64::engine::general_purpose::STANDARD.encode(dev.verifying_key().as_bytes());
+    let (service_key, _) = identity_keys();
+    let refused = load(&[
+        ("ENVIRONMENT", "production"),
+        ("SECURITY_SECRET_KEY", STRONG_KEY),
+        ("SECURITY_SERVICE_KEY", &service_key),
+        ("SECURITY_TRUSTED_KEYS", &format!("gateway:{dev_public}")),
+    ])
+    .unwrap_err();
+    assert_eq!(issue_variables(refused), ["SECURITY_TRUSTED_KEYS"]);
+
+    let dir = std::env::temp_dir().join(format!("agentmesh-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (service_key, trusted) = identity_keys();
+    std::fs::write(dir.join("key"), &service_key).unwrap();
+    std::fs::write(dir.join("trusted"), trusted.replace(',', "\n")).unwrap();
+    let config = load(&[
+        ("ENVIRONMENT", "production"),
+        ("SECURITY_SECRET_KEY", STRONG_KEY),
+        ("SECURITY_SERVICE_KEY_FILE", dir.join("key").to_str().unwrap()),
+        ("SECURITY_TRUSTED_KEYS_FILE", dir.join("trusted").to_str().unwrap()),
+    ])
+    .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(config.identity.service_key, Some(crate::auth::ServiceKey::from_seed(&[7; 32])));
+
+    let bad = load(&[("SECURITY_SERVICE_KEY", "not a key"), ("SECURITY_TRUSTED_KEYS", "nobody:AAAA")]).unwrap_err();
+    assert_eq!(
+        bad.issues.iter().map(|i| i.variable.clone()).collect::<Vec<_>>(),
+        ["SECURITY_SERVICE_KEY", "SECURITY_TRUSTED_KEYS"]
+    );
+    assert!(!bad.to_string().contains("not a key"), "{bad}");
 }

@@ -28,7 +28,8 @@ impl fmt::Display for ConfigIssue {
 }
 
 /// Variables whose values must never appear in messages or logs.
-const SECRET_VARIABLES: &[&str] = &["SECURITY_SECRET_KEY", "DB_PASSWORD", "REDIS_PASSWORD", "DB_URL", "REDIS_URL"];
+const SECRET_VARIABLES: &[&str] =
+    &["SECURITY_SECRET_KEY", "SECURITY_SERVICE_KEY", "DB_PASSWORD", "REDIS_PASSWORD", "DB_URL", "REDIS_URL"];
 
 /// A merged view of the file and the environment, with the issues found so far.
 #[derive(Debug, Default)]

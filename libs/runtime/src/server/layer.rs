@@ -3,7 +3,8 @@
 //! Per call it: adopts or mints the correlation id, joins the caller's trace
 //! (`traceparent`) under a span named `package.Service/Method`, turns `grpc-timeout` into
 //! a deadline (at most the method's maximum from the contract, see [`MethodDeadlines`];
-//! for a stream it bounds the whole body), authenticates, runs the handler
+//! for a stream it bounds the whole body), authenticates (user and calling service; the
+//! span's `actor` field names the latter), runs the handler
 //! inside a span and a [`RequestContext`], and records the RED metrics
 //! (`agentmesh_grpc_server_requests_total`, `..._request_duration_seconds`,
 //! `..._in_flight`) with the final gRPC code — read from the response headers for
@@ -24,7 +25,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
-use crate::auth::{Authenticate, is_open_path};
+use crate::auth::{Authenticate, Caller, is_open_path};
 use crate::context::{RequestContext, TraceHeaders, new_correlation_id, parse_grpc_timeout, sanitize_correlation_id};
 use crate::deadlines::MethodDeadlines;
 use crate::error::{ApiError, CORRELATION_ID_HEADER};
@@ -112,6 +113,7 @@ where
             rpc.service = %rpc_service,
             rpc.method = %method,
             correlation_id = %correlation_id,
+            actor = tracing::field::Empty,
         );
         let trace = TraceHeaders::from_headers(headers);
         join_caller_trace(&span, headers, self.service_name);
@@ -121,12 +123,12 @@ where
         let call_span = span.clone();
         Box::pin(
             async move {
-                let principal = match &authenticator {
-                    None => None,
-                    Some(auth) => match auth.authenticate(request.headers()).await {
-                        Ok(principal) => principal,
+                let caller = match &authenticator {
+                    None => Caller::default(),
+                    Some(auth) => match auth.authenticate_call(&path, request.headers()).await {
+                        Ok(caller) => caller,
                         Err(error) => {
-                            tracing::info!(code = %error.code, "call refused by authentication");
+                            tracing::info!(code = %error.code, reason = %error.message, "call refused by authentication");
                             let started = Instant::now();
                             let response = error_response(error, &correlation_id);
                             record(service_name, &rpc_service, &method, grpc_code_of(response.headers()), started);
@@ -134,7 +136,18 @@ where
                         }
                     },
                 };
-                let context = RequestContext { correlation_id: correlation_id.clone(), deadline, principal, trace };
+                if let Some(actor) = caller.actor {
+                    tracing::Span::current().record("actor", actor.as_str());
+                }
+                let context = RequestContext {
+                    correlation_id: correlation_id.clone(),
+                    deadline,
+                    principal: caller.principal,
+                    principal_token: caller.principal_token,
+                    actor: caller.actor,
+                    run: caller.run,
+                    trace,
+                };
                 request.extensions_mut().insert(context.clone());
                 let call = Call { service_name, rpc_service, method, started: Instant::now(), span: call_span };
                 metrics::gauge!("agentmesh_grpc_server_in_flight", "service" => service_name).increment(1.0);

@@ -10,6 +10,11 @@
 //! serving for the drain delay so load balancers notice, stops accepting, and gives
 //! in-flight calls the grace period before the rest are cut.
 //!
+//! Authentication is on unless a server opts out: by default every call (except health
+//! and reflection) must carry a principal and an actor token this service accepts
+//! ([`crate::auth::MeshVerifier`], actors per [`crate::auth::actors::served_actors`]).
+//! The gateway replaces it with its own authenticator for end users.
+//!
 //! Opt-in, for a port browsers call (the gateway's): grpc-web beside native gRPC
 //! ([`GrpcServer::accept_grpc_web`], see the `grpc_web` module) and CORS over the
 //! whole port ([`GrpcServer::with_cors`]).
@@ -35,9 +40,9 @@ use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
 use tower_http::cors::CorsLayer;
 
-use crate::auth::Authenticate;
 use agentmesh_proto::agentmesh::health::v1::dependency_health_service_server::DependencyHealthServiceServer;
 
+use crate::auth::{Authenticate, ServiceIdentity};
 use crate::config::{Config, ServerConfig, ServiceName};
 use crate::deadlines::MethodDeadlines;
 use crate::dependencies::DependencyHealth;
@@ -92,8 +97,10 @@ pub struct GrpcServer {
 }
 
 impl GrpcServer {
-    /// A server for `service`, with shutdown timing and metrics from `config`.
+    /// A server for `service`, with shutdown timing and metrics from `config`, that
+    /// requires every call to carry a principal and an actor token `service` accepts.
     pub fn new(service: ServiceName, config: &Config) -> Self {
+        let verifier: Arc<dyn Authenticate> = Arc::new(ServiceIdentity::from_config(config, service).verifier());
         let health = HealthReporter::new();
         let health_service = HealthServer::new(HealthService::from_health_reporter(health.clone()));
         let observability = &config.observability;
@@ -105,7 +112,7 @@ impl GrpcServer {
             served: Vec::new(),
             reflected: Vec::new(),
             dependencies: DependencyHealth::new(service.as_str(), observability.health_check_timeout),
-            authenticator: None,
+            authenticator: Some(verifier),
             settings: config.server.clone(),
             metrics_path: observability.metrics_enabled.then(|| observability.metrics_path.clone()),
             http_fallback: None,
@@ -177,10 +184,19 @@ impl GrpcServer {
         self.dependencies.clone()
     }
 
-    /// Authenticates every call except health and reflection.
+    /// Authenticates every call except health and reflection with `authenticator` instead
+    /// of the mesh's principal and actor tokens (the gateway's end-user authentication).
     #[must_use]
     pub fn with_authenticator(mut self, authenticator: Arc<dyn Authenticate>) -> Self {
         self.authenticator = Some(authenticator);
+        self
+    }
+
+    /// Serves every call without authentication. Only for tests and tools that stand in
+    /// for a service; never for a service of the mesh.
+    #[must_use]
+    pub fn without_authentication(mut self) -> Self {
+        self.authenticator = None;
         self
     }
 

@@ -11,10 +11,10 @@
 //!
 //! # Key
 //!
-//! The signing key is HMAC-SHA256(`SECURITY_SECRET_KEY`, `"agentmesh jwt hs256 v1"`), a
-//! derivation distinct from the one of [`PrincipalCodec`](agentmesh_runtime::auth::PrincipalCodec)
-//! so a token can never pass as a signed principal or the reverse. Rotating
-//! `SECURITY_SECRET_KEY` invalidates every token.
+//! The signing key is HMAC-SHA256(`SECURITY_SECRET_KEY`, `"agentmesh jwt hs256 v1"`) and
+//! only the gateway holds it; principals between services are Ed25519-signed with other
+//! keys (`agentmesh_runtime::auth`), so a token can never pass as a principal or the
+//! reverse. Rotating `SECURITY_SECRET_KEY` invalidates every token.
 //!
 //! # Verification
 //!

@@ -1,8 +1,8 @@
 //! Authentication and authorisation at the gateway (ARCHITECTURE §8).
 //!
 //! The router calls [`GatewayAuth::authenticate`] on every request, then [`authorize`]
-//! with the route's `required_scopes` from the contract, then signs the principal with
-//! [`PrincipalCodec`](agentmesh_runtime::auth::PrincipalCodec) into
+//! with the route's `required_scopes` from the contract, then has the gateway's
+//! [`PrincipalMinter`](agentmesh_runtime::auth::PrincipalMinter) sign the principal into
 //! `x-agentmesh-principal` for the services.
 //!
 //! # Credentials
