@@ -185,15 +185,19 @@ async fn the_outbox_publishes_committed_events_in_order_with_their_ids() {
     let Some(schema) = PgSchema::start("pgobx").await else { return };
     let migrations = agentmesh_postgres::with_migrations(
         &Migrator::with_migrations(vec![migration(1, "CREATE TABLE orders (id int PRIMARY KEY)")]),
-        [outbox::migration(2)],
+        [outbox::migration(2), outbox::actor_migration(3)],
     );
     let database =
         Database::connect(schema.url(), schema.name(), pool(), &Preset::database(), &migrations).await.unwrap();
     let outbox = Outbox::new(database.schema());
-    let event = |n: u32| {
-        Event::builder("order.created", "orders", "agentmesh.order.created").data(vec![n as u8]).build().unwrap()
+    let event = |n: u32, actor: &str| {
+        Event::builder("order.created", "orders", "agentmesh.order.created")
+            .data(vec![n as u8])
+            .actor(actor)
+            .build()
+            .unwrap()
     };
-    let (first, second, rolled_back) = (event(1), event(2), event(3));
+    let (first, second, rolled_back) = (event(1, "agent-orchestrator"), event(2, "gateway"), event(3, "gateway"));
 
     let mut tx = database.pool().begin().await.unwrap();
     sqlx::query("INSERT INTO orders VALUES (1)").execute(&mut *tx).await.unwrap();
@@ -215,6 +219,8 @@ async fn the_outbox_publishes_committed_events_in_order_with_their_ids() {
     let ids: Vec<&str> = published.iter().map(Event::id).collect();
     assert_eq!(ids, [first.id(), second.id()], "in queue order, with the ids they were queued with");
     assert_eq!(published[0].data().as_ref(), [1]);
+    let actors: Vec<Option<&str>> = published.iter().map(Event::actor).collect();
+    assert_eq!(actors, [Some("agent-orchestrator"), Some("gateway")], "the calling service survives the outbox");
     assert_eq!(relay.pending().await.unwrap(), 0);
     assert_eq!(relay.publish_batch().await.unwrap().fetched, 0, "published once");
 }

@@ -34,7 +34,7 @@ async fn check_lists_pending_migrations_until_migrate_applies_them() {
     let before = migrate(database.url(), &["--check"]);
     assert_eq!(before.status.code(), Some(1), "{}", text(&before.stderr));
     let listed = text(&before.stdout);
-    assert!(listed.contains("session-store (schema session_store): 4 pending"), "{listed}");
+    assert!(listed.contains("session-store (schema session_store): 5 pending"), "{listed}");
     assert!(listed.contains("  0002 outbox"), "{listed}");
     assert!(listed.contains("gateway (schema gateway): 1 pending"), "{listed}");
     assert!(listed.contains("  0001 api keys"), "{listed}");
@@ -51,7 +51,7 @@ async fn check_lists_pending_migrations_until_migrate_applies_them() {
     let applied = migrate(database.url(), &[]);
     assert!(applied.status.success(), "{}", text(&applied.stderr));
     let out = text(&applied.stdout);
-    assert!(out.contains("session-store (schema session_store): applied 4"), "{out}");
+    assert!(out.contains("session-store (schema session_store): applied 5"), "{out}");
     assert!(out.contains("gateway (schema gateway): applied 1"), "{out}");
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT table_schema || '.' || table_name FROM information_schema.tables \

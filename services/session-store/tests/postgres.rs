@@ -157,7 +157,7 @@ async fn migrations_are_idempotent_and_live_in_the_schema() {
     let again = PostgresStore::connect(&t.url, t.store.schema(), pool(), &Preset::database()).await.unwrap();
     again.ping().await.unwrap();
     let applied: i64 = t.scalar("SELECT count(*) FROM _sqlx_migrations WHERE success").await;
-    assert_eq!(applied, 4);
+    assert_eq!(applied, 5);
     let tables: i64 = t
         .scalar(&format!(
             "SELECT count(*) FROM information_schema.tables WHERE table_schema = '{}' \

@@ -5,8 +5,9 @@
 //!
 //! # What the owner does
 //!
-//! 1. Includes the table: its migrator is its embedded migrations plus [`migration`] at a
-//!    version of its choosing, combined with [`with_migrations`](crate::with_migrations).
+//! 1. Includes the table: its migrator is its embedded migrations plus [`migration`] and
+//!    [`actor_migration`] at versions of its choosing, combined with
+//!    [`with_migrations`](crate::with_migrations).
 //! 2. Writes events in its transactions with [`Outbox::enqueue`] (or, to save the round
 //!    trip, embeds [`outbox_insert!`](crate::outbox_insert) in its own statement and binds
 //!    [`OutboxRows`]), then calls [`Outbox::committed`] after committing, which wakes the
@@ -50,6 +51,17 @@ pub const TABLE_SQL: &str = include_str!("../../migrations/outbox.sql");
 pub fn migration(version: i64) -> Migration {
     let sql = sqlx::AssertSqlSafe(TABLE_SQL).into_sql_str();
     Migration::new(version, Cow::Borrowed("outbox"), MigrationType::Simple, sql, false)
+}
+
+/// The DDL adding the `actor` column (the calling service recorded with each event).
+pub const ACTOR_SQL: &str = include_str!("../../migrations/outbox_actor.sql");
+
+/// The migration adding the `actor` column to the table [`migration`] creates, as version
+/// `version` (after the table's) of the owner's migrations. Every owner includes both: the
+/// inserts and the relay read and write the column.
+pub fn actor_migration(version: i64) -> Migration {
+    let sql = sqlx::AssertSqlSafe(ACTOR_SQL).into_sql_str();
+    Migration::new(version, Cow::Borrowed("outbox actor"), MigrationType::Simple, sql, false)
 }
 
 /// One owner's outbox: where events are written and who to wake after a commit. Cheap to

@@ -59,7 +59,7 @@ pub const FAILURES_COUNTER: &str = "agentmesh_outbox_publish_failures_total";
 pub const DEAD_COUNTER: &str = "agentmesh_outbox_dead_total";
 
 const SELECT_BATCH: &str = "SELECT seq, event_id, topic, event_type, source, subject, tenant, correlation_id, \
-     data_content_type, data_schema, data, time FROM outbox \
+     data_content_type, data_schema, data, time, actor FROM outbox \
      WHERE published_at IS NULL AND dead_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED";
 
 const MARK_PUBLISHED: &str = "UPDATE outbox SET published_at = now() WHERE seq = ANY($1)";
@@ -437,6 +437,7 @@ fn rebuild(row: &PgRow) -> Result<Result<Event, String>, sqlx::Error> {
     let data_schema: Option<String> = row.try_get("data_schema")?;
     let data: Vec<u8> = row.try_get("data")?;
     let time: DateTime<Utc> = row.try_get("time")?;
+    let actor: Option<String> = row.try_get("actor")?;
     let mut builder = Event::builder(topic, source, event_type)
         .id(event_id.to_string())
         .time(time)
@@ -453,6 +454,9 @@ fn rebuild(row: &PgRow) -> Result<Result<Event, String>, sqlx::Error> {
     }
     if let Some(data_schema) = data_schema {
         builder = builder.data_schema(data_schema);
+    }
+    if let Some(actor) = actor {
+        builder = builder.actor(actor);
     }
     Ok(builder.build().map_err(|error| error.to_string()))
 }

@@ -1,7 +1,7 @@
 //! Outbox rows as statement parameters, for owners that write their events in the same
 //! statement as their data (one round trip instead of a transaction).
 //!
-//! Events are bound as column arrays (`$1`-`$12`) of an `INSERT ... SELECT FROM
+//! Events are bound as column arrays (`$1`-`$13`) of an `INSERT ... SELECT FROM
 //! unnest(...)` ([`outbox_insert!`](crate::outbox_insert)) that an owner embeds in its own
 //! statement (e.g. after a data-modifying CTE) or runs in its transaction; a single event
 //! may be bound as scalars instead ([`outbox_insert_one!`](crate::outbox_insert_one)).
@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::error::DbError;
 
-/// The outbox insert over the event arrays `$1`-`$12` of [`OutboxRows`], keeping the
+/// The outbox insert over the event arrays `$1`-`$13` of [`OutboxRows`], keeping the
 /// events whose row `e` satisfies `$guard` (a SQL condition; `e.record_id` names the
 /// event's record).
 #[macro_export]
@@ -27,13 +27,13 @@ macro_rules! outbox_insert {
     ($guard:literal) => {
         concat!(
             "INSERT INTO outbox (event_id, topic, event_type, source, subject, tenant, correlation_id, ",
-            "data_content_type, data_schema, data, time) ",
+            "data_content_type, data_schema, data, time, actor) ",
             "SELECT e.event_id, e.topic, e.event_type, e.source, e.subject, e.tenant, e.correlation_id, ",
-            "e.data_content_type, e.data_schema, e.data, e.time ",
+            "e.data_content_type, e.data_schema, e.data, e.time, e.actor ",
             "FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], ",
-            "$8::text[], $9::text[], $10::bytea[], $11::timestamptz[], $12::uuid[]) WITH ORDINALITY ",
+            "$8::text[], $9::text[], $10::bytea[], $11::timestamptz[], $12::text[], $13::uuid[]) WITH ORDINALITY ",
             "AS e(event_id, topic, event_type, source, subject, tenant, correlation_id, data_content_type, ",
-            "data_schema, data, time, record_id, n) ",
+            "data_schema, data, time, actor, record_id, n) ",
             "WHERE ",
             $guard,
             " ORDER BY e.n"
@@ -41,16 +41,16 @@ macro_rules! outbox_insert {
     };
 }
 
-/// The outbox insert of one event bound as scalars `$1`-`$11` by [`OutboxRow`], if
+/// The outbox insert of one event bound as scalars `$1`-`$12` by [`OutboxRow`], if
 /// `$guard` holds: for hot paths that write one event and skip the arrays.
 #[macro_export]
 macro_rules! outbox_insert_one {
     ($guard:literal) => {
         concat!(
             "INSERT INTO outbox (event_id, topic, event_type, source, subject, tenant, correlation_id, ",
-            "data_content_type, data_schema, data, time) ",
+            "data_content_type, data_schema, data, time, actor) ",
             "SELECT $1::uuid, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text, $9::text, ",
-            "$10::bytea, $11::timestamptz WHERE ",
+            "$10::bytea, $11::timestamptz, $12::text WHERE ",
             $guard
         )
     };
@@ -71,7 +71,7 @@ impl OutboxRow {
         Ok(Self { event_id, time: crate::micros(event.time()), event })
     }
 
-    /// Binds the event as `$1`-`$11` of `query` (which must have no parameters yet).
+    /// Binds the event as `$1`-`$12` of `query` (which must have no parameters yet).
     pub fn bind<'q>(&self, query: Query<'q, Postgres, PgArguments>) -> Query<'q, Postgres, PgArguments> {
         let event = &self.event;
         query
@@ -86,6 +86,7 @@ impl OutboxRow {
             .bind(event.data_schema())
             .bind(event.data().as_ref())
             .bind(self.time)
+            .bind(event.actor())
     }
 }
 
@@ -107,6 +108,7 @@ pub struct OutboxRows {
     data_schema: Vec<Option<String>>,
     data: Vec<Vec<u8>>,
     time: Vec<DateTime<Utc>>,
+    actor: Vec<Option<String>>,
     record_id: Vec<Uuid>,
 }
 
@@ -126,12 +128,13 @@ impl OutboxRows {
             rows.data_schema.push(event.data_schema().map(str::to_owned));
             rows.data.push(event.data().to_vec());
             rows.time.push(crate::micros(event.time()));
+            rows.actor.push(event.actor().map(str::to_owned));
             rows.record_id.push(record_id);
         }
         Ok(rows)
     }
 
-    /// Binds the arrays as `$1`-`$12` of `query` (which must have no parameters yet).
+    /// Binds the arrays as `$1`-`$13` of `query` (which must have no parameters yet).
     pub fn bind<'q>(&self, query: Query<'q, Postgres, PgArguments>) -> Query<'q, Postgres, PgArguments> {
         query
             .bind(&self.event_id)
@@ -145,6 +148,7 @@ impl OutboxRows {
             .bind(&self.data_schema)
             .bind(&self.data)
             .bind(&self.time)
+            .bind(&self.actor)
             .bind(&self.record_id)
     }
 }
@@ -157,17 +161,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn insert_binds_twelve_arrays_in_order() {
-        assert!(INSERT_ALL.contains("$12::uuid[]) WITH ORDINALITY"));
+    fn insert_binds_thirteen_arrays_in_order() {
+        assert!(INSERT_ALL.contains("$13::uuid[]) WITH ORDINALITY"));
         assert!(INSERT_ALL.ends_with("WHERE true ORDER BY e.n"));
         let event = Event::builder("thing.created", "s", "t").subject("x").build().unwrap();
         let rows = OutboxRows::new([(Uuid::nil(), event.clone())]).unwrap();
         assert_eq!(rows.event_id[0].to_string(), event.id());
         assert_eq!(rows.subject[0].as_deref(), Some("x"));
         assert_eq!(rows.tenant[0], None);
+        assert_eq!(rows.actor[0], None);
         let bad = Event::builder("thing.created", "s", "t").id("not-a-uuid").build().unwrap();
         assert!(OutboxRows::new([(Uuid::nil(), bad.clone())]).is_err());
         assert!(OutboxRow::new(bad).is_err());
-        assert!(crate::outbox_insert_one!("true").contains("$11::timestamptz WHERE true"));
+        assert!(crate::outbox_insert_one!("true").contains("$12::text WHERE true"));
     }
 }

@@ -48,7 +48,8 @@ macro_rules! conformance_tests {
             messages_filter_search_and_page, message_cursor_walks_every_item_once, message_updates_and_deletes,
             concurrent_appends_count_exactly, idempotency_keys, writes_emit_domain_events,
             tool_calls_and_links_round_trip, message_updates_keep_or_replace_tool_fields,
-            message_shape_rules_through_the_service, nul_characters_are_refused_before_storage
+            message_shape_rules_through_the_service, nul_characters_are_refused_before_storage,
+            extreme_numbers_in_metadata_round_trip
         );
     };
     (@tests $fixture:path; $($name:ident),* $(,)?) => {
@@ -130,6 +131,21 @@ pub async fn session_round_trip(f: &Fixture) {
     assert_eq!((empty.title, empty.user_id, empty.metadata.len()), (None, None, 0));
     assert!(matches!(f.store.get_session(&alice, Uuid::now_v7()).await, Err(StoreError::NotFound)));
     f.store.ping().await.unwrap();
+}
+
+/// Every number a JSON client can send (protobuf `Struct` numbers are doubles) reads back
+/// exactly, also from PostgreSQL's `jsonb`, which prints `f64::MAX` as a 309-digit integer.
+pub async fn extreme_numbers_in_metadata_round_trip(f: &Fixture) {
+    let alice = owner("alice");
+    let extremes = object(serde_json::json!({
+        "max": f64::MAX, "lowest": f64::MIN, "tiny": 8.968_684_327_444_173e-250,
+        "smallest": f64::MIN_POSITIVE, "large": 1.375_626_869_533_567_4e44, "integer": -25_756_264_317_i64,
+    }));
+    let session = NewSession { metadata: extremes.clone(), ..NewSession::default() };
+    let created = f.store.create_sessions(&alice, vec![session]).await.unwrap().remove(0);
+    assert_eq!(f.store.get_session(&alice, created.id).await.unwrap().metadata, extremes);
+    let listed = f.store.list_sessions(&alice, &sessions(10)).await.unwrap();
+    assert_eq!(listed.items[0].metadata, extremes);
 }
 
 pub async fn other_owners_see_nothing(f: &Fixture) {

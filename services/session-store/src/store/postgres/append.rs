@@ -50,18 +50,18 @@ const MAX_BATCH: usize = 64;
 /// Histogram: appends per statement.
 pub const BATCH_SIZE_HISTOGRAM: &str = "agentmesh_session_store_append_batch_size";
 
-/// `$1`-`$11` the event, `$12` session, `$13` tenant, `$14` owner, `$15` id, `$16` role,
-/// `$17` content, `$18` metadata, `$19` tool calls, `$20` parent (nullable), `$21` time,
-/// `$22` tool call id (nullable).
+/// `$1`-`$12` the event, `$13` session, `$14` tenant, `$15` owner, `$16` id, `$17` role,
+/// `$18` content, `$19` metadata, `$20` tool calls, `$21` parent (nullable), `$22` time,
+/// `$23` tool call id (nullable).
 /// Reports whether the message went in; when it did not, [`APPEND_REFUSED`] tells why.
 const CREATE: &str = concat!(
     "WITH bumped AS (",
-    "UPDATE sessions s SET message_count = s.message_count + 1, last_activity = GREATEST(s.last_activity, $21) ",
-    "WHERE s.id = $12 AND s.tenant_id = $13 AND s.owner_id = $14 AND ($20::uuid IS NULL OR EXISTS ",
-    "(SELECT 1 FROM messages p WHERE p.id = $20 AND p.session_id = $12)) RETURNING s.id), ",
+    "UPDATE sessions s SET message_count = s.message_count + 1, last_activity = GREATEST(s.last_activity, $22) ",
+    "WHERE s.id = $13 AND s.tenant_id = $14 AND s.owner_id = $15 AND ($21::uuid IS NULL OR EXISTS ",
+    "(SELECT 1 FROM messages p WHERE p.id = $21 AND p.session_id = $13)) RETURNING s.id), ",
     "inserted AS (",
     "INSERT INTO messages (id, session_id, role, content, metadata, tool_calls, parent_message_id, created_at, ",
-    "updated_at, tool_call_id) SELECT $15, b.id, $16, $17, $18, $19, $20, $21, $21, $22 FROM bumped b RETURNING id), ",
+    "updated_at, tool_call_id) SELECT $16, b.id, $17, $18, $19, $20, $21, $22, $22, $23 FROM bumped b RETURNING id), ",
     "queued AS (",
     outbox_insert_one!("EXISTS (SELECT 1 FROM inserted)"),
     ") SELECT EXISTS (SELECT 1 FROM inserted)"
@@ -72,12 +72,12 @@ const CREATE: &str = concat!(
 const APPEND_REFUSED: &str =
     "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1 AND tenant_id = $2 AND owner_id = $3)";
 
-/// Many appends: `$1`-`$12` the events (record id = message id), `$13`-`$22` the
+/// Many appends: `$1`-`$13` the events (record id = message id), `$14`-`$23` the
 /// messages as arrays (id, session, tenant, owner, role, content, metadata, tool calls,
-/// parent, time), `$23` their tool call ids. One row per append, in input order: inserted, owned, parent valid.
+/// parent, time), `$24` their tool call ids. One row per append, in input order: inserted, owned, parent valid.
 const CREATE_BATCH: &str = concat!(
-    "WITH input AS (SELECT * FROM unnest($13::uuid[], $14::uuid[], $15::text[], $16::text[], $17::text[], ",
-    "$18::text[], $19::jsonb[], $20::jsonb[], $21::uuid[], $22::timestamptz[], $23::text[]) WITH ORDINALITY ",
+    "WITH input AS (SELECT * FROM unnest($14::uuid[], $15::uuid[], $16::text[], $17::text[], $18::text[], ",
+    "$19::text[], $20::jsonb[], $21::jsonb[], $22::uuid[], $23::timestamptz[], $24::text[]) WITH ORDINALITY ",
     "AS i(id, session_id, tenant_id, owner_id, role, content, metadata, tool_calls, parent_message_id, at, ",
     "tool_call_id, n)), ",
     "owned AS (SELECT i.id, (i.parent_message_id IS NULL OR EXISTS (SELECT 1 FROM messages p ",

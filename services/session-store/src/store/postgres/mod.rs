@@ -67,8 +67,16 @@ static EMBEDDED: Migrator = sqlx::migrate!("./migrations");
 /// Version of the library's outbox table among this service's migrations.
 const OUTBOX_VERSION: i64 = 2;
 
-static MIGRATIONS: LazyLock<Migrator> =
-    LazyLock::new(|| agentmesh_postgres::with_migrations(&EMBEDDED, [outbox::migration(OUTBOX_VERSION)]));
+/// Version of the library's outbox `actor` column among this service's migrations (the
+/// next one of its own is 6).
+const OUTBOX_ACTOR_VERSION: i64 = 5;
+
+static MIGRATIONS: LazyLock<Migrator> = LazyLock::new(|| {
+    agentmesh_postgres::with_migrations(
+        &EMBEDDED,
+        [outbox::migration(OUTBOX_VERSION), outbox::actor_migration(OUTBOX_ACTOR_VERSION)],
+    )
+});
 
 /// Every migration of the session-store schema: its own plus the outbox table (for
 /// `agentmesh migrate`).
@@ -242,7 +250,8 @@ mod tests {
     #[test]
     fn migrations_include_the_outbox_once() {
         let versions: Vec<i64> = migrations().iter().map(|m| m.version).collect();
-        assert_eq!(versions, [1, 2, 3, 4]);
+        assert_eq!(versions, [1, 2, 3, 4, 5]);
         assert_eq!(migrations().iter().filter(|m| m.description == "outbox").count(), 1);
+        assert_eq!(migrations().iter().filter(|m| m.description == "outbox actor").count(), 1);
     }
 }

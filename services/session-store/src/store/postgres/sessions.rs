@@ -19,13 +19,13 @@ use crate::store::{
 use agentmesh_postgres::outbox::{INSERT_ALL, OutboxRows};
 use agentmesh_postgres::outbox_insert;
 
-/// `$13` tenant, `$14` owner, `$15`-`$19` the sessions' columns as arrays.
+/// `$14` tenant, `$15` owner, `$16`-`$20` the sessions' columns as arrays.
 const CREATE: &str = concat!(
     "WITH created AS (",
     "INSERT INTO sessions (id, tenant_id, owner_id, user_id, title, metadata, message_count, last_activity, ",
     "created_at, updated_at) ",
-    "SELECT s.id, $13, $14, s.user_id, s.title, s.metadata, 0, s.at, s.at, s.at ",
-    "FROM unnest($15::uuid[], $16::text[], $17::text[], $18::jsonb[], $19::timestamptz[]) ",
+    "SELECT s.id, $14, $15, s.user_id, s.title, s.metadata, 0, s.at, s.at, s.at ",
+    "FROM unnest($16::uuid[], $17::text[], $18::text[], $19::jsonb[], $20::timestamptz[]) ",
     "AS s(id, user_id, title, metadata, at) RETURNING id) ",
     outbox_insert!("e.record_id IN (SELECT id FROM created)")
 );
@@ -42,10 +42,10 @@ const UPDATE: &str = concat!(
     session_columns!()
 );
 
-/// `$13` tenant, `$14` owner, `$15` ids. Messages go with their session (ON DELETE
+/// `$14` tenant, `$15` owner, `$16` ids. Messages go with their session (ON DELETE
 /// CASCADE); events are queued only for the sessions found.
 const DELETE: &str = concat!(
-    "WITH deleted AS (DELETE FROM sessions WHERE tenant_id = $13 AND owner_id = $14 AND id = ANY($15) RETURNING id), ",
+    "WITH deleted AS (DELETE FROM sessions WHERE tenant_id = $14 AND owner_id = $15 AND id = ANY($16) RETURNING id), ",
     "queued AS (",
     outbox_insert!("e.record_id IN (SELECT id FROM deleted)"),
     ") SELECT id FROM deleted"
@@ -309,8 +309,8 @@ mod tests {
 
     #[test]
     fn statements_number_their_parameters() {
-        assert!(CREATE.contains("$19::timestamptz[]"));
-        assert!(DELETE.contains("id = ANY($15)"));
+        assert!(CREATE.contains("$20::timestamptz[]"));
+        assert!(DELETE.contains("id = ANY($16)"));
         assert_eq!(bigint(u64::MAX), i64::MAX);
     }
 }
