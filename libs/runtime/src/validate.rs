@@ -149,8 +149,8 @@ fn check_json_strings(message: &DynamicMessage, path: &str, out: &mut Vec<FieldV
     }
 }
 
-/// A map key as text.
-fn key_text(key: &MapKey) -> String {
+/// A map key as text, as JSON objects and field paths name it.
+pub fn key_text(key: &MapKey) -> String {
     match key {
         MapKey::Bool(b) => b.to_string(),
         MapKey::I32(n) => n.to_string(),

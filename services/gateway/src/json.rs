@@ -10,6 +10,7 @@
 use std::fmt::Write as _;
 
 use agentmesh_runtime::error::FieldViolation;
+use agentmesh_runtime::validate::key_text;
 use chrono::{DateTime, SecondsFormat, Utc};
 use prost_reflect::{
     DynamicMessage, EnumDescriptor, FieldDescriptor, Kind, MapKey, MessageDescriptor, ReflectMessage, Value,
@@ -54,20 +55,9 @@ pub fn field_to_json(field: &FieldDescriptor, value: &Value) -> Json {
                 Kind::Message(entry) => entry.map_entry_value_field().kind(),
                 other => other,
             };
-            Json::Object(entries.iter().map(|(k, v)| (map_key(k), value_to_json(&value_kind, v))).collect())
+            Json::Object(entries.iter().map(|(k, v)| (key_text(k), value_to_json(&value_kind, v))).collect())
         }
         single => value_to_json(&field.kind(), single),
-    }
-}
-
-fn map_key(key: &MapKey) -> String {
-    match key {
-        MapKey::Bool(b) => b.to_string(),
-        MapKey::I32(n) => n.to_string(),
-        MapKey::I64(n) => n.to_string(),
-        MapKey::U32(n) => n.to_string(),
-        MapKey::U64(n) => n.to_string(),
-        MapKey::String(s) => s.clone(),
     }
 }
 
@@ -154,7 +144,10 @@ fn well_known_to_json(message: &DynamicMessage, descriptor: &MessageDescriptor) 
         }
         "google.protobuf.Struct" => match field("fields") {
             Some(Value::Map(entries)) => Json::Object(
-                entries.iter().map(|(k, v)| (map_key(k), v.as_message().map_or(Json::Null, message_to_json))).collect(),
+                entries
+                    .iter()
+                    .map(|(k, v)| (key_text(k), v.as_message().map_or(Json::Null, message_to_json)))
+                    .collect(),
             ),
             _ => Json::Object(Map::new()),
         },
