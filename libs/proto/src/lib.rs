@@ -27,7 +27,9 @@
 //! from it, gRPC reflection serves it and the OpenAPI document is generated from it.
 //! [`options`] reads the contract's custom options (`google.api.http`, field and method
 //! rules, event subjects) as typed messages, and [`doc_comment`] returns the comment of any
-//! descriptor.
+//! descriptor. [`json`] converts `google.protobuf.Struct` to and from JSON.
+
+pub mod json;
 
 use std::sync::LazyLock;
 

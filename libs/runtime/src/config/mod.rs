@@ -40,7 +40,7 @@ pub use rate_limit::{DEFAULT_RATE_LIMIT_REDIS_PREFIX, DEFAULT_RATE_LIMIT_REDIS_T
 pub use resilience::ResilienceSettings;
 pub use security::{DEV_SECRET_KEY, MIN_SECRET_KEY_LEN, MIN_STATIC_KEY_RANDOM_CHARS, SecurityConfig, StaticApiKey};
 pub use server::ServerConfig;
-pub use settings::{RawVariables, ServiceSettings, Settings, SettingsReader, SettingsSpec};
+pub use settings::{CONVENTIONAL_VARIABLES, RawVariables, ServiceSettings, Settings, SettingsReader, SettingsSpec};
 pub use storage::{DatabaseConfig, NatsConfig, RedisConfig, StorageBackend};
 use vars::Vars;
 pub use vars::{ConfigIssue, ConfigValue};

@@ -71,6 +71,17 @@ impl SettingsReader<'_> {
         self.vars.opt(key)
     }
 
+    /// The value of a widely used third-party variable outside the service's namespace
+    /// (for example `OPENAI_API_KEY`), which only the names in [`CONVENTIONAL_VARIABLES`]
+    /// may be; `None` when unset or empty.
+    pub fn conventional(&mut self, key: &str) -> Option<String> {
+        if !CONVENTIONAL_VARIABLES.contains(&key) {
+            self.vars.issue(key, "read as a conventional variable but not listed in CONVENTIONAL_VARIABLES");
+            return None;
+        }
+        self.vars.opt::<String>(key).filter(|value| !value.is_empty())
+    }
+
     /// Reports a problem with `variable` (e.g. a cross-field rule).
     pub fn issue(&mut self, variable: &str, message: impl Into<String>) {
         self.vars.issue(variable, message);
@@ -84,6 +95,11 @@ impl SettingsReader<'_> {
         }
     }
 }
+
+/// Third-party variables a service may read without its prefix, because users already
+/// have them set for the providers' own tools: LLM provider keys and OpenAI's base URL.
+pub const CONVENTIONAL_VARIABLES: &[&str] =
+    &["OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "GOOGLE_API_KEY", "GEMINI_API_KEY", "AZURE_OPENAI_API_KEY"];
 
 /// Everything one service declares: its name and its [`Settings`] types. Each service
 /// crate exports one (`SETTINGS`); a binary passes those of the services it runs to

@@ -104,6 +104,27 @@ fn another_services_variables_are_left_to_its_binary_but_checked_by_its_own() {
     assert_eq!(names, ["GATEWAY_NOTHING", "SESION_MAX_ITEMS"], "{unowned}");
 }
 
+/// Reads a conventional third-party variable.
+struct ProviderKey(Option<String>);
+
+impl Settings for ProviderKey {
+    const SERVICE: ServiceName = ServiceName::LlmProxy;
+
+    fn load(reader: &mut SettingsReader<'_>) -> Self {
+        ProviderKey(reader.conventional("OPENAI_API_KEY"))
+    }
+}
+
+#[test]
+fn conventional_third_party_variables_are_readable_without_the_prefix() {
+    const KEYED: ServiceSettings =
+        ServiceSettings { service: ServiceName::LlmProxy, settings: &[SettingsSpec::of::<ProviderKey>()] };
+    let config = Config::load_with(None, env(&[("OPENAI_API_KEY", "sk-test")]), &[KEYED]).unwrap();
+    assert_eq!(config.settings::<ProviderKey>().unwrap().0.as_deref(), Some("sk-test"));
+    let config = Config::load_with(None, env(&[("OPENAI_API_KEY", "")]), &[KEYED]).unwrap();
+    assert_eq!(config.settings::<ProviderKey>().unwrap().0, None, "empty counts as unset");
+}
+
 #[test]
 fn settings_outside_their_namespace_are_a_reported_bug() {
     const STRAY: ServiceSettings =

@@ -1,0 +1,1 @@
+//! The anthropic provider (being written).
