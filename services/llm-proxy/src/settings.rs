@@ -154,7 +154,10 @@ impl Settings for LlmSettings {
             anthropic: EndpointSettings {
                 base_url: r.get("LLM_ANTHROPIC_BASE_URL", "https://api.anthropic.com".to_owned()),
                 env_key: r.conventional("ANTHROPIC_API_KEY").map(Secret::new),
-                models: r.get("LLM_ANTHROPIC_MODELS", strings(&["claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1"])),
+                models: r.get(
+                    "LLM_ANTHROPIC_MODELS",
+                    strings(&["claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1"]),
+                ),
             },
             gemini: EndpointSettings {
                 base_url: r.get("LLM_GEMINI_BASE_URL", "https://generativelanguage.googleapis.com".to_owned()),
@@ -184,19 +187,29 @@ impl LlmSettings {
         if self.default_max_tokens == 0 {
             r.issue("LLM_DEFAULT_MAX_TOKENS", "must be at least 1");
         }
-        for (name, value) in [("LLM_FIRST_TOKEN_TIMEOUT", self.first_token_timeout), ("LLM_STREAM_TIMEOUT", self.stream_timeout)] {
+        for (name, value) in
+            [("LLM_FIRST_TOKEN_TIMEOUT", self.first_token_timeout), ("LLM_STREAM_TIMEOUT", self.stream_timeout)]
+        {
             if value.is_zero() {
                 r.issue(name, "must be positive");
             }
         }
         for (alias, target) in &self.aliases {
             if alias.contains('/') || !target.contains('/') {
-                r.issue("LLM_MODEL_ALIASES", format!("{alias}={target}: an alias has no '/' and names a provider/model"));
+                r.issue(
+                    "LLM_MODEL_ALIASES",
+                    format!("{alias}={target}: an alias has no '/' and names a provider/model"),
+                );
             }
         }
         for server in &self.compatible {
-            if server.name.contains('/') || !(server.base_url.starts_with("http://") || server.base_url.starts_with("https://")) {
-                r.issue("LLM_OPENAI_COMPATIBLE", format!("{}: a name without '/' and an http(s) base URL", server.name));
+            if server.name.contains('/')
+                || !(server.base_url.starts_with("http://") || server.base_url.starts_with("https://"))
+            {
+                r.issue(
+                    "LLM_OPENAI_COMPATIBLE",
+                    format!("{}: a name without '/' and an http(s) base URL", server.name),
+                );
             }
             if crate::provider::BUILT_IN.contains(&server.name.as_str()) {
                 r.issue("LLM_OPENAI_COMPATIBLE", format!("{}: the name of a built-in provider", server.name));
@@ -268,7 +281,10 @@ fn prices(r: &mut SettingsReader<'_>) -> BTreeMap<String, Price> {
             [Some(prompt), Some(completion), Some(cached_prompt)] => {
                 prices.insert(model, Price { prompt: *prompt, completion: *completion, cached_prompt: *cached_prompt });
             }
-            _ => r.issue("LLM_PRICES", format!("{model}={text}: expected prompt:completion[:cached] USD per million tokens")),
+            _ => r.issue(
+                "LLM_PRICES",
+                format!("{model}={text}: expected prompt:completion[:cached] USD per million tokens"),
+            ),
         }
     }
     prices

@@ -3,11 +3,11 @@
 
 use agentmesh_proto::agentmesh::common::v1::MessageRole;
 use agentmesh_proto::agentmesh::session::v1::{self as pb, Message, Session};
-use chrono::{DateTime, Utc};
 pub use agentmesh_proto::json::{object_to_struct, struct_to_object};
+use chrono::{DateTime, Utc};
 use prost_types::Timestamp;
 
-use crate::store::{JsonObject, MessageRecord, Role, SessionRecord, ToolCall};
+use crate::store::{MessageRecord, Role, SessionRecord, ToolCall};
 
 /// A stored session as the contract's `Session` (the owner stays private).
 pub fn session_to_proto(session: &SessionRecord) -> Session {

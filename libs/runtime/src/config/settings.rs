@@ -98,8 +98,14 @@ impl SettingsReader<'_> {
 
 /// Third-party variables a service may read without its prefix, because users already
 /// have them set for the providers' own tools: LLM provider keys and OpenAI's base URL.
-pub const CONVENTIONAL_VARIABLES: &[&str] =
-    &["OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "GOOGLE_API_KEY", "GEMINI_API_KEY", "AZURE_OPENAI_API_KEY"];
+pub const CONVENTIONAL_VARIABLES: &[&str] = &[
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "ANTHROPIC_API_KEY",
+    "GOOGLE_API_KEY",
+    "GEMINI_API_KEY",
+    "AZURE_OPENAI_API_KEY",
+];
 
 /// Everything one service declares: its name and its [`Settings`] types. Each service
 /// crate exports one (`SETTINGS`); a binary passes those of the services it runs to

@@ -43,7 +43,11 @@ impl HttpClient {
     /// Sends `request` and reads a JSON answer of type `T`; an error status becomes
     /// [`ProviderError::Status`] with the provider's message. `secret` is redacted from
     /// every message.
-    pub async fn json<T: DeserializeOwned>(&self, request: RequestBuilder, secret: Option<&str>) -> Result<T, ProviderError> {
+    pub async fn json<T: DeserializeOwned>(
+        &self,
+        request: RequestBuilder,
+        secret: Option<&str>,
+    ) -> Result<T, ProviderError> {
         let response = self.send(request, secret).await?;
         let body = response.bytes().await.map_err(|error| transport(&error, secret))?;
         serde_json::from_slice(&body).map_err(|error| ProviderError::Malformed(redact(&error.to_string(), secret)))
@@ -89,13 +93,16 @@ impl HttpClient {
 
 /// The provider's retry hint: `retry-after-ms` (OpenAI, Azure) or `Retry-After`.
 pub fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
-    if let Some(ms) = headers.get("retry-after-ms").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok())
+    if let Some(ms) =
+        headers.get("retry-after-ms").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok())
         && ms.is_finite()
         && ms >= 0.0
     {
         return Some(Duration::from_secs_f64(ms / 1000.0));
     }
-    headers.get(http::header::RETRY_AFTER).and_then(|value| agentmesh_resilience::parse_retry_after(value, SystemTime::now()))
+    headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|value| agentmesh_resilience::parse_retry_after(value, SystemTime::now()))
 }
 
 fn transport(error: &reqwest::Error, secret: Option<&str>) -> ProviderError {

@@ -150,9 +150,7 @@ impl ProviderError {
     pub fn outcome(&self) -> Outcome {
         match self {
             Self::Status { status, retry_after, .. } => match status {
-                408 | 409 | 425 | 429 | 500..=599 => {
-                    Outcome::Failure { retryable: true, retry_after: *retry_after }
-                }
+                408 | 409 | 425 | 429 | 500..=599 => Outcome::Failure { retryable: true, retry_after: *retry_after },
                 401 | 403 | 404 => Outcome::FATAL,
                 _ => Outcome::Success,
             },

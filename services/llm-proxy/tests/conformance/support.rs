@@ -142,7 +142,9 @@ fn weather_tool() -> ToolDefinition {
     ToolDefinition {
         name: "get_weather".to_owned(),
         description: "Current weather in a city".to_owned(),
-        parameters: Some(agentmesh_proto::json::object_to_struct(parameters.as_object().unwrap_or(&Default::default()))),
+        parameters: Some(agentmesh_proto::json::object_to_struct(
+            parameters.as_object().unwrap_or(&Default::default()),
+        )),
     }
 }
 
@@ -159,7 +161,11 @@ pub fn request(case: Case) -> ChatRequest {
         | Case::MalformedStream
         | Case::DisconnectMidStream => ChatRequest {
             messages: vec![
-                ChatMessage { role: MessageRole::System as i32, content: "You are terse.".to_owned(), ..Default::default() },
+                ChatMessage {
+                    role: MessageRole::System as i32,
+                    content: "You are terse.".to_owned(),
+                    ..Default::default()
+                },
                 user("Say hello."),
             ],
             temperature: Some(0.2),
@@ -214,7 +220,9 @@ pub fn request(case: Case) -> ChatRequest {
                     json_schema: Some(JsonSchemaFormat {
                         name: "weather".to_owned(),
                         description: String::new(),
-                        schema: Some(agentmesh_proto::json::object_to_struct(schema.as_object().unwrap_or(&Default::default()))),
+                        schema: Some(agentmesh_proto::json::object_to_struct(
+                            schema.as_object().unwrap_or(&Default::default()),
+                        )),
                         strict: true,
                     }),
                 }),
@@ -292,7 +300,11 @@ pub async fn run(subject: &Subject, case: Case) {
     let key = Secret::new(KEY);
     let call = ProviderRequest { model: subject.model, request: &request, max_tokens: 256, key: Some(&key) };
 
-    let outcome = if case.streamed() { collect(provider.stream(call).await).await } else { provider.chat(call).await.map(Outcome::from) };
+    let outcome = if case.streamed() {
+        collect(provider.stream(call).await).await
+    } else {
+        provider.chat(call).await.map(Outcome::from)
+    };
 
     let received = server.received_requests().await.unwrap_or_default();
     assert_eq!(received.len(), 1, "{case:?}: exactly one request reaches the provider");
@@ -304,7 +316,8 @@ pub async fn run(subject: &Subject, case: Case) {
 fn check_request(subject: &Subject, case: Case, request: &Request) {
     let streamed = case.streamed();
     (subject.check_request)(request, streamed);
-    let body: Value = serde_json::from_slice(&request.body).unwrap_or_else(|e| panic!("{case:?}: body is not JSON: {e}"));
+    let body: Value =
+        serde_json::from_slice(&request.body).unwrap_or_else(|e| panic!("{case:?}: body is not JSON: {e}"));
     let file = fixture_dir(subject).join(format!("{}.request.json", request_stem(case)));
     let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
     let expected: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
@@ -397,7 +410,9 @@ async fn collect(
                     outcome.argument_fragments[index] += 1;
                 }
             }
-            Ok(Delta::Usage(usage)) => outcome.usage = Some((usage.prompt_tokens, usage.completion_tokens, usage.total_tokens)),
+            Ok(Delta::Usage(usage)) => {
+                outcome.usage = Some((usage.prompt_tokens, usage.completion_tokens, usage.total_tokens))
+            }
             Ok(Delta::Finish(finish)) => {
                 outcome.finish = Some(finish.reason);
                 outcome.raw_finish = finish.raw;
@@ -470,7 +485,8 @@ fn check_outcome(subject: &Subject, case: Case, outcome: Result<Outcome, Provide
                 _ => IMAGE_REPLY,
             };
             if case == Case::JsonSchema {
-                let parsed: Value = serde_json::from_str(&outcome.text).unwrap_or_else(|e| panic!("{name}: not JSON: {e}"));
+                let parsed: Value =
+                    serde_json::from_str(&outcome.text).unwrap_or_else(|e| panic!("{name}: not JSON: {e}"));
                 assert_eq!(parsed, serde_json::from_str::<Value>(expected).unwrap_or_default(), "{name} {case:?}");
             } else {
                 assert_eq!(outcome.text, expected, "{name} {case:?}");

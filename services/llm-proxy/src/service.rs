@@ -1,0 +1,93 @@
+//! `agentmesh.llm.v1.LlmService` over gRPC: contract validation, then the [`Proxy`]; its
+//! errors become statuses carrying the mesh's error details.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use agentmesh_proto::agentmesh::common::v1::{ErrorCode as ProtoErrorCode, ErrorDetail};
+use agentmesh_proto::agentmesh::llm::v1::llm_service_server::LlmService;
+use agentmesh_proto::agentmesh::llm::v1::{
+    ChatRequest, ChatResponse, ListModelsRequest, ListModelsResponse, StreamChatRequest, StreamChatResponse,
+};
+use agentmesh_runtime::validate::validate;
+use agentmesh_runtime::{ApiError, ErrorCode, RequestContext};
+use futures::Stream;
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::proxy::Proxy;
+
+/// The gRPC service.
+#[derive(Debug, Clone)]
+pub struct LlmProxyService {
+    proxy: Arc<Proxy>,
+}
+
+impl LlmProxyService {
+    /// Serves `proxy`.
+    pub fn new(proxy: Arc<Proxy>) -> Self {
+        Self { proxy }
+    }
+}
+
+type ChatStream = Pin<Box<dyn Stream<Item = Result<StreamChatResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl LlmService for LlmProxyService {
+    async fn chat(&self, request: Request<ChatRequest>) -> Result<Response<ChatResponse>, Status> {
+        let request = request.into_inner();
+        validate(&request)?;
+        Ok(Response::new(self.proxy.chat(request).await?))
+    }
+
+    async fn stream_chat(&self, request: Request<StreamChatRequest>) -> Result<Response<ChatStream>, Status> {
+        let request = request.into_inner();
+        validate(&request)?;
+        let Some(request) = request.request else {
+            return Err(ApiError::validation(vec![agentmesh_runtime::error::FieldViolation {
+                field: "request".to_owned(),
+                message: "is required".to_owned(),
+                value: serde_json::Value::Null,
+            }])
+            .into());
+        };
+        let receiver = self.proxy.stream(request).await?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver).map(Ok))))
+    }
+
+    async fn list_models(&self, request: Request<ListModelsRequest>) -> Result<Response<ListModelsResponse>, Status> {
+        let request = request.into_inner();
+        let provider = request.provider.as_deref().filter(|p| !p.is_empty());
+        Ok(Response::new(self.proxy.catalog().list(provider)?))
+    }
+}
+
+/// `error` as the contract's `ErrorDetail`, for a stream that ends in error.
+pub fn error_detail(error: &ApiError) -> ErrorDetail {
+    let code = match error.code {
+        ErrorCode::Validation => ProtoErrorCode::ValidationError,
+        ErrorCode::Authentication => ProtoErrorCode::AuthenticationError,
+        ErrorCode::Authorization => ProtoErrorCode::AuthorizationError,
+        ErrorCode::RateLimit => ProtoErrorCode::RateLimitError,
+        ErrorCode::ExternalService => ProtoErrorCode::ExternalServiceError,
+        ErrorCode::CircuitBreakerOpen => ProtoErrorCode::CircuitBreakerOpen,
+        ErrorCode::Timeout => ProtoErrorCode::TimeoutError,
+        ErrorCode::Internal => ProtoErrorCode::InternalError,
+        ErrorCode::NotFound => ProtoErrorCode::NotFound,
+        ErrorCode::Conflict => ProtoErrorCode::Conflict,
+        ErrorCode::MethodNotAllowed => ProtoErrorCode::MethodNotAllowed,
+        ErrorCode::PayloadTooLarge => ProtoErrorCode::PayloadTooLarge,
+        ErrorCode::UnsupportedMediaType => ProtoErrorCode::UnsupportedMediaType,
+        ErrorCode::NotImplemented => ProtoErrorCode::NotImplemented,
+    };
+    ErrorDetail {
+        code: code as i32,
+        message: error.message.clone(),
+        details: Some(agentmesh_proto::json::object_to_struct(&error.details)),
+        retry_after: error
+            .retry_after
+            .map(|after| i32::try_from(agentmesh_runtime::error::retry_after_seconds(after)).unwrap_or(i32::MAX)),
+        correlation_id: RequestContext::current().map(|context| context.correlation_id),
+    }
+}
