@@ -67,11 +67,14 @@ pub struct ChatCompletions {
 /// The families of servers speaking Chat Completions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Flavor {
+    /// OpenAI's own API.
     OpenAi,
+    /// Azure OpenAI: deployments in the path, `api-version` in the query, `api-key` header.
     Azure {
         /// The configured `api-version`, unless a request overrides it.
         api_version: String,
     },
+    /// vLLM, llama.cpp's server, Ollama and the like: older dialect, optional key.
     Compatible,
 }
 
@@ -108,24 +111,30 @@ impl ChatCompletions {
         Some(requested.filter(|v| !v.is_empty()).unwrap_or(api_version))
     }
 
-    /// Whether the server knows `max_completion_tokens` and `stream_options`.
-    fn speaks_current_openai(&self, request: &ChatRequest) -> bool {
+    /// Whether the server knows `max_completion_tokens` (and then also `stream_options`).
+    fn knows_max_completion_tokens(&self, request: &ChatRequest) -> bool {
         match &self.flavor {
             Flavor::OpenAi => true,
-            Flavor::Azure { .. } => self.azure_api_version(request).is_some_and(|v| v >= AZURE_MAX_COMPLETION_TOKENS_SINCE),
+            Flavor::Azure { .. } => {
+                self.azure_api_version(request).is_some_and(|v| v >= AZURE_MAX_COMPLETION_TOKENS_SINCE)
+            }
             Flavor::Compatible => false,
         }
     }
 
     fn url(&self, call: &ProviderRequest<'_>) -> Result<reqwest::Url, ProviderError> {
-        let invalid = || ProviderError::Transport(format!("{} is not a valid base URL for {}", self.base_url, self.name));
+        let invalid =
+            || ProviderError::Transport(format!("{} is not a valid base URL for {}", self.base_url, self.name));
         match self.azure_api_version(call.request) {
             Some(api_version) => {
                 let mut url = reqwest::Url::parse(&self.base_url).map_err(|_| invalid())?;
-                url.path_segments_mut()
-                    .map_err(|()| invalid())?
-                    .pop_if_empty()
-                    .extend(["openai", "deployments", call.model, "chat", "completions"]);
+                url.path_segments_mut().map_err(|()| invalid())?.pop_if_empty().extend([
+                    "openai",
+                    "deployments",
+                    call.model,
+                    "chat",
+                    "completions",
+                ]);
                 url.query_pairs_mut().append_pair("api-version", api_version);
                 Ok(url)
             }
@@ -155,13 +164,13 @@ impl ChatCompletions {
     /// The request body.
     fn body(&self, call: &ProviderRequest<'_>, streamed: bool) -> Result<Value, ProviderError> {
         let request = call.request;
-        let current = self.speaks_current_openai(request);
+        let modern = self.knows_max_completion_tokens(request);
         let mut body = Map::new();
         if !matches!(self.flavor, Flavor::Azure { .. }) {
             body.insert("model".into(), json!(call.model));
         }
         body.insert("messages".into(), Value::Array(messages(&request.messages)?));
-        let max_tokens_field = if current { "max_completion_tokens" } else { "max_tokens" };
+        let max_tokens_field = if modern { "max_completion_tokens" } else { "max_tokens" };
         body.insert(max_tokens_field.into(), json!(call.max_tokens));
         if let Some(temperature) = request.temperature {
             body.insert("temperature".into(), json!(temperature));
@@ -182,17 +191,17 @@ impl ChatCompletions {
                 body.insert("parallel_tool_calls".into(), json!(parallel));
             }
         }
-        if let Some(format) = request.response_format.as_ref() {
-            if let Some(format) = response_format(format)? {
-                body.insert("response_format".into(), format);
-            }
+        if let Some(format) = request.response_format.as_ref()
+            && let Some(format) = response_format(format)?
+        {
+            body.insert("response_format".into(), format);
         }
         if let Some(user) = request.provider_options.as_ref().and_then(|o| o.openai_user.as_deref()) {
             body.insert("user".into(), json!(user));
         }
         if streamed {
             body.insert("stream".into(), json!(true));
-            if current || self.flavor == Flavor::Compatible {
+            if modern || self.flavor == Flavor::Compatible {
                 body.insert("stream_options".into(), json!({"include_usage": true}));
             }
         }
@@ -312,14 +321,17 @@ fn messages(messages: &[ChatMessage]) -> Result<Vec<Value>, ProviderError> {
             }
             MessageRole::System | MessageRole::Assistant if !images.is_empty() => {
                 return Err(ProviderError::Unsupported(
-                    "images are accepted on user and tool messages only, not on system or assistant messages".to_owned(),
+                    "images are accepted on user and tool messages only, not on system or assistant messages"
+                        .to_owned(),
                 ));
             }
             MessageRole::System => translated.push(named(json!({"role": "system", "content": text}))),
             MessageRole::Assistant => translated.push(named(assistant_message(message, text))),
             MessageRole::Tool => {
                 let Some(call_id) = message.tool_call_id.as_deref().filter(|id| !id.is_empty()) else {
-                    return Err(ProviderError::Unsupported("a tool message needs the tool_call_id it answers".to_owned()));
+                    return Err(ProviderError::Unsupported(
+                        "a tool message needs the tool_call_id it answers".to_owned(),
+                    ));
                 };
                 let content = tool_content(message, text, !images.is_empty());
                 translated.push(json!({"role": "tool", "tool_call_id": call_id, "content": content}));
@@ -411,11 +423,8 @@ fn assistant_message(message: &ChatMessage, text: String) -> Value {
 /// A tool result's text: `Error: …` when the tool failed (unless it already says so), and a
 /// pointer to the images when there is no text.
 fn tool_content(message: &ChatMessage, text: String, has_images: bool) -> String {
-    let text = if text.is_empty() && has_images {
-        "The result is the images in the next message.".to_owned()
-    } else {
-        text
-    };
+    let text =
+        if text.is_empty() && has_images { "The result is the images in the next message.".to_owned() } else { text };
     if message.is_error && !text.get(..5).is_some_and(|start| start.eq_ignore_ascii_case("error")) {
         format!("Error: {text}")
     } else {
@@ -816,7 +825,11 @@ mod tests {
             ..Default::default()
         };
         let body = openai_body(&request);
-        assert!(body.get("tool_choice").is_none() && body.get("parallel_tool_calls").is_none() && body.get("tools").is_none());
+        assert!(
+            body.get("tool_choice").is_none()
+                && body.get("parallel_tool_calls").is_none()
+                && body.get("tools").is_none()
+        );
     }
 
     #[test]
@@ -859,9 +872,13 @@ mod tests {
             body["response_format"],
             json!({"type": "json_schema", "json_schema": {"name": "weather", "description": "The weather", "schema": {}, "strict": false}})
         );
-        let request = ChatRequest { messages: vec![user("hi")], response_format: Some(format(None)), ..Default::default() };
+        let request =
+            ChatRequest { messages: vec![user("hi")], response_format: Some(format(None)), ..Default::default() };
         let call = ProviderRequest { model: "m", request: &request, max_tokens: 1, key: None };
-        assert!(matches!(ChatCompletions::openai(OPENAI_BASE_URL).body(&call, false), Err(ProviderError::Unsupported(_))));
+        assert!(matches!(
+            ChatCompletions::openai(OPENAI_BASE_URL).body(&call, false),
+            Err(ProviderError::Unsupported(_))
+        ));
     }
 
     #[test]
@@ -875,7 +892,10 @@ mod tests {
         };
         let already = ChatMessage { content: "ERROR 404: city not found".to_owned(), ..failed.clone() };
         let translated = messages(&[failed, already]).unwrap();
-        assert_eq!(translated[0], json!({"role": "tool", "tool_call_id": "call_1", "content": "Error: city not found"}));
+        assert_eq!(
+            translated[0],
+            json!({"role": "tool", "tool_call_id": "call_1", "content": "Error: city not found"})
+        );
         assert_eq!(translated[1]["content"], json!("ERROR 404: city not found"));
     }
 
@@ -954,9 +974,12 @@ mod tests {
             azure.url(&call).unwrap().as_str(),
             "https://res.openai.azure.com/openai/deployments/gpt%204o/chat/completions?api-version=2024-10-21"
         );
-        assert!(matches!(azure.post(&call, &body), Err(ProviderError::MissingKey { secret }) if secret == "azure-openai-api-key"));
+        assert!(
+            matches!(azure.post(&call, &body), Err(ProviderError::MissingKey { secret }) if secret == "azure-openai-api-key")
+        );
 
-        request.provider_options = Some(ProviderOptions { azure_api_version: Some("2024-06-01".to_owned()), ..Default::default() });
+        request.provider_options =
+            Some(ProviderOptions { azure_api_version: Some("2024-06-01".to_owned()), ..Default::default() });
         let call = ProviderRequest { model: "gpt-4o", request: &request, max_tokens: 1, key: None };
         assert!(azure.url(&call).unwrap().as_str().ends_with("?api-version=2024-06-01"));
         let body = body_of(&azure, &request, true);
@@ -1009,7 +1032,8 @@ mod tests {
         let legacy = with(json!({"content": null, "function_call": {"name": "f", "arguments": "{}"}}), "function_call");
         assert_eq!(legacy.finish.reason, FinishReason::ToolCalls);
         assert!(legacy.message.tool_calls[0].id.starts_with("call_"));
-        let ollama = with(json!({"content": "", "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]}), "stop");
+        let ollama =
+            with(json!({"content": "", "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]}), "stop");
         assert_eq!(ollama.finish.reason, FinishReason::ToolCalls, "a stop after tool calls means tool calls");
     }
 
@@ -1039,7 +1063,10 @@ mod tests {
         }));
         assert!(llama.id.starts_with("chatcmpl-"), "an id is made up when none is sent");
         let usage = llama.usage.unwrap();
-        assert_eq!((usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, usage.cached_prompt_tokens), (15, 7, 22, 10));
+        assert_eq!(
+            (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, usage.cached_prompt_tokens),
+            (15, 7, 22, 10)
+        );
     }
 
     fn decode(events: &[&str]) -> (Vec<Delta>, Result<(), ProviderError>) {
@@ -1114,8 +1141,7 @@ mod tests {
     fn stream_failures() {
         let (_, result) = decode(&[r#"{"id":"c","choices":[{"delta":{"content":"a"}}]}"#, "[DONE]"]);
         assert!(matches!(result, Err(ProviderError::Malformed(_))), "[DONE] without a finish reason");
-        let (_, result) =
-            decode(&[r#"{"error":{"code":503,"message":"Loading model","type":"unavailable_error"}}"#]);
+        let (_, result) = decode(&[r#"{"error":{"code":503,"message":"Loading model","type":"unavailable_error"}}"#]);
         assert_eq!(
             result,
             Err(ProviderError::Status { status: 503, retry_after: None, message: "Loading model".to_owned() })

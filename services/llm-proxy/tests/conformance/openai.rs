@@ -7,7 +7,8 @@ use agentmesh_llm_proxy::provider::Provider;
 use agentmesh_llm_proxy::provider::openai::ChatCompletions;
 use wiremock::Request;
 
-use crate::support::{KEY, Subject};
+use crate::Subject;
+use crate::support::KEY;
 
 /// OpenAI: Bearer key, model in the body.
 pub const OPENAI: Subject = Subject {
@@ -63,6 +64,7 @@ fn bearer_key(request: &Request, _streamed: bool) {
 fn azure_key_and_version(request: &Request, _streamed: bool) {
     assert_eq!(header(request, "api-key"), Some(KEY));
     assert_eq!(header(request, "authorization"), None, "Azure keys go in api-key, not Authorization");
-    let query: Vec<(String, String)> = request.url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    let query: Vec<(String, String)> =
+        request.url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
     assert_eq!(query, [("api-version".to_owned(), "2024-10-21".to_owned())]);
 }
