@@ -196,7 +196,9 @@ impl ChatCompletions {
         {
             body.insert("response_format".into(), format);
         }
-        if let Some(user) = request.provider_options.as_ref().and_then(|o| o.openai_user.as_deref()) {
+        if let Some(user) =
+            request.provider_options.as_ref().and_then(|o| o.openai_user.as_deref()).filter(|u| !u.is_empty())
+        {
             body.insert("user".into(), json!(user));
         }
         if streamed {
