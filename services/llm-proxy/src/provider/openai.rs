@@ -1,1 +1,1170 @@
-//! The openai provider (being written).
+//! The Chat Completions wire format, spoken by OpenAI, Azure OpenAI and OpenAI-compatible
+//! servers (vLLM, llama.cpp's server, Ollama): one translation, three flavours.
+//!
+//! What differs between the flavours:
+//! - **OpenAI**: `POST {base_url}/chat/completions`, `Authorization: Bearer <key>`, the
+//!   model in the body, the token limit as `max_completion_tokens` (the o-series reject
+//!   `max_tokens`).
+//! - **Azure OpenAI**: `POST {endpoint}/openai/deployments/{deployment}/chat/completions
+//!   ?api-version=…` (the model is the deployment, in the path, not the body), `api-key: <key>`.
+//!   From api-version 2024-09-01 on (the default, 2024-10-21, included) the token limit is
+//!   `max_completion_tokens` — 2024-10-21 documents `max_tokens` as deprecated and not
+//!   accepted by o1 deployments — and streams ask for usage with `stream_options`; older
+//!   versions get `max_tokens` and no `stream_options`, which they do not know. A request's
+//!   `provider_options.azure_api_version` overrides the configured version. Streams may start
+//!   with a chunk carrying only `prompt_filter_results` (no choices, empty id); it is skipped.
+//! - **Compatible servers**: `POST {base_url}/chat/completions`, a Bearer key only when one is
+//!   configured, `max_tokens` (not every server knows `max_completion_tokens`). llama.cpp
+//!   reports usage in the chunk that carries `finish_reason`, or only as `timings`; vLLM in a
+//!   last chunk without choices. Usage is read wherever it appears, and the finish is held
+//!   back until `data: [DONE]` so that usage always precedes it.
+//!
+//! Choices shared by all three: a failed tool result (`is_error`) is sent as
+//! `Error: <content>`, so the model knows the call failed (the wire format has no flag).
+//! Images on tool messages, which the format does not allow, are sent in a user message
+//! right after the run of tool messages (the MCP tool images must reach the model).
+//! Images on system or assistant messages are [`ProviderError::Unsupported`].
+
+use std::collections::{BTreeSet, VecDeque};
+
+use agentmesh_proto::agentmesh::common::v1::{MessageRole, Usage};
+use agentmesh_proto::agentmesh::llm::v1::{
+    ChatMessage, ChatRequest, FinishReason, ImagePart, ToolCall, ToolCallDelta, content_part, image_part,
+    response_format, tool_choice,
+};
+use agentmesh_runtime::config::Secret;
+use base64::Engine;
+use eventsource_stream::Event;
+use futures::{Stream, StreamExt};
+use reqwest::RequestBuilder;
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Value, json};
+
+use super::http::{HttpClient, redact};
+use super::{Completion, Delta, DeltaStream, Finish, Provider, ProviderError, ProviderRequest, made_up_tool_call_id};
+
+/// OpenAI's API, the default base URL of [`ChatCompletions::openai`].
+pub const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
+
+/// The first Azure api-version that knows `max_completion_tokens` and `stream_options`.
+const AZURE_MAX_COMPLETION_TOKENS_SINCE: &str = "2024-09-01";
+
+/// A provider speaking the Chat Completions wire format.
+#[derive(Debug, Clone)]
+pub struct ChatCompletions {
+    /// Which family of server answers: it decides the URL, the auth header and dialect details.
+    flavor: Flavor,
+    /// The API's base URL (OpenAI, compatible) or the Azure resource endpoint, without a trailing `/`.
+    base_url: String,
+    /// The provider's name: `openai`, `azure` or the compatible server's configured name.
+    name: String,
+    /// The secret holding the key; compatible servers may have none configured.
+    key_secret: String,
+    /// Pooled connections; reads OpenAI-shaped error bodies.
+    http: HttpClient,
+}
+
+/// The families of servers speaking Chat Completions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Flavor {
+    /// OpenAI's own API.
+    OpenAi,
+    /// Azure OpenAI: deployments in the path, `api-version` in the query, `api-key` header.
+    Azure {
+        /// The configured `api-version`, unless a request overrides it.
+        api_version: String,
+    },
+    /// vLLM, llama.cpp's server, Ollama and the like: older dialect, optional key.
+    Compatible,
+}
+
+impl ChatCompletions {
+    /// OpenAI at `base_url` (for example [`OPENAI_BASE_URL`]).
+    pub fn openai(base_url: impl Into<String>) -> Self {
+        Self::new(Flavor::OpenAi, base_url.into(), "openai".to_owned(), "openai-api-key".to_owned())
+    }
+
+    /// Azure OpenAI at `endpoint` (for example `https://my-resource.openai.azure.com`) with
+    /// `api_version` (for example `2024-10-21`); models are deployment names.
+    pub fn azure(endpoint: impl Into<String>, api_version: impl Into<String>) -> Self {
+        let flavor = Flavor::Azure { api_version: api_version.into() };
+        Self::new(flavor, endpoint.into(), "azure".to_owned(), "azure-openai-api-key".to_owned())
+    }
+
+    /// An OpenAI-compatible server called `name` at `base_url` (for example
+    /// `http://127.0.0.1:8080/v1`); its key, from the secret `<name>-api-key`, is optional.
+    pub fn compatible(name: impl Into<String>, base_url: impl Into<String>) -> Self {
+        let name = name.into();
+        let key_secret = format!("{name}-api-key");
+        Self::new(Flavor::Compatible, base_url.into(), name, key_secret)
+    }
+
+    fn new(flavor: Flavor, base_url: String, name: String, key_secret: String) -> Self {
+        let base_url = base_url.trim_end_matches('/').to_owned();
+        Self { flavor, base_url, name, key_secret, http: HttpClient::new(error_message) }
+    }
+
+    /// The Azure api-version of one request: its own override, else the configured one.
+    fn azure_api_version<'a>(&'a self, request: &'a ChatRequest) -> Option<&'a str> {
+        let Flavor::Azure { api_version } = &self.flavor else { return None };
+        let requested = request.provider_options.as_ref().and_then(|o| o.azure_api_version.as_deref());
+        Some(requested.filter(|v| !v.is_empty()).unwrap_or(api_version))
+    }
+
+    /// Whether the server knows `max_completion_tokens` (and then also `stream_options`).
+    fn knows_max_completion_tokens(&self, request: &ChatRequest) -> bool {
+        match &self.flavor {
+            Flavor::OpenAi => true,
+            Flavor::Azure { .. } => {
+                self.azure_api_version(request).is_some_and(|v| v >= AZURE_MAX_COMPLETION_TOKENS_SINCE)
+            }
+            Flavor::Compatible => false,
+        }
+    }
+
+    fn url(&self, call: &ProviderRequest<'_>) -> Result<reqwest::Url, ProviderError> {
+        let invalid =
+            || ProviderError::Transport(format!("{} is not a valid base URL for {}", self.base_url, self.name));
+        match self.azure_api_version(call.request) {
+            Some(api_version) => {
+                let mut url = reqwest::Url::parse(&self.base_url).map_err(|_| invalid())?;
+                url.path_segments_mut().map_err(|()| invalid())?.pop_if_empty().extend([
+                    "openai",
+                    "deployments",
+                    call.model,
+                    "chat",
+                    "completions",
+                ]);
+                url.query_pairs_mut().append_pair("api-version", api_version);
+                Ok(url)
+            }
+            None => reqwest::Url::parse(&format!("{}/chat/completions", self.base_url)).map_err(|_| invalid()),
+        }
+    }
+
+    /// The POST carrying `body`, with the flavour's auth header.
+    fn post(&self, call: &ProviderRequest<'_>, body: &Value) -> Result<RequestBuilder, ProviderError> {
+        let builder = self.http.client().post(self.url(call)?).json(body);
+        let key = call.key.map(Secret::expose).filter(|key| !key.is_empty());
+        match (&self.flavor, key) {
+            (Flavor::Azure { .. }, Some(key)) => {
+                let mut value = reqwest::header::HeaderValue::from_str(key)
+                    .map_err(|_| ProviderError::Transport("the API key is not a valid HTTP header value".to_owned()))?;
+                value.set_sensitive(true);
+                Ok(builder.header("api-key", value))
+            }
+            (Flavor::OpenAi | Flavor::Compatible, Some(key)) => Ok(builder.bearer_auth(key)),
+            (Flavor::Compatible, None) => Ok(builder),
+            (Flavor::OpenAi | Flavor::Azure { .. }, None) => {
+                Err(ProviderError::MissingKey { secret: self.key_secret.clone() })
+            }
+        }
+    }
+
+    /// The request body.
+    fn body(&self, call: &ProviderRequest<'_>, streamed: bool) -> Result<Value, ProviderError> {
+        let request = call.request;
+        let modern = self.knows_max_completion_tokens(request);
+        let mut body = Map::new();
+        if !matches!(self.flavor, Flavor::Azure { .. }) {
+            body.insert("model".into(), json!(call.model));
+        }
+        body.insert("messages".into(), Value::Array(messages(&request.messages)?));
+        let max_tokens_field = if modern { "max_completion_tokens" } else { "max_tokens" };
+        body.insert(max_tokens_field.into(), json!(call.max_tokens));
+        if let Some(temperature) = request.temperature {
+            body.insert("temperature".into(), json!(temperature));
+        }
+        if let Some(top_p) = request.top_p {
+            body.insert("top_p".into(), json!(top_p));
+        }
+        if !request.stop.is_empty() {
+            body.insert("stop".into(), json!(request.stop));
+        }
+        // OpenAI rejects tool_choice and parallel_tool_calls without tools.
+        if !request.tools.is_empty() {
+            body.insert("tools".into(), Value::Array(request.tools.iter().map(tool).collect()));
+            if let Some(choice) = request.tool_choice.as_ref().and_then(|c| c.choice.as_ref()).and_then(tool_choice) {
+                body.insert("tool_choice".into(), choice);
+            }
+            if let Some(parallel) = request.parallel_tool_calls {
+                body.insert("parallel_tool_calls".into(), json!(parallel));
+            }
+        }
+        if let Some(format) = request.response_format.as_ref()
+            && let Some(format) = response_format(format)?
+        {
+            body.insert("response_format".into(), format);
+        }
+        if let Some(user) =
+            request.provider_options.as_ref().and_then(|o| o.openai_user.as_deref()).filter(|u| !u.is_empty())
+        {
+            body.insert("user".into(), json!(user));
+        }
+        if streamed {
+            body.insert("stream".into(), json!(true));
+            if modern || self.flavor == Flavor::Compatible {
+                body.insert("stream_options".into(), json!({"include_usage": true}));
+            }
+        }
+        Ok(Value::Object(body))
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for ChatCompletions {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn key_secret(&self) -> Option<&str> {
+        Some(&self.key_secret)
+    }
+
+    async fn chat(&self, call: ProviderRequest<'_>) -> Result<Completion, ProviderError> {
+        let body = self.body(&call, false)?;
+        let post = self.post(&call, &body)?;
+        let secret = call.key.map(Secret::expose);
+        let response: ResponseBody = self.http.json(post, secret).await?;
+        completion(response)
+    }
+
+    async fn stream(&self, call: ProviderRequest<'_>) -> Result<DeltaStream, ProviderError> {
+        let body = self.body(&call, true)?;
+        let post = self.post(&call, &body)?;
+        let events = self.http.events(post, call.key.map(Secret::expose)).await?;
+        Ok(deltas(events).boxed())
+    }
+}
+
+/// The message of an error body: OpenAI, Azure, llama.cpp and Ollama send
+/// `{"error": {"message": …}}`, older vLLM `{"message": …}`, some servers `{"error": "…"}`.
+fn error_message(body: &Value) -> Option<String> {
+    let message = match body.get("error") {
+        Some(Value::Object(error)) => error.get("message"),
+        Some(error @ Value::String(_)) => Some(error),
+        _ => body.get("message"),
+    };
+    message.and_then(Value::as_str).map(str::to_owned)
+}
+
+// ---- request translation ----
+
+fn tool(definition: &agentmesh_proto::agentmesh::llm::v1::ToolDefinition) -> Value {
+    let mut function = Map::new();
+    function.insert("name".into(), json!(definition.name));
+    if !definition.description.is_empty() {
+        function.insert("description".into(), json!(definition.description));
+    }
+    if let Some(parameters) = &definition.parameters {
+        function.insert("parameters".into(), Value::Object(agentmesh_proto::json::struct_to_object(parameters)));
+    }
+    json!({"type": "function", "function": function})
+}
+
+fn tool_choice(choice: &tool_choice::Choice) -> Option<Value> {
+    match choice {
+        tool_choice::Choice::Mode(mode) => match tool_choice::Mode::try_from(*mode).ok()? {
+            tool_choice::Mode::Auto => Some(json!("auto")),
+            tool_choice::Mode::None => Some(json!("none")),
+            tool_choice::Mode::Required => Some(json!("required")),
+            tool_choice::Mode::Unspecified => None,
+        },
+        tool_choice::Choice::Tool(name) => Some(json!({"type": "function", "function": {"name": name}})),
+    }
+}
+
+fn response_format(
+    format: &agentmesh_proto::agentmesh::llm::v1::ResponseFormat,
+) -> Result<Option<Value>, ProviderError> {
+    match response_format::Type::try_from(format.r#type).unwrap_or_default() {
+        response_format::Type::Unspecified | response_format::Type::Text => Ok(None),
+        response_format::Type::JsonObject => Ok(Some(json!({"type": "json_object"}))),
+        response_format::Type::JsonSchema => {
+            let Some(format) = format.json_schema.as_ref() else {
+                return Err(ProviderError::Unsupported("response_format json_schema needs json_schema".to_owned()));
+            };
+            let schema = format.schema.as_ref().map(agentmesh_proto::json::struct_to_object).unwrap_or_default();
+            let mut json_schema = Map::new();
+            json_schema.insert("name".into(), json!(format.name));
+            if !format.description.is_empty() {
+                json_schema.insert("description".into(), json!(format.description));
+            }
+            json_schema.insert("schema".into(), Value::Object(schema));
+            json_schema.insert("strict".into(), json!(format.strict));
+            Ok(Some(json!({"type": "json_schema", "json_schema": json_schema})))
+        }
+    }
+}
+
+/// The conversation as Chat Completions messages; images of a run of tool messages follow
+/// it in one user message (tool messages must directly follow their assistant message).
+fn messages(messages: &[ChatMessage]) -> Result<Vec<Value>, ProviderError> {
+    let mut translated = Vec::with_capacity(messages.len());
+    let mut tool_images: Vec<Value> = Vec::new();
+    for message in messages {
+        let role = MessageRole::try_from(message.role).unwrap_or_default();
+        if role != MessageRole::Tool && !tool_images.is_empty() {
+            translated.push(json!({"role": "user", "content": std::mem::take(&mut tool_images)}));
+        }
+        let (text, images) = text_and_images(message);
+        let named = |mut value: Value| {
+            if let (Some(name), Value::Object(object)) = (&message.name, &mut value) {
+                object.insert("name".into(), json!(name));
+            }
+            value
+        };
+        match role {
+            MessageRole::Unspecified | MessageRole::User if images.is_empty() => {
+                translated.push(named(json!({"role": "user", "content": text})));
+            }
+            MessageRole::Unspecified | MessageRole::User => {
+                translated.push(named(json!({"role": "user", "content": user_parts(message)?})));
+            }
+            MessageRole::System | MessageRole::Assistant if !images.is_empty() => {
+                return Err(ProviderError::Unsupported(
+                    "images are accepted on user and tool messages only, not on system or assistant messages"
+                        .to_owned(),
+                ));
+            }
+            MessageRole::System => translated.push(named(json!({"role": "system", "content": text}))),
+            MessageRole::Assistant => translated.push(named(assistant_message(message, text))),
+            MessageRole::Tool => {
+                let Some(call_id) = message.tool_call_id.as_deref().filter(|id| !id.is_empty()) else {
+                    return Err(ProviderError::Unsupported(
+                        "a tool message needs the tool_call_id it answers".to_owned(),
+                    ));
+                };
+                let content = tool_content(message, text, !images.is_empty());
+                translated.push(json!({"role": "tool", "tool_call_id": call_id, "content": content}));
+                if !images.is_empty() {
+                    let tool = message.name.as_deref().unwrap_or("a tool");
+                    let label = format!("The result of tool call {call_id} ({tool}) includes these images:");
+                    tool_images.push(json!({"type": "text", "text": label}));
+                    for image in images {
+                        tool_images.push(image_url(image)?);
+                    }
+                }
+            }
+        }
+    }
+    if !tool_images.is_empty() {
+        translated.push(json!({"role": "user", "content": tool_images}));
+    }
+    Ok(translated)
+}
+
+/// The message's text (its content, then its text parts, one per line) and its images.
+fn text_and_images(message: &ChatMessage) -> (String, Vec<&ImagePart>) {
+    let mut texts = Vec::new();
+    if !message.content.is_empty() {
+        texts.push(message.content.as_str());
+    }
+    let mut images = Vec::new();
+    for part in &message.parts {
+        match &part.part {
+            Some(content_part::Part::Text(text)) => texts.push(text.as_str()),
+            Some(content_part::Part::Image(image)) => images.push(image),
+            None => {}
+        }
+    }
+    (texts.join("\n"), images)
+}
+
+/// A user message's content and parts as content parts, in order.
+fn user_parts(message: &ChatMessage) -> Result<Vec<Value>, ProviderError> {
+    let mut parts = Vec::with_capacity(message.parts.len() + 1);
+    if !message.content.is_empty() {
+        parts.push(json!({"type": "text", "text": message.content}));
+    }
+    for part in &message.parts {
+        match &part.part {
+            Some(content_part::Part::Text(text)) => parts.push(json!({"type": "text", "text": text})),
+            Some(content_part::Part::Image(image)) => parts.push(image_url(image)?),
+            None => {}
+        }
+    }
+    Ok(parts)
+}
+
+fn image_url(image: &ImagePart) -> Result<Value, ProviderError> {
+    let url = match &image.source {
+        Some(image_part::Source::Url(url)) => url.clone(),
+        Some(image_part::Source::Data(bytes)) if !image.mime_type.is_empty() => {
+            format!("data:{};base64,{}", image.mime_type, base64::engine::general_purpose::STANDARD.encode(bytes))
+        }
+        Some(image_part::Source::Data(_)) => {
+            return Err(ProviderError::Unsupported("image bytes need their mime_type".to_owned()));
+        }
+        None => return Err(ProviderError::Unsupported("an image part needs a url or data".to_owned())),
+    };
+    let mut image_url = json!({"url": url});
+    if !image.detail.is_empty() {
+        image_url["detail"] = json!(image.detail);
+    }
+    Ok(json!({"type": "image_url", "image_url": image_url}))
+}
+
+fn assistant_message(message: &ChatMessage, text: String) -> Value {
+    let content = if text.is_empty() { Value::Null } else { json!(text) };
+    let mut assistant = json!({"role": "assistant", "content": content});
+    if !message.tool_calls.is_empty() {
+        let calls: Vec<Value> = message
+            .tool_calls
+            .iter()
+            .map(|call| {
+                let arguments = if call.arguments_json.is_empty() { "{}" } else { call.arguments_json.as_str() };
+                json!({"id": call.id, "type": "function", "function": {"name": call.name, "arguments": arguments}})
+            })
+            .collect();
+        assistant["tool_calls"] = Value::Array(calls);
+    }
+    assistant
+}
+
+/// A tool result's text: `Error: …` when the tool failed (unless it already says so), and a
+/// pointer to the images when there is no text.
+fn tool_content(message: &ChatMessage, text: String, has_images: bool) -> String {
+    let text =
+        if text.is_empty() && has_images { "The result is the images in the next message.".to_owned() } else { text };
+    if message.is_error && !text.get(..5).is_some_and(|start| start.eq_ignore_ascii_case("error")) {
+        format!("Error: {text}")
+    } else {
+        text
+    }
+}
+
+// ---- response translation ----
+
+/// `null` read as the type's default (OpenAI sends `"tool_calls": null` and the like).
+fn null_default<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(deserializer: D) -> Result<T, D::Error> {
+    Option::<T>::deserialize(deserializer).map(Option::unwrap_or_default)
+}
+
+/// A whole answer (`chat.completion`).
+#[derive(Debug, Deserialize)]
+struct ResponseBody {
+    #[serde(default, deserialize_with = "null_default")]
+    id: String,
+    #[serde(default, deserialize_with = "null_default")]
+    choices: Vec<ResponseChoice>,
+    usage: Option<WireUsage>,
+    /// llama.cpp's own statistics, the usage of its older versions.
+    timings: Option<Timings>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ResponseChoice {
+    #[serde(default, deserialize_with = "null_default")]
+    message: ResponseMessage,
+    finish_reason: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ResponseMessage {
+    content: Option<String>,
+    refusal: Option<String>,
+    #[serde(default, deserialize_with = "null_default")]
+    tool_calls: Vec<WireToolCall>,
+    /// The tool call of the deprecated function-calling API.
+    function_call: Option<WireFunction>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct WireToolCall {
+    /// Absent in Ollama's older streams, which send each call whole.
+    index: Option<u32>,
+    id: Option<String>,
+    #[serde(default, deserialize_with = "null_default")]
+    function: WireFunction,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct WireFunction {
+    name: Option<String>,
+    arguments: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct WireUsage {
+    #[serde(default, deserialize_with = "null_default")]
+    prompt_tokens: i64,
+    #[serde(default, deserialize_with = "null_default")]
+    completion_tokens: i64,
+    #[serde(default, deserialize_with = "null_default")]
+    prompt_tokens_details: PromptTokensDetails,
+    #[serde(default, deserialize_with = "null_default")]
+    completion_tokens_details: CompletionTokensDetails,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct PromptTokensDetails {
+    #[serde(default, deserialize_with = "null_default")]
+    cached_tokens: i64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct CompletionTokensDetails {
+    #[serde(default, deserialize_with = "null_default")]
+    reasoning_tokens: i64,
+}
+
+/// llama.cpp's `timings`: tokens evaluated (`prompt_n`, besides `cache_n` read from its
+/// cache) and generated (`predicted_n`).
+#[derive(Debug, Default, Deserialize)]
+struct Timings {
+    #[serde(default, deserialize_with = "null_default")]
+    prompt_n: i64,
+    #[serde(default, deserialize_with = "null_default")]
+    cache_n: i64,
+    #[serde(default, deserialize_with = "null_default")]
+    predicted_n: i64,
+}
+
+/// The usage reported, from `usage` or else llama.cpp's `timings`.
+fn usage(usage: Option<&WireUsage>, timings: Option<&Timings>) -> Option<Usage> {
+    let usage = match (usage, timings) {
+        (Some(usage), _) => Usage {
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            cached_prompt_tokens: usage.prompt_tokens_details.cached_tokens,
+            reasoning_tokens: usage.completion_tokens_details.reasoning_tokens,
+            ..Usage::default()
+        },
+        (None, Some(timings)) => Usage {
+            prompt_tokens: timings.prompt_n + timings.cache_n,
+            completion_tokens: timings.predicted_n,
+            cached_prompt_tokens: timings.cache_n,
+            ..Usage::default()
+        },
+        (None, None) => return None,
+    };
+    Some(Usage { total_tokens: usage.prompt_tokens + usage.completion_tokens, ..usage })
+}
+
+/// The finish, normalised: a refusal wins; a server that says `stop` after tool calls
+/// (older Ollama) means tool calls; unknown words count as a stop, the raw word is kept.
+fn finish(raw: Option<&str>, refused: bool, called_tools: bool) -> Finish {
+    let raw = raw.unwrap_or_default();
+    let reason = match raw {
+        _ if refused => FinishReason::Refusal,
+        "length" => FinishReason::Length,
+        "tool_calls" | "function_call" => FinishReason::ToolCalls,
+        "content_filter" => FinishReason::ContentFilter,
+        _ if called_tools => FinishReason::ToolCalls,
+        _ => FinishReason::Stop,
+    };
+    Finish::new(reason, raw)
+}
+
+fn completion(body: ResponseBody) -> Result<Completion, ProviderError> {
+    let usage = usage(body.usage.as_ref(), body.timings.as_ref());
+    let Some(choice) = body.choices.into_iter().next() else {
+        return Err(ProviderError::Malformed("the answer has no choices".to_owned()));
+    };
+    let message = choice.message;
+    let mut calls: Vec<WireFunction> = Vec::new();
+    let mut ids: Vec<Option<String>> = Vec::new();
+    for call in message.tool_calls {
+        ids.push(call.id);
+        calls.push(call.function);
+    }
+    if let Some(function) = message.function_call {
+        ids.push(None);
+        calls.push(function);
+    }
+    let tool_calls: Vec<ToolCall> = calls
+        .into_iter()
+        .zip(ids)
+        .enumerate()
+        .map(|(index, (function, id))| ToolCall {
+            id: id.filter(|id| !id.is_empty()).unwrap_or_else(|| made_up_tool_call_id(index)),
+            name: function.name.unwrap_or_default(),
+            arguments_json: function.arguments.unwrap_or_default(),
+        })
+        .collect();
+    let refusal = message.refusal.filter(|r| !r.is_empty());
+    let finish = finish(choice.finish_reason.as_deref(), refusal.is_some(), !tool_calls.is_empty());
+    let content = refusal.or(message.content).unwrap_or_default();
+    let id = if body.id.is_empty() { made_up_completion_id() } else { body.id };
+    Ok(Completion {
+        id,
+        message: ChatMessage { role: MessageRole::Assistant as i32, content, tool_calls, ..ChatMessage::default() },
+        finish,
+        usage,
+    })
+}
+
+fn made_up_completion_id() -> String {
+    format!("chatcmpl-{}", uuid::Uuid::new_v4().simple())
+}
+
+// ---- streams ----
+
+/// One `data:` event of a stream (`chat.completion.chunk`), or an error reported mid-stream.
+#[derive(Debug, Deserialize)]
+struct Chunk {
+    #[serde(default, deserialize_with = "null_default")]
+    id: String,
+    #[serde(default, deserialize_with = "null_default")]
+    choices: Vec<ChunkChoice>,
+    usage: Option<WireUsage>,
+    timings: Option<Timings>,
+    error: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChunkChoice {
+    /// Absent in Azure's content-filter chunks.
+    #[serde(default, deserialize_with = "null_default")]
+    delta: ChunkDelta,
+    finish_reason: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ChunkDelta {
+    content: Option<String>,
+    refusal: Option<String>,
+    #[serde(default, deserialize_with = "null_default")]
+    tool_calls: Vec<WireToolCall>,
+}
+
+/// The deltas of a stream of server-sent events: ends after [`Delta::Finish`] or the first error.
+fn deltas(
+    events: impl Stream<Item = Result<Event, ProviderError>> + Send + 'static,
+) -> impl Stream<Item = Result<Delta, ProviderError>> + Send + 'static {
+    let state = (events.boxed(), StreamDecoder::default(), VecDeque::new());
+    futures::stream::unfold(Some(state), |state| async move {
+        let (mut events, mut decoder, mut pending) = state?;
+        loop {
+            if let Some(delta) = pending.pop_front() {
+                return Some((Ok(delta), Some((events, decoder, pending))));
+            }
+            if decoder.done {
+                return None;
+            }
+            let failure = match events.next().await {
+                Some(Ok(event)) => match decoder.event(&event, &mut pending) {
+                    Ok(()) => continue,
+                    Err(error) => error,
+                },
+                Some(Err(error)) => error,
+                None => ProviderError::Truncated,
+            };
+            return Some((Err(failure), None));
+        }
+    })
+}
+
+/// What a stream has said so far.
+#[derive(Debug, Default)]
+struct StreamDecoder {
+    /// Whether [`Delta::Id`] was sent.
+    id_sent: bool,
+    /// The finish reason, held back until `[DONE]` because usage may follow it.
+    finish_reason: Option<String>,
+    /// Whether the model refused (its refusal is sent as text).
+    refused: bool,
+    /// Tool-call indexes already announced with their id and name.
+    announced: BTreeSet<u32>,
+    /// Whether `[DONE]` arrived: the stream is over.
+    done: bool,
+}
+
+impl StreamDecoder {
+    /// Reads one event, queueing the deltas it carries.
+    fn event(&mut self, event: &Event, out: &mut VecDeque<Delta>) -> Result<(), ProviderError> {
+        let data = event.data.trim();
+        if !matches!(event.event.as_str(), "" | "message" | "error") || data.is_empty() {
+            return Ok(());
+        }
+        if data == "[DONE]" {
+            let Some(raw) = self.finish_reason.take() else {
+                return Err(ProviderError::Malformed("the stream ended without a finish_reason".to_owned()));
+            };
+            out.push_back(Delta::Finish(finish(Some(&raw), self.refused, !self.announced.is_empty())));
+            self.done = true;
+            return Ok(());
+        }
+        let chunk: Chunk = serde_json::from_str(data)
+            .map_err(|error| ProviderError::Malformed(format!("a stream event is not a completion chunk: {error}")))?;
+        if let Some(error) = chunk.error {
+            return Err(stream_error(&error));
+        }
+        if !chunk.id.is_empty() && !self.id_sent {
+            self.id_sent = true;
+            out.push_back(Delta::Id(chunk.id));
+        }
+        for choice in chunk.choices {
+            let delta = choice.delta;
+            if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
+                self.push(out, Delta::Text(text));
+            }
+            if let Some(refusal) = delta.refusal.filter(|r| !r.is_empty()) {
+                self.refused = true;
+                self.push(out, Delta::Text(refusal));
+            }
+            for call in delta.tool_calls {
+                if let Some(delta) = self.tool_call(call) {
+                    self.push(out, Delta::ToolCall(delta));
+                }
+            }
+            if let Some(reason) = choice.finish_reason.filter(|r| !r.is_empty()) {
+                self.finish_reason = Some(reason);
+            }
+        }
+        if let Some(usage) = usage(chunk.usage.as_ref(), chunk.timings.as_ref()) {
+            self.push(out, Delta::Usage(usage));
+        }
+        Ok(())
+    }
+
+    /// Queues `delta`, after a made-up id when the server sent none.
+    fn push(&mut self, out: &mut VecDeque<Delta>, delta: Delta) {
+        if !self.id_sent {
+            self.id_sent = true;
+            out.push_back(Delta::Id(made_up_completion_id()));
+        }
+        out.push_back(delta);
+    }
+
+    /// One tool-call fragment; the first of each index carries the id and name. Without an
+    /// index, a fragment with an id starts the next call and one without continues the last.
+    fn tool_call(&mut self, call: WireToolCall) -> Option<ToolCallDelta> {
+        let count = u32::try_from(self.announced.len()).unwrap_or(u32::MAX);
+        let index = call.index.unwrap_or(if call.id.is_some() { count } else { count.saturating_sub(1) });
+        let first = self.announced.insert(index);
+        let arguments_fragment = call.function.arguments.unwrap_or_default();
+        if first {
+            let id = call.id.filter(|id| !id.is_empty()).unwrap_or_else(|| made_up_tool_call_id(index as usize));
+            let name = call.function.name.unwrap_or_default();
+            Some(ToolCallDelta { index, id: Some(id), name: Some(name), arguments_fragment })
+        } else if arguments_fragment.is_empty() {
+            None
+        } else {
+            Some(ToolCallDelta { index, id: None, name: None, arguments_fragment })
+        }
+    }
+}
+
+/// An error the server reported inside the stream: its numeric `code` when it has one
+/// (llama.cpp, Azure), else 500.
+fn stream_error(error: &Value) -> ProviderError {
+    let code = error.get("code").and_then(|code| code.as_u64().or_else(|| code.as_str()?.parse().ok()));
+    let status = code.and_then(|code| u16::try_from(code).ok()).filter(|code| (400..=599).contains(code));
+    let message = error_message(&json!({"error": error})).unwrap_or_else(|| error.to_string());
+    ProviderError::Status { status: status.unwrap_or(500), retry_after: None, message: redact(&message, None) }
+}
+
+#[cfg(test)]
+mod tests {
+    use agentmesh_proto::agentmesh::llm::v1::{
+        ContentPart, JsonSchemaFormat, ProviderOptions, ResponseFormat, ToolChoice, ToolDefinition,
+    };
+
+    use super::*;
+
+    fn user(text: &str) -> ChatMessage {
+        ChatMessage { role: MessageRole::User as i32, content: text.to_owned(), ..Default::default() }
+    }
+
+    fn png(data: &[u8]) -> ContentPart {
+        ContentPart {
+            part: Some(content_part::Part::Image(ImagePart {
+                source: Some(image_part::Source::Data(data.to_vec())),
+                mime_type: "image/png".to_owned(),
+                detail: String::new(),
+            })),
+        }
+    }
+
+    fn body_of(provider: &ChatCompletions, request: &ChatRequest, streamed: bool) -> Value {
+        let key = Secret::new("sk-unit");
+        let call = ProviderRequest { model: "m", request, max_tokens: 100, key: Some(&key) };
+        provider.body(&call, streamed).unwrap()
+    }
+
+    fn openai_body(request: &ChatRequest) -> Value {
+        body_of(&ChatCompletions::openai(OPENAI_BASE_URL), request, false)
+    }
+
+    fn weather_tool() -> ToolDefinition {
+        ToolDefinition { name: "get_weather".to_owned(), ..Default::default() }
+    }
+
+    #[test]
+    fn tool_choice_modes_and_named_tool() {
+        let cases = [
+            (tool_choice::Choice::Mode(tool_choice::Mode::Auto as i32), json!("auto")),
+            (tool_choice::Choice::Mode(tool_choice::Mode::None as i32), json!("none")),
+            (tool_choice::Choice::Mode(tool_choice::Mode::Required as i32), json!("required")),
+            (
+                tool_choice::Choice::Tool("get_weather".to_owned()),
+                json!({"type": "function", "function": {"name": "get_weather"}}),
+            ),
+        ];
+        for (choice, expected) in cases {
+            let request = ChatRequest {
+                messages: vec![user("hi")],
+                tools: vec![weather_tool()],
+                tool_choice: Some(ToolChoice { choice: Some(choice) }),
+                parallel_tool_calls: Some(false),
+                ..Default::default()
+            };
+            let body = openai_body(&request);
+            assert_eq!(body["tool_choice"], expected);
+            assert_eq!(body["parallel_tool_calls"], json!(false));
+            assert_eq!(body["tools"][0], json!({"type": "function", "function": {"name": "get_weather"}}));
+        }
+    }
+
+    #[test]
+    fn tool_knobs_are_left_out_without_tools() {
+        let request = ChatRequest {
+            messages: vec![user("hi")],
+            tool_choice: Some(ToolChoice { choice: Some(tool_choice::Choice::Mode(tool_choice::Mode::None as i32)) }),
+            parallel_tool_calls: Some(true),
+            ..Default::default()
+        };
+        let body = openai_body(&request);
+        assert!(
+            body.get("tool_choice").is_none()
+                && body.get("parallel_tool_calls").is_none()
+                && body.get("tools").is_none()
+        );
+    }
+
+    #[test]
+    fn sampling_stop_user_and_json_object() {
+        let request = ChatRequest {
+            messages: vec![user("hi")],
+            top_p: Some(0.5),
+            stop: vec!["END".to_owned(), "\n\n".to_owned()],
+            provider_options: Some(ProviderOptions { openai_user: Some("user-42".to_owned()), ..Default::default() }),
+            response_format: Some(ResponseFormat {
+                r#type: response_format::Type::JsonObject as i32,
+                json_schema: None,
+            }),
+            ..Default::default()
+        };
+        let body = openai_body(&request);
+        assert_eq!(body["top_p"], json!(0.5));
+        assert_eq!(body["stop"], json!(["END", "\n\n"]));
+        assert_eq!(body["user"], json!("user-42"));
+        assert_eq!(body["response_format"], json!({"type": "json_object"}));
+        assert_eq!(body["max_completion_tokens"], json!(100));
+        assert!(body.get("max_tokens").is_none() && body.get("temperature").is_none());
+    }
+
+    #[test]
+    fn json_schema_carries_description_and_needs_a_schema() {
+        let format = |json_schema| ResponseFormat { r#type: response_format::Type::JsonSchema as i32, json_schema };
+        let described = JsonSchemaFormat {
+            name: "weather".to_owned(),
+            description: "The weather".to_owned(),
+            schema: None,
+            strict: false,
+        };
+        let body = openai_body(&ChatRequest {
+            messages: vec![user("hi")],
+            response_format: Some(format(Some(described))),
+            ..Default::default()
+        });
+        assert_eq!(
+            body["response_format"],
+            json!({"type": "json_schema", "json_schema": {"name": "weather", "description": "The weather", "schema": {}, "strict": false}})
+        );
+        let request =
+            ChatRequest { messages: vec![user("hi")], response_format: Some(format(None)), ..Default::default() };
+        let call = ProviderRequest { model: "m", request: &request, max_tokens: 1, key: None };
+        assert!(matches!(
+            ChatCompletions::openai(OPENAI_BASE_URL).body(&call, false),
+            Err(ProviderError::Unsupported(_))
+        ));
+    }
+
+    #[test]
+    fn failed_tool_results_say_so() {
+        let failed = ChatMessage {
+            role: MessageRole::Tool as i32,
+            content: "city not found".to_owned(),
+            tool_call_id: Some("call_1".to_owned()),
+            is_error: true,
+            ..Default::default()
+        };
+        let already = ChatMessage { content: "ERROR 404: city not found".to_owned(), ..failed.clone() };
+        let translated = messages(&[failed, already]).unwrap();
+        assert_eq!(
+            translated[0],
+            json!({"role": "tool", "tool_call_id": "call_1", "content": "Error: city not found"})
+        );
+        assert_eq!(translated[1]["content"], json!("ERROR 404: city not found"));
+    }
+
+    #[test]
+    fn tool_images_follow_the_run_of_tool_messages_in_a_user_message() {
+        let tool = |id: &str, parts: Vec<ContentPart>| ChatMessage {
+            role: MessageRole::Tool as i32,
+            tool_call_id: Some(id.to_owned()),
+            name: Some("screenshot".to_owned()),
+            parts,
+            ..Default::default()
+        };
+        let conversation = [tool("call_a", vec![png(b"a")]), tool("call_b", Vec::new()), user("next")];
+        let translated = messages(&conversation).unwrap();
+        assert_eq!(translated.len(), 4, "{translated:#?}");
+        assert_eq!(translated[0]["role"], json!("tool"));
+        assert_eq!(translated[0]["content"], json!("The result is the images in the next message."));
+        assert_eq!(translated[1]["role"], json!("tool"));
+        assert_eq!(translated[2]["role"], json!("user"));
+        let parts = translated[2]["content"].as_array().unwrap();
+        assert_eq!(parts[0]["text"], json!("The result of tool call call_a (screenshot) includes these images:"));
+        assert_eq!(parts[1]["image_url"]["url"], json!("data:image/png;base64,YQ=="));
+        assert_eq!(translated[3], json!({"role": "user", "content": "next"}));
+    }
+
+    #[test]
+    fn images_where_the_format_has_none_are_unsupported() {
+        for role in [MessageRole::Assistant, MessageRole::System] {
+            let message = ChatMessage { role: role as i32, parts: vec![png(b"a")], ..Default::default() };
+            assert!(matches!(messages(&[message]), Err(ProviderError::Unsupported(_))), "{role:?}");
+        }
+        let no_mime = ContentPart {
+            part: Some(content_part::Part::Image(ImagePart {
+                source: Some(image_part::Source::Data(vec![1])),
+                ..Default::default()
+            })),
+        };
+        let message = ChatMessage { role: MessageRole::User as i32, parts: vec![no_mime], ..Default::default() };
+        assert!(matches!(messages(&[message]), Err(ProviderError::Unsupported(_))));
+    }
+
+    #[test]
+    fn image_urls_keep_their_detail_and_text_parts_join_the_content() {
+        let image = ContentPart {
+            part: Some(content_part::Part::Image(ImagePart {
+                source: Some(image_part::Source::Url("https://example.com/a.png".to_owned())),
+                mime_type: String::new(),
+                detail: "low".to_owned(),
+            })),
+        };
+        let text = ContentPart { part: Some(content_part::Part::Text("second".to_owned())) };
+        let message = ChatMessage { parts: vec![text.clone(), image], ..user("first") };
+        let system = ChatMessage { role: MessageRole::System as i32, parts: vec![text], ..user("first") };
+        let translated = messages(&[message, system]).unwrap();
+        assert_eq!(
+            translated[0]["content"],
+            json!([
+                {"type": "text", "text": "first"},
+                {"type": "text", "text": "second"},
+                {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "low"}}
+            ])
+        );
+        assert_eq!(translated[1], json!({"role": "system", "content": "first\nsecond"}));
+    }
+
+    #[test]
+    fn azure_has_no_model_in_the_body_and_its_version_can_be_overridden() {
+        let azure = ChatCompletions::azure("https://res.openai.azure.com/", "2024-10-21");
+        let mut request = ChatRequest { messages: vec![user("hi")], ..Default::default() };
+        let body = body_of(&azure, &request, true);
+        assert!(body.get("model").is_none());
+        assert_eq!(body["max_completion_tokens"], json!(100));
+        assert_eq!(body["stream_options"], json!({"include_usage": true}));
+        let call = ProviderRequest { model: "gpt 4o", request: &request, max_tokens: 1, key: None };
+        assert_eq!(
+            azure.url(&call).unwrap().as_str(),
+            "https://res.openai.azure.com/openai/deployments/gpt%204o/chat/completions?api-version=2024-10-21"
+        );
+        assert!(
+            matches!(azure.post(&call, &body), Err(ProviderError::MissingKey { secret }) if secret == "azure-openai-api-key")
+        );
+
+        request.provider_options =
+            Some(ProviderOptions { azure_api_version: Some("2024-06-01".to_owned()), ..Default::default() });
+        let call = ProviderRequest { model: "gpt-4o", request: &request, max_tokens: 1, key: None };
+        assert!(azure.url(&call).unwrap().as_str().ends_with("?api-version=2024-06-01"));
+        let body = body_of(&azure, &request, true);
+        assert_eq!(body["max_tokens"], json!(100), "older versions know only max_tokens");
+        assert!(body.get("stream_options").is_none() && body.get("max_completion_tokens").is_none());
+    }
+
+    #[test]
+    fn compatible_servers_get_max_tokens_and_need_no_key() {
+        let local = ChatCompletions::compatible("local", "http://127.0.0.1:8080/v1/");
+        assert_eq!((local.name(), local.key_secret()), ("local", Some("local-api-key")));
+        let request = ChatRequest { messages: vec![user("hi")], ..Default::default() };
+        let body = body_of(&local, &request, false);
+        assert_eq!(body["max_tokens"], json!(100));
+        assert_eq!(body["model"], json!("m"));
+        let call = ProviderRequest { model: "m", request: &request, max_tokens: 1, key: None };
+        let post = local.post(&call, &body).unwrap().build().unwrap();
+        assert_eq!(post.url().as_str(), "http://127.0.0.1:8080/v1/chat/completions");
+        assert!(post.headers().get("authorization").is_none());
+        let openai = ChatCompletions::openai(OPENAI_BASE_URL);
+        assert!(matches!(openai.post(&call, &body), Err(ProviderError::MissingKey { .. })));
+    }
+
+    #[test]
+    fn error_bodies_of_every_flavour() {
+        let openai = json!({"error": {"message": "Incorrect API key", "type": "invalid_request_error", "code": "invalid_api_key"}});
+        assert_eq!(error_message(&openai).as_deref(), Some("Incorrect API key"));
+        let vllm = json!({"object": "error", "message": "model not found", "code": 404});
+        assert_eq!(error_message(&vllm).as_deref(), Some("model not found"));
+        assert_eq!(error_message(&json!({"error": "model not loaded"})).as_deref(), Some("model not loaded"));
+        assert_eq!(error_message(&json!({"detail": "?"})), None);
+    }
+
+    fn answer(body: Value) -> Completion {
+        completion(serde_json::from_value(body).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn finish_reasons_and_refusals() {
+        let with = |message: Value, finish: &str| {
+            answer(json!({"id": "c", "choices": [{"index": 0, "message": message, "finish_reason": finish}]}))
+        };
+        let text = json!({"role": "assistant", "content": "…", "refusal": null, "tool_calls": null});
+        assert_eq!(with(text.clone(), "length").finish, Finish::new(FinishReason::Length, "length"));
+        assert_eq!(with(text.clone(), "content_filter").finish.reason, FinishReason::ContentFilter);
+        assert_eq!(with(text, "eos").finish, Finish::new(FinishReason::Stop, "eos"));
+        let refused = with(json!({"role": "assistant", "content": null, "refusal": "I can't help with that."}), "stop");
+        assert_eq!(refused.finish, Finish::new(FinishReason::Refusal, "stop"));
+        assert_eq!(refused.message.content, "I can't help with that.");
+        let legacy = with(json!({"content": null, "function_call": {"name": "f", "arguments": "{}"}}), "function_call");
+        assert_eq!(legacy.finish.reason, FinishReason::ToolCalls);
+        assert!(legacy.message.tool_calls[0].id.starts_with("call_"));
+        let ollama =
+            with(json!({"content": "", "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]}), "stop");
+        assert_eq!(ollama.finish.reason, FinishReason::ToolCalls, "a stop after tool calls means tool calls");
+    }
+
+    #[test]
+    fn usage_with_cache_and_reasoning_tokens_or_timings() {
+        let completion = answer(json!({
+            "id": "c",
+            "choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}],
+            "usage": {
+                "prompt_tokens": 2006, "completion_tokens": 300, "total_tokens": 2306,
+                "prompt_tokens_details": {"cached_tokens": 1920, "audio_tokens": 0},
+                "completion_tokens_details": {"reasoning_tokens": 256, "audio_tokens": 0}
+            }
+        }));
+        let expected = Usage {
+            prompt_tokens: 2006,
+            completion_tokens: 300,
+            total_tokens: 2306,
+            cached_prompt_tokens: 1920,
+            reasoning_tokens: 256,
+            ..Default::default()
+        };
+        assert_eq!(completion.usage, Some(expected));
+        let llama = answer(json!({
+            "choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}],
+            "timings": {"cache_n": 10, "prompt_n": 5, "predicted_n": 7, "predicted_ms": 12.5}
+        }));
+        assert!(llama.id.starts_with("chatcmpl-"), "an id is made up when none is sent");
+        let usage = llama.usage.unwrap();
+        assert_eq!(
+            (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, usage.cached_prompt_tokens),
+            (15, 7, 22, 10)
+        );
+    }
+
+    fn decode(events: &[&str]) -> (Vec<Delta>, Result<(), ProviderError>) {
+        let mut decoder = StreamDecoder::default();
+        let mut out = VecDeque::new();
+        for data in events {
+            let event = Event { event: "message".to_owned(), data: (*data).to_owned(), ..Default::default() };
+            if let Err(error) = decoder.event(&event, &mut out) {
+                return (out.into(), Err(error));
+            }
+        }
+        assert!(decoder.done, "the stream ended with [DONE]");
+        (out.into(), Ok(()))
+    }
+
+    #[test]
+    fn llama_cpp_usage_with_the_finish_comes_before_it() {
+        let (deltas, result) = decode(&[
+            r#"{"choices":[{"finish_reason":null,"index":0,"delta":{"role":"assistant","content":null}}],"id":"chatcmpl-x","object":"chat.completion.chunk"}"#,
+            r#"{"choices":[{"finish_reason":null,"index":0,"delta":{"content":"Hi"}}],"id":"chatcmpl-x","object":"chat.completion.chunk"}"#,
+            r#"{"choices":[{"finish_reason":"stop","index":0,"delta":{}}],"id":"chatcmpl-x","usage":{"completion_tokens":1,"prompt_tokens":3,"total_tokens":4},"timings":{"prompt_n":3,"predicted_n":1}}"#,
+            "[DONE]",
+        ]);
+        result.unwrap();
+        let usage = Usage { prompt_tokens: 3, completion_tokens: 1, total_tokens: 4, ..Default::default() };
+        assert_eq!(
+            deltas,
+            [
+                Delta::Id("chatcmpl-x".to_owned()),
+                Delta::Text("Hi".to_owned()),
+                Delta::Usage(usage),
+                Delta::Finish(Finish::new(FinishReason::Stop, "stop"))
+            ]
+        );
+    }
+
+    #[test]
+    fn azure_prompt_filter_chunks_and_streamed_refusals() {
+        let (deltas, result) = decode(&[
+            r#"{"choices":[],"created":0,"id":"","model":"","object":"","prompt_filter_results":[{"prompt_index":0,"content_filter_results":{}}]}"#,
+            r#"{"choices":[{"content_filter_results":{},"finish_reason":null,"index":0}],"id":"chatcmpl-y"}"#,
+            r#"{"choices":[{"delta":{"refusal":"I can't"},"finish_reason":null,"index":0}],"id":"chatcmpl-y"}"#,
+            r#"{"choices":[{"delta":{},"finish_reason":"stop","index":0}],"id":"chatcmpl-y"}"#,
+            "[DONE]",
+        ]);
+        result.unwrap();
+        assert_eq!(deltas[0], Delta::Id("chatcmpl-y".to_owned()));
+        assert_eq!(deltas[1], Delta::Text("I can't".to_owned()));
+        assert_eq!(deltas[2], Delta::Finish(Finish::new(FinishReason::Refusal, "stop")));
+    }
+
+    #[test]
+    fn whole_tool_calls_without_index_get_their_own_indexes() {
+        let (deltas, result) = decode(&[
+            r#"{"id":"chatcmpl-z","choices":[{"index":0,"delta":{"tool_calls":[{"id":"call_a","function":{"name":"f","arguments":"{}"}},{"id":"call_b","function":{"name":"g","arguments":"{}"}}]}}]}"#,
+            r#"{"id":"chatcmpl-z","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+            "[DONE]",
+        ]);
+        result.unwrap();
+        let indexes: Vec<(u32, Option<String>)> = deltas
+            .iter()
+            .filter_map(|d| match d {
+                Delta::ToolCall(call) => Some((call.index, call.id.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(indexes, [(0, Some("call_a".to_owned())), (1, Some("call_b".to_owned()))]);
+        assert_eq!(deltas.last(), Some(&Delta::Finish(Finish::new(FinishReason::ToolCalls, "stop"))));
+    }
+
+    #[test]
+    fn stream_failures() {
+        let (_, result) = decode(&[r#"{"id":"c","choices":[{"delta":{"content":"a"}}]}"#, "[DONE]"]);
+        assert!(matches!(result, Err(ProviderError::Malformed(_))), "[DONE] without a finish reason");
+        let (_, result) = decode(&[r#"{"error":{"code":503,"message":"Loading model","type":"unavailable_error"}}"#]);
+        assert_eq!(
+            result,
+            Err(ProviderError::Status { status: 503, retry_after: None, message: "Loading model".to_owned() })
+        );
+        let (_, result) = decode(&[r#"{"error":{"message":"The server had an error","type":"server_error"}}"#]);
+        assert!(matches!(result, Err(ProviderError::Status { status: 500, .. })));
+    }
+
+    #[tokio::test]
+    async fn a_stream_ends_after_the_finish_or_with_truncated() {
+        let event = |data: &str| Ok(Event { event: "message".to_owned(), data: data.to_owned(), ..Default::default() });
+        let finished = [
+            event(r#"{"id":"c","choices":[{"delta":{"content":"a"},"finish_reason":"stop"}]}"#),
+            event("[DONE]"),
+            event(r#"{"id":"c","choices":[{"delta":{"content":"after"}}]}"#),
+        ];
+        let received: Vec<_> = deltas(futures::stream::iter(finished)).collect().await;
+        assert_eq!(received.len(), 3, "{received:?}");
+        assert!(matches!(received[2], Ok(Delta::Finish(_))));
+        let cut = [event(r#"{"id":"c","choices":[{"delta":{"content":"a"}}]}"#)];
+        let received: Vec<_> = deltas(futures::stream::iter(cut)).collect().await;
+        assert_eq!(received.last(), Some(&Err(ProviderError::Truncated)));
+    }
+}

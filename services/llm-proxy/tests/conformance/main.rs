@@ -5,6 +5,7 @@
 //!
 //! A provider joins the suite with one [`Subject`] and one `conformance!` line.
 
+mod openai;
 mod support;
 
 use support::{Case, Subject};
@@ -74,3 +75,7 @@ macro_rules! conformance {
         }
     };
 }
+
+conformance!(openai_suite, openai::OPENAI);
+conformance!(azure_suite, openai::AZURE);
+conformance!(compatible_suite, openai::COMPATIBLE);
