@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::http::{HttpClient, redact};
-use super::{Completion, Delta, DeltaStream, Finish, Provider, ProviderError, ProviderRequest, merge_usage};
+use super::{Completion, Delta, DeltaStream, Finish, Provider, ProviderError, ProviderRequest};
 
 /// The API version every request pins (`anthropic-version`).
 const API_VERSION: &str = "2023-06-01";
@@ -185,14 +185,14 @@ struct MessagesRequest<'a> {
 }
 
 /// One message: a role and its content blocks.
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Serialize)]
 struct Message {
     role: &'static str,
     content: Vec<Block>,
 }
 
 /// A content block of a request message.
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Block {
     Text {
@@ -217,7 +217,7 @@ enum Block {
 }
 
 /// Where an image comes from.
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum ImageSource {
     Base64 { media_type: String, data: String },
@@ -234,7 +234,7 @@ struct Tool {
 }
 
 /// How the model may use the tools.
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum WireToolChoice {
     Auto {
@@ -367,22 +367,36 @@ fn messages(conversation: &[ChatMessage]) -> Result<(Vec<String>, Vec<Message>),
         let role = MessageRole::try_from(message.role).unwrap_or(MessageRole::Unspecified);
         let (role, content) = match role {
             MessageRole::System => {
-                system.push(system_text(message)?);
+                let text = system_text(message)?;
+                if !text.is_empty() {
+                    system.push(text);
+                }
                 continue;
             }
             MessageRole::Assistant => ("assistant", assistant_blocks(message)?),
             MessageRole::Tool => ("user", vec![tool_result(message)?]),
-            MessageRole::User | MessageRole::Unspecified => ("user", content_blocks(message, "user")?),
+            MessageRole::User | MessageRole::Unspecified => ("user", content_blocks(message)?),
         };
-        if content.is_empty() {
-            continue;
-        }
         match messages.last_mut() {
-            Some(last) if last.role == role => last.content.extend(content),
+            Some(last) if last.role == role => merge(&mut last.content, content),
+            _ if content.is_empty() => {}
             _ => messages.push(Message { role, content }),
         }
     }
     Ok((system, messages))
+}
+
+/// Appends `later` blocks to a message's; tool results go before any other block, as
+/// Anthropic requires.
+fn merge(content: &mut Vec<Block>, later: Vec<Block>) {
+    for block in later {
+        if matches!(block, Block::ToolResult { .. }) {
+            let at = content.iter().take_while(|block| matches!(block, Block::ToolResult { .. })).count();
+            content.insert(at, block);
+        } else {
+            content.push(block);
+        }
+    }
 }
 
 /// A system message's text (text parts appended on new lines).
@@ -407,7 +421,7 @@ fn system_text(message: &ChatMessage) -> Result<String, ProviderError> {
 
 /// The text and image blocks of a message's `content` and `parts`; empty texts are left out
 /// (Anthropic rejects them).
-fn content_blocks(message: &ChatMessage, role: &str) -> Result<Vec<Block>, ProviderError> {
+fn content_blocks(message: &ChatMessage) -> Result<Vec<Block>, ProviderError> {
     let mut blocks = Vec::new();
     if !message.content.is_empty() {
         blocks.push(Block::Text { text: message.content.clone() });
@@ -415,14 +429,7 @@ fn content_blocks(message: &ChatMessage, role: &str) -> Result<Vec<Block>, Provi
     for part in &message.parts {
         match &part.part {
             Some(content_part::Part::Text(text)) if !text.is_empty() => blocks.push(Block::Text { text: text.clone() }),
-            Some(content_part::Part::Image(image)) => {
-                if role == "assistant" {
-                    return Err(ProviderError::Unsupported(
-                        "Anthropic accepts no images in assistant messages".to_owned(),
-                    ));
-                }
-                blocks.push(Block::Image { source: image_source(image)? });
-            }
+            Some(content_part::Part::Image(image)) => blocks.push(Block::Image { source: image_source(image)? }),
             _ => {}
         }
     }
@@ -431,7 +438,10 @@ fn content_blocks(message: &ChatMessage, role: &str) -> Result<Vec<Block>, Provi
 
 /// An assistant message: its text, then its tool calls as `tool_use` blocks.
 fn assistant_blocks(message: &ChatMessage) -> Result<Vec<Block>, ProviderError> {
-    let mut blocks = content_blocks(message, "assistant")?;
+    if message.parts.iter().any(|part| matches!(part.part, Some(content_part::Part::Image(_)))) {
+        return Err(ProviderError::Unsupported("Anthropic accepts no images in assistant messages".to_owned()));
+    }
+    let mut blocks = content_blocks(message)?;
     for call in &message.tool_calls {
         blocks.push(tool_use(call)?);
     }
@@ -461,7 +471,7 @@ fn tool_result(message: &ChatMessage) -> Result<Block, ProviderError> {
     let tool_use_id = message.tool_call_id.clone().filter(|id| !id.is_empty()).ok_or_else(|| {
         ProviderError::Unsupported("a tool message needs the tool_call_id of the call it answers".to_owned())
     })?;
-    Ok(Block::ToolResult { tool_use_id, content: content_blocks(message, "tool")?, is_error: message.is_error })
+    Ok(Block::ToolResult { tool_use_id, content: content_blocks(message)?, is_error: message.is_error })
 }
 
 /// An image's source: base64 data (from bytes or a `data:` URL) or a URL Anthropic fetches.
@@ -532,6 +542,15 @@ struct WireUsage {
 }
 
 impl WireUsage {
+    /// Takes the counts a later report carries (`message_delta` repeats cumulative counts or
+    /// only sends `output_tokens`).
+    fn update(&mut self, later: WireUsage) {
+        self.input_tokens = later.input_tokens.or(self.input_tokens);
+        self.output_tokens = later.output_tokens.or(self.output_tokens);
+        self.cache_read_input_tokens = later.cache_read_input_tokens.or(self.cache_read_input_tokens);
+        self.cache_creation_input_tokens = later.cache_creation_input_tokens.or(self.cache_creation_input_tokens);
+    }
+
     /// The contract's usage: prompt tokens include cache reads and writes.
     fn to_usage(&self) -> Usage {
         let cached = self.cache_read_input_tokens.unwrap_or(0);
@@ -673,8 +692,8 @@ struct StreamTranslation {
     blocks: HashMap<usize, OpenBlock>,
     /// Tool calls started so far.
     tool_calls: u32,
-    /// Usage merged from `message_start` and `message_delta`.
-    usage: Option<Usage>,
+    /// Usage from `message_start`, updated by `message_delta`; `None` until reported.
+    usage: Option<WireUsage>,
     /// The stop reason from `message_delta`.
     stop_reason: Option<String>,
     /// The key, redacted from in-stream error messages.
@@ -693,7 +712,7 @@ impl StreamTranslation {
         match event {
             StreamEvent::MessageStart { message } => {
                 out.push_back(Ok(Delta::Id(message.id)));
-                self.add_usage(&message.usage);
+                self.add_usage(message.usage);
             }
             StreamEvent::ContentBlockStart { index, content_block } => match content_block {
                 ResponseBlock::Text { text } => {
@@ -752,11 +771,11 @@ impl StreamTranslation {
                 if delta.stop_reason.is_some() {
                     self.stop_reason = delta.stop_reason;
                 }
-                self.add_usage(&usage);
+                self.add_usage(usage);
             }
             StreamEvent::MessageStop => {
                 if let Some(usage) = self.usage.take() {
-                    out.push_back(Ok(Delta::Usage(usage)));
+                    out.push_back(Ok(Delta::Usage(usage.to_usage())));
                 }
                 let stop_reason = self.stop_reason.take().unwrap_or_default();
                 out.push_back(Ok(Delta::Finish(finish(stop_reason, self.tool_calls > 0))));
@@ -774,13 +793,9 @@ impl StreamTranslation {
         Ok(false)
     }
 
-    /// Merges a usage report into the usage so far.
-    fn add_usage(&mut self, usage: &WireUsage) {
-        let usage = usage.to_usage();
-        match &mut self.usage {
-            Some(earlier) => merge_usage(earlier, &usage),
-            None => self.usage = Some(usage),
-        }
+    /// Takes a usage report into the usage so far.
+    fn add_usage(&mut self, usage: WireUsage) {
+        self.usage.get_or_insert_default().update(usage);
     }
 }
 
@@ -977,6 +992,28 @@ mod tests {
                     {"type": "text", "text": "And?"}
                 ]}
             ])
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn tool_results_come_first_in_a_merged_user_message() -> Result<(), ProviderError> {
+        let request = ChatRequest {
+            messages: vec![
+                ChatMessage { role: MessageRole::System as i32, ..Default::default() },
+                user("Note"),
+                tool_message("call_1", "done", false),
+            ],
+            ..Default::default()
+        };
+        let body = body(&request, false)?;
+        assert!(body.get("system").is_none(), "empty system texts are left out");
+        assert_eq!(
+            body["messages"],
+            json!([{"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "call_1", "content": [{"type": "text", "text": "done"}]},
+                {"type": "text", "text": "Note"}
+            ]}])
         );
         Ok(())
     }
