@@ -5,6 +5,7 @@
 //!
 //! A provider joins the suite with one [`Subject`] and one `conformance!` line.
 
+mod anthropic;
 mod openai;
 mod support;
 
@@ -79,3 +80,4 @@ macro_rules! conformance {
 conformance!(openai_suite, openai::OPENAI);
 conformance!(azure_suite, openai::AZURE);
 conformance!(compatible_suite, openai::COMPATIBLE);
+conformance!(anthropic_suite, anthropic::SUBJECT);
