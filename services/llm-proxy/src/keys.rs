@@ -117,6 +117,17 @@ impl Keys {
         }
     }
 
+    /// Exactly `keys` by provider name and no secrets-broker (tests, benchmarks).
+    pub fn fixed(keys: BTreeMap<String, Secret>) -> Self {
+        Self {
+            source: KeySource::Environment,
+            environment: keys,
+            broker: None,
+            refresh: Duration::MAX,
+            cache: Mutex::default(),
+        }
+    }
+
     /// The key `provider` needs: `Ok(None)` for providers without keys (and compatible
     /// servers without one); [`ProviderError::MissingKey`] when a built-in provider has none.
     pub async fn key_for(&self, provider: &dyn Provider) -> Result<Option<Secret>, ProviderError> {

@@ -144,5 +144,14 @@ pub async fn build(
         preset,
     };
     let usage = UsageRecorder::new(publisher, settings.prices.clone());
-    Ok(Proxy::new(catalog, keys, limits, usage, options).reporting_to(dependencies.clone()))
+    let proxy = Proxy::new(catalog, keys, limits, usage, options).reporting_to(dependencies.clone());
+    // The configured chain is reported from the start; other models once they are used.
+    let configured =
+        std::iter::once(proxy.catalog().default_model().to_owned()).chain(settings.fallback_models.iter().cloned());
+    for model in configured {
+        if let Ok(target) = proxy.catalog().resolve(&model, "model") {
+            proxy.policy(&target.full_name);
+        }
+    }
+    Ok(proxy)
 }

@@ -5,12 +5,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use agentmesh_llm_proxy::catalog::Catalog;
+use agentmesh_llm_proxy::keys::Keys;
+use agentmesh_llm_proxy::limits::Limits;
 use agentmesh_llm_proxy::provider::{Completion, Delta, Provider, ProviderError, ProviderRequest};
+use agentmesh_llm_proxy::proxy::{Proxy, ProxyOptions};
+use agentmesh_llm_proxy::usage::UsageRecorder;
 use agentmesh_proto::agentmesh::common::v1::MessageRole;
 use agentmesh_proto::agentmesh::llm::v1::{
     ChatMessage, ChatRequest, ContentPart, FinishReason, ImagePart, JsonSchemaFormat, ResponseFormat, ToolCall,
     ToolChoice, ToolDefinition, content_part, image_part, response_format, tool_choice,
 };
+use agentmesh_resilience::Preset;
+use agentmesh_runtime::ErrorCode;
 use agentmesh_runtime::config::Secret;
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -66,7 +73,8 @@ pub enum Case {
     MalformedStream,
     /// A stream that ends after some text, before the provider's end event.
     DisconnectMidStream,
-    /// The streamed reply, with its headers and first token 300 ms late.
+    /// The streamed reply, with its headers and first token 300 ms late: it arrives whole,
+    /// and through the proxy a 100 ms first-token timeout fires.
     SlowFirstToken,
 }
 
@@ -310,6 +318,33 @@ pub async fn run(subject: &Subject, case: Case) {
     assert_eq!(received.len(), 1, "{case:?}: exactly one request reaches the provider");
     check_request(subject, case, &received[0]);
     check_outcome(subject, case, outcome);
+    if case == Case::SlowFirstToken {
+        first_token_times_out(provider, subject.model, request).await;
+    }
+}
+
+/// Through the proxy, the same slow answer exceeds a 100 ms first-token timeout: the
+/// caller gets `timeout_error` instead of waiting.
+async fn first_token_times_out(provider: Arc<dyn Provider>, model: &str, request: ChatRequest) {
+    let name = provider.name().to_owned();
+    let full_name = format!("{name}/{model}");
+    let mut preset = Preset::llm();
+    preset.retry.max_attempts = 1;
+    let options = ProxyOptions {
+        default_max_tokens: 256,
+        first_token_timeout: Duration::from_millis(100),
+        stream_timeout: Duration::from_secs(5),
+        preset,
+    };
+    let proxy = Arc::new(Proxy::new(
+        Catalog::of(vec![(provider, vec![model.to_owned()])], &full_name, Vec::new()),
+        Keys::fixed([(name, Secret::new(KEY))].into_iter().collect()),
+        Limits::new(None, 0, 0),
+        UsageRecorder::new(None, Default::default()),
+        options,
+    ));
+    let error = proxy.stream(ChatRequest { model: full_name.clone(), ..request }).await.err();
+    assert_eq!(error.map(|e| e.code), Some(ErrorCode::Timeout), "{full_name}: the first-token timeout fires");
 }
 
 /// Checks the request against `<stem>.request.json` and the subject's own rules.
