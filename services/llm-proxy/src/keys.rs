@@ -136,7 +136,7 @@ impl Keys {
             return Ok(Some(key.clone()));
         }
         let key = match &self.broker {
-            Some(broker) => self.from_broker(broker.as_ref(), secret).await,
+            Some(broker) => self.read_from_broker(broker.as_ref(), secret).await,
             None => None,
         };
         let required = BUILT_IN.contains(&provider.name());
@@ -161,7 +161,7 @@ impl Keys {
     /// The cached key while fresh, else a new read. A failed read keeps the last key known
     /// (or none) for another interval, so an unreachable secrets-broker is not asked on
     /// every call.
-    async fn from_broker(&self, broker: &dyn SecretReader, secret: &str) -> Option<Secret> {
+    async fn read_from_broker(&self, broker: &dyn SecretReader, secret: &str) -> Option<Secret> {
         let cached = self.cache.lock().unwrap_or_else(PoisonError::into_inner).get(secret).cloned();
         if let Some(cached) = &cached
             && cached.read_at.elapsed() < self.refresh

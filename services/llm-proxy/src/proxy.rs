@@ -95,20 +95,16 @@ impl Proxy {
     /// Runs one unary completion through the chain.
     pub async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, ApiError> {
         rules::check(&request)?;
-        let chain = self.catalog.chain(&request.model, &request.fallback_models)?;
-        let attribution = Attribution::current();
+        let mut journey = Journey::start(self.catalog.chain(&request.model, &request.fallback_models)?, false);
         let max_tokens = self.max_tokens(&request);
         let estimate = estimate_tokens(&request, max_tokens);
-        let started = Instant::now();
-        let mut tried = Vec::new();
         let mut last = None;
-        for target in &chain {
-            let attempt = self.chat_once(target, &request, max_tokens, estimate).await;
-            match attempt {
+        for target in journey.chain.clone() {
+            match self.chat_once(&target, &request, max_tokens, estimate).await {
                 Ok(completion) => {
-                    let mut usage = completion.usage.clone().unwrap_or_default();
+                    let mut usage = completion.usage.unwrap_or_default();
                     usage.cost_usd = self.usage.cost(&target.full_name, &usage);
-                    self.record(target, &chain, &tried, usage.clone(), started, None, "ok", &attribution);
+                    journey.record(&self.usage, &target, usage, None, "ok");
                     return Ok(ChatResponse {
                         id: completion.id,
                         model: target.full_name.clone(),
@@ -117,18 +113,10 @@ impl Proxy {
                         finish_reason: completion.finish.reason as i32,
                         usage: Some(usage),
                         provider_finish_reason: completion.finish.raw,
-                        fallbacks_tried: tried,
+                        fallbacks_tried: journey.tried,
                     });
                 }
-                Err(failure) => {
-                    let outcome = failure.error.code.as_str();
-                    self.record(target, &chain, &tried, Usage::default(), started, None, outcome, &attribution);
-                    if !failure.falls_back {
-                        return Err(failure.error);
-                    }
-                    tried.push(target.full_name.clone());
-                    last = Some(failure.error);
-                }
+                Err(failure) => last = Some(journey.failed(&self.usage, &target, failure)?),
             }
         }
         Err(last.unwrap_or_else(ApiError::internal))
@@ -162,41 +150,21 @@ impl Proxy {
         request: ChatRequest,
     ) -> Result<mpsc::Receiver<StreamChatResponse>, ApiError> {
         rules::check(&request)?;
-        let chain = self.catalog.chain(&request.model, &request.fallback_models)?;
-        let attribution = Attribution::current();
+        let mut journey = Journey::start(self.catalog.chain(&request.model, &request.fallback_models)?, true);
         let max_tokens = self.max_tokens(&request);
         let estimate = estimate_tokens(&request, max_tokens);
-        let started = Instant::now();
-        let mut tried = Vec::new();
         let mut last = None;
-        for target in &chain {
-            match self.stream_once(target, &request, max_tokens, estimate).await {
+        for target in journey.chain.clone() {
+            match self.stream_once(&target, &request, max_tokens, estimate).await {
                 Ok((admission, buffered, rest)) => {
                     let (sender, receiver) = mpsc::channel(64);
-                    let forward = Forward {
-                        proxy: self.clone(),
-                        target: target.clone(),
-                        requested: (target.full_name != chain[0].full_name).then(|| chain[0].full_name.clone()),
-                        tried,
-                        admission,
-                        started,
-                        first_token: started.elapsed(),
-                        attribution,
-                        sender,
-                    };
+                    let first_token = journey.started.elapsed();
+                    let forward = Forward { proxy: self.clone(), target, journey, admission, first_token, sender };
                     let context = agentmesh_runtime::RequestContext::current().unwrap_or_default();
                     tokio::spawn(context.scope(forward.run(buffered, rest)));
                     return Ok(receiver);
                 }
-                Err(failure) => {
-                    let outcome = failure.error.code.as_str();
-                    self.record(target, &chain, &tried, Usage::default(), started, None, outcome, &attribution);
-                    if !failure.falls_back {
-                        return Err(failure.error);
-                    }
-                    tried.push(target.full_name.clone());
-                    last = Some(failure.error);
-                }
+                Err(failure) => last = Some(journey.failed(&self.usage, &target, failure)?),
             }
         }
         Err(last.unwrap_or_else(ApiError::internal))
@@ -286,33 +254,58 @@ impl Proxy {
         }
         result
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
+/// One request on its way through its chain: what was tried, since when, for whom.
+struct Journey {
+    chain: Vec<Target>,
+    tried: Vec<String>,
+    started: Instant,
+    attribution: Attribution,
+    streamed: bool,
+}
+
+impl Journey {
+    fn start(chain: Vec<Target>, streamed: bool) -> Self {
+        Self { chain, tried: Vec::new(), started: Instant::now(), attribution: Attribution::current(), streamed }
+    }
+
+    /// Accounts `target`'s failure; the error to keep when the chain goes on, or to return
+    /// at once when it stops.
+    fn failed(&mut self, recorder: &UsageRecorder, target: &Target, failure: Failure) -> Result<ApiError, ApiError> {
+        self.record(recorder, target, Usage::default(), None, failure.error.code.as_str());
+        if !failure.falls_back {
+            return Err(failure.error);
+        }
+        self.tried.push(target.full_name.clone());
+        Ok(failure.error)
+    }
+
+    /// Accounts one call of `target` that ended with `outcome`.
     fn record(
         &self,
+        recorder: &UsageRecorder,
         target: &Target,
-        chain: &[Target],
-        tried: &[String],
         usage: Usage,
-        started: Instant,
         first_token: Option<Duration>,
         outcome: &str,
-        attribution: &Attribution,
     ) {
-        if !tried.is_empty() && outcome == "ok" {
-            metrics::counter!(FALLBACKS_COUNTER, "from" => chain[0].full_name.clone(), "to" => target.full_name.clone())
+        let requested = &self.chain[0].full_name;
+        let fell_back = target.full_name != *requested;
+        if fell_back && outcome == "ok" {
+            metrics::counter!(FALLBACKS_COUNTER, "from" => requested.clone(), "to" => target.full_name.clone())
                 .increment(1);
         }
-        self.usage.record(CallRecord {
+        recorder.record(CallRecord {
             provider: target.provider.name().to_owned(),
             model: target.full_name.clone(),
-            requested_model: (target.full_name != chain[0].full_name).then(|| chain[0].full_name.clone()),
+            requested_model: fell_back.then(|| requested.clone()),
             usage,
-            latency: started.elapsed(),
+            latency: self.started.elapsed(),
             first_token,
-            streamed: first_token.is_some(),
+            streamed: self.streamed,
             outcome: outcome.to_owned(),
-            attribution: attribution.clone(),
+            attribution: self.attribution.clone(),
         });
     }
 }
@@ -325,12 +318,9 @@ fn total_tokens(usage: &Usage) -> u64 {
 struct Forward {
     proxy: Arc<Proxy>,
     target: Target,
-    requested: Option<String>,
-    tried: Vec<String>,
+    journey: Journey,
     admission: Admission,
-    started: Instant,
     first_token: Duration,
-    attribution: Attribution,
     sender: mpsc::Sender<StreamChatResponse>,
 }
 
@@ -350,7 +340,7 @@ impl Forward {
     }
 
     async fn run(self, buffered: Vec<Delta>, rest: DeltaStream) {
-        let deadline = self.started + self.proxy.options.stream_timeout;
+        let deadline = self.journey.started + self.proxy.options.stream_timeout;
         let mut deltas = futures::stream::iter(buffered.into_iter().map(Ok)).chain(rest);
         let mut id = format!("llm-{}", uuid::Uuid::new_v4().simple());
         let mut assembler = Assembler::default();
@@ -407,7 +397,7 @@ impl Forward {
                     provider_finish_reason: finish.raw,
                     message: Some(assembler.finish()),
                     error: None,
-                    fallbacks_tried: self.tried.clone(),
+                    fallbacks_tried: self.journey.tried.clone(),
                 };
                 (finish, "ok".to_owned())
             }
@@ -423,26 +413,16 @@ impl Forward {
                     provider_finish_reason: String::new(),
                     message: Some(assembler.finish()),
                     error: Some(crate::service::error_detail(&api_error)),
-                    fallbacks_tried: self.tried.clone(),
+                    fallbacks_tried: self.journey.tried.clone(),
                 };
                 (finish, outcome)
             }
         };
         if usage != Usage::default() {
-            self.send(&id, stream_chat_response::Event::Usage(usage.clone())).await;
+            self.send(&id, stream_chat_response::Event::Usage(usage)).await;
         }
         self.send(&id, stream_chat_response::Event::Finish(finish)).await;
-        self.proxy.usage.record(CallRecord {
-            provider: self.target.provider.name().to_owned(),
-            model: self.target.full_name.clone(),
-            requested_model: self.requested.clone(),
-            usage,
-            latency: self.started.elapsed(),
-            first_token: Some(self.first_token),
-            streamed: true,
-            outcome,
-            attribution: self.attribution.clone(),
-        });
+        self.journey.record(&self.proxy.usage, &self.target, usage, Some(self.first_token), &outcome);
     }
 }
 

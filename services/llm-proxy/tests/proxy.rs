@@ -3,6 +3,8 @@
 //! token, rotated keys, the tokens-per-minute budget (in process and shared by two
 //! proxies through the real Redis), and the gRPC service with the mesh's identity.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
