@@ -5,6 +5,7 @@
 //!
 //! A provider joins the suite with one [`Subject`] and one `conformance!` line.
 
+mod gemini;
 mod support;
 
 use support::{Case, Subject};
@@ -74,3 +75,5 @@ macro_rules! conformance {
         }
     };
 }
+
+conformance!(gemini_suite, gemini::SUBJECT);
