@@ -15,8 +15,8 @@
 //! - Gemini streams every function call whole, in one chunk: a streamed call is one
 //!   [`Delta::ToolCall`] carrying all of its arguments.
 //! - Gemini 3 rejects replayed function calls without the thought signature it attached
-//!   to them, which the contract does not carry: replayed calls carry Google's documented
-//!   "skip validation" signature instead.
+//!   to them, which the contract does not carry: the first replayed call of a turn (the
+//!   one Gemini signs) carries Google's documented "skip validation" signature instead.
 //! - Tool parameters and response schemas go as full JSON Schema (`parametersJsonSchema`,
 //!   `responseJsonSchema`) rather than Gemini's older OpenAPI subset, so schemas with
 //!   `additionalProperties` and friends are accepted as they are.
@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use agentmesh_proto::agentmesh::common::v1::{MessageRole, Usage};
 use agentmesh_proto::agentmesh::llm::v1::{
-    ChatMessage, ChatRequest, ContentPart, FinishReason, ImagePart, ToolCall, ToolCallDelta, content_part, image_part,
+    ChatMessage, ChatRequest, FinishReason, ImagePart, ToolCall, ToolCallDelta, content_part, image_part,
     response_format, tool_choice,
 };
 use agentmesh_proto::json::struct_to_object;
@@ -275,9 +275,9 @@ impl Conversation {
                 }
                 MessageRole::Assistant => {
                     let mut parts = text_parts(message, "assistant")?;
-                    for call in &message.tool_calls {
+                    for (position, call) in message.tool_calls.iter().enumerate() {
                         call_names.insert(&call.id, &call.name);
-                        parts.push(function_call_part(call)?);
+                        parts.push(function_call_part(call, position == 0)?);
                     }
                     conversation.push(Turn { role: "model", parts, tool_results: false });
                 }
@@ -334,17 +334,13 @@ fn text_part(text: &str) -> Option<Value> {
 fn user_parts(message: &ChatMessage) -> Result<Vec<Value>, ProviderError> {
     let mut parts: Vec<Value> = text_part(&message.content).into_iter().collect();
     for part in &message.parts {
-        parts.extend(content_part(part)?);
+        match &part.part {
+            Some(content_part::Part::Text(text)) => parts.extend(text_part(text)),
+            Some(content_part::Part::Image(image)) => parts.push(image_part(image)?),
+            None => {}
+        }
     }
     Ok(parts)
-}
-
-fn content_part(part: &ContentPart) -> Result<Option<Value>, ProviderError> {
-    match &part.part {
-        Some(content_part::Part::Text(text)) => Ok(text_part(text)),
-        Some(content_part::Part::Image(image)) => image_part(image).map(Some),
-        None => Ok(None),
-    }
 }
 
 /// An image: bytes and `data:` URLs inline, other URLs by reference.
@@ -389,8 +385,9 @@ fn mime_type_of_url(url: &str) -> Option<&'static str> {
     IMAGE_TYPES.iter().find(|(known, _)| known.eq_ignore_ascii_case(extension)).map(|(_, mime_type)| *mime_type)
 }
 
-/// A replayed function call, with the signature that lets Gemini 3 accept it.
-fn function_call_part(call: &ToolCall) -> Result<Value, ProviderError> {
+/// A replayed function call; the first of a turn carries the signature that lets Gemini 3
+/// accept it (Gemini signs only the first of parallel calls).
+fn function_call_part(call: &ToolCall, first: bool) -> Result<Value, ProviderError> {
     let args = if call.arguments_json.trim().is_empty() {
         Value::Object(Map::new())
     } else {
@@ -404,7 +401,11 @@ fn function_call_part(call: &ToolCall) -> Result<Value, ProviderError> {
             }
         }
     };
-    Ok(json!({"functionCall": {"name": call.name, "args": args}, "thoughtSignature": SKIP_THOUGHT_SIGNATURE}))
+    let mut part = json!({"functionCall": {"name": call.name, "args": args}});
+    if first {
+        part["thoughtSignature"] = SKIP_THOUGHT_SIGNATURE.into();
+    }
+    Ok(part)
 }
 
 /// A tool result: its `functionResponse` (Gemini wants an object: `{"content": text}`, or
@@ -679,7 +680,7 @@ fn protobuf_duration(text: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use agentmesh_proto::agentmesh::llm::v1::{
-        GeminiSafetySetting, ProviderOptions, ResponseFormat, ToolChoice, ToolDefinition,
+        ContentPart, GeminiSafetySetting, ProviderOptions, ResponseFormat, ToolChoice, ToolDefinition,
     };
     use wiremock::matchers::method;
     use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -825,8 +826,11 @@ mod tests {
         let contents = body(&failed)["contents"].clone();
         assert_eq!(contents.as_array().map(Vec::len), Some(3), "the two results share one content: {contents}");
         assert_eq!(
-            contents[1]["parts"][1],
-            json!({"functionCall": {"name": "get_map", "args": {}}, "thoughtSignature": SKIP_THOUGHT_SIGNATURE})
+            contents[1]["parts"],
+            json!([
+                {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}, "thoughtSignature": SKIP_THOUGHT_SIGNATURE},
+                {"functionCall": {"name": "get_map", "args": {}}},
+            ])
         );
         assert_eq!(
             contents[2],
