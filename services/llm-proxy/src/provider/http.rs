@@ -21,6 +21,20 @@ pub struct HttpClient {
     client: reqwest::Client,
     /// Finds the human-readable message in the provider's error body.
     error_message: fn(&serde_json::Value) -> Option<String>,
+    /// Finds what else the provider's error body says (see [`ErrorHints`]), for providers
+    /// whose bodies say more than their status and headers.
+    error_hints: Option<fn(&serde_json::Value) -> ErrorHints>,
+}
+
+/// What a provider's error body says besides its message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ErrorHints {
+    /// The wait the body asks for before a retry (Google's `RetryInfo`); a `Retry-After`
+    /// header wins over it.
+    pub retry_after: Option<Duration>,
+    /// The status the error stands for when the provider's own would mislead retries,
+    /// fallback and key refresh (Google answers a wrong API key with 400, not 401).
+    pub status: Option<u16>,
 }
 
 impl HttpClient {
@@ -32,7 +46,13 @@ impl HttpClient {
             .tcp_nodelay(true)
             .build()
             .unwrap_or_default();
-        Self { client, error_message }
+        Self { client, error_message, error_hints: None }
+    }
+
+    /// The same client, also reading retry hints and corrected statuses from error bodies
+    /// with `error_hints`.
+    pub fn with_error_hints(self, error_hints: fn(&serde_json::Value) -> ErrorHints) -> Self {
+        Self { error_hints: Some(error_hints), ..self }
     }
 
     /// The underlying client, to build requests with.
@@ -78,16 +98,22 @@ impl HttpClient {
         }
         let retry_after = retry_after(response.headers());
         let body = response.bytes().await.unwrap_or_default();
-        let message = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|json| (self.error_message)(&json))
+        let json = serde_json::from_slice::<serde_json::Value>(&body).ok();
+        let hints = json.as_ref().zip(self.error_hints).map(|(json, hints)| hints(json)).unwrap_or_default();
+        let message = json
+            .as_ref()
+            .and_then(|json| (self.error_message)(json))
             .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
         let message = if message.trim().is_empty() {
             status.canonical_reason().unwrap_or("no message").to_owned()
         } else {
             message
         };
-        Err(ProviderError::Status { status: status.as_u16(), retry_after, message: redact(&message, secret) })
+        Err(ProviderError::Status {
+            status: hints.status.unwrap_or(status.as_u16()),
+            retry_after: retry_after.or(hints.retry_after),
+            message: redact(&message, secret),
+        })
     }
 }
 

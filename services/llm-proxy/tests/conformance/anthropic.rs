@@ -16,6 +16,7 @@ pub const SUBJECT: Subject = Subject {
     unary_path: "/v1/messages",
     stream_path: "/v1/messages",
     check_request,
+    splits_tool_arguments: true,
 };
 
 /// The key travels in `x-api-key`, the API version is pinned, and streams ask for SSE in the body.

@@ -6,6 +6,7 @@
 //! A provider joins the suite with one [`Subject`] and one `conformance!` line.
 
 mod anthropic;
+mod gemini;
 mod openai;
 mod support;
 
@@ -81,3 +82,4 @@ conformance!(openai_suite, openai::OPENAI);
 conformance!(azure_suite, openai::AZURE);
 conformance!(compatible_suite, openai::COMPATIBLE);
 conformance!(anthropic_suite, anthropic::SUBJECT);
+conformance!(gemini_suite, gemini::SUBJECT);

@@ -18,6 +18,7 @@ pub const OPENAI: Subject = Subject {
     unary_path: "/v1/chat/completions",
     stream_path: "/v1/chat/completions",
     check_request: bearer_key,
+    splits_tool_arguments: true,
 };
 
 /// Azure OpenAI: `api-key` header, deployment in the path, `api-version` in the query.
@@ -28,6 +29,7 @@ pub const AZURE: Subject = Subject {
     unary_path: "/openai/deployments/gpt-4o/chat/completions",
     stream_path: "/openai/deployments/gpt-4o/chat/completions",
     check_request: azure_key_and_version,
+    splits_tool_arguments: true,
 };
 
 /// An OpenAI-compatible server with a key configured.
@@ -38,6 +40,7 @@ pub const COMPATIBLE: Subject = Subject {
     unary_path: "/v1/chat/completions",
     stream_path: "/v1/chat/completions",
     check_request: bearer_key,
+    splits_tool_arguments: true,
 };
 
 fn openai(base_url: &str) -> Arc<dyn Provider> {
