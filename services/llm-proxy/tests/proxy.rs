@@ -449,3 +449,51 @@ async fn the_grpc_service_serves_only_the_orchestrator_and_attributes_usage_to_i
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }
+
+/// Answers 429 with `Retry-After: 1` first, then the completion; remembers when each
+/// request came.
+struct RateLimitedOnce {
+    arrivals: Arc<std::sync::Mutex<Vec<std::time::Instant>>>,
+}
+
+impl wiremock::Respond for RateLimitedOnce {
+    fn respond(&self, _request: &wiremock::Request) -> ResponseTemplate {
+        let mut arrivals = self.arrivals.lock().unwrap();
+        arrivals.push(std::time::Instant::now());
+        if arrivals.len() == 1 {
+            ResponseTemplate::new(429)
+                .insert_header("retry-after", "1")
+                .set_body_json(json!({"error": {"message": "Rate limit reached", "type": "requests"}}))
+        } else {
+            ResponseTemplate::new(200).set_body_json(completion("after waiting"))
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_429_is_retried_after_the_providers_retry_after_and_a_longer_hint_is_the_callers_to_wait() {
+    let (primary, backup) = (MockServer::start().await, MockServer::start().await);
+    let arrivals = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let responder = RateLimitedOnce { arrivals: arrivals.clone() };
+    Mock::given(method("POST")).and(path("/v1/chat/completions")).respond_with(responder).mount(&primary).await;
+    let proxy = proxy(&[compatible(&primary, &backup), ("RETRY_LLM_MAX_DELAY", "2".into())]).await;
+    let answer = proxy.chat(ask("primary/m", "hi")).await.unwrap();
+    assert_eq!(answer.message.unwrap().content, "after waiting");
+    let arrivals = arrivals.lock().unwrap().clone();
+    assert_eq!(arrivals.len(), 2);
+    assert!(arrivals[1] - arrivals[0] >= Duration::from_millis(990), "the retry waited for Retry-After");
+
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .insert_header("retry-after", "30")
+                .set_body_json(json!({"error": {"message": "Rate limit reached", "type": "tokens"}})),
+        )
+        .mount(&backup)
+        .await;
+    let error = proxy.chat(ask("backup/m", "hi")).await.unwrap_err();
+    assert_eq!(error.code, ErrorCode::RateLimit, "{error:?}");
+    assert_eq!(error.retry_after, Some(Duration::from_secs(30)), "the provider's hint reaches the caller");
+    assert_eq!(requests_to(&backup).await, 1, "a hint beyond RETRY_LLM_MAX_DELAY is not waited for here");
+}
