@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use agentmesh_proto::agentmesh::llm::v1::{ListModelsResponse, ModelInfo};
+use agentmesh_runtime::config::FeatureFlags;
 use agentmesh_runtime::error::FieldViolation;
 use agentmesh_runtime::{ApiError, ErrorCode};
 
@@ -36,18 +37,21 @@ pub struct Catalog {
     aliases: BTreeMap<String, String>,
     default_model: String,
     fallbacks: Vec<String>,
+    /// `FEATURE_ENABLE_FALLBACKS` and `FEATURE_ENABLE_PROVIDER_FALLBACK`.
+    fallbacks_enabled: bool,
     notice: String,
 }
 
 impl Catalog {
-    /// The providers `settings` turn on.
-    pub fn from_settings(settings: &LlmSettings) -> Self {
+    /// The providers `settings` turn on, as `features` allow.
+    pub fn from_settings(settings: &LlmSettings, features: &FeatureFlags) -> Self {
         let mut catalog = Catalog {
             providers: BTreeMap::new(),
             models: BTreeMap::new(),
             aliases: settings.aliases.clone(),
             default_model: String::new(),
             fallbacks: settings.fallback_models.clone(),
+            fallbacks_enabled: features.enable_fallbacks && features.enable_provider_fallback,
             notice: String::new(),
         };
         let named = |name: &str| settings.providers.iter().any(|p| p == name);
@@ -86,7 +90,19 @@ impl Catalog {
             catalog.add(Arc::new(Scripted::new(settings.scripted_delay)), &models);
         }
         catalog.default_model = settings.default_model.clone().unwrap_or_else(|| catalog.first_model());
+        if !features.enable_multiple_llm_providers {
+            catalog.keep_only_the_default_provider();
+        }
         catalog
+    }
+
+    /// `FEATURE_ENABLE_MULTIPLE_LLM_PROVIDERS=false`: only the default model's provider stays.
+    fn keep_only_the_default_provider(&mut self) {
+        let default = self.aliases.get(&self.default_model).unwrap_or(&self.default_model);
+        let Some((provider, _)) = default.split_once('/') else { return };
+        let provider = provider.to_owned();
+        self.providers.retain(|name, _| *name == provider);
+        self.models.retain(|name, _| *name == provider);
     }
 
     /// A catalog of exactly `providers` (each listing `models`), for tests and benchmarks.
@@ -97,6 +113,7 @@ impl Catalog {
             aliases: BTreeMap::new(),
             default_model: default_model.to_owned(),
             fallbacks,
+            fallbacks_enabled: true,
             notice: String::new(),
         };
         for (provider, models) in providers {
@@ -159,15 +176,22 @@ impl Catalog {
     }
 
     /// The targets to try for a request: its model, then its fallbacks (the request's, else
-    /// the configured ones), each once.
+    /// the configured ones), each once; only its model when fallbacks are switched off.
     pub fn chain(&self, model: &str, fallbacks: &[String]) -> Result<Vec<Target>, ApiError> {
         let mut chain = vec![self.resolve(model, "model")?];
-        let fallbacks = if fallbacks.is_empty() { &self.fallbacks } else { fallbacks };
-        for (index, fallback) in fallbacks.iter().enumerate() {
-            let target = self.resolve(fallback, &format!("fallback_models.{index}"))?;
-            if !chain.iter().any(|t| t.full_name == target.full_name) {
-                chain.push(target);
+        if !self.fallbacks_enabled {
+            return Ok(chain);
+        }
+        if fallbacks.is_empty() {
+            // Configured fallbacks this deployment cannot serve were reported at start-up.
+            for fallback in &self.fallbacks {
+                if let Ok(target) = self.resolve(fallback, "fallback_models") {
+                    push_new(&mut chain, target);
+                }
             }
+        }
+        for (index, fallback) in fallbacks.iter().enumerate() {
+            push_new(&mut chain, self.resolve(fallback, &format!("fallback_models.{index}"))?);
         }
         Ok(chain)
     }
@@ -206,7 +230,23 @@ impl Catalog {
         Ok(ListModelsResponse { models, default_model: self.default_model.clone(), notice: self.notice.clone() })
     }
 
+    /// The configured default and fallback models that name no configured provider.
+    pub fn unserved_models(&self) -> Vec<String> {
+        std::iter::once(&self.default_model)
+            .chain(&self.fallbacks)
+            .filter(|model| self.resolve(model, "model").is_err())
+            .cloned()
+            .collect()
+    }
+
     fn provider_list(&self) -> String {
         self.providers.keys().cloned().collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// Adds `target` to `chain` unless it is already there.
+fn push_new(chain: &mut Vec<Target>, target: Target) {
+    if !chain.iter().any(|t| t.full_name == target.full_name) {
+        chain.push(target);
     }
 }

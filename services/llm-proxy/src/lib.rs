@@ -93,6 +93,9 @@ pub async fn serve(
     for line in proxy.catalog().notice().lines().filter(|line| !line.is_empty()) {
         tracing::warn!("{line}");
     }
+    for model in proxy.catalog().unserved_models() {
+        tracing::warn!(model, "configured model names no configured provider; it is skipped");
+    }
     let providers: Vec<&str> = proxy.catalog().providers().map(|p| p.name()).collect();
     tracing::info!(?providers, default_model = proxy.catalog().default_model(), "llm-proxy providers");
     server.add_service(LlmServiceServer::new(LlmProxyService::new(Arc::new(proxy)))).serve(listener, shutdown).await?;
@@ -107,7 +110,7 @@ pub async fn build(
     dependencies: &DependencyHealth,
 ) -> Result<Proxy, StartError> {
     let settings = config.settings::<LlmSettings>()?;
-    let catalog = Catalog::from_settings(&settings);
+    let catalog = Catalog::from_settings(&settings, &config.features);
     let identity = ServiceIdentity::from_config(config, ServiceName::LlmProxy);
     let url = &config.endpoints.get(ServiceName::SecretsBroker).url;
     let channel = ServiceChannel::connect_with(

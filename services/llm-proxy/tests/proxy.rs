@@ -309,7 +309,7 @@ async fn a_rotated_key_is_used_without_a_restart_and_never_appears_in_errors() {
         preset: config.resilience.llm.clone(),
     };
     let proxy = Proxy::new(
-        Catalog::from_settings(&settings),
+        Catalog::from_settings(&settings, &config.features),
         Keys::new(&settings, Some(secrets.clone())),
         Limits::new(None, 0, 0),
         UsageRecorder::new(None, Default::default()),
@@ -496,4 +496,35 @@ async fn a_429_is_retried_after_the_providers_retry_after_and_a_longer_hint_is_t
     assert_eq!(error.code, ErrorCode::RateLimit, "{error:?}");
     assert_eq!(error.retry_after, Some(Duration::from_secs(30)), "the provider's hint reaches the caller");
     assert_eq!(requests_to(&backup).await, 1, "a hint beyond RETRY_LLM_MAX_DELAY is not waited for here");
+}
+
+#[tokio::test]
+async fn feature_flags_switch_fallback_and_extra_providers_off() {
+    let (primary, backup) = (MockServer::start().await, MockServer::start().await);
+    Mock::given(method("POST")).and(path("/v1/chat/completions")).respond_with(overloaded()).mount(&primary).await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion("from the backup")))
+        .mount(&backup)
+        .await;
+    let chain = [
+        compatible(&primary, &backup),
+        ("LLM_DEFAULT_MODEL", "primary/m".into()),
+        ("LLM_FALLBACK_MODELS", "backup/m".into()),
+    ];
+
+    let mut settings = chain.to_vec();
+    settings.push(("FEATURE_ENABLE_PROVIDER_FALLBACK", "false".into()));
+    let error = proxy(&settings).await.chat(ask("", "hi")).await.unwrap_err();
+    assert_eq!(error.code, ErrorCode::ExternalService, "no fallback: the primary's error");
+    assert_eq!(requests_to(&backup).await, 0);
+
+    let mut settings = chain.to_vec();
+    settings.push(("FEATURE_ENABLE_MULTIPLE_LLM_PROVIDERS", "false".into()));
+    let proxy = proxy(&settings).await;
+    assert_eq!(proxy.catalog().unserved_models(), ["backup/m"], "reported at start-up");
+    let error = proxy.chat(ask("backup/m", "hi")).await.unwrap_err();
+    assert_eq!(error.code, ErrorCode::Validation, "only the default model's provider is on");
+    let error = proxy.chat(ask("", "hi")).await.unwrap_err();
+    assert_eq!(error.code, ErrorCode::ExternalService, "the unserved configured fallback is skipped");
 }

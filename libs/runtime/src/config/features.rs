@@ -1,7 +1,6 @@
 //! Feature flags (`FEATURE_*`). Each one switches something that exists today; flags of
-//! the seed whose feature arrives with a later service (fallbacks, multiple LLM providers,
-//! provider fallback, MCP hot reload, debug endpoints, detailed metrics) are added with it,
-//! so setting one is never silently a no-op.
+//! the seed whose feature arrives with a later service (MCP hot reload, debug endpoints,
+//! detailed metrics) are added with it, so setting one is never silently a no-op.
 
 use super::vars::Vars;
 
@@ -26,6 +25,15 @@ pub struct FeatureFlags {
     /// `FEATURE_ENABLE_REQUEST_TRACING`: false turns the OTLP trace exporter off (see
     /// [`ObservabilityConfig::tracing_enabled`](super::ObservabilityConfig::tracing_enabled)).
     pub enable_request_tracing: bool,
+    /// `FEATURE_ENABLE_FALLBACKS`: false turns every fallback off (today: llm-proxy's
+    /// model chains).
+    pub enable_fallbacks: bool,
+    /// `FEATURE_ENABLE_PROVIDER_FALLBACK`: false makes llm-proxy try only the requested
+    /// model.
+    pub enable_provider_fallback: bool,
+    /// `FEATURE_ENABLE_MULTIPLE_LLM_PROVIDERS`: false turns on only the provider of
+    /// llm-proxy's default model.
+    pub enable_multiple_llm_providers: bool,
 }
 
 impl FeatureFlags {
@@ -38,6 +46,9 @@ impl FeatureFlags {
             enable_streaming: v.get("FEATURE_ENABLE_STREAMING", true),
             enable_bulk_operations: v.get("FEATURE_ENABLE_BULK_OPERATIONS", true),
             enable_request_tracing: v.get("FEATURE_ENABLE_REQUEST_TRACING", true),
+            enable_fallbacks: v.get("FEATURE_ENABLE_FALLBACKS", true),
+            enable_provider_fallback: v.get("FEATURE_ENABLE_PROVIDER_FALLBACK", true),
+            enable_multiple_llm_providers: v.get("FEATURE_ENABLE_MULTIPLE_LLM_PROVIDERS", true),
         }
     }
 }

@@ -51,11 +51,11 @@ fn load_file(text: &str, pairs: &[(&str, &str)], services: &[ServiceSettings]) -
 
 #[test]
 fn a_misspelled_variable_in_the_file_is_refused_with_its_line_and_the_known_name() {
-    let error =
-        load_file("DB_HOST=db\n# pool\nDB_MAX_POOL_SIZ=40\nFEATURE_ENABLE_FALLBACKS=true\n", &[], &[]).unwrap_err();
+    let error = load_file("DB_HOST=db\n# pool\nDB_MAX_POOL_SIZ=40\nFEATURE_ENABLE_MCP_HOT_RELOAD=true\n", &[], &[])
+        .unwrap_err();
     let text = error.to_string();
     let names: Vec<_> = error.issues.iter().map(|i| i.variable.as_str()).collect();
-    assert_eq!(names, ["DB_MAX_POOL_SIZ", "FEATURE_ENABLE_FALLBACKS"], "{text}");
+    assert_eq!(names, ["DB_MAX_POOL_SIZ", "FEATURE_ENABLE_MCP_HOT_RELOAD"], "{text}");
     assert!(error.issues[0].message.contains("line 3"), "{text}");
     assert!(error.issues[0].message.contains("did you mean DB_MAX_POOL_SIZE?"), "{text}");
     assert!(error.issues[1].message.contains("line 4"), "a removed flag is unknown too: {text}");
