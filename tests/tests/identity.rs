@@ -42,7 +42,7 @@ async fn list_sessions(channel: &Channel, metadata: &[(&'static str, String)]) -
     SessionServiceClient::new(channel.clone()).list_sessions(request).await.map(|_| ())
 }
 
-fn assert_refused(result: Result<(), Status>, reason: &str) {
+fn assert_refused<T: std::fmt::Debug>(result: Result<T, Status>, reason: &str) {
     let status = result.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     assert!(status.message().contains(reason), "expected {reason:?} in {status:?}");
@@ -108,12 +108,12 @@ async fn llm_proxy_serves_the_orchestrator_only() {
             .metadata_mut()
             .insert(ACTOR_HEADER, identity::actor_token(actor, ServiceName::LlmProxy).parse().unwrap());
         let mut client = LlmServiceClient::new(channel.clone());
-        async move { client.list_models(request).await.map(|_| ()) }
+        async move { client.list_models(request).await.map(tonic::Response::into_inner) }
     };
     assert_refused(call(ServiceName::SessionStore).await, "llm-proxy does not serve calls from session-store");
     assert_refused(call(ServiceName::Gateway).await, "llm-proxy does not serve calls from gateway");
-    // The orchestrator gets through authentication to the (not yet built) service.
-    assert_eq!(call(ServiceName::AgentOrchestrator).await.unwrap_err().code(), Code::Unimplemented);
+    let models = call(ServiceName::AgentOrchestrator).await.unwrap();
+    assert_eq!(models.default_model, "scripted/echo", "no provider configured: the scripted one answers");
 }
 
 /// Stands in for agent-orchestrator: `GetAgent(id)` reads session `id` from session-store
