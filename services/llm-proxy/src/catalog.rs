@@ -219,7 +219,7 @@ impl Catalog {
                             .collect(),
                         id,
                         provider: name.clone(),
-                        context_window: 0,
+                        context_window: context_window(name, model),
                         supports_tools: true,
                         supports_streaming: true,
                         scripted: name == "scripted",
@@ -248,5 +248,18 @@ impl Catalog {
 fn push_new(chain: &mut Vec<Target>, target: Target) {
     if !chain.iter().any(|t| t.full_name == target.full_name) {
         chain.push(target);
+    }
+}
+
+/// The context window a provider publishes for its well-known models; 0 when unknown
+/// (Azure deployments and compatible servers are named by their operators).
+fn context_window(provider: &str, model: &str) -> i32 {
+    match provider {
+        "openai" if model.starts_with("gpt-4.1") => 1_047_576,
+        "openai" if model.starts_with("gpt-4o") => 128_000,
+        "openai" if model.starts_with("o3") || model.starts_with("o4") => 200_000,
+        "anthropic" if model.starts_with("claude-") => 200_000,
+        "gemini" if model.starts_with("gemini-2.5") => 1_048_576,
+        _ => 0,
     }
 }

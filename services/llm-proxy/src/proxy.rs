@@ -95,7 +95,8 @@ impl Proxy {
     /// Runs one unary completion through the chain.
     pub async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, ApiError> {
         rules::check(&request)?;
-        let mut journey = Journey::start(self.catalog.chain(&request.model, &request.fallback_models)?, false);
+        let chain = self.catalog.chain(&request.model, &request.fallback_models)?;
+        let mut journey = Journey::start(chain, request.metadata.clone(), false);
         let max_tokens = self.max_tokens(&request);
         let estimate = estimate_tokens(&request, max_tokens);
         let mut last = None;
@@ -150,7 +151,8 @@ impl Proxy {
         request: ChatRequest,
     ) -> Result<mpsc::Receiver<StreamChatResponse>, ApiError> {
         rules::check(&request)?;
-        let mut journey = Journey::start(self.catalog.chain(&request.model, &request.fallback_models)?, true);
+        let chain = self.catalog.chain(&request.model, &request.fallback_models)?;
+        let mut journey = Journey::start(chain, request.metadata.clone(), true);
         let max_tokens = self.max_tokens(&request);
         let estimate = estimate_tokens(&request, max_tokens);
         let mut last = None;
@@ -262,12 +264,14 @@ struct Journey {
     tried: Vec<String>,
     started: Instant,
     attribution: Attribution,
+    metadata: Option<prost_types::Struct>,
     streamed: bool,
 }
 
 impl Journey {
-    fn start(chain: Vec<Target>, streamed: bool) -> Self {
-        Self { chain, tried: Vec::new(), started: Instant::now(), attribution: Attribution::current(), streamed }
+    fn start(chain: Vec<Target>, metadata: Option<prost_types::Struct>, streamed: bool) -> Self {
+        let attribution = Attribution::current();
+        Self { chain, tried: Vec::new(), started: Instant::now(), attribution, metadata, streamed }
     }
 
     /// Accounts `target`'s failure; the error to keep when the chain goes on, or to return
@@ -306,6 +310,7 @@ impl Journey {
             streamed: self.streamed,
             outcome: outcome.to_owned(),
             attribution: self.attribution.clone(),
+            metadata: self.metadata.clone(),
         });
     }
 }

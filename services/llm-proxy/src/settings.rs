@@ -132,7 +132,7 @@ impl Settings for LlmSettings {
         let openai_base = r
             .opt::<String>("LLM_OPENAI_BASE_URL")
             .or_else(|| r.conventional("OPENAI_BASE_URL"))
-            .unwrap_or_else(|| "https://api.openai.com/v1".to_owned());
+            .unwrap_or_else(|| crate::provider::openai::OPENAI_BASE_URL.to_owned());
         let gemini_key = r.conventional("GEMINI_API_KEY").or_else(|| r.conventional("GOOGLE_API_KEY"));
         let settings = LlmSettings {
             default_model: r.opt::<String>("LLM_DEFAULT_MODEL").filter(|m| !m.is_empty()),

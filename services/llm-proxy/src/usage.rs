@@ -70,6 +70,8 @@ pub struct CallRecord {
     pub outcome: String,
     /// The caller.
     pub attribution: Attribution,
+    /// The request's free-form metadata.
+    pub metadata: Option<prost_types::Struct>,
 }
 
 /// Accounts calls: prices them, counts them in metrics and publishes usage events.
@@ -167,6 +169,7 @@ fn usage_event(record: &CallRecord) -> Event {
         streamed: record.streamed,
         outcome: record.outcome.clone(),
         requested_model: record.requested_model.clone(),
+        metadata: record.metadata.clone(),
     };
     let essential = || {
         let mut builder = Event::builder("llm.usage", SOURCE, "agentmesh.llm.usage")
