@@ -118,7 +118,7 @@ async fn a_unary_chat_answers_with_text_and_counted_usage() {
     let text = answer.message.as_ref().map(|m| m.content.as_str()).unwrap_or_default();
     assert!(!text.trim().is_empty(), "{answer:?}");
     assert_finished(answer.finish_reason);
-    let usage = answer.usage.clone().unwrap();
+    let usage = answer.usage.unwrap();
     assert_counted(&usage);
     assert_eq!((answer.provider.as_str(), answer.model.as_str()), (PROVIDER, format!("{PROVIDER}/{model}").as_str()));
     assert!(answer.fallbacks_tried.is_empty(), "{answer:?}");
