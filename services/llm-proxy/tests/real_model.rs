@@ -138,8 +138,9 @@ async fn a_streamed_chat_sends_deltas_then_usage_then_the_assembled_finish() {
     let model = model_id(&url).await;
     let proxy = proxy(&url, &model).await;
 
+    let request = ask(&model, "Count from one to ten in words.");
     let started = Instant::now();
-    let mut receiver = proxy.stream(ask(&model, "Count from one to ten in words.")).await.unwrap();
+    let mut receiver = proxy.stream(request.clone()).await.unwrap();
     let mut first_token = None;
     let mut deltas: Vec<String> = Vec::new();
     let mut usage: Option<Usage> = None;
@@ -174,6 +175,17 @@ async fn a_streamed_chat_sends_deltas_then_usage_then_the_assembled_finish() {
     assert_eq!(finish.message.as_ref().unwrap().content, streamed);
     let usage = usage.expect("usage is reported before the finish");
     assert_counted(&usage);
+
+    // llama-cpp-python reports no usage in streams: the proxy estimates it (one token per
+    // chunk, the prompt at four characters a token). The same greedy request unary gets the
+    // server's own count, which the streamed completion count must match.
+    let unary = proxy.chat(request).await.unwrap().usage.unwrap();
+    assert_eq!(unary.completion_tokens, usage.completion_tokens, "streamed {usage:?}, unary {unary:?}");
+    println!(
+        "stream usage (as the proxy counts it) prompt {} + completion {}; the same request unary, as the server \
+         counts it: prompt {} + completion {}",
+        usage.prompt_tokens, usage.completion_tokens, unary.prompt_tokens, unary.completion_tokens
+    );
 
     let first_token = first_token.unwrap();
     let generating = total.saturating_sub(first_token).as_secs_f64();
