@@ -139,6 +139,8 @@ async fn a_streamed_chat_sends_deltas_then_usage_then_the_assembled_finish() {
     let proxy = proxy(&url, &model).await;
 
     let request = ask(&model, "Count from one to ten in words.");
+    // Warm-up, so the time to the first token is not the fresh server's first run.
+    let _ = direct_chat(&reqwest::Client::new(), &url, &model, "Hi.").await;
     let started = Instant::now();
     let mut receiver = proxy.stream(request.clone()).await.unwrap();
     let mut first_token = None;
@@ -225,6 +227,29 @@ async fn list_models_knows_the_configured_provider() {
     );
 }
 
+/// Rounds of one direct call then one through the proxy.
+const LATENCY_ROUNDS: usize = 5;
+
+/// One unary call straight to the server, bypassing the proxy: its latency and answer.
+async fn direct_chat(client: &reqwest::Client, url: &str, model: &str, prompt: &str) -> (Duration, Value) {
+    let body = json!({
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": MAX_TOKENS,
+        "temperature": 0.0,
+    });
+    let started = Instant::now();
+    let response = client.post(format!("{url}/v1/chat/completions")).json(&body).send().await.unwrap();
+    assert!(response.status().is_success(), "{response:?}");
+    let answer: Value = response.json().await.unwrap();
+    (started.elapsed(), answer)
+}
+
+fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort();
+    values[values.len() / 2]
+}
+
 #[tokio::test]
 async fn proxy_latency_against_a_direct_call() {
     let Some(url) = llama_url() else { return };
@@ -232,36 +257,32 @@ async fn proxy_latency_against_a_direct_call() {
     let proxy = proxy(&url, &model).await;
     let prompt = "Name one colour.";
     let client = reqwest::Client::new();
-    let body = json!({
-        "model": model,
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": MAX_TOKENS,
-        "temperature": 0.0,
-    });
-    let direct = || async {
+
+    // Warm-up: the server's prompt cache then serves every measured call alike.
+    let _ = direct_chat(&client, &url, &model, prompt).await;
+    let (mut direct, mut proxied) = (Vec::new(), Vec::new());
+    for round in 0..LATENCY_ROUNDS {
+        let (direct_latency, direct_answer) = direct_chat(&client, &url, &model, prompt).await;
         let started = Instant::now();
-        let response = client.post(format!("{url}/v1/chat/completions")).json(&body).send().await.unwrap();
-        assert!(response.status().is_success(), "{response:?}");
-        let answer: Value = response.json().await.unwrap();
-        (started.elapsed(), answer)
-    };
+        let answer = proxy.chat(ask(&model, prompt)).await.unwrap();
+        let proxy_latency = started.elapsed();
 
-    // Warm-up: the server's prompt cache then serves both measured calls alike.
-    let _ = direct().await;
-    let (direct_latency, direct_answer) = direct().await;
-    let started = Instant::now();
-    let answer = proxy.chat(ask(&model, prompt)).await.unwrap();
-    let proxy_latency = started.elapsed();
-
-    let usage = answer.usage.unwrap();
-    assert_counted(&usage);
-    let direct_completion = direct_answer["usage"]["completion_tokens"].as_i64().unwrap_or(-1);
-    let direct_text = direct_answer["choices"][0]["message"]["content"].as_str().unwrap_or_default();
-    let proxy_text = answer.message.map(|m| m.content).unwrap_or_default();
+        let usage = answer.usage.unwrap();
+        assert_counted(&usage);
+        let direct_completion = direct_answer["usage"]["completion_tokens"].as_i64().unwrap_or(-1);
+        let direct_text = direct_answer["choices"][0]["message"]["content"].as_str().unwrap_or_default();
+        let proxy_text = answer.message.map(|m| m.content).unwrap_or_default();
+        println!(
+            "latency round {round}: direct {direct_latency:?} ({direct_completion} completion tokens, \
+             {direct_text:?}), proxy {proxy_latency:?} ({} completion tokens, {proxy_text:?})",
+            usage.completion_tokens,
+        );
+        direct.push(direct_latency);
+        proxied.push(proxy_latency);
+    }
+    let (direct, proxied) = (median(direct), median(proxied));
     println!(
-        "latency: direct {direct_latency:?} ({direct_completion} completion tokens, {direct_text:?}), proxy \
-         {proxy_latency:?} ({} completion tokens, {proxy_text:?}), difference {:.1} ms",
-        usage.completion_tokens,
-        (proxy_latency.as_secs_f64() - direct_latency.as_secs_f64()) * 1000.0,
+        "latency: median of {LATENCY_ROUNDS}: direct {direct:?}, proxy {proxied:?}, difference {:.1} ms",
+        (proxied.as_secs_f64() - direct.as_secs_f64()) * 1000.0
     );
 }
