@@ -17,7 +17,14 @@
 //!   configured, `max_tokens` (not every server knows `max_completion_tokens`). llama.cpp
 //!   reports usage in the chunk that carries `finish_reason`, or only as `timings`; vLLM in a
 //!   last chunk without choices. Usage is read wherever it appears, and the finish is held
-//!   back until `data: [DONE]` so that usage always precedes it.
+//!   back until `data: [DONE]` so that usage always precedes it. llama-cpp-python's server
+//!   ignores `stream_options` and reports no usage in streams at all (only in whole answers):
+//!   a compatible server's stream that ends without usage gets an estimate instead of none
+//!   (which would account the call as free and leave it out of the tokens-per-minute budget):
+//!   completion tokens are the chunks that carried text or a tool-call fragment (such servers
+//!   send one per generated token), prompt tokens the admission's estimate of the prompt
+//!   ([`crate::limits::estimate_tokens`], about four characters a token, so it misses the
+//!   tokens of the server's chat template).
 //!
 //! Choices shared by all three: a failed tool result (`is_error`) is sent as
 //! `Error: <content>`, so the model knows the call failed (the wire format has no flag).
@@ -161,6 +168,14 @@ impl ChatCompletions {
         }
     }
 
+    /// The decoder of a stream answering `request`: a compatible server's may have to
+    /// estimate the usage it does not report.
+    fn decoder(&self, request: &ChatRequest) -> StreamDecoder {
+        let estimated_prompt =
+            (self.flavor == Flavor::Compatible).then(|| i64::from(crate::limits::estimate_tokens(request, 0)));
+        StreamDecoder { estimated_prompt, ..StreamDecoder::default() }
+    }
+
     /// The request body.
     fn body(&self, call: &ProviderRequest<'_>, streamed: bool) -> Result<Value, ProviderError> {
         let request = call.request;
@@ -233,7 +248,7 @@ impl Provider for ChatCompletions {
         let body = self.body(&call, true)?;
         let post = self.post(&call, &body)?;
         let events = self.http.events(post, call.key.map(Secret::expose)).await?;
-        Ok(deltas(events).boxed())
+        Ok(deltas(events, self.decoder(call.request)).boxed())
     }
 }
 
@@ -632,8 +647,9 @@ struct ChunkDelta {
 /// The deltas of a stream of server-sent events: ends after [`Delta::Finish`] or the first error.
 fn deltas(
     events: impl Stream<Item = Result<Event, ProviderError>> + Send + 'static,
+    decoder: StreamDecoder,
 ) -> impl Stream<Item = Result<Delta, ProviderError>> + Send + 'static {
-    let state = (events.boxed(), StreamDecoder::default(), VecDeque::new());
+    let state = (events.boxed(), decoder, VecDeque::new());
     futures::stream::unfold(Some(state), |state| async move {
         let (mut events, mut decoder, mut pending) = state?;
         loop {
@@ -669,6 +685,14 @@ struct StreamDecoder {
     announced: BTreeSet<u32>,
     /// Whether `[DONE]` arrived: the stream is over.
     done: bool,
+    /// Whether any chunk carried usage (or llama.cpp's `timings`).
+    usage_seen: bool,
+    /// Chunks that carried text or a tool-call fragment: the completion tokens of a server
+    /// that streams one chunk per token and reports no usage.
+    content_chunks: i64,
+    /// The prompt's estimated tokens, for a stream that ends without usage; `None` (OpenAI,
+    /// Azure: they report usage when asked) estimates nothing.
+    estimated_prompt: Option<i64>,
 }
 
 impl StreamDecoder {
@@ -682,6 +706,16 @@ impl StreamDecoder {
             let Some(raw) = self.finish_reason.take() else {
                 return Err(ProviderError::Malformed("the stream ended without a finish_reason".to_owned()));
             };
+            if let Some(prompt_tokens) = self.estimated_prompt.filter(|_| !self.usage_seen) {
+                let completion_tokens = self.content_chunks;
+                let total_tokens = prompt_tokens + completion_tokens;
+                out.push_back(Delta::Usage(Usage {
+                    prompt_tokens,
+                    completion_tokens,
+                    total_tokens,
+                    ..Usage::default()
+                }));
+            }
             out.push_back(Delta::Finish(finish(Some(&raw), self.refused, !self.announced.is_empty())));
             self.done = true;
             return Ok(());
@@ -695,6 +729,7 @@ impl StreamDecoder {
             self.id_sent = true;
             out.push_back(Delta::Id(chunk.id));
         }
+        let sent = out.len();
         for choice in chunk.choices {
             let delta = choice.delta;
             if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
@@ -713,7 +748,11 @@ impl StreamDecoder {
                 self.finish_reason = Some(reason);
             }
         }
+        if out.iter().skip(sent).any(|delta| matches!(delta, Delta::Text(_) | Delta::ToolCall(_))) {
+            self.content_chunks += 1;
+        }
         if let Some(usage) = usage(chunk.usage.as_ref(), chunk.timings.as_ref()) {
+            self.usage_seen = true;
             self.push(out, Delta::Usage(usage));
         }
         Ok(())

@@ -301,7 +301,10 @@ fn usage_with_cache_and_reasoning_tokens_or_timings() {
 }
 
 fn decode(events: &[&str]) -> (Vec<Delta>, Result<(), ProviderError>) {
-    let mut decoder = StreamDecoder::default();
+    decode_with(StreamDecoder::default(), events)
+}
+
+fn decode_with(mut decoder: StreamDecoder, events: &[&str]) -> (Vec<Delta>, Result<(), ProviderError>) {
     let mut out = VecDeque::new();
     for data in events {
         let event = Event { event: "message".to_owned(), data: (*data).to_owned(), ..Default::default() };
@@ -389,10 +392,66 @@ async fn a_stream_ends_after_the_finish_or_with_truncated() {
         event("[DONE]"),
         event(r#"{"id":"c","choices":[{"delta":{"content":"after"}}]}"#),
     ];
-    let received: Vec<_> = deltas(futures::stream::iter(finished)).collect().await;
+    let received: Vec<_> = deltas(futures::stream::iter(finished), StreamDecoder::default()).collect().await;
     assert_eq!(received.len(), 3, "{received:?}");
     assert!(matches!(received[2], Ok(Delta::Finish(_))));
     let cut = [event(r#"{"id":"c","choices":[{"delta":{"content":"a"}}]}"#)];
-    let received: Vec<_> = deltas(futures::stream::iter(cut)).collect().await;
+    let received: Vec<_> = deltas(futures::stream::iter(cut), StreamDecoder::default()).collect().await;
     assert_eq!(received.last(), Some(&Err(ProviderError::Truncated)));
+}
+
+/// llama-cpp-python 0.3.36's server streaming SmolLM2 (ids shortened): it ignores
+/// `stream_options` and sends no usage, not even `timings`.
+const LLAMA_CPP_PYTHON_STREAM: [&str; 5] = [
+    r#"{"id": "chatcmpl-87be", "model": "smollm2-135m-instruct", "created": 1796543909, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"role": "assistant"}, "logprobs": null, "finish_reason": null}]}"#,
+    r#"{"id": "chatcmpl-87be", "model": "smollm2-135m-instruct", "created": 1796543909, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "1"}, "logprobs": null, "finish_reason": null}]}"#,
+    r#"{"id": "chatcmpl-87be", "model": "smollm2-135m-instruct", "created": 1796543909, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "."}, "logprobs": null, "finish_reason": null}]}"#,
+    r#"{"id": "chatcmpl-87be", "model": "smollm2-135m-instruct", "created": 1796543909, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "logprobs": null, "finish_reason": "length"}]}"#,
+    "[DONE]",
+];
+
+#[test]
+fn a_compatible_stream_without_usage_gets_an_estimate_before_the_finish() {
+    let local = ChatCompletions::compatible("llama", "http://127.0.0.1:8080/v1");
+    let request = ChatRequest { messages: vec![user("Count from one to ten in words.")], ..Default::default() };
+    let decoder = local.decoder(&request);
+    assert_eq!(decoder.estimated_prompt, Some(10), "(31 characters + 8) / 4, rounded up");
+    let (deltas, result) = decode_with(decoder, &LLAMA_CPP_PYTHON_STREAM);
+    result.unwrap();
+    let usage = Usage { prompt_tokens: 10, completion_tokens: 2, total_tokens: 12, ..Default::default() };
+    assert_eq!(
+        deltas,
+        [
+            Delta::Id("chatcmpl-87be".to_owned()),
+            Delta::Text("1".to_owned()),
+            Delta::Text(".".to_owned()),
+            Delta::Usage(usage),
+            Delta::Finish(Finish::new(FinishReason::Length, "length"))
+        ]
+    );
+}
+
+#[test]
+fn reported_usage_is_never_estimated_and_openai_streams_are_never_estimated() {
+    let request = ChatRequest { messages: vec![user("hi")], ..Default::default() };
+    let local = ChatCompletions::compatible("llama", "http://127.0.0.1:8080/v1");
+    let (deltas, result) = decode_with(
+        local.decoder(&request),
+        &[
+            r#"{"choices":[{"finish_reason":null,"index":0,"delta":{"content":"Hi"}}],"id":"chatcmpl-x"}"#,
+            r#"{"choices":[{"finish_reason":"stop","index":0,"delta":{}}],"id":"chatcmpl-x","usage":{"completion_tokens":1,"prompt_tokens":3,"total_tokens":4}}"#,
+            "[DONE]",
+        ],
+    );
+    result.unwrap();
+    let usages: Vec<&Delta> = deltas.iter().filter(|d| matches!(d, Delta::Usage(_))).collect();
+    let reported = Usage { prompt_tokens: 3, completion_tokens: 1, total_tokens: 4, ..Default::default() };
+    assert_eq!(usages, [&Delta::Usage(reported)]);
+    for provider in
+        [ChatCompletions::openai(OPENAI_BASE_URL), ChatCompletions::azure("https://r.example", "2024-10-21")]
+    {
+        let (deltas, result) = decode_with(provider.decoder(&request), &LLAMA_CPP_PYTHON_STREAM);
+        result.unwrap();
+        assert!(!deltas.iter().any(|d| matches!(d, Delta::Usage(_))), "{deltas:?}");
+    }
 }
