@@ -10,6 +10,7 @@ use agentmesh_runtime::config::FeatureFlags;
 use agentmesh_runtime::error::FieldViolation;
 use agentmesh_runtime::{ApiError, ErrorCode};
 
+use crate::keys::Keys;
 use crate::provider::Provider;
 use crate::provider::anthropic::Anthropic;
 use crate::provider::gemini::Gemini;
@@ -36,6 +37,8 @@ pub struct Catalog {
     models: BTreeMap<String, Vec<String>>,
     aliases: BTreeMap<String, String>,
     default_model: String,
+    /// Whether `LLM_DEFAULT_MODEL` chose the default (else it follows the listed models).
+    default_configured: bool,
     fallbacks: Vec<String>,
     /// `FEATURE_ENABLE_FALLBACKS` and `FEATURE_ENABLE_PROVIDER_FALLBACK`.
     fallbacks_enabled: bool,
@@ -50,6 +53,7 @@ impl Catalog {
             models: BTreeMap::new(),
             aliases: settings.aliases.clone(),
             default_model: String::new(),
+            default_configured: settings.default_model.is_some(),
             fallbacks: settings.fallback_models.clone(),
             fallbacks_enabled: features.enable_fallbacks && features.enable_provider_fallback,
             notice: String::new(),
@@ -112,6 +116,7 @@ impl Catalog {
             models: BTreeMap::new(),
             aliases: BTreeMap::new(),
             default_model: default_model.to_owned(),
+            default_configured: true,
             fallbacks,
             fallbacks_enabled: true,
             notice: String::new(),
@@ -128,13 +133,41 @@ impl Catalog {
         self.providers.insert(name, provider);
     }
 
-    /// The first real provider's first model, else the scripted model.
+    /// The first real provider's first model, else the scripted model when it is on;
+    /// empty when no provider lists a model (requests must then name one).
     fn first_model(&self) -> String {
-        self.models
+        let real = self
+            .models
             .iter()
             .filter(|(provider, _)| provider.as_str() != "scripted")
-            .find_map(|(provider, models)| models.first().map(|m| format!("{provider}/{m}")))
-            .unwrap_or_else(|| SCRIPTED_DEFAULT_MODEL.to_owned())
+            .find_map(|(provider, models)| models.first().map(|m| format!("{provider}/{m}")));
+        match real {
+            Some(model) => model,
+            None if self.providers.contains_key("scripted") => SCRIPTED_DEFAULT_MODEL.to_owned(),
+            None => String::new(),
+        }
+    }
+
+    /// Asks providers without configured models which they serve (compatible servers'
+    /// `GET /models`), so `ListModels` and the default model reflect them. A provider that
+    /// does not answer keeps an empty list and is reported; requests may still name its
+    /// models.
+    pub async fn discover_models(&mut self, keys: &Keys) {
+        for (name, provider) in &self.providers {
+            if self.models.get(name).is_some_and(|models| !models.is_empty()) {
+                continue;
+            }
+            let key = keys.key_for(provider.as_ref()).await.ok().flatten();
+            match provider.discover_models(key.as_ref()).await {
+                Ok(models) => {
+                    self.models.insert(name.clone(), models);
+                }
+                Err(error) => tracing::warn!(provider = name.as_str(), %error, "models not listed"),
+            }
+        }
+        if !self.default_configured {
+            self.default_model = self.first_model();
+        }
     }
 
     /// Something the operator should know (no provider configured); empty otherwise.
@@ -156,6 +189,14 @@ impl Catalog {
     /// `field` names the request field for the validation error.
     pub fn resolve(&self, name: &str, field: &str) -> Result<Target, ApiError> {
         let name = if name.is_empty() { self.default_model.as_str() } else { name };
+        if name.is_empty() {
+            let message = "no default model is configured (LLM_DEFAULT_MODEL): name one as provider/model";
+            return Err(ApiError::validation(vec![FieldViolation {
+                field: field.to_owned(),
+                message: message.to_owned(),
+                value: name.into(),
+            }]));
+        }
         let full_name = self.aliases.get(name).map_or(name, String::as_str);
         let unknown = |message: String| {
             ApiError::validation(vec![FieldViolation { field: field.to_owned(), message, value: name.into() }])

@@ -110,7 +110,7 @@ pub async fn build(
     dependencies: &DependencyHealth,
 ) -> Result<Proxy, StartError> {
     let settings = config.settings::<LlmSettings>()?;
-    let catalog = Catalog::from_settings(&settings, &config.features);
+    let mut catalog = Catalog::from_settings(&settings, &config.features);
     let identity = ServiceIdentity::from_config(config, ServiceName::LlmProxy);
     let url = &config.endpoints.get(ServiceName::SecretsBroker).url;
     let channel = ServiceChannel::connect_with(
@@ -122,6 +122,7 @@ pub async fn build(
     .acting_as(&identity);
     let broker: Arc<dyn SecretReader> = Arc::new(SecretsBroker::new(channel));
     let keys = Keys::new(&settings, Some(broker));
+    catalog.discover_models(&keys).await;
     let limiter: Option<Arc<dyn RateLimiter>> = if !config.features.enable_rate_limiting {
         None
     } else if config.use_redis {

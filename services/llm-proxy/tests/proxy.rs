@@ -107,8 +107,10 @@ fn streamed(body: String) -> ResponseTemplate {
     ResponseTemplate::new(200).insert_header("content-type", "text/event-stream").set_body_string(body)
 }
 
+/// Completions asked of `server` (start-up also lists a compatible server's models).
 async fn requests_to(server: &MockServer) -> usize {
-    server.received_requests().await.unwrap_or_default().len()
+    let requests = server.received_requests().await.unwrap_or_default();
+    requests.iter().filter(|request| request.url.path().ends_with("/chat/completions")).count()
 }
 
 fn compatible(primary: &MockServer, backup: &MockServer) -> (&'static str, String) {
@@ -527,4 +529,32 @@ async fn feature_flags_switch_fallback_and_extra_providers_off() {
     assert_eq!(error.code, ErrorCode::Validation, "only the default model's provider is on");
     let error = proxy.chat(ask("", "hi")).await.unwrap_err();
     assert_eq!(error.code, ErrorCode::ExternalService, "the unserved configured fallback is skipped");
+}
+
+#[tokio::test]
+async fn a_compatible_servers_models_are_listed_and_its_first_model_is_the_default() {
+    let (server, silent) = (MockServer::start().await, MockServer::start().await);
+    Mock::given(method("GET"))
+        .and(path("/v1/models"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "object": "list",
+            "data": [{"id": "smollm2-135m-instruct", "object": "model", "owned_by": "llamacpp"}]
+        })))
+        .mount(&server)
+        .await;
+    let listed = proxy(&[
+        ("LLM_OPENAI_COMPATIBLE", format!("llama={}/v1,quiet={}/v1", server.uri(), silent.uri())),
+        ("LLM_SCRIPTED", "off".into()),
+    ])
+    .await;
+    let models = listed.catalog().list(None).unwrap();
+    let ids: Vec<&str> = models.models.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, ["llama/smollm2-135m-instruct"], "a server that lists nothing lists nothing");
+    assert_eq!(models.default_model, "llama/smollm2-135m-instruct");
+
+    let nothing =
+        proxy(&[("LLM_OPENAI_COMPATIBLE", format!("quiet={}/v1", silent.uri())), ("LLM_SCRIPTED", "off".into())]).await;
+    let error = nothing.chat(ask("", "hi")).await.unwrap_err();
+    assert_eq!(error.code, ErrorCode::Validation);
+    assert!(error.message.contains("LLM_DEFAULT_MODEL"), "{error:?}");
 }

@@ -100,6 +100,12 @@ pub trait Provider: Send + Sync + fmt::Debug {
     /// Runs one completion and returns the whole answer.
     async fn chat(&self, request: ProviderRequest<'_>) -> Result<Completion, ProviderError>;
 
+    /// The models the provider lists itself, for providers whose models nobody configured
+    /// (OpenAI-compatible servers answer `GET /models`); empty when it cannot say.
+    async fn discover_models(&self, _key: Option<&Secret>) -> Result<Vec<String>, ProviderError> {
+        Ok(Vec::new())
+    }
+
     /// Starts one streamed completion. Returns once the provider accepted the request (its
     /// HTTP status is known), so that a refused request is an error here, before any delta.
     async fn stream(&self, request: ProviderRequest<'_>) -> Result<DeltaStream, ProviderError>;

@@ -250,6 +250,37 @@ impl Provider for ChatCompletions {
         let events = self.http.events(post, call.key.map(Secret::expose)).await?;
         Ok(deltas(events, self.decoder(call.request)).boxed())
     }
+
+    /// A compatible server's `GET {base_url}/models` (`{"data": [{"id": …}]}`); OpenAI's and
+    /// Azure's models are configured instead (OpenAI lists hundreds, Azure lists base models,
+    /// not deployments).
+    async fn discover_models(&self, key: Option<&Secret>) -> Result<Vec<String>, ProviderError> {
+        if self.flavor != Flavor::Compatible {
+            return Ok(Vec::new());
+        }
+        let url = format!("{}/models", self.base_url);
+        let mut get = self.http.client().get(url).timeout(std::time::Duration::from_secs(5));
+        let key = key.map(Secret::expose).filter(|key| !key.is_empty());
+        if let Some(key) = key {
+            get = get.bearer_auth(key);
+        }
+        let listing: ModelListing = self.http.json(get, key).await?;
+        Ok(listing.data.into_iter().map(|model| model.id).filter(|id| !id.is_empty()).collect())
+    }
+}
+
+/// The answer of `GET /models`.
+#[derive(Debug, Deserialize)]
+struct ModelListing {
+    #[serde(default)]
+    data: Vec<ListedModel>,
+}
+
+/// One model of a listing.
+#[derive(Debug, Deserialize)]
+struct ListedModel {
+    #[serde(default)]
+    id: String,
 }
 
 /// The message of an error body: OpenAI, Azure, llama.cpp and Ollama send
