@@ -8,7 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentmesh_proto::agentmesh::llm::v1::{ChatRequest, content_part};
+use agentmesh_proto::agentmesh::common::v1::{content_part, embedded_resource};
+use agentmesh_proto::agentmesh::llm::v1::ChatRequest;
 use agentmesh_ratelimit::{Limit, RateLimitError, RateLimiter};
 use agentmesh_runtime::{ApiError, ErrorCode};
 
@@ -122,8 +123,8 @@ fn refused(provider: &str, error: &RateLimitError) -> ApiError {
     }
 }
 
-/// Tokens a request may use: its prompt (about four characters per token, images a flat
-/// 1,000) plus the answer's `max_tokens`.
+/// Tokens a request may use: its prompt (about four characters per token, images and audio
+/// a flat 1,000) plus the answer's `max_tokens`.
 pub fn estimate_tokens(request: &ChatRequest, max_tokens: u32) -> u32 {
     let mut characters = 0usize;
     let mut images = 0usize;
@@ -135,7 +136,12 @@ pub fn estimate_tokens(request: &ChatRequest, max_tokens: u32) -> u32 {
         for part in &message.parts {
             match &part.part {
                 Some(content_part::Part::Text(text)) => characters += text.len(),
-                Some(content_part::Part::Image(_)) => images += 1,
+                Some(content_part::Part::ResourceLink(link)) => characters += link.uri.len() + link.name.len() + 16,
+                Some(content_part::Part::Resource(resource)) => match &resource.contents {
+                    Some(embedded_resource::Contents::Text(text)) => characters += text.len() + resource.uri.len(),
+                    _ => images += 1,
+                },
+                Some(content_part::Part::Image(_) | content_part::Part::Audio(_)) => images += 1,
                 None => {}
             }
         }

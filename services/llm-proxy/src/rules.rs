@@ -3,7 +3,8 @@
 //! every offending field, and costs nothing.
 
 use agentmesh_proto::agentmesh::common::v1::MessageRole;
-use agentmesh_proto::agentmesh::llm::v1::{ChatRequest, content_part, image_part, response_format, tool_choice};
+use agentmesh_proto::agentmesh::common::v1::{content_part, image_part};
+use agentmesh_proto::agentmesh::llm::v1::{ChatRequest, response_format, tool_choice};
 use agentmesh_runtime::ApiError;
 use agentmesh_runtime::error::FieldViolation;
 use serde_json::Value;
@@ -51,6 +52,18 @@ pub fn check(request: &ChatRequest) -> Result<(), ApiError> {
             }
         }
         for (j, part) in message.parts.iter().enumerate() {
+            if let Some(content_part::Part::Audio(audio)) = &part.part {
+                if audio.data.is_empty() || audio.mime_type.is_empty() {
+                    violation(
+                        format!("messages[{i}].parts[{j}].audio"),
+                        "audio needs bytes and a mime_type",
+                        Value::Null,
+                    );
+                }
+                if role == MessageRole::Assistant || role == MessageRole::System {
+                    violation(format!("messages[{i}].parts[{j}]"), "audio goes on user and tool messages", Value::Null);
+                }
+            }
             let Some(content_part::Part::Image(image)) = &part.part else { continue };
             let field = format!("messages[{i}].parts[{j}].image");
             match &image.source {

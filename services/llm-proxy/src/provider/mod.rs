@@ -11,6 +11,7 @@ pub mod anthropic;
 pub mod gemini;
 pub mod http;
 pub mod openai;
+pub mod parts;
 pub mod scripted;
 
 use std::fmt;

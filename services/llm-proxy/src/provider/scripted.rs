@@ -15,9 +15,9 @@
 
 use std::time::Duration;
 
-use agentmesh_proto::agentmesh::common::v1::{MessageRole, Usage};
+use agentmesh_proto::agentmesh::common::v1::{MessageRole, Usage, content_part};
 use agentmesh_proto::agentmesh::llm::v1::{
-    ChatMessage, ChatRequest, FinishReason, ToolCall, ToolCallDelta, content_part, response_format,
+    ChatMessage, ChatRequest, FinishReason, ToolCall, ToolCallDelta, response_format,
 };
 use futures::StreamExt;
 

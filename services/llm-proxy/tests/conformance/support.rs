@@ -11,10 +11,10 @@ use agentmesh_llm_proxy::limits::Limits;
 use agentmesh_llm_proxy::provider::{Completion, Delta, Provider, ProviderError, ProviderRequest};
 use agentmesh_llm_proxy::proxy::{Proxy, ProxyOptions};
 use agentmesh_llm_proxy::usage::UsageRecorder;
-use agentmesh_proto::agentmesh::common::v1::MessageRole;
+use agentmesh_proto::agentmesh::common::v1::{ContentPart, ImagePart, MessageRole, content_part, image_part};
 use agentmesh_proto::agentmesh::llm::v1::{
-    ChatMessage, ChatRequest, ContentPart, FinishReason, ImagePart, JsonSchemaFormat, ResponseFormat, ToolCall,
-    ToolChoice, ToolDefinition, content_part, image_part, response_format, tool_choice,
+    ChatMessage, ChatRequest, FinishReason, JsonSchemaFormat, ResponseFormat, ToolCall, ToolChoice, ToolDefinition,
+    response_format, tool_choice,
 };
 use agentmesh_resilience::Preset;
 use agentmesh_runtime::ErrorCode;

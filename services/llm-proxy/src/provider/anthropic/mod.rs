@@ -18,10 +18,9 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use agentmesh_proto::agentmesh::common::v1::{MessageRole, Usage};
+use agentmesh_proto::agentmesh::common::v1::{ImagePart, MessageRole, Usage, image_part};
 use agentmesh_proto::agentmesh::llm::v1::{
-    ChatMessage, ChatRequest, FinishReason, ImagePart, ToolCall, ToolCallDelta, ToolDefinition, content_part,
-    image_part, response_format, tool_choice,
+    ChatMessage, ChatRequest, FinishReason, ToolCall, ToolCallDelta, ToolDefinition, response_format, tool_choice,
 };
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -31,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::http::{HttpClient, redact};
+use super::parts::{ModelPart, model_parts};
 use super::{Completion, Delta, DeltaStream, Finish, Provider, ProviderError, ProviderRequest};
 
 /// The API version every request pins (`anthropic-version`).
@@ -404,18 +404,19 @@ fn merge(content: &mut Vec<Block>, later: Vec<Block>) {
 /// A system message's text (text parts appended on new lines).
 fn system_text(message: &ChatMessage) -> Result<String, ProviderError> {
     let mut text = message.content.clone();
-    for part in &message.parts {
-        match &part.part {
-            Some(content_part::Part::Text(part)) => {
+    for part in model_parts(&message.parts)? {
+        match part {
+            ModelPart::Text(part) => {
                 if !text.is_empty() {
                     text.push('\n');
                 }
-                text.push_str(part);
+                text.push_str(&part);
             }
-            Some(content_part::Part::Image(_)) => {
-                return Err(ProviderError::Unsupported("Anthropic accepts no images in system messages".to_owned()));
+            ModelPart::Image(_) | ModelPart::Audio(_) => {
+                return Err(ProviderError::Unsupported(
+                    "Anthropic accepts no images or audio in system messages".to_owned(),
+                ));
             }
-            None => {}
         }
     }
     Ok(text)
@@ -428,11 +429,12 @@ fn content_blocks(message: &ChatMessage) -> Result<Vec<Block>, ProviderError> {
     if !message.content.is_empty() {
         blocks.push(Block::Text { text: message.content.clone() });
     }
-    for part in &message.parts {
-        match &part.part {
-            Some(content_part::Part::Text(text)) if !text.is_empty() => blocks.push(Block::Text { text: text.clone() }),
-            Some(content_part::Part::Image(image)) => blocks.push(Block::Image { source: image_source(image)? }),
-            _ => {}
+    for part in model_parts(&message.parts)? {
+        match part {
+            ModelPart::Text(text) if !text.is_empty() => blocks.push(Block::Text { text: text.into_owned() }),
+            ModelPart::Text(_) => {}
+            ModelPart::Image(image) => blocks.push(Block::Image { source: image_source(&image)? }),
+            ModelPart::Audio(_) => return Err(ProviderError::Unsupported("Anthropic accepts no audio".to_owned())),
         }
     }
     Ok(blocks)
@@ -440,7 +442,7 @@ fn content_blocks(message: &ChatMessage) -> Result<Vec<Block>, ProviderError> {
 
 /// An assistant message: its text, then its tool calls as `tool_use` blocks.
 fn assistant_blocks(message: &ChatMessage) -> Result<Vec<Block>, ProviderError> {
-    if message.parts.iter().any(|part| matches!(part.part, Some(content_part::Part::Image(_)))) {
+    if model_parts(&message.parts)?.iter().any(|part| !matches!(part, ModelPart::Text(_))) {
         return Err(ProviderError::Unsupported("Anthropic accepts no images in assistant messages".to_owned()));
     }
     let mut blocks = content_blocks(message)?;

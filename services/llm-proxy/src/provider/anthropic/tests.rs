@@ -1,5 +1,6 @@
 //! Unit tests of the anthropic translation the conformance suite does not reach.
-use agentmesh_proto::agentmesh::llm::v1::{ContentPart, JsonSchemaFormat, ProviderOptions, ResponseFormat, ToolChoice};
+use agentmesh_proto::agentmesh::common::v1::{ContentPart, content_part};
+use agentmesh_proto::agentmesh::llm::v1::{JsonSchemaFormat, ProviderOptions, ResponseFormat, ToolChoice};
 use agentmesh_runtime::config::Secret;
 use serde_json::json;
 

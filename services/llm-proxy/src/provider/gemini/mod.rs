@@ -26,10 +26,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use agentmesh_proto::agentmesh::common::v1::{MessageRole, Usage};
+use std::borrow::Cow;
+
+use agentmesh_proto::agentmesh::common::v1::{AudioPart, ImagePart, MessageRole, Usage, image_part};
 use agentmesh_proto::agentmesh::llm::v1::{
-    ChatMessage, ChatRequest, FinishReason, ImagePart, ToolCall, ToolCallDelta, content_part, image_part,
-    response_format, tool_choice,
+    ChatMessage, ChatRequest, FinishReason, ToolCall, ToolCallDelta, response_format, tool_choice,
 };
 use agentmesh_proto::json::struct_to_object;
 use agentmesh_runtime::config::Secret;
@@ -40,6 +41,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::http::{ErrorHints, HttpClient, redact};
+use super::parts::{ModelPart, model_parts};
 use super::{Completion, Delta, DeltaStream, Finish, Provider, ProviderError, ProviderRequest, made_up_tool_call_id};
 
 /// The secret holding the API key.
@@ -311,15 +313,14 @@ impl Conversation {
 /// The text of a message that may hold no images (`who` names it in the error).
 fn text_parts(message: &ChatMessage, who: &str) -> Result<Vec<Value>, ProviderError> {
     let mut parts = text_part(&message.content).into_iter().collect::<Vec<_>>();
-    for part in &message.parts {
-        match &part.part {
-            Some(content_part::Part::Text(text)) => parts.extend(text_part(text)),
-            Some(content_part::Part::Image(_)) => {
+    for part in model_parts(&message.parts)? {
+        match part {
+            ModelPart::Text(text) => parts.extend(text_part(&text)),
+            ModelPart::Image(_) | ModelPart::Audio(_) => {
                 return Err(ProviderError::Unsupported(format!(
-                    "Gemini takes images on user and tool messages, not on {who} messages"
+                    "Gemini takes images and audio on user and tool messages, not on {who} messages"
                 )));
             }
-            None => {}
         }
     }
     Ok(parts)
@@ -330,17 +331,25 @@ fn text_part(text: &str) -> Option<Value> {
     (!text.is_empty()).then(|| json!({"text": text}))
 }
 
-/// A user message's text and images, in order.
+/// A user message's text, images and audio, in order.
 fn user_parts(message: &ChatMessage) -> Result<Vec<Value>, ProviderError> {
     let mut parts: Vec<Value> = text_part(&message.content).into_iter().collect();
-    for part in &message.parts {
-        match &part.part {
-            Some(content_part::Part::Text(text)) => parts.extend(text_part(text)),
-            Some(content_part::Part::Image(image)) => parts.push(image_part(image)?),
-            None => {}
+    for part in model_parts(&message.parts)? {
+        match part {
+            ModelPart::Text(text) => parts.extend(text_part(&text)),
+            ModelPart::Image(image) => parts.push(image_part(&image)?),
+            ModelPart::Audio(audio) => parts.push(audio_part(audio)?),
         }
     }
     Ok(parts)
+}
+
+/// Audio, inline.
+fn audio_part(audio: &AudioPart) -> Result<Value, ProviderError> {
+    if audio.mime_type.is_empty() {
+        return Err(ProviderError::Unsupported("audio needs its mime_type".to_owned()));
+    }
+    Ok(json!({"inlineData": {"mimeType": audio.mime_type, "data": BASE64.encode(&audio.data)}}))
 }
 
 /// An image: bytes and `data:` URLs inline, other URLs by reference.
@@ -421,16 +430,17 @@ fn tool_result_parts(message: &ChatMessage, call_names: &HashMap<&str, &str>) ->
                 "Gemini needs the tool's name with its result: set name, or answer a call made earlier".to_owned(),
             )
         })?;
-    let mut texts: Vec<&str> = Vec::new();
+    let mut texts: Vec<Cow<'_, str>> = Vec::new();
     let mut images = Vec::new();
     if !message.content.is_empty() {
-        texts.push(&message.content);
+        texts.push(Cow::Borrowed(&message.content));
     }
-    for part in &message.parts {
-        match &part.part {
-            Some(content_part::Part::Text(text)) if !text.is_empty() => texts.push(text),
-            Some(content_part::Part::Image(image)) => images.push(image_part(image)?),
-            _ => {}
+    for part in model_parts(&message.parts)? {
+        match part {
+            ModelPart::Text(text) if !text.is_empty() => texts.push(text),
+            ModelPart::Text(_) => {}
+            ModelPart::Image(image) => images.push(image_part(&image)?),
+            ModelPart::Audio(audio) => images.push(audio_part(audio)?),
         }
     }
     let field = if message.is_error { "error" } else { "content" };

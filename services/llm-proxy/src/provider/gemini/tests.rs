@@ -1,6 +1,7 @@
 //! Unit tests of the gemini translation the conformance suite does not reach.
+use agentmesh_proto::agentmesh::common::v1::{ContentPart, content_part};
 use agentmesh_proto::agentmesh::llm::v1::{
-    ContentPart, GeminiSafetySetting, ProviderOptions, ResponseFormat, ToolChoice, ToolDefinition,
+    GeminiSafetySetting, ProviderOptions, ResponseFormat, ToolChoice, ToolDefinition,
 };
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};

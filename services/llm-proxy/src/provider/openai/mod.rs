@@ -32,12 +32,13 @@
 //! right after the run of tool messages (the MCP tool images must reach the model).
 //! Images on system or assistant messages are [`ProviderError::Unsupported`].
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, VecDeque};
 
+use agentmesh_proto::agentmesh::common::v1::{ImagePart, image_part};
 use agentmesh_proto::agentmesh::common::v1::{MessageRole, Usage};
 use agentmesh_proto::agentmesh::llm::v1::{
-    ChatMessage, ChatRequest, FinishReason, ImagePart, ToolCall, ToolCallDelta, content_part, image_part,
-    response_format, tool_choice,
+    ChatMessage, ChatRequest, FinishReason, ToolCall, ToolCallDelta, response_format, tool_choice,
 };
 use agentmesh_runtime::config::Secret;
 use base64::Engine;
@@ -48,6 +49,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value, json};
 
 use super::http::{HttpClient, redact};
+use super::parts::{ModelPart, audio_format, model_parts};
 use super::{Completion, Delta, DeltaStream, Finish, Provider, ProviderError, ProviderRequest, made_up_tool_call_id};
 
 /// OpenAI's API, the default base URL of [`ChatCompletions::openai`].
@@ -353,7 +355,7 @@ fn messages(messages: &[ChatMessage]) -> Result<Vec<Value>, ProviderError> {
         if role != MessageRole::Tool && !tool_images.is_empty() {
             translated.push(json!({"role": "user", "content": std::mem::take(&mut tool_images)}));
         }
-        let (text, images) = text_and_images(message);
+        let (text, media) = text_and_media(message)?;
         let named = |mut value: Value| {
             if let (Some(name), Value::Object(object)) = (&message.name, &mut value) {
                 object.insert("name".into(), json!(name));
@@ -361,15 +363,16 @@ fn messages(messages: &[ChatMessage]) -> Result<Vec<Value>, ProviderError> {
             value
         };
         match role {
-            MessageRole::Unspecified | MessageRole::User if images.is_empty() => {
+            MessageRole::Unspecified | MessageRole::User if media.is_empty() => {
                 translated.push(named(json!({"role": "user", "content": text})));
             }
             MessageRole::Unspecified | MessageRole::User => {
                 translated.push(named(json!({"role": "user", "content": user_parts(message)?})));
             }
-            MessageRole::System | MessageRole::Assistant if !images.is_empty() => {
+            MessageRole::System | MessageRole::Assistant if !media.is_empty() => {
                 return Err(ProviderError::Unsupported(
-                    "images are accepted on user and tool messages only, not on system or assistant messages"
+                    "images and audio are accepted on user and tool messages only, not on system or assistant \
+                     messages"
                         .to_owned(),
                 ));
             }
@@ -381,14 +384,14 @@ fn messages(messages: &[ChatMessage]) -> Result<Vec<Value>, ProviderError> {
                         "a tool message needs the tool_call_id it answers".to_owned(),
                     ));
                 };
-                let content = tool_content(message, text, !images.is_empty());
+                let content = tool_content(message, text, !media.is_empty());
                 translated.push(json!({"role": "tool", "tool_call_id": call_id, "content": content}));
-                if !images.is_empty() {
+                if !media.is_empty() {
                     let tool = message.name.as_deref().unwrap_or("a tool");
-                    let label = format!("The result of tool call {call_id} ({tool}) includes these images:");
+                    let label = format!("The result of tool call {call_id} ({tool}) includes these attachments:");
                     tool_images.push(json!({"type": "text", "text": label}));
-                    for image in images {
-                        tool_images.push(image_url(image)?);
+                    for part in &media {
+                        tool_images.push(media_part(part)?);
                     }
                 }
             }
@@ -400,21 +403,21 @@ fn messages(messages: &[ChatMessage]) -> Result<Vec<Value>, ProviderError> {
     Ok(translated)
 }
 
-/// The message's text (its content, then its text parts, one per line) and its images.
-fn text_and_images(message: &ChatMessage) -> (String, Vec<&ImagePart>) {
-    let mut texts = Vec::new();
+/// The message's text (its content, then its text parts, one per line) and its images
+/// and audio.
+fn text_and_media(message: &ChatMessage) -> Result<(String, Vec<ModelPart<'_>>), ProviderError> {
+    let mut texts: Vec<Cow<'_, str>> = Vec::new();
     if !message.content.is_empty() {
-        texts.push(message.content.as_str());
+        texts.push(Cow::Borrowed(&message.content));
     }
-    let mut images = Vec::new();
-    for part in &message.parts {
-        match &part.part {
-            Some(content_part::Part::Text(text)) => texts.push(text.as_str()),
-            Some(content_part::Part::Image(image)) => images.push(image),
-            None => {}
+    let mut media = Vec::new();
+    for part in model_parts(&message.parts)? {
+        match part {
+            ModelPart::Text(text) => texts.push(text),
+            other => media.push(other),
         }
     }
-    (texts.join("\n"), images)
+    Ok((texts.join("\n"), media))
 }
 
 /// A user message's content and parts as content parts, in order.
@@ -423,14 +426,22 @@ fn user_parts(message: &ChatMessage) -> Result<Vec<Value>, ProviderError> {
     if !message.content.is_empty() {
         parts.push(json!({"type": "text", "text": message.content}));
     }
-    for part in &message.parts {
-        match &part.part {
-            Some(content_part::Part::Text(text)) => parts.push(json!({"type": "text", "text": text})),
-            Some(content_part::Part::Image(image)) => parts.push(image_url(image)?),
-            None => {}
-        }
+    for part in model_parts(&message.parts)? {
+        parts.push(media_part(&part)?);
     }
     Ok(parts)
+}
+
+/// A content part: `text`, `image_url` (bytes as a `data:` URL) or `input_audio`.
+fn media_part(part: &ModelPart<'_>) -> Result<Value, ProviderError> {
+    match part {
+        ModelPart::Text(text) => Ok(json!({"type": "text", "text": text})),
+        ModelPart::Image(image) => image_url(image),
+        ModelPart::Audio(audio) => {
+            let data = base64::engine::general_purpose::STANDARD.encode(&audio.data);
+            Ok(json!({"type": "input_audio", "input_audio": {"data": data, "format": audio_format(audio)?}}))
+        }
+    }
 }
 
 fn image_url(image: &ImagePart) -> Result<Value, ProviderError> {

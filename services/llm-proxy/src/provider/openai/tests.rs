@@ -1,6 +1,7 @@
 //! Unit tests of the openai translation the conformance suite does not reach.
+use agentmesh_proto::agentmesh::common::v1::{AudioPart, ContentPart, ResourceLink, content_part};
 use agentmesh_proto::agentmesh::llm::v1::{
-    ContentPart, JsonSchemaFormat, ProviderOptions, ResponseFormat, ToolChoice, ToolDefinition,
+    JsonSchemaFormat, ProviderOptions, ResponseFormat, ToolChoice, ToolDefinition,
 };
 
 use super::*;
@@ -147,7 +148,7 @@ fn tool_images_follow_the_run_of_tool_messages_in_a_user_message() {
     assert_eq!(translated[1]["role"], json!("tool"));
     assert_eq!(translated[2]["role"], json!("user"));
     let parts = translated[2]["content"].as_array().unwrap();
-    assert_eq!(parts[0]["text"], json!("The result of tool call call_a (screenshot) includes these images:"));
+    assert_eq!(parts[0]["text"], json!("The result of tool call call_a (screenshot) includes these attachments:"));
     assert_eq!(parts[1]["image_url"]["url"], json!("data:image/png;base64,YQ=="));
     assert_eq!(translated[3], json!({"role": "user", "content": "next"}));
 }
@@ -454,4 +455,35 @@ fn reported_usage_is_never_estimated_and_openai_streams_are_never_estimated() {
         result.unwrap();
         assert!(!deltas.iter().any(|d| matches!(d, Delta::Usage(_))), "{deltas:?}");
     }
+}
+
+#[test]
+fn audio_goes_as_input_audio_and_resource_links_as_text() {
+    let mut message = user("Transcribe this, then read the notes.");
+    message.parts = vec![
+        ContentPart {
+            part: Some(content_part::Part::Audio(AudioPart { data: vec![1, 2, 3], mime_type: "audio/wav".into() })),
+        },
+        ContentPart {
+            part: Some(content_part::Part::ResourceLink(ResourceLink {
+                uri: "file:///notes.md".into(),
+                name: "notes".into(),
+                ..Default::default()
+            })),
+        },
+    ];
+    let body = openai_body(&ChatRequest { messages: vec![message], ..Default::default() });
+    let parts = &body["messages"][0]["content"];
+    assert_eq!(parts[1], json!({"type": "input_audio", "input_audio": {"data": "AQID", "format": "wav"}}));
+    assert_eq!(parts[2], json!({"type": "text", "text": "Resource notes: file:///notes.md"}));
+
+    let mut ogg = user("");
+    ogg.parts = vec![ContentPart {
+        part: Some(content_part::Part::Audio(AudioPart { data: vec![1], mime_type: "audio/ogg".into() })),
+    }];
+    let key = Secret::new("sk-unit");
+    let request = ChatRequest { messages: vec![ogg], ..Default::default() };
+    let call = ProviderRequest { model: "m", request: &request, max_tokens: 10, key: Some(&key) };
+    let provider = ChatCompletions::openai(OPENAI_BASE_URL);
+    assert!(matches!(provider.body(&call, false), Err(ProviderError::Unsupported(m)) if m.contains("audio/ogg")));
 }
