@@ -13,12 +13,13 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::LazyLock;
+use std::sync::{LazyLock, PoisonError, RwLock};
 
 use agentmesh_proto::agentmesh::common::v1::FieldRules;
 use agentmesh_proto::descriptor_pool;
 use agentmesh_proto::options::field_rules;
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MapKey, ReflectMessage, Value};
+use regex::Regex;
 use serde_json::Value as Json;
 
 use crate::error::{ApiError, FieldViolation};
@@ -201,6 +202,24 @@ fn check_string(rules: &FieldRules, text: &str, path: &str, out: &mut Vec<FieldV
         let shown: String = text.chars().take(64).collect();
         out.push(violation(path, "must be valid JSON text", Json::from(shown)));
     }
+    if !rules.pattern.is_empty() && !text.is_empty() && !matches_pattern(&rules.pattern, text) {
+        let shown: String = text.chars().take(64).collect();
+        out.push(violation(path, &format!("must match {}", rules.pattern), Json::from(shown)));
+    }
+}
+
+/// Whether `text` matches the contract's `pattern`, compiled once per pattern. A pattern
+/// that does not compile matches nothing, so the contract's mistake refuses input rather
+/// than letting it through (a test compiles every pattern of the contract).
+fn matches_pattern(pattern: &str, text: &str) -> bool {
+    static COMPILED: LazyLock<RwLock<HashMap<String, Option<Regex>>>> = LazyLock::new(RwLock::default);
+    if let Some(compiled) = COMPILED.read().unwrap_or_else(PoisonError::into_inner).get(pattern) {
+        return compiled.as_ref().is_some_and(|regex| regex.is_match(text));
+    }
+    let compiled = Regex::new(pattern).ok();
+    let matched = compiled.as_ref().is_some_and(|regex| regex.is_match(text));
+    COMPILED.write().unwrap_or_else(PoisonError::into_inner).insert(pattern.to_owned(), compiled);
+    matched
 }
 
 fn check_integer(rules: &FieldRules, value: &Value, path: &str, out: &mut Vec<FieldViolation>) {
@@ -239,6 +258,38 @@ mod tests {
     fn fields(error: ApiError) -> Vec<String> {
         assert_eq!(error.code, ErrorCode::Validation);
         error.field_violations.into_iter().map(|v| v.field).collect()
+    }
+
+    #[test]
+    fn strings_must_match_their_pattern() {
+        use agentmesh_proto::agentmesh::mcp::v1::CreateToolRequest;
+        let tool = |name: &str| CreateToolRequest {
+            name: name.to_owned(),
+            description: "d".to_owned(),
+            schema: Some(prost_types::Struct::default()),
+            ..Default::default()
+        };
+        validate(&tool("get_weather-2")).unwrap();
+        for bad in ["get weather", "ünïcode", &"x".repeat(65)] {
+            let error = validate(&tool(bad)).unwrap_err();
+            assert_eq!(fields(error.clone()), ["name"], "{bad:?}");
+            assert!(error.field_violations[0].message.starts_with("must match "), "{error:?}");
+        }
+    }
+
+    #[test]
+    fn every_pattern_of_the_contract_compiles() {
+        let patterns: Vec<String> = descriptor_pool()
+            .all_messages()
+            .flat_map(|message| message.fields().collect::<Vec<_>>())
+            .filter_map(|field| field_rules(&field))
+            .map(|rules| rules.pattern)
+            .filter(|pattern| !pattern.is_empty())
+            .collect();
+        assert!(!patterns.is_empty());
+        for pattern in patterns {
+            Regex::new(&pattern).unwrap_or_else(|error| panic!("{pattern}: {error}"));
+        }
     }
 
     #[test]

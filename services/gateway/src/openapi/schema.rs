@@ -208,6 +208,9 @@ impl Schemas {
                     if rules.max_length > 0 {
                         schema["maxLength"] = Json::from(rules.max_length);
                     }
+                    if !rules.pattern.is_empty() {
+                        schema["pattern"] = Json::from(rules.pattern.clone());
+                    }
                     if rules.format == "json" {
                         // JSON text: JSON Schema's content keyword, not a `format` (which
                         // tools would not know).
