@@ -751,7 +751,13 @@ fn events_document_their_subjects() {
         ("RunOutputChunk", "agentmesh.run.{run_id}.output"),
         ("LlmUsage", "agentmesh.llm.usage"),
         ("ToolInvoked", "agentmesh.tool.invoked"),
-        ("McpServerHealthChanged", "agentmesh.mcp.server_health_changed"),
+        ("ToolCreated", "agentmesh.tool.created"),
+        ("ToolUpdated", "agentmesh.tool.updated"),
+        ("ToolDeleted", "agentmesh.tool.deleted"),
+        ("McpServerCreated", "agentmesh.mcp_server.created"),
+        ("McpServerUpdated", "agentmesh.mcp_server.updated"),
+        ("McpServerDeleted", "agentmesh.mcp_server.deleted"),
+        ("McpServerHealthChanged", "agentmesh.mcp_server.health_changed"),
         ("CircuitBreakerStateChanged", "agentmesh.breaker.state_changed"),
     ];
     let mut subjects = BTreeSet::new();
