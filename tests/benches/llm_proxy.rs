@@ -30,8 +30,10 @@
 //! flight is dropped and counted), `BENCH_GRPC_CHANNELS` (4 HTTP/2 connections to the
 //! proxy), `BENCH_TIMEOUT_SECONDS` (600: hard overall timeout, after which every started
 //! process is killed and the bench exits non-zero), `BENCH_SERVICE_ENV` (extra
-//! `NAME=value` settings for the proxy) and `BENCH_PIN=1` (llm-proxy on CPU 1; this driver
-//! and the fake provider on CPU 0). Prints a Markdown summary; exits non-zero when any
+//! `NAME=value` settings for the proxy), `BENCH_PIN=1` (llm-proxy on CPU 1; this driver
+//! and the fake provider on CPU 0) and `BENCH_NICE` (a nice value for the proxy and this
+//! driver, for example -10 as root, so that other work on a shared machine preempts
+//! neither path). Prints a Markdown summary; exits non-zero when any
 //! call failed or was dropped.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -65,8 +67,8 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::common::{
-    Service, env_number, install_guards, load_average, micros, own_cpu, percentile_ms, pin_self, pinned,
-    wait_grpc_serving,
+    Service, env_number, install_guards, load_average, micros, own_cpu, percentile_ms, pin_self, pinned, renice,
+    run_queue_wait, wait_grpc_serving,
 };
 
 /// The CPU llm-proxy runs on when pinned.
@@ -108,6 +110,8 @@ struct Settings {
     max_in_flight: usize,
     grpc_channels: usize,
     timeout: Duration,
+    /// `BENCH_NICE`: the nice value of the proxy and of this driver, when set.
+    nice: Option<i32>,
     /// CPUs of the machine (not of this process, which `BENCH_PIN` narrows).
     machine_cpus: usize,
 }
@@ -124,6 +128,9 @@ impl Settings {
             max_in_flight: env_number("BENCH_MAX_IN_FLIGHT", 512).max(1) as usize,
             grpc_channels: env_number("BENCH_GRPC_CHANNELS", 4).max(1) as usize,
             timeout: Duration::from_secs(env_number("BENCH_TIMEOUT_SECONDS", 600).max(10)),
+            nice: std::env::var("BENCH_NICE")
+                .ok()
+                .map(|raw| raw.trim().parse().unwrap_or_else(|_| panic!("BENCH_NICE={raw:?} is not a nice value"))),
             machine_cpus: std::thread::available_parallelism().map_or(0, usize::from),
         }
     }
@@ -416,6 +423,8 @@ struct Samples {
     elapsed: Duration,
     proxy_cpu: Duration,
     driver_cpu: Duration,
+    /// Time the proxy's threads were runnable but waiting for a CPU.
+    proxy_wait: Duration,
 }
 
 impl Samples {
@@ -445,6 +454,7 @@ impl Samples {
         self.elapsed += other.elapsed;
         self.proxy_cpu += other.proxy_cpu;
         self.driver_cpu += other.driver_cpu;
+        self.proxy_wait += other.proxy_wait;
     }
 
     fn sort(&mut self) {
@@ -542,12 +552,15 @@ async fn closed_loop(workers: usize, duration: Duration, call: &Call) -> Samples
     total
 }
 
-/// Runs `load` and charges the CPU the proxy and this process used meanwhile to its samples.
+/// Runs `load` and charges the CPU the proxy and this process used meanwhile, and the
+/// proxy's wait for a CPU, to its samples.
 async fn with_cpu(proxy: &Service, load: impl Future<Output = Samples>) -> Samples {
-    let before = (proxy.cpu(), own_cpu());
+    let pid = proxy.pid.to_string();
+    let before = (proxy.cpu(), own_cpu(), run_queue_wait(&pid));
     let mut samples = load.await;
     samples.proxy_cpu = proxy.cpu().saturating_sub(before.0);
     samples.driver_cpu = own_cpu().saturating_sub(before.1);
+    samples.proxy_wait = run_queue_wait(&pid).saturating_sub(before.2);
     samples
 }
 
@@ -586,6 +599,9 @@ async fn run(settings: &Settings) -> Results {
     let port = free_port().unwrap();
     let mut proxy = spawn_proxy(port, &fake_base, settings);
     wait_grpc_serving(&mut proxy, port).await;
+    if let Some(nice) = settings.nice {
+        renice(&proxy.pid.to_string(), nice);
+    }
 
     let http = reqwest::Client::builder()
         .http1_only()
@@ -671,6 +687,9 @@ fn report(settings: &Settings, results: &Results, load_before: &str) -> String {
             " Not pinned: every process shares every CPU.".to_owned()
         }
     );
+    if let Some(nice) = settings.nice {
+        let _ = writeln!(out, "llm-proxy and the load driver (with the fake provider) run at nice {nice}.\n");
+    }
     let _ = writeln!(
         out,
         "Open loop, {} calls/s per path on a fixed timetable, latency from the scheduled send time; \
@@ -683,22 +702,20 @@ fn report(settings: &Settings, results: &Results, load_before: &str) -> String {
     );
     let _ = writeln!(
         out,
-        "| path | calls | errors · dropped | p50 ms | p90 ms | p99 ms | max ms | proxy CPU µs/call | driver + fake CPU µs/call |"
+        "| path | calls | errors · dropped | p50 ms | p90 ms | p99 ms | max ms | proxy CPU µs/call | proxy wait for CPU µs/call | driver + fake CPU µs/call |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let [direct_unary, proxy_unary, direct_stream, proxy_stream] = &results.paths[..] else { unreachable!() };
     let row = |out: &mut String, name: &str, path: Path, values: &[u32]| {
         let samples = &results.paths[path as usize];
         let [p50, p90, p99, max] = spread(values);
         // The proxy idles while the direct paths run.
-        let proxy_cpu = if path.proxied() {
-            format!("{:.0}", per_call_us(samples.proxy_cpu, samples.calls()))
-        } else {
-            "—".into()
-        };
+        let [proxy_cpu, proxy_wait] = [samples.proxy_cpu, samples.proxy_wait].map(|total| {
+            if path.proxied() { format!("{:.0}", per_call_us(total, samples.calls())) } else { "—".into() }
+        });
         let _ = writeln!(
             out,
-            "| {name} | {} | {} · {} | {p50:.3} | {p90:.3} | {p99:.3} | {max:.2} | {proxy_cpu} | {:.0} |",
+            "| {name} | {} | {} · {} | {p50:.3} | {p90:.3} | {p99:.3} | {max:.2} | {proxy_cpu} | {proxy_wait} | {:.0} |",
             samples.calls(),
             samples.errors,
             samples.dropped,
@@ -709,7 +726,7 @@ fn report(settings: &Settings, results: &Results, load_before: &str) -> String {
         let (d, p) = (spread(direct), spread(proxied));
         let _ = writeln!(
             out,
-            "| **{name}** | | | **{:+.3}** | {:+.3} | **{:+.3}** | {:+.2} | | |",
+            "| **{name}** | | | **{:+.3}** | {:+.3} | **{:+.3}** | {:+.2} | | | |",
             p[0] - d[0],
             p[1] - d[1],
             p[2] - d[2],
@@ -755,21 +772,22 @@ fn report(settings: &Settings, results: &Results, load_before: &str) -> String {
     );
     let _ = writeln!(
         out,
-        "| call | calls/s | p50 ms | p99 ms | errors | proxy CPU µs/call | proxy CPU, cores busy | driver + fake CPU µs/call |"
+        "| call | calls/s | p50 ms | p99 ms | errors | proxy CPU µs/call | proxy CPU, cores busy | proxy wait for CPU µs/call | driver + fake CPU µs/call |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (name, samples) in
         [("unary `Chat`", &results.ceiling_unary), ("`StreamChat` (whole stream)", &results.ceiling_stream)]
     {
         let _ = writeln!(
             out,
-            "| {name} | {:.0} | {:.2} | {:.2} | {} | {:.0} | {:.2} | {:.0} |",
+            "| {name} | {:.0} | {:.2} | {:.2} | {} | {:.0} | {:.2} | {:.0} | {:.0} |",
             samples.rate(),
             percentile_ms(&samples.total, 0.50),
             percentile_ms(&samples.total, 0.99),
             samples.errors,
             per_call_us(samples.proxy_cpu, samples.calls()),
             samples.proxy_cpu.as_secs_f64() / samples.elapsed.as_secs_f64(),
+            per_call_us(samples.proxy_wait, samples.calls()),
             per_call_us(samples.driver_cpu, samples.calls()),
         );
     }
@@ -792,6 +810,9 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     if pinned() {
         pin_self(DRIVER_CPU);
+    }
+    if let Some(nice) = settings.nice {
+        renice("self", nice);
     }
     let results = runtime.block_on(run(&settings));
     println!("{}", report(&settings, &results, &load_before));

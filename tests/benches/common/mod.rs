@@ -229,6 +229,35 @@ pub fn own_cpu() -> Duration {
     cpu_time("/proc/self/stat")
 }
 
+/// How long the threads of process `pid` (`"self"`: this one) have been runnable but
+/// waiting for a CPU, summed over its live threads (`/proc/<pid>/task/*/schedstat`, second
+/// field). On a shared machine this is the part of the latency other processes caused.
+pub fn run_queue_wait(pid: &str) -> Duration {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+    let nanos: u64 = tasks
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok()))
+        .sum();
+    Duration::from_nanos(nanos)
+}
+
+/// Sets the nice value of every thread of process `pid` (`"self"`: this one); threads
+/// started later inherit it from the thread that starts them. Negative values need root.
+pub fn renice(pid: &str, nice: i32) {
+    let tids: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the process' threads")
+        .flatten()
+        .map(|task| task.file_name().to_string_lossy().into_owned())
+        .collect();
+    let status = std::process::Command::new("renice")
+        .args(["-n", &nice.to_string(), "-p"])
+        .args(&tids)
+        .stdout(Stdio::null())
+        .status()
+        .expect("renice (util-linux) runs");
+    assert!(status.success(), "renice -n {nice} failed for process {pid}");
+}
+
 /// The 1-minute load average (the machine is shared; a busy neighbour shows here).
 pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
