@@ -32,8 +32,8 @@
 //! process is killed and the bench exits non-zero), `BENCH_SERVICE_ENV` (extra
 //! `NAME=value` settings for the proxy), `BENCH_PIN=1` (llm-proxy on CPU 1; this driver
 //! and the fake provider on CPU 0) and `BENCH_NICE` (a nice value for the proxy and this
-//! driver, for example -10 as root, so that other work on a shared machine preempts
-//! neither path). Prints a Markdown summary; exits non-zero when any
+//! driver, for example -10 as root) or `BENCH_REALTIME=1` (both in the real-time class,
+//! as root: other work on a shared machine then preempts neither path). Prints a Markdown summary; exits non-zero when any
 //! call failed or was dropped.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -67,8 +67,8 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::common::{
-    Service, env_number, install_guards, load_average, micros, own_cpu, percentile_ms, pin_self, pinned, renice,
-    run_queue_wait, wait_grpc_serving,
+    Service, env_number, install_guards, load_average, micros, own_cpu, percentile_ms, pin_self, pinned, realtime,
+    renice, run_queue_wait, wait_grpc_serving,
 };
 
 /// The CPU llm-proxy runs on when pinned.
@@ -112,6 +112,8 @@ struct Settings {
     timeout: Duration,
     /// `BENCH_NICE`: the nice value of the proxy and of this driver, when set.
     nice: Option<i32>,
+    /// `BENCH_REALTIME=1`: the proxy and this driver in the real-time class.
+    realtime: bool,
     /// CPUs of the machine (not of this process, which `BENCH_PIN` narrows).
     machine_cpus: usize,
 }
@@ -131,6 +133,7 @@ impl Settings {
             nice: std::env::var("BENCH_NICE")
                 .ok()
                 .map(|raw| raw.trim().parse().unwrap_or_else(|_| panic!("BENCH_NICE={raw:?} is not a nice value"))),
+            realtime: env_number("BENCH_REALTIME", 0) != 0,
             machine_cpus: std::thread::available_parallelism().map_or(0, usize::from),
         }
     }
@@ -602,6 +605,9 @@ async fn run(settings: &Settings) -> Results {
     if let Some(nice) = settings.nice {
         renice(&proxy.pid.to_string(), nice);
     }
+    if settings.realtime {
+        realtime(&proxy.pid.to_string());
+    }
 
     let http = reqwest::Client::builder()
         .http1_only()
@@ -689,6 +695,12 @@ fn report(settings: &Settings, results: &Results, load_before: &str) -> String {
     );
     if let Some(nice) = settings.nice {
         let _ = writeln!(out, "llm-proxy and the load driver (with the fake provider) run at nice {nice}.\n");
+    }
+    if settings.realtime {
+        let _ = writeln!(
+            out,
+            "llm-proxy and the load driver (with the fake provider) run in the real-time class (`SCHED_FIFO` 1).\n"
+        );
     }
     let _ = writeln!(
         out,
@@ -813,6 +825,9 @@ fn main() {
     }
     if let Some(nice) = settings.nice {
         renice("self", nice);
+    }
+    if settings.realtime {
+        realtime("self");
     }
     let results = runtime.block_on(run(&settings));
     println!("{}", report(&settings, &results, &load_before));
