@@ -558,12 +558,11 @@ async fn closed_loop(workers: usize, duration: Duration, call: &Call) -> Samples
 /// Runs `load` and charges the CPU the proxy and this process used meanwhile, and the
 /// proxy's wait for a CPU, to its samples.
 async fn with_cpu(proxy: &Service, load: impl Future<Output = Samples>) -> Samples {
-    let pid = proxy.pid.to_string();
-    let before = (proxy.cpu(), own_cpu(), run_queue_wait(&pid));
+    let before = (proxy.cpu(), own_cpu(), run_queue_wait(proxy.pid));
     let mut samples = load.await;
     samples.proxy_cpu = proxy.cpu().saturating_sub(before.0);
     samples.driver_cpu = own_cpu().saturating_sub(before.1);
-    samples.proxy_wait = run_queue_wait(&pid).saturating_sub(before.2);
+    samples.proxy_wait = run_queue_wait(proxy.pid).saturating_sub(before.2);
     samples
 }
 
@@ -603,10 +602,10 @@ async fn run(settings: &Settings) -> Results {
     let mut proxy = spawn_proxy(port, &fake_base, settings);
     wait_grpc_serving(&mut proxy, port).await;
     if let Some(nice) = settings.nice {
-        renice(&proxy.pid.to_string(), nice);
+        renice(proxy.pid, nice);
     }
     if settings.realtime {
-        realtime(&proxy.pid.to_string());
+        realtime(proxy.pid);
     }
 
     let http = reqwest::Client::builder()
@@ -824,10 +823,10 @@ fn main() {
         pin_self(DRIVER_CPU);
     }
     if let Some(nice) = settings.nice {
-        renice("self", nice);
+        renice(std::process::id(), nice);
     }
     if settings.realtime {
-        realtime("self");
+        realtime(std::process::id());
     }
     let results = runtime.block_on(run(&settings));
     println!("{}", report(&settings, &results, &load_before));

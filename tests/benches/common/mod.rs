@@ -229,10 +229,10 @@ pub fn own_cpu() -> Duration {
     cpu_time("/proc/self/stat")
 }
 
-/// How long the threads of process `pid` (`"self"`: this one) have been runnable but
+/// How long the threads of process `pid` have been runnable but
 /// waiting for a CPU, summed over its live threads (`/proc/<pid>/task/*/schedstat`, second
 /// field). On a shared machine this is the part of the latency other processes caused.
-pub fn run_queue_wait(pid: &str) -> Duration {
+pub fn run_queue_wait(pid: u32) -> Duration {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
     let nanos: u64 = tasks
         .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
@@ -241,9 +241,9 @@ pub fn run_queue_wait(pid: &str) -> Duration {
     Duration::from_nanos(nanos)
 }
 
-/// Sets the nice value of every thread of process `pid` (`"self"`: this one); threads
+/// Sets the nice value of every thread of process `pid`; threads
 /// started later inherit it from the thread that starts them. Negative values need root.
-pub fn renice(pid: &str, nice: i32) {
+pub fn renice(pid: u32, nice: i32) {
     let tids: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
         .expect("the process' threads")
         .flatten()
@@ -258,13 +258,13 @@ pub fn renice(pid: &str, nice: i32) {
     assert!(status.success(), "renice -n {nice} failed for process {pid}");
 }
 
-/// Moves every thread of process `pid` (`"self"`: this one) to the real-time class
+/// Moves every thread of process `pid` to the real-time class
 /// (`SCHED_FIFO` priority 1): it then runs as soon as it is runnable, ahead of every normal
 /// process, as on cores of its own; threads started later inherit it. Needs root. The
 /// kernel keeps 5 % of each second for normal processes.
-pub fn realtime(pid: &str) {
+pub fn realtime(pid: u32) {
     let status = std::process::Command::new("chrt")
-        .args(["--all-tasks", "--fifo", "--pid", "1", pid])
+        .args(["--all-tasks", "--fifo", "--pid", "1", &pid.to_string()])
         .stdout(Stdio::null())
         .status()
         .expect("chrt (util-linux) runs");
