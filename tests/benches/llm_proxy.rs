@@ -31,10 +31,11 @@
 //! proxy), `BENCH_TIMEOUT_SECONDS` (600: hard overall timeout, after which every started
 //! process is killed and the bench exits non-zero), `BENCH_SERVICE_ENV` (extra
 //! `NAME=value` settings for the proxy), `BENCH_PIN=1` (llm-proxy on CPU 1; this driver
-//! and the fake provider on CPU 0) and `BENCH_NICE` (a nice value for the proxy and this
-//! driver, for example -10 as root) or `BENCH_REALTIME=1` (both in the real-time class,
-//! as root: other work on a shared machine then preempts neither path). Prints a Markdown summary; exits non-zero when any
-//! call failed or was dropped.
+//! and the fake provider on CPU 0), `BENCH_NICE` (a nice value for the proxy and this
+//! driver, for example -10 as root) and `BENCH_REALTIME=1` (both in the real-time class,
+//! as root: other work on a shared machine then preempts neither path).
+//!
+//! Prints a Markdown summary; exits non-zero when any call failed or was dropped.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -175,7 +176,11 @@ impl Fake {
             });
             Bytes::from(format!("data: {chunk}\n\n"))
         };
-        let delta = |delta: Value, finish: Value| json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]);
+        let delta = |delta: Value, finish: Value| {
+            json!([{
+                "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish
+            }])
+        };
         let mut events = vec![chunk(delta(json!({"role": "assistant", "content": ""}), Value::Null), Value::Null)];
         events.extend(
             ANSWER_PIECES.iter().map(|piece| chunk(delta(json!({"content": piece}), Value::Null), Value::Null)),
@@ -713,7 +718,8 @@ fn report(settings: &Settings, results: &Results, load_before: &str) -> String {
     );
     let _ = writeln!(
         out,
-        "| path | calls | errors · dropped | p50 ms | p90 ms | p99 ms | max ms | proxy CPU µs/call | proxy wait for CPU µs/call | driver + fake CPU µs/call |"
+        "| path | calls | errors · dropped | p50 ms | p90 ms | p99 ms | max ms | proxy CPU µs/call | \
+         proxy wait for CPU µs/call | driver + fake CPU µs/call |"
     );
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let [direct_unary, proxy_unary, direct_stream, proxy_stream] = &results.paths[..] else { unreachable!() };
@@ -726,7 +732,8 @@ fn report(settings: &Settings, results: &Results, load_before: &str) -> String {
         });
         let _ = writeln!(
             out,
-            "| {name} | {} | {} · {} | {p50:.3} | {p90:.3} | {p99:.3} | {max:.2} | {proxy_cpu} | {proxy_wait} | {:.0} |",
+            "| {name} | {} | {} · {} | {p50:.3} | {p90:.3} | {p99:.3} | {max:.2} | {proxy_cpu} | {proxy_wait} | \
+             {:.0} |",
             samples.calls(),
             samples.errors,
             samples.dropped,
@@ -783,7 +790,8 @@ fn report(settings: &Settings, results: &Results, load_before: &str) -> String {
     );
     let _ = writeln!(
         out,
-        "| call | calls/s | p50 ms | p99 ms | errors | proxy CPU µs/call | proxy CPU, cores busy | proxy wait for CPU µs/call | driver + fake CPU µs/call |"
+        "| call | calls/s | p50 ms | p99 ms | errors | proxy CPU µs/call | proxy CPU, cores busy | \
+         proxy wait for CPU µs/call | driver + fake CPU µs/call |"
     );
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (name, samples) in
