@@ -7,8 +7,8 @@
 //! `chat.completion`, or, when the body asks for `"stream": true`, a server-sent stream of a
 //! role chunk, 5 content chunks, a finish chunk, a usage chunk and `[DONE]`. It answers at
 //! once, with no artificial delay, so every difference between the paths is the proxy's
-//! own cost (and that of its client stack). llm-proxy reaches it as the OpenAI-compatible
-//! provider `fake` (`LLM_OPENAI_COMPATIBLE`).
+//! own cost (and that of its client stack). `GET /v1/models` lists its one model. llm-proxy
+//! reaches it as the OpenAI-compatible provider `fake` (`LLM_OPENAI_COMPATIBLE`).
 //!
 //! 1. **Added latency**, open loop: each path gets `BENCH_RATE` (1,000) calls/s on a fixed
 //!    timetable, and latency counts from each call's *scheduled* send time, so a stalled
@@ -205,12 +205,20 @@ async fn chat_completions(State(fake): State<Arc<Fake>>, body: Bytes) -> Respons
     Response::builder().header(CONTENT_TYPE, content_type).body(body).unwrap()
 }
 
+/// `GET /v1/models`: the one model.
+async fn models() -> axum::Json<Value> {
+    let model = json!({"id": "m", "object": "model", "created": 1_765_000_000, "owned_by": "bench"});
+    axum::Json(json!({"object": "list", "data": [model]}))
+}
+
 /// Serves the fake provider on a free loopback port; returns its base URL (`…/v1`).
 async fn serve_fake() -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}/v1", listener.local_addr().unwrap());
     let app = axum::Router::new()
         .route("/v1/chat/completions", axum::routing::post(chat_completions))
+        // Read once at start-up by llm-proxy versions that list compatible servers' models.
+        .route("/v1/models", axum::routing::get(models))
         .with_state(Arc::new(Fake::new()));
     tokio::spawn(async move { axum::serve(listener, app).await });
     base
