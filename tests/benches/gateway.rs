@@ -27,16 +27,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::fmt::Write as _;
 use std::future::Future;
-use std::path::PathBuf;
 use std::pin::Pin;
-use std::process::Stdio;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agentmesh_e2e::{binary, free_port};
+use agentmesh_e2e::free_port;
 use agentmesh_proto::agentmesh::agent::v1 as agent;
 use agentmesh_proto::agentmesh::agent::v1::agent_service_server::{AgentService, AgentServiceServer};
 use agentmesh_proto::agentmesh::session::v1::GetSessionRequest;
@@ -47,9 +47,11 @@ use agentmesh_testkit::identity;
 use futures::{Stream, StreamExt};
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
+
+use crate::common::{
+    Service, cpu_time, env_number, install_guards, load_average, micros, percentile_ms, pin_self, pinned,
+    wait_grpc_serving, wait_http_ok,
+};
 
 /// Shared by the gateway and session-store (principal signing); ≥ 32 characters.
 const SECRET: &str = "bench-secret-key-0123456789abcdefghijklmnopqrstuvwxyz";
@@ -57,8 +59,6 @@ const SECRET: &str = "bench-secret-key-0123456789abcdefghijklmnopqrstuvwxyz";
 const KEY: &str = "sk-bench-0123456789abcdefghijklmnopqrstuvwxyz";
 /// The user `SECURITY_API_KEYS` maps [`KEY`] to.
 const USER: &str = "bench";
-/// How long a started binary may take to serve.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------
 // Settings
@@ -76,13 +76,6 @@ struct Settings {
     rounds: usize,
     /// CPUs of the machine (not of this process, which `BENCH_PIN` narrows).
     machine_cpus: usize,
-}
-
-fn env_number(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(raw) => raw.trim().parse().unwrap_or_else(|_| panic!("{name}={raw:?} is not a whole number")),
-        Err(_) => default,
-    }
 }
 
 impl Settings {
@@ -113,210 +106,15 @@ impl Settings {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// Processes: started here, killed on drop, on panic and by the watchdog.
-
-/// Pid and log file of every process started and not yet dropped.
-static STARTED: Mutex<Vec<(u32, PathBuf)>> = Mutex::new(Vec::new());
-
-/// Kills every started process; with `remove_logs`, also deletes their log files (the
-/// watchdog exits without running destructors).
-fn kill_started(remove_logs: bool) {
-    let started: Vec<(u32, PathBuf)> = STARTED.lock().map(|started| started.clone()).unwrap_or_default();
-    for (pid, log) in started {
-        let _ = std::process::Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
-        if remove_logs {
-            let _ = std::fs::remove_file(log);
-        }
-    }
-}
-
-/// Kills every started process on panic (before unwinding) and after `timeout` (then exits).
-fn install_guards(timeout: Duration) {
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        kill_started(false);
-        default_hook(info);
-    }));
-    std::thread::spawn(move || {
-        std::thread::sleep(timeout);
-        eprintln!("bench: hard timeout of {timeout:?} reached; killing every started process");
-        kill_started(true);
-        std::process::exit(124);
-    });
-}
-
-/// A release binary running in the background, its stderr in a log file.
-struct Service {
-    name: &'static str,
-    child: tokio::process::Child,
-    pid: u32,
-    log: PathBuf,
-}
-
-impl Service {
-    /// Starts `name`; with `BENCH_PIN=1`, on `cpu` only (through `taskset`, which execs the
-    /// binary, so the pid is the binary's).
-    fn spawn(name: &'static str, env: &[(&str, String)], cpu: usize) -> Self {
-        let path = binary(name).unwrap_or_else(|error| {
-            panic!("{error}\n(for the bench: `cargo build --release --bins` first)");
-        });
-        let log = std::env::temp_dir().join(format!("agentmesh-bench-{}-{name}.log", std::process::id()));
-        let stderr = std::fs::File::create(&log).expect("a log file in the temp directory");
-        let mut command = if pinned() {
-            let mut taskset = tokio::process::Command::new("taskset");
-            taskset.arg("-c").arg(cpu.to_string()).arg(path);
-            taskset
-        } else {
-            tokio::process::Command::new(path)
-        };
-        command
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .envs(service_env())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(stderr))
-            .kill_on_drop(true);
-        let child = command.spawn().expect("the binary starts");
-        let pid = child.id().expect("a pid");
-        STARTED.lock().unwrap().push((pid, log.clone()));
-        Self { name, child, pid, log }
-    }
-
-    fn check_alive(&mut self) {
-        if let Some(status) = self.child.try_wait().unwrap() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            panic!("{} exited with {status}; stderr:\n{log}", self.name);
-        }
-    }
-
-    /// Resident set size in KiB (`VmRSS` of `/proc/<pid>/status`).
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap();
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc/<pid>/status")
-    }
-
-    /// Open file descriptors (sockets, mostly).
-    fn open_fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid)).map(Iterator::count).unwrap_or(0)
-    }
-
-    fn cpu(&self) -> Duration {
-        cpu_time(&format!("/proc/{}/stat", self.pid))
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-        if let Ok(mut pids) = STARTED.lock() {
-            pids.retain(|(pid, _)| *pid != self.pid);
-        }
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
-
-/// User + system CPU time of a process, from a `/proc/<pid>/stat` path.
-fn cpu_time(stat_path: &str) -> Duration {
-    let stat = std::fs::read_to_string(stat_path).unwrap_or_default();
-    // Fields after the command name (which may contain spaces) start at field 3.
-    let fields: Vec<&str> =
-        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-    // utime and stime are fields 14 and 15 (indices 11 and 12 after the name).
-    Duration::from_secs_f64((ticks(11) + ticks(12)) as f64 / clock_ticks() as f64)
-}
-
-fn clock_ticks() -> u64 {
-    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        std::process::Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|out| String::from_utf8(out.stdout).ok())
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(100)
-    })
-}
-
-async fn wait_grpc_serving(service: &mut Service, port: u16) {
-    let endpoint = Endpoint::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        service.check_alive();
-        if let Ok(channel) = endpoint.connect().await {
-            let status = HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await;
-            if matches!(status, Ok(r) if r.get_ref().status == ServingStatus::Serving as i32) {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "{} did not report SERVING on port {port}", service.name);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn wait_http_ok(service: &mut Service, url: &str) {
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        service.check_alive();
-        if let Ok(response) = client.get(url).send().await
-            && response.status().is_success()
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{} did not answer 200 at {url}", service.name);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Environment every binary gets: quiet logs, the shared secret.
 fn base_env() -> Vec<(&'static str, String)> {
     vec![("SECURITY_SECRET_KEY", SECRET.to_owned()), ("OBSERVABILITY_LOG_LEVEL", "WARNING".to_owned())]
-}
-
-/// `BENCH_SERVICE_ENV`: `NAME=value` pairs separated by spaces, set last on every binary
-/// started (for A/B experiments such as `OBSERVABILITY_TRACING_ENABLED=false`).
-fn service_env() -> Vec<(String, String)> {
-    let extra = std::env::var("BENCH_SERVICE_ENV").unwrap_or_default();
-    extra
-        .split_whitespace()
-        .map(|pair| {
-            let (name, value) =
-                pair.split_once('=').unwrap_or_else(|| panic!("BENCH_SERVICE_ENV: {pair:?} is not NAME=value"));
-            (name.to_owned(), value.to_owned())
-        })
-        .collect()
-}
-
-/// `BENCH_PIN=1`: the gateway runs on CPU 1; session-store and this load driver on CPU 0.
-/// The gateway is then a tier with a core of its own, as in a deployment, and both paths
-/// get the same capacity for the backend and the clients.
-fn pinned() -> bool {
-    env_number("BENCH_PIN", 0) != 0
 }
 
 /// The CPU the gateway runs on when pinned.
 const GATEWAY_CPU: usize = 1;
 /// The CPU of session-store and of this driver when pinned.
 const BACKEND_CPU: usize = 0;
-
-/// Moves every thread of this process to `cpu` (threads started later inherit it).
-fn pin_self(cpu: usize) {
-    let status = std::process::Command::new("taskset")
-        .args(["-a", "-c", "-p", &cpu.to_string(), &std::process::id().to_string()])
-        .stdout(Stdio::null())
-        .status()
-        .expect("taskset (util-linux) runs");
-    assert!(status.success(), "taskset could not pin the driver to CPU {cpu}");
-}
 
 /// A gateway on `port` with the bench key, rate limiting off, and `extra` variables.
 fn spawn_gateway(port: u16, extra: &[(&'static str, String)]) -> Service {
@@ -351,11 +149,7 @@ impl Load {
     }
 
     fn percentile_ms(&self, q: f64) -> f64 {
-        if self.latencies.is_empty() {
-            return f64::NAN;
-        }
-        let rank = ((q * self.latencies.len() as f64).ceil() as usize).clamp(1, self.latencies.len());
-        f64::from(self.latencies[rank - 1]) / 1000.0
+        percentile_ms(&self.latencies, q)
     }
 
     fn max_ms(&self) -> f64 {
@@ -376,7 +170,7 @@ async fn drive(workers: usize, duration: Duration, call: &Call) -> Load {
                 while Instant::now() < deadline {
                     let sent = Instant::now();
                     match call(worker).await {
-                        Ok(()) => latencies.push(u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX)),
+                        Ok(()) => latencies.push(micros(sent.elapsed())),
                         Err(error) => {
                             errors += 1;
                             first_error.get_or_insert(error);
@@ -848,14 +642,6 @@ async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) {
 
 fn cpu_per_request_us(cpu: Duration, load: &Load) -> f64 {
     cpu.as_secs_f64() * 1e6 / load.ok.max(1) as f64
-}
-
-/// The 1-minute load average (the machine is shared; a busy neighbour shows here).
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|text| text.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".to_owned())
 }
 
 fn report(settings: &Settings, unary: &Unary, streams: &Streams, load_before: &str) -> String {
