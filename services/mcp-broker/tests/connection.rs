@@ -370,7 +370,8 @@ async fn a_stdio_server_killed_mid_call_is_a_transport_error_and_a_new_connectio
     let error = result.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Transport, "{error}");
     assert!(error.closes_connection() && error.is_transient());
-    eventually("the connection did not notice its server died", || connection.is_closed()).await;
+    tokio::time::timeout(Duration::from_secs(5), connection.closed()).await.expect("the end went unnoticed");
+    assert!(connection.is_closed());
     assert_eq!(connection.ping().await.unwrap_err().kind(), ErrorKind::Transport);
     connection.close().await;
     assert!(reaped(pid), "the killed server {pid} was not reaped");

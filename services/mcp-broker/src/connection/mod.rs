@@ -25,6 +25,8 @@ use rmcp::model::{
     PingRequest, ProtocolVersion, ServerResult,
 };
 use rmcp::service::{ClientCacheConfig, ClientInitializeError, NotificationContext, RunningService};
+use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
+use rmcp::transport::Transport;
 use rmcp::{ClientHandler, RoleClient, ServiceError, ServiceExt};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
@@ -75,6 +77,7 @@ pub struct Connection {
     details: ServerDetails,
     timeouts: Timeouts,
     tools_changed: watch::Receiver<u64>,
+    closed: watch::Receiver<bool>,
     child: Option<stdio::StdioChild>,
     violation: stdio::Violation,
     endpoint: Option<String>,
@@ -96,12 +99,14 @@ impl Connection {
     /// `spec.timeouts.initialize`. On any failure a started child is ended before returning.
     pub async fn open(spec: &ServerSpec) -> Result<Connection, ConnectionError> {
         let (tools_changed_sender, tools_changed) = watch::channel(0);
+        let (closed_sender, closed) = watch::channel(false);
         let handler = ClientEvents { tools_changed: tools_changed_sender, label: spec.label.clone() };
         let limit = spec.timeouts.initialize;
         let (service, child, violation, endpoint) = match &spec.transport {
             TransportSpec::Stdio(stdio_spec) => {
                 let (child, transport) = stdio::spawn(stdio_spec, &spec.label)?;
                 let violation = transport.violation();
+                let transport = Watched { inner: transport, closed: closed_sender };
                 match initialize(handler.serve(transport), limit, &violation, None).await {
                     Ok(service) => (service, Some(child), violation, None),
                     Err(error) => {
@@ -112,7 +117,7 @@ impl Connection {
                 }
             }
             TransportSpec::StreamableHttp(http_spec) => {
-                let transport = http::transport(http_spec, limit)?;
+                let transport = Watched { inner: http::transport(http_spec, limit)?, closed: closed_sender };
                 let violation = stdio::Violation::default();
                 let service = initialize(handler.serve(transport), limit, &violation, Some(&http_spec.url)).await?;
                 (service, None, violation, Some(http_spec.url.clone()))
@@ -136,6 +141,7 @@ impl Connection {
             details,
             timeouts: spec.timeouts,
             tools_changed,
+            closed,
             child,
             violation,
             endpoint,
@@ -156,7 +162,15 @@ impl Connection {
     /// Whether the session has ended (the process exited, the transport failed or closed);
     /// every later request fails with a transport error, so open a new connection.
     pub fn is_closed(&self) -> bool {
-        self.service.is_closed() || self.service.peer().is_transport_closed()
+        *self.closed.borrow() || self.service.is_closed() || self.service.peer().is_transport_closed()
+    }
+
+    /// Resolves when the session has ended (see [`Connection::is_closed`]): for example
+    /// when a stdio server exits, so that its supervisor can start it again.
+    pub async fn closed(&self) {
+        let mut closed = self.closed.clone();
+        // An error means the transport is gone, which is closed too.
+        let _ = closed.wait_for(|closed| *closed).await;
     }
 
     /// A receiver whose value changes each time the server sends
@@ -327,6 +341,37 @@ fn server_details(info: &rmcp::model::ServerPeerInfo) -> ServerDetails {
         instructions: info.instructions.clone(),
         capabilities,
         tools_list_changed: info.capabilities.tools.as_ref().and_then(|tools| tools.list_changed).unwrap_or(false),
+    }
+}
+
+/// A transport that reports its end on a watch channel (rmcp does not say when it ends).
+struct Watched<T> {
+    inner: T,
+    closed: watch::Sender<bool>,
+}
+
+impl<T: Transport<RoleClient>> Transport<RoleClient> for Watched<T> {
+    type Error = T::Error;
+
+    fn send(
+        &mut self,
+        item: TxJsonRpcMessage<RoleClient>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+        self.inner.send(item)
+    }
+
+    async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleClient>> {
+        let message = self.inner.receive().await;
+        if message.is_none() {
+            self.closed.send_replace(true);
+        }
+        message
+    }
+
+    async fn close(&mut self) -> Result<(), Self::Error> {
+        let result = self.inner.close().await;
+        self.closed.send_replace(true);
+        result
     }
 }
 
