@@ -1,4 +1,4 @@
-"""A stdio "MCP server" that breaks the protocol on purpose, for mcp-broker's fault tests.
+"""A stdio "MCP server" scripting protocol edge cases and faults for mcp-broker's tests.
 
     python3 misbehaving_server.py MODE PIDFILE
 
@@ -7,6 +7,7 @@ the test can check that they are gone afterwards. Modes:
 
 - `garbage`: answers every request with a line that is not JSON-RPC;
 - `bad-after-init`: answers `initialize` properly, then every other request with garbage;
+- `paged`: answers `initialize`, and `tools/list` in two pages (`nextCursor`);
 - `hang`: never answers, ignores SIGTERM and stdin closing, and starts a child (`sleep`)
   in its process group — only killing the whole group ends it.
 
@@ -38,12 +39,21 @@ def main() -> None:
         message = json.loads(line)
         if "id" not in message:
             continue
-        if mode == "bad-after-init" and message.get("method") == "initialize":
+        method = message.get("method")
+        if mode in ("bad-after-init", "paged") and method == "initialize":
             result = {
                 "protocolVersion": message["params"]["protocolVersion"],
                 "capabilities": {"tools": {}},
                 "serverInfo": {"name": "misbehaving", "version": "0"},
             }
+            reply = json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": result})
+        elif mode == "paged" and method == "tools/list":
+            cursor = (message.get("params") or {}).get("cursor")
+            schema = {"type": "object", "properties": {}}
+            if cursor is None:
+                result = {"tools": [{"name": "first", "inputSchema": schema}], "nextCursor": "page-2"}
+            else:
+                result = {"tools": [{"name": "second", "inputSchema": schema}]}
             reply = json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": result})
         else:
             reply = "this is not JSON-RPC {"

@@ -267,10 +267,20 @@ async fn exercise_everything(connection: &Connection) {
 #[tokio::test]
 async fn reference_server_over_stdio() {
     let Some(peers) = peers() else { return };
-    let connection = Connection::open(&everything_stdio(&peers)).await.unwrap();
+    let mut spec = everything_stdio(&peers);
+    let TransportSpec::Stdio(stdio) = &mut spec.transport else { unreachable!() };
+    stdio.env.push(("AGENTMESH_MCP_TEST".into(), "from-the-spec".into()));
+    let connection = Connection::open(&spec).await.unwrap();
     let pid = connection.pid().expect("a child");
     assert!(running(pid));
     exercise_everything(&connection).await;
+
+    // The child sees its own variables and the minimal ones, none of the broker's others.
+    let env = connection.call_tool("get-env", Map::new(), CALL_TIMEOUT).await.unwrap();
+    let env: Map<String, Value> = serde_json::from_str(texts(&env)[0]).unwrap();
+    assert_eq!(env["AGENTMESH_MCP_TEST"], "from-the-spec");
+    assert!(env.contains_key("PATH"));
+    assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some() && !env.contains_key("CARGO_MANIFEST_DIR"), "{env:?}");
     connection.close().await;
     assert!(reaped(pid), "the stdio server {pid} outlived its connection");
 }
@@ -455,6 +465,20 @@ async fn garbage_after_initialize_is_a_protocol_error() {
     let pid = connection.pid().unwrap();
     connection.close().await;
     assert!(reaped(pid));
+    std::fs::remove_file(pids).unwrap();
+}
+
+#[tokio::test]
+async fn tools_are_listed_across_pages() {
+    if peers().is_none() {
+        return;
+    }
+    let pids = pidfile("paged");
+    let connection = Connection::open(&misbehaving("paged", &pids)).await.unwrap();
+    let tools = connection.list_tools().await.unwrap();
+    let names: Vec<&str> = tools.iter().map(|tool| tool.remote_name.as_str()).collect();
+    assert_eq!(names, ["first", "second"]);
+    connection.close().await;
     std::fs::remove_file(pids).unwrap();
 }
 
