@@ -135,7 +135,8 @@ impl ConnectionError {
         matches!(self.kind(), ErrorKind::Timeout | ErrorKind::Transport | ErrorKind::Protocol | ErrorKind::Server)
     }
 
-    /// Whether the connection is unusable after this error and must be reopened.
+    /// Whether the connection should be reopened after this error (a stdio connection is
+    /// always closed by it; an HTTP one may survive, but cannot be trusted).
     pub fn closes_connection(&self) -> bool {
         matches!(self.kind(), ErrorKind::Transport | ErrorKind::Protocol | ErrorKind::Spawn | ErrorKind::Unauthorized)
     }

@@ -43,7 +43,7 @@ const MAX_TOOL_PAGES: usize = 1000;
 const HTTP_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a server said about itself at `initialize`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServerDetails {
     /// The protocol version agreed.
     pub protocol_version: String,
@@ -126,15 +126,7 @@ impl Connection {
         // rmcp's response cache would answer `tools/list` from memory, and even serve a
         // stale list when the server is down: discovery must see the server itself.
         service.peer().set_response_cache_config(ClientCacheConfig::disabled()).await;
-        let details = service.peer().peer_info().map(|info| server_details(&info)).unwrap_or_else(|| ServerDetails {
-            protocol_version: String::new(),
-            name: String::new(),
-            version: String::new(),
-            title: None,
-            instructions: None,
-            capabilities: Vec::new(),
-            tools_list_changed: false,
-        });
+        let details = service.peer().peer_info().map(|info| server_details(&info)).unwrap_or_default();
         tracing::info!(server = %spec.label, server_info = %details.server_info(), protocol = %details.protocol_version, "MCP session open");
         Ok(Connection {
             service,
