@@ -6,6 +6,8 @@
 //! Like every service it serves only calls carrying a signed principal and an actor it
 //! serves: the agent-orchestrator (and the gateway on its public RPCs) (`agentmesh_runtime::auth::actors`).
 
+pub mod connection;
+
 use std::future::Future;
 use std::sync::Arc;
 
