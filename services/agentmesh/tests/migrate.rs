@@ -43,11 +43,12 @@ async fn check_lists_pending_migrations_until_migrate_applies_them() {
 
     // --check creates nothing.
     let mut conn = sqlx::PgConnection::connect(database.url()).await.unwrap();
-    let schemas: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname IN ('session_store', 'mcp_broker', 'gateway')")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
+    let schemas: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_namespace WHERE nspname IN ('session_store', 'mcp_broker', 'gateway')",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
     assert_eq!(schemas, 0);
 
     let applied = migrate(database.url(), &[]);
