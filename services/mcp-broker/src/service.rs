@@ -38,11 +38,6 @@ impl McpBroker {
     pub fn new(store: Arc<dyn McpStore>, limits: RegistryLimits) -> Self {
         Self { store, limits }
     }
-
-    /// The store (for the MCP client, which records what it discovers).
-    pub fn store(&self) -> &Arc<dyn McpStore> {
-        &self.store
-    }
 }
 
 /// The caller, as established by the server's authenticator.
