@@ -39,6 +39,11 @@ pub fn services(config: &Config) -> Result<Vec<ServiceMigrations>, MigrateError>
             migrations: agentmesh_session_store::store::postgres::migrations(),
         },
         ServiceMigrations {
+            service: "mcp-broker",
+            schema: agentmesh_mcp_broker::POSTGRES_SCHEMA.to_owned(),
+            migrations: agentmesh_mcp_broker::store::postgres::migrations(),
+        },
+        ServiceMigrations {
             service: "gateway",
             schema: agentmesh_gateway::auth::store::schema(config)?,
             migrations: agentmesh_gateway::auth::store::migrations(),
@@ -140,6 +145,6 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let services = services(&config).unwrap_or_else(|e| panic!("{e}"));
         let names: Vec<_> = services.iter().map(|s| (s.service, s.schema.as_str())).collect();
-        assert_eq!(names, [("session-store", "session_store"), ("gateway", "gw_test")]);
+        assert_eq!(names, [("session-store", "session_store"), ("mcp-broker", "mcp_broker"), ("gateway", "gw_test")]);
     }
 }

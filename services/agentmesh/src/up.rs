@@ -166,7 +166,9 @@ async fn run_service(
             agentmesh_agent_orchestrator::run(config, listener, shutdown).await.map_err(Into::into)
         }
         ServiceName::LlmProxy => agentmesh_llm_proxy::serve(config, bus, listener, shutdown).await.map_err(Into::into),
-        ServiceName::McpBroker => agentmesh_mcp_broker::run(config, listener, shutdown).await.map_err(Into::into),
+        ServiceName::McpBroker => {
+            agentmesh_mcp_broker::serve(config, bus, listener, shutdown).await.map_err(Into::into)
+        }
         ServiceName::SecretsBroker => {
             agentmesh_secrets_broker::run(config, listener, shutdown).await.map_err(Into::into)
         }

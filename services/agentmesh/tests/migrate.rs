@@ -36,38 +36,54 @@ async fn check_lists_pending_migrations_until_migrate_applies_them() {
     let listed = text(&before.stdout);
     assert!(listed.contains("session-store (schema session_store): 5 pending"), "{listed}");
     assert!(listed.contains("  0002 outbox"), "{listed}");
+    assert!(listed.contains("mcp-broker (schema mcp_broker): 3 pending"), "{listed}");
+    assert!(listed.contains("  0001 registry"), "{listed}");
     assert!(listed.contains("gateway (schema gateway): 1 pending"), "{listed}");
     assert!(listed.contains("  0001 api keys"), "{listed}");
 
     // --check creates nothing.
     let mut conn = sqlx::PgConnection::connect(database.url()).await.unwrap();
-    let schemas: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname IN ('session_store', 'gateway')")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
+    let schemas: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_namespace WHERE nspname IN ('session_store', 'mcp_broker', 'gateway')",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
     assert_eq!(schemas, 0);
 
     let applied = migrate(database.url(), &[]);
     assert!(applied.status.success(), "{}", text(&applied.stderr));
     let out = text(&applied.stdout);
     assert!(out.contains("session-store (schema session_store): applied 5"), "{out}");
+    assert!(out.contains("mcp-broker (schema mcp_broker): applied 3"), "{out}");
     assert!(out.contains("gateway (schema gateway): applied 1"), "{out}");
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT table_schema || '.' || table_name FROM information_schema.tables \
-         WHERE table_schema IN ('session_store', 'gateway') AND table_name IN ('sessions', 'outbox', 'api_keys') \
+         WHERE table_schema IN ('session_store', 'mcp_broker', 'gateway') \
+         AND table_name IN ('sessions', 'outbox', 'api_keys', 'tools', 'mcp_servers') \
          ORDER BY 1",
     )
     .fetch_all(&mut conn)
     .await
     .unwrap();
-    assert_eq!(tables, ["gateway.api_keys", "session_store.outbox", "session_store.sessions"]);
+    assert_eq!(
+        tables,
+        [
+            "gateway.api_keys",
+            "mcp_broker.mcp_servers",
+            "mcp_broker.outbox",
+            "mcp_broker.tools",
+            "session_store.outbox",
+            "session_store.sessions"
+        ]
+    );
 
     // Up to date: --check exits 0, and migrating again changes nothing.
     let after = migrate(database.url(), &["--check"]);
     assert_eq!(after.status.code(), Some(0), "{}", text(&after.stderr));
     let out = text(&after.stdout);
     assert!(out.contains("session-store (schema session_store): up to date"), "{out}");
+    assert!(out.contains("mcp-broker (schema mcp_broker): up to date"), "{out}");
     assert!(out.contains("gateway (schema gateway): up to date"), "{out}");
     let again = migrate(database.url(), &[]);
     assert!(again.status.success(), "{}", text(&again.stderr));

@@ -1,0 +1,358 @@
+//! `McpService` over gRPC: the tool catalogue and the MCP server registry.
+//!
+//! Each RPC takes the caller's principal, validates the request against the contract's
+//! field rules and then the registry's own ([`crate::rules`]), turns it into a store
+//! call, and maps the result back. Store errors become the mesh's error model: 404, 409
+//! for a taken name, 422 for an unknown server, or a retryable `external_service_error`
+//! when the backend is down. Discovery (`RefreshMcpServer`) and `InvokeTool` belong to
+//! the MCP client and answer UNIMPLEMENTED here.
+
+use std::sync::Arc;
+
+use agentmesh_proto::agentmesh::mcp::v1 as pb;
+use agentmesh_proto::agentmesh::mcp::v1::mcp_service_server::McpService;
+use agentmesh_runtime::auth::Principal;
+use agentmesh_runtime::validate::validate;
+use agentmesh_runtime::{ApiError, ErrorCode, RequestContext};
+use serde_json::Value;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::convert::{server_to_proto, tool_to_proto};
+use crate::paging::{self, query_fingerprint};
+use crate::rules::{self, ServerFields, ToolFields, violation};
+use crate::settings::RegistryLimits;
+use crate::store::{Cursor, McpStore, Page, ServerQuery, StoreError, ToolQuery, ToolRecord, Transport};
+
+const DEFAULT_LIMIT: u32 = 20;
+
+/// The `McpService` implementation: a store and the input limits.
+#[derive(Clone)]
+pub struct McpBroker {
+    store: Arc<dyn McpStore>,
+    limits: RegistryLimits,
+}
+
+impl McpBroker {
+    /// A service over `store`.
+    pub fn new(store: Arc<dyn McpStore>, limits: RegistryLimits) -> Self {
+        Self { store, limits }
+    }
+}
+
+/// The caller, as established by the server's authenticator.
+fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
+    request
+        .extensions()
+        .get::<RequestContext>()
+        .and_then(|context| context.principal.clone())
+        .or_else(|| RequestContext::current().and_then(|context| context.principal))
+        .ok_or_else(|| Status::from(ApiError::new(ErrorCode::Authentication, "Authentication required")))
+}
+
+/// A UUID already checked by the contract's `format: "uuid"` rule.
+fn id(field: &str, raw: &str) -> Result<Uuid, Status> {
+    Uuid::try_parse(raw)
+        .map_err(|_| ApiError::validation(vec![violation(field, "must be a UUID", Value::from(raw))]).into())
+}
+
+/// A store error as the client sees it; `resource` names what was not found.
+fn store_error(resource: &'static str) -> impl Fn(StoreError) -> Status {
+    move |error| match error {
+        StoreError::NotFound => ApiError::not_found(resource).into(),
+        StoreError::NameTaken(name) => {
+            ApiError::new(ErrorCode::Conflict, format!("{resource} name {name:?} is already taken"))
+                .with_detail("name", name)
+                .into()
+        }
+        StoreError::UnknownServer => {
+            ApiError::validation(vec![violation("mcp_server_id", "names no MCP server", Value::Null)]).into()
+        }
+        StoreError::Unavailable(source) => {
+            tracing::warn!(error = %source, "registry storage unavailable");
+            ApiError::external_service("mcp-registry-storage", "database", true).into()
+        }
+        StoreError::Internal(source) => {
+            tracing::error!(error = %source, "registry storage failure");
+            ApiError::internal().into()
+        }
+    }
+}
+
+fn limit(raw: Option<i32>) -> u32 {
+    raw.and_then(|n| u32::try_from(n).ok()).unwrap_or(DEFAULT_LIMIT)
+}
+
+fn offset(raw: Option<i32>) -> u64 {
+    raw.and_then(|n| u64::try_from(n).ok()).unwrap_or(0)
+}
+
+/// The cursor of `page_token` (which takes precedence over `offset`), refusing a token
+/// issued for another query.
+fn after(page_token: &str, fingerprint: &str) -> Result<Option<Cursor>, Status> {
+    if page_token.is_empty() {
+        return Ok(None);
+    }
+    paging::decode(page_token, fingerprint)
+        .map(Some)
+        .map_err(|error| ApiError::validation(vec![violation("page_token", &error.to_string(), Value::Null)]).into())
+}
+
+/// The token of the page after `page`, empty on the last page.
+fn next_token<T>(page: &Page<T>, name: impl Fn(&T) -> &str, fingerprint: &str) -> String {
+    match page.items.last() {
+        Some(last) if page.has_more => paging::encode(&Cursor { name: name(last).to_owned() }, fingerprint),
+        _ => String::new(),
+    }
+}
+
+/// A filter value as a fingerprint part that tells "absent" from any value.
+fn part<T: std::fmt::Display>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| format!("+{v}"))
+}
+
+fn total(page_total: u64) -> i64 {
+    i64::try_from(page_total).unwrap_or(i64::MAX)
+}
+
+fn tools(page: &Page<ToolRecord>) -> Vec<pb::Tool> {
+    page.items.iter().map(tool_to_proto).collect()
+}
+
+#[tonic::async_trait]
+impl McpService for McpBroker {
+    async fn create_tool(
+        &self,
+        request: Request<pb::CreateToolRequest>,
+    ) -> Result<Response<pb::CreateToolResponse>, Status> {
+        principal(&request)?;
+        let request = request.into_inner();
+        validate(&request)?;
+        let mcp_server_id = request.mcp_server_id.as_deref().map(|raw| id("mcp_server_id", raw)).transpose()?;
+        let definition = rules::tool_definition(
+            ToolFields {
+                name: &request.name,
+                description: &request.description,
+                schema: request.schema.as_ref(),
+                mcp_server_id,
+                enabled: request.enabled,
+                metadata: request.metadata.as_ref(),
+                title: request.title.as_ref(),
+                output_schema: request.output_schema.as_ref(),
+                annotations: request.annotations.as_ref(),
+            },
+            &self.limits,
+        )?;
+        let tool = self.store.create_tool(definition).await.map_err(store_error("Tool"))?;
+        Ok(Response::new(pb::CreateToolResponse { tool: Some(tool_to_proto(&tool)) }))
+    }
+
+    async fn list_tools(
+        &self,
+        request: Request<pb::ListToolsRequest>,
+    ) -> Result<Response<pb::ListToolsResponse>, Status> {
+        principal(&request)?;
+        let request = request.into_inner();
+        validate(&request)?;
+        let mcp_server_id = request.mcp_server_id.as_deref().map(|raw| id("mcp_server_id", raw)).transpose()?;
+        let search = request.search.filter(|s| !s.is_empty());
+        let fingerprint =
+            query_fingerprint(&["tools", &part(mcp_server_id), &part(request.enabled), &part(search.as_deref())]);
+        let after = after(&request.page_token, &fingerprint)?;
+        let query = ToolQuery {
+            mcp_server_id,
+            enabled: request.enabled,
+            search,
+            limit: limit(request.limit),
+            offset: if after.is_some() { 0 } else { offset(request.offset) },
+            after,
+        };
+        let page = self.store.list_tools(&query).await.map_err(store_error("Tool"))?;
+        Ok(Response::new(pb::ListToolsResponse {
+            tools: tools(&page),
+            next_page_token: next_token(&page, |t| &t.name, &fingerprint),
+            total_count: total(page.total),
+        }))
+    }
+
+    async fn get_tool(&self, request: Request<pb::GetToolRequest>) -> Result<Response<pb::GetToolResponse>, Status> {
+        principal(&request)?;
+        validate(request.get_ref())?;
+        let tool_id = id("tool_id", &request.get_ref().tool_id)?;
+        let tool = self.store.get_tool(tool_id).await.map_err(store_error("Tool"))?;
+        Ok(Response::new(pb::GetToolResponse { tool: Some(tool_to_proto(&tool)) }))
+    }
+
+    async fn update_tool(
+        &self,
+        request: Request<pb::UpdateToolRequest>,
+    ) -> Result<Response<pb::UpdateToolResponse>, Status> {
+        principal(&request)?;
+        let request = request.into_inner();
+        validate(&request)?;
+        let tool_id = id("tool_id", &request.tool_id)?;
+        let mcp_server_id = request.mcp_server_id.as_deref().map(|raw| id("mcp_server_id", raw)).transpose()?;
+        let definition = rules::tool_definition(
+            ToolFields {
+                name: &request.name,
+                description: &request.description,
+                schema: request.schema.as_ref(),
+                mcp_server_id,
+                enabled: request.enabled,
+                metadata: request.metadata.as_ref(),
+                title: request.title.as_ref(),
+                output_schema: request.output_schema.as_ref(),
+                annotations: request.annotations.as_ref(),
+            },
+            &self.limits,
+        )?;
+        let tool = self.store.update_tool(tool_id, definition).await.map_err(store_error("Tool"))?;
+        Ok(Response::new(pb::UpdateToolResponse { tool: Some(tool_to_proto(&tool)) }))
+    }
+
+    async fn delete_tool(
+        &self,
+        request: Request<pb::DeleteToolRequest>,
+    ) -> Result<Response<pb::DeleteToolResponse>, Status> {
+        principal(&request)?;
+        validate(request.get_ref())?;
+        let tool_id = id("tool_id", &request.get_ref().tool_id)?;
+        self.store.delete_tool(tool_id).await.map_err(store_error("Tool"))?;
+        Ok(Response::new(pb::DeleteToolResponse {}))
+    }
+
+    async fn create_mcp_server(
+        &self,
+        request: Request<pb::CreateMcpServerRequest>,
+    ) -> Result<Response<pb::CreateMcpServerResponse>, Status> {
+        let principal = principal(&request)?;
+        let request = request.into_inner();
+        validate(&request)?;
+        if rules::wants_stdio(request.transport, request.stdio.as_ref()) {
+            rules::check_stdio_allowed(&principal)?;
+        }
+        let config = rules::server_config(
+            ServerFields {
+                name: &request.name,
+                description: request.description.as_ref(),
+                endpoint: &request.endpoint,
+                authentication: request.authentication.as_ref(),
+                capabilities: &request.capabilities,
+                health_check_url: request.health_check_url.as_ref(),
+                enabled: request.enabled,
+                transport: request.transport,
+                stdio: request.stdio.as_ref(),
+                tool_prefix: request.tool_prefix.as_ref(),
+            },
+            &self.limits,
+        )?;
+        let server = self.store.create_server(config).await.map_err(store_error("MCP server"))?;
+        Ok(Response::new(pb::CreateMcpServerResponse { mcp_server: Some(server_to_proto(&server)) }))
+    }
+
+    async fn list_mcp_servers(
+        &self,
+        request: Request<pb::ListMcpServersRequest>,
+    ) -> Result<Response<pb::ListMcpServersResponse>, Status> {
+        principal(&request)?;
+        let request = request.into_inner();
+        validate(&request)?;
+        let search = request.search.filter(|s| !s.is_empty());
+        let fingerprint = query_fingerprint(&["mcp_servers", &part(request.enabled), &part(search.as_deref())]);
+        let after = after(&request.page_token, &fingerprint)?;
+        let query = ServerQuery {
+            enabled: request.enabled,
+            search,
+            limit: limit(request.limit),
+            offset: if after.is_some() { 0 } else { offset(request.offset) },
+            after,
+        };
+        let page = self.store.list_servers(&query).await.map_err(store_error("MCP server"))?;
+        Ok(Response::new(pb::ListMcpServersResponse {
+            mcp_servers: page.items.iter().map(server_to_proto).collect(),
+            next_page_token: next_token(&page, |s| &s.config.name, &fingerprint),
+            total_count: total(page.total),
+        }))
+    }
+
+    async fn get_mcp_server(
+        &self,
+        request: Request<pb::GetMcpServerRequest>,
+    ) -> Result<Response<pb::GetMcpServerResponse>, Status> {
+        principal(&request)?;
+        validate(request.get_ref())?;
+        let server_id = id("mcp_server_id", &request.get_ref().mcp_server_id)?;
+        let server = self.store.get_server(server_id).await.map_err(store_error("MCP server"))?;
+        Ok(Response::new(pb::GetMcpServerResponse { mcp_server: Some(server_to_proto(&server)) }))
+    }
+
+    async fn update_mcp_server(
+        &self,
+        request: Request<pb::UpdateMcpServerRequest>,
+    ) -> Result<Response<pb::UpdateMcpServerResponse>, Status> {
+        let principal = principal(&request)?;
+        let request = request.into_inner();
+        validate(&request)?;
+        let server_id = id("mcp_server_id", &request.mcp_server_id)?;
+        let current = self.store.get_server(server_id).await.map_err(store_error("MCP server"))?;
+        // Changing a stdio server, or turning a server into one, is the admin's.
+        if current.config.transport == Transport::Stdio || rules::wants_stdio(request.transport, request.stdio.as_ref())
+        {
+            rules::check_stdio_allowed(&principal)?;
+        }
+        let config = rules::server_config(
+            ServerFields {
+                name: &request.name,
+                description: request.description.as_ref(),
+                endpoint: &request.endpoint,
+                authentication: request.authentication.as_ref(),
+                capabilities: &request.capabilities,
+                health_check_url: request.health_check_url.as_ref(),
+                enabled: request.enabled,
+                transport: request.transport,
+                stdio: request.stdio.as_ref(),
+                tool_prefix: request.tool_prefix.as_ref(),
+            },
+            &self.limits,
+        )?;
+        let server = self.store.update_server(server_id, config).await.map_err(store_error("MCP server"))?;
+        Ok(Response::new(pb::UpdateMcpServerResponse { mcp_server: Some(server_to_proto(&server)) }))
+    }
+
+    async fn delete_mcp_server(
+        &self,
+        request: Request<pb::DeleteMcpServerRequest>,
+    ) -> Result<Response<pb::DeleteMcpServerResponse>, Status> {
+        principal(&request)?;
+        validate(request.get_ref())?;
+        let server_id = id("mcp_server_id", &request.get_ref().mcp_server_id)?;
+        self.store.delete_server(server_id).await.map_err(store_error("MCP server"))?;
+        Ok(Response::new(pb::DeleteMcpServerResponse {}))
+    }
+
+    async fn list_mcp_server_tools(
+        &self,
+        request: Request<pb::ListMcpServerToolsRequest>,
+    ) -> Result<Response<pb::ListMcpServerToolsResponse>, Status> {
+        principal(&request)?;
+        let request = request.into_inner();
+        validate(&request)?;
+        let server_id = id("mcp_server_id", &request.mcp_server_id)?;
+        self.store.get_server(server_id).await.map_err(store_error("MCP server"))?;
+        let fingerprint = query_fingerprint(&["mcp_server_tools", &server_id.to_string()]);
+        let after = after(&request.page_token, &fingerprint)?;
+        let query = ToolQuery {
+            mcp_server_id: Some(server_id),
+            limit: limit(request.limit),
+            offset: if after.is_some() { 0 } else { offset(request.offset) },
+            after,
+            ..ToolQuery::default()
+        };
+        let page = self.store.list_tools(&query).await.map_err(store_error("Tool"))?;
+        Ok(Response::new(pb::ListMcpServerToolsResponse {
+            tools: tools(&page),
+            next_page_token: next_token(&page, |t| &t.name, &fingerprint),
+            total_count: total(page.total),
+        }))
+    }
+}
