@@ -180,11 +180,18 @@ impl NatsBus {
 
     async fn ensure_stream(&self) -> Result<(), EventsError> {
         let desired = self.config.stream_config();
-        let stream = self
-            .jetstream
-            .get_or_create_stream(desired.clone())
-            .await
-            .map_err(|err| errors::stream("create stream", err))?;
+        let mut attempt = 1;
+        let stream = loop {
+            match self.jetstream.get_or_create_stream(desired.clone()).await {
+                Ok(stream) => break stream,
+                Err(err) if attempt < STREAM_CREATE_ATTEMPTS && is_store_race(&err) => {
+                    tracing::debug!(stream = %desired.name, %err, attempt, "stream store not ready; creating again");
+                    tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                Err(err) => return Err(errors::stream("create stream", err)),
+            }
+        };
         if let Some(updated) = reconcile(&stream.cached_info().config, &desired) {
             tracing::info!(stream = %desired.name, "updating stream subjects and limits");
             self.jetstream.update_stream(&updated).await.map_err(|err| errors::stream("update stream", err))?;
@@ -205,6 +212,19 @@ impl NatsBus {
             .map_err(errors::publish)?;
         Ok(PublishAck { sequence: ack.sequence, duplicate: ack.duplicate })
     }
+}
+
+/// Tries at creating a stream whose storage directory the server failed to create.
+const STREAM_CREATE_ATTEMPTS: u32 = 3;
+
+/// Whether creating a stream failed because the server could not create its storage
+/// directory (10049 / 10077): JetStream removes an account's stream directory when its
+/// last stream is deleted, and a creation racing that removal fails once, then succeeds.
+fn is_store_race(err: &jetstream::context::CreateStreamError) -> bool {
+    use jetstream::ErrorCode;
+    use jetstream::context::CreateStreamErrorKind;
+    matches!(err.kind(), CreateStreamErrorKind::JetStream(error)
+        if error.error_code() == ErrorCode::STREAM_CREATE || error.error_code() == ErrorCode::STREAM_STORE_FAILED)
 }
 
 /// The existing stream's config with `desired`'s subjects and limits, when they differ.
