@@ -70,7 +70,7 @@ pub struct Sessions {
     settings: ClientSettings,
     preset: Preset,
     dependencies: Option<DependencyHealth>,
-    open: Mutex<HashMap<SessionKey, Arc<Connection>>>,
+    open: Arc<Mutex<HashMap<SessionKey, Arc<Connection>>>>,
     /// Opens one session at a time, so that concurrent first calls share one.
     opening: tokio::sync::Mutex<()>,
     resilience: Mutex<HashMap<Uuid, Resilience>>,
@@ -98,7 +98,7 @@ impl Sessions {
             settings,
             preset,
             dependencies,
-            open: Mutex::default(),
+            open: Arc::default(),
             opening: tokio::sync::Mutex::default(),
             resilience: Mutex::default(),
         }
@@ -122,7 +122,7 @@ impl Sessions {
         }
         let spec = self.spec(server, key.user_id.as_deref()).await?;
         let connection = Arc::new(Connection::open(&spec).await?);
-        self.watch_tool_changes(server.id, &connection);
+        self.supervise(key.clone(), &connection);
         let stale = lock(&self.open).insert(key, connection.clone());
         if let Some(stale) = stale {
             close(stale).await;
@@ -218,25 +218,39 @@ impl Sessions {
         Ok(outcome.tools)
     }
 
-    /// Re-syncs the server's tools each time the session says its list changed, for as
-    /// long as the session lives.
-    fn watch_tool_changes(&self, server_id: Uuid, connection: &Arc<Connection>) {
+    /// For as long as the session lives: re-syncs the server's tools each time it says its
+    /// list changed, and forgets the session when it ends (a stdio server that exited), so
+    /// that the next use opens a new one. Holds the session only while syncing.
+    fn supervise(&self, key: SessionKey, connection: &Arc<Connection>) {
         let mut changes = connection.tools_changed();
+        let ended = connection.on_close();
         let session = Arc::downgrade(connection);
         let store = self.store.clone();
+        let open = self.open.clone();
         tokio::spawn(async move {
-            while changes.changed().await.is_ok() {
-                let Some(connection) = session.upgrade() else { break };
-                let synced = match connection.list_tools().await {
-                    Ok(listed) => store.sync_tools(server_id, listed.into_iter().map(discovered).collect()).await,
-                    Err(error) => {
-                        tracing::warn!(%server_id, %error, "listing tools after a change failed");
-                        continue;
+            tokio::pin!(ended);
+            loop {
+                tokio::select! {
+                    () = &mut ended => break,
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        let Some(connection) = session.upgrade() else { return };
+                        resync(store.as_ref(), key.server_id, &connection).await;
                     }
-                };
-                if let Err(error) = synced {
-                    tracing::warn!(%server_id, %error, "syncing tools after a change failed");
                 }
+            }
+            let ended = {
+                let mut open = lock(&open);
+                match open.get(&key) {
+                    Some(current) if std::ptr::eq(Arc::as_ptr(current), session.as_ptr()) => open.remove(&key),
+                    _ => None,
+                }
+            };
+            if let Some(ended) = ended {
+                tracing::info!(server_id = %key.server_id, "MCP session ended; the next use opens a new one");
+                close(ended).await;
             }
         });
     }
@@ -298,6 +312,27 @@ impl Sessions {
         };
         let reader = self.secrets.as_ref().ok_or_else(|| SessionError::MissingSecret(name.clone()))?;
         reader.read(&name).await?.ok_or(SessionError::MissingSecret(name))
+    }
+}
+
+/// Lists the tools again after a change notice and syncs them.
+async fn resync(store: &dyn McpStore, server_id: Uuid, connection: &Connection) {
+    let synced = match connection.list_tools().await {
+        Ok(listed) => store.sync_tools(server_id, listed.into_iter().map(discovered).collect()).await,
+        Err(error) => {
+            tracing::warn!(%server_id, %error, "listing tools after a change failed");
+            return;
+        }
+    };
+    match synced {
+        Ok(outcome) => tracing::info!(
+            %server_id,
+            created = outcome.created.len(),
+            updated = outcome.updated.len(),
+            disabled = outcome.disabled.len(),
+            "MCP tools re-synced after a change"
+        ),
+        Err(error) => tracing::warn!(%server_id, %error, "syncing tools after a change failed"),
     }
 }
 

@@ -52,6 +52,17 @@ fn everything() -> Option<PathBuf> {
     None
 }
 
+/// The Python SDK's interpreter (with the FastMCP test server's dependencies).
+fn python() -> Option<PathBuf> {
+    let entry = everything()?;
+    let tools = entry.ancestors().nth(6)?.to_path_buf();
+    Some(tools.join("mcp-python-venv/bin/python")).filter(|path| path.is_file())
+}
+
+fn scripts_dir() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/mcp")
+}
+
 /// Secrets by name.
 #[derive(Debug, Default)]
 struct FakeSecrets(HashMap<String, String>);
@@ -78,8 +89,8 @@ const TEST_ENV: &[(&str, &str)] = &[
     ("MCP_HEALTH_CHECK_INTERVAL", "3600"),
 ];
 
-async fn start(secrets: &[(&str, &str)]) -> Mesh {
-    let env = TEST_ENV.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
+async fn start(secrets: &[(&str, &str)], extra_env: &[(&str, &str)]) -> Mesh {
+    let env = TEST_ENV.iter().chain(extra_env).map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
     let config = Arc::new(Config::load_with(None, env, &[agentmesh_mcp_broker::SETTINGS]).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -231,7 +242,7 @@ async fn discover_and_invoke(mesh: &mut Mesh, server: &pb::McpServer) {
 async fn reference_server_over_streamable_http() {
     let Some(entry) = everything() else { return };
     let http = http_everything(&entry).await;
-    let mut mesh = start(&[]).await;
+    let mut mesh = start(&[], &[]).await;
     let name = unique("evh");
     let server = mesh
         .create(pb::CreateMcpServerRequest {
@@ -296,7 +307,7 @@ fn processes_with(marker: &str) -> Vec<u32> {
 async fn reference_server_over_stdio_with_a_secret_and_no_child_left() {
     let Some(entry) = everything() else { return };
     let marker = unique("marker-");
-    let mut mesh = start(&[("test-token", "s3cret-value")]).await;
+    let mut mesh = start(&[("test-token", "s3cret-value")], &[]).await;
     let name = unique("evs");
     let server = mesh
         .create(pb::CreateMcpServerRequest {
@@ -341,7 +352,7 @@ async fn reference_server_over_stdio_with_a_secret_and_no_child_left() {
 async fn hung_tools_time_out_and_open_the_breaker_which_recovers() {
     let Some(entry) = everything() else { return };
     let http = http_everything(&entry).await;
-    let mut mesh = start(&[]).await;
+    let mut mesh = start(&[], &[]).await;
     let name = unique("evb");
     mesh.create(pb::CreateMcpServerRequest {
         name: name.clone(),
@@ -373,4 +384,91 @@ async fn hung_tools_time_out_and_open_the_breaker_which_recovers() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let echoed = mesh.invoke(&echo, json!({"message": "again"}), None).await.unwrap();
     assert_eq!(texts(&echoed), ["Echo: again"]);
+}
+
+fn stdio_server(name: &str, command: &str, args: Vec<String>, marker: &str) -> pb::CreateMcpServerRequest {
+    pb::CreateMcpServerRequest {
+        name: name.to_owned(),
+        stdio: Some(pb::StdioCommand {
+            command: command.to_owned(),
+            args,
+            env: vec![pb::EnvironmentVariable {
+                name: "AGENTMESH_TEST_MARKER".into(),
+                value: Some(pb::environment_variable::Value::Literal(marker.to_owned())),
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut condition: impl FnMut() -> F) {
+    for _ in 0..100 {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}");
+}
+
+#[tokio::test]
+async fn a_stdio_server_that_dies_is_started_again_on_the_next_call() {
+    let Some(entry) = everything() else { return };
+    let marker = unique("marker-");
+    let marker_var = format!("AGENTMESH_TEST_MARKER={marker}");
+    // The call that finds the pipe broken is retried, on a new session.
+    let retries = [("RETRY_MCP_MAX_ATTEMPTS", "2"), ("RETRY_MCP_BASE_DELAY", "0.05"), ("RETRY_MCP_JITTER", "false")];
+    let mut mesh = start(&[], &retries).await;
+    let name = unique("evk");
+    let args = vec![entry.display().to_string(), "stdio".into()];
+    let server = mesh.create(stdio_server(&name, "node", args, &marker)).await;
+    mesh.refresh(&server).await;
+    let first = processes_with(&marker_var);
+    assert_eq!(first.len(), 1, "{first:?}");
+    std::process::Command::new("kill").arg("-9").arg(first[0].to_string()).status().unwrap();
+    eventually("the killed server is gone", || async { !running(first[0]) }).await;
+
+    let echoed = mesh.invoke(&format!("{name}_echo"), json!({"message": "back"}), None).await.unwrap();
+    assert_eq!(texts(&echoed), ["Echo: back"]);
+    let second = processes_with(&marker_var);
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_ne!(second[0], first[0]);
+    let delete = pb::DeleteMcpServerRequest { mcp_server_id: server.id.clone() };
+    mesh.client.delete_mcp_server(call(&admin(), delete)).await.unwrap();
+    assert!(processes_with(&marker_var).is_empty());
+}
+
+#[tokio::test]
+async fn a_changed_tool_list_is_synced_into_the_registry() {
+    let Some(python) = python() else { return };
+    let marker = unique("marker-");
+    let mut mesh = start(&[], &[]).await;
+    let name = unique("fm");
+    let script = scripts_dir().join("fastmcp_server.py").display().to_string();
+    let server =
+        mesh.create(stdio_server(&name, python.to_str().unwrap(), vec![script, "stdio".into()], &marker)).await;
+    let tools = mesh.refresh(&server).await;
+    let names: Vec<_> = tools.iter().map(|tool| tool.name.clone()).collect();
+    assert!(names.contains(&format!("{name}_register_tool")), "{names:?}");
+
+    let added = mesh.invoke(&format!("{name}_register_tool"), json!({"name": "late"}), None).await.unwrap();
+    assert!(!added.is_error, "{added:?}");
+    let late = format!("{name}_late");
+    let mut client = mesh.client.clone();
+    let server_id = server.id.clone();
+    eventually("the new tool is in the registry", || {
+        let mut client = client.clone();
+        let request = pb::ListMcpServerToolsRequest { mcp_server_id: server_id.clone(), ..Default::default() };
+        let late = late.clone();
+        async move {
+            let listed = client.list_mcp_server_tools(call(&admin(), request)).await.unwrap().into_inner();
+            listed.tools.iter().any(|tool| tool.name == late)
+        }
+    })
+    .await;
+    let called = mesh.invoke(&late, json!({}), None).await.unwrap();
+    assert_eq!(texts(&called), ["late was added at run time"]);
+    let delete = pb::DeleteMcpServerRequest { mcp_server_id: server.id.clone() };
+    client.delete_mcp_server(call(&admin(), delete)).await.unwrap();
 }
