@@ -273,6 +273,7 @@ pub fn session_error(server_name: &str, error: SessionError) -> ApiError {
             ApiError::external_service("secrets-broker", "secret_manager", true)
         }
         SessionError::MissingSecret(_)
+        | SessionError::Disabled
         | SessionError::StdioDisabled
         | SessionError::UnsupportedTransport(_)
         | SessionError::Misconfigured(_) => {

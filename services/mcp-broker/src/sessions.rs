@@ -51,7 +51,11 @@ pub enum SessionError {
     /// The server's configuration cannot be used (a stdio server without a command).
     #[error("the MCP server is misconfigured: {0}")]
     Misconfigured(&'static str),
-    /// The registry failed while recording what the server said.
+    /// The server was disabled while its session was opening.
+    #[error("the MCP server is disabled")]
+    Disabled,
+    /// The registry failed (or the server was deleted) while a session was opening or
+    /// while recording what the server said.
     #[error("registry: {0}")]
     Store(#[from] StoreError),
 }
@@ -71,8 +75,9 @@ pub struct Sessions {
     preset: Preset,
     dependencies: Option<DependencyHealth>,
     open: Arc<Mutex<HashMap<SessionKey, Arc<Connection>>>>,
-    /// Opens one session at a time, so that concurrent first calls share one.
-    opening: tokio::sync::Mutex<()>,
+    /// One lock per session being opened, so that concurrent first calls share one session
+    /// while a slow server delays no other.
+    opening: Mutex<HashMap<SessionKey, Arc<tokio::sync::Mutex<()>>>>,
     resilience: Mutex<HashMap<Uuid, Resilience>>,
 }
 
@@ -99,7 +104,7 @@ impl Sessions {
             preset,
             dependencies,
             open: Arc::default(),
-            opening: tokio::sync::Mutex::default(),
+            opening: Mutex::default(),
             resilience: Mutex::default(),
         }
     }
@@ -116,12 +121,40 @@ impl Sessions {
         if let Some(connection) = self.live(&key) {
             return Ok(connection);
         }
-        let _opening = self.opening.lock().await;
-        if let Some(connection) = self.live(&key) {
-            return Ok(connection);
+        let gate = lock(&self.opening).entry(key.clone()).or_default().clone();
+        let opened = {
+            let _opening = gate.lock().await;
+            match self.live(&key) {
+                Some(connection) => Ok(connection),
+                None => self.open_new(server, key.clone()).await,
+            }
+        };
+        // The gate is dropped once no one else waits on it.
+        let mut gates = lock(&self.opening);
+        if gates.get(&key).is_some_and(|current| Arc::ptr_eq(current, &gate) && Arc::strong_count(current) == 2) {
+            gates.remove(&key);
         }
+        opened
+    }
+
+    /// Opens a new session for `key` and makes it the one in use.
+    async fn open_new(&self, server: &McpServerRecord, key: SessionKey) -> Result<Arc<Connection>, SessionError> {
         let spec = self.spec(server, key.user_id.as_deref()).await?;
-        let connection = Arc::new(Connection::open(&spec).await?);
+        let connection = Connection::open(&spec).await?;
+        // The server may have been deleted or disabled while this session was opening;
+        // its sessions were closed then, so this one must not stay.
+        match self.store.get_server(server.id).await {
+            Ok(current) if current.config.enabled => {}
+            Ok(_) => {
+                connection.close().await;
+                return Err(SessionError::Disabled);
+            }
+            Err(error) => {
+                connection.close().await;
+                return Err(error.into());
+            }
+        }
+        let connection = Arc::new(connection);
         self.supervise(key.clone(), &connection);
         let stale = lock(&self.open).insert(key, connection.clone());
         if let Some(stale) = stale {
