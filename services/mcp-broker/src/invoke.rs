@@ -321,6 +321,46 @@ mod tests {
         ContentPart { part: Some(content_part::Part::Text(text.to_owned())) }
     }
 
+    fn tool_with(schema: Value) -> ToolRecord {
+        let now = chrono::Utc::now();
+        ToolRecord {
+            id: uuid::Uuid::now_v7(),
+            name: "t".into(),
+            description: String::new(),
+            schema: schema.as_object().unwrap().clone(),
+            mcp_server_id: None,
+            enabled: true,
+            metadata: Map::new(),
+            title: None,
+            output_schema: None,
+            annotations: None,
+            remote_name: None,
+            withdrawn: false,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    #[test]
+    fn argument_violations_name_fields_without_values() {
+        let tool = tool_with(serde_json::json!({
+            "type": "object",
+            "properties": {
+                "a": {"type": "number"},
+                "nested": {"type": "object", "properties": {"b": {"type": "string"}}, "required": ["b"]}
+            },
+            "required": ["a", "nested"]
+        }));
+        let arguments = serde_json::json!({"a": "secret-text", "nested": {}});
+        let error = check_arguments(&tool, arguments.as_object().unwrap()).unwrap_err();
+        let mut fields: Vec<_> = error.field_violations.iter().map(|v| v.field.as_str()).collect();
+        fields.sort_unstable();
+        assert_eq!(fields, ["arguments.a", "arguments.nested.b"]);
+        assert!(!format!("{error:?}").contains("secret-text"));
+        let fine = serde_json::json!({"a": 1, "nested": {"b": "x"}});
+        assert!(check_arguments(&tool, fine.as_object().unwrap()).is_ok());
+    }
+
     #[test]
     fn results_over_the_limit_are_cut_and_flagged() {
         let result = ToolResult {

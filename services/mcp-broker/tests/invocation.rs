@@ -472,3 +472,51 @@ async fn a_changed_tool_list_is_synced_into_the_registry() {
     let delete = pb::DeleteMcpServerRequest { mcp_server_id: server.id.clone() };
     client.delete_mcp_server(call(&admin(), delete)).await.unwrap();
 }
+
+#[tokio::test]
+async fn periodic_health_checks_ping_servers_or_get_their_health_url() {
+    let Some(entry) = everything() else { return };
+    let http = http_everything(&entry).await;
+    let mut mesh = start(&[], &[("MCP_HEALTH_CHECK_INTERVAL", "0.3"), ("MCP_REQUEST_TIMEOUT", "1")]).await;
+    let pinged = mesh
+        .create(pb::CreateMcpServerRequest {
+            name: unique("evp"),
+            endpoint: format!("http://127.0.0.1:{}/mcp", http.port),
+            ..Default::default()
+        })
+        .await;
+    let dead_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let probed = mesh
+        .create(pb::CreateMcpServerRequest {
+            name: unique("evu"),
+            endpoint: format!("http://127.0.0.1:{}/mcp", http.port),
+            health_check_url: Some(format!("http://127.0.0.1:{dead_port}/health")),
+            ..Default::default()
+        })
+        .await;
+    let status = |id: String| {
+        let mut client = mesh.client.clone();
+        async move {
+            let get = pb::GetMcpServerRequest { mcp_server_id: id };
+            client.get_mcp_server(call(&admin(), get)).await.unwrap().into_inner().mcp_server.unwrap().status
+        }
+    };
+    let healthy = pb::McpServerStatus::Healthy as i32;
+    let unhealthy = pb::McpServerStatus::Unhealthy as i32;
+    eventually("the pinged server is healthy", || {
+        let status = status(pinged.id.clone());
+        async move { status.await == healthy }
+    })
+    .await;
+    eventually("the server whose health URL answers nothing is unhealthy", || {
+        let status = status(probed.id.clone());
+        async move { status.await == unhealthy }
+    })
+    .await;
+    drop(http);
+    eventually("the pinged server is unhealthy once it is gone", || {
+        let status = status(pinged.id.clone());
+        async move { status.await == unhealthy }
+    })
+    .await;
+}
