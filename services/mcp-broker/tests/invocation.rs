@@ -520,3 +520,52 @@ async fn periodic_health_checks_ping_servers_or_get_their_health_url() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn per_user_credentials_are_resolved_for_the_calling_user() {
+    let Some(entry) = everything() else { return };
+    let http = http_everything(&entry).await;
+    let mut mesh = start(&[("token-root", "root-token")], &[]).await;
+    let name = unique("evq");
+    let server = mesh
+        .create(pb::CreateMcpServerRequest {
+            name: name.clone(),
+            endpoint: format!("http://127.0.0.1:{}/mcp", http.port),
+            authentication: Some(pb::McpAuthentication {
+                bearer_secret: Some("token-{user_id}".into()),
+                per_user: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await;
+    mesh.refresh(&server).await;
+    let echoed = mesh.invoke(&format!("{name}_echo"), json!({"message": "mine"}), None).await.unwrap();
+    assert_eq!(texts(&echoed), ["Echo: mine"]);
+
+    // Bob has no credentials of his own: his call is refused, naming no secret value.
+    let bob = Principal { scopes: vec!["tools:read".into()], ..identity::user("bob", "acme") };
+    let request = pb::InvokeToolRequest {
+        tool: Some(pb::invoke_tool_request::Tool::ToolName(format!("{name}_echo"))),
+        arguments: Some(object_to_struct(json!({"message": "his"}).as_object().unwrap())),
+        ..Default::default()
+    };
+    let refused = mesh.client.invoke_tool(orchestrator_call(&bob, request)).await.unwrap_err();
+    let refused = error(&refused);
+    assert_eq!(refused.code, ErrorCode::ExternalService, "{refused:?}");
+    assert!(format!("{refused:?}").contains("token-bob"), "{refused:?}");
+}
+
+#[tokio::test]
+async fn shutting_down_leaves_no_stdio_child() {
+    let Some(entry) = everything() else { return };
+    let marker = unique("marker-");
+    let marker_var = format!("AGENTMESH_TEST_MARKER={marker}");
+    let mut mesh = start(&[], &[]).await;
+    let args = vec![entry.display().to_string(), "stdio".into()];
+    let server = mesh.create(stdio_server(&unique("evz"), "node", args, &marker)).await;
+    mesh.refresh(&server).await;
+    assert_eq!(processes_with(&marker_var).len(), 1);
+    drop(mesh);
+    eventually("the stdio server ended with the broker", || async { processes_with(&marker_var).is_empty() }).await;
+}
