@@ -112,8 +112,12 @@ run_backend() {
 
     # Session creation is limited to 10 a minute by default; lift the limits so the stateful
     # phase can build on created sessions (the rate limiter has its own tests).
+    # The static key has every scope, mcp_servers:admin included, so schemathesis may register
+    # stdio MCP servers with generated commands: MCP_STDIO_ENABLED=false keeps mcp-broker from
+    # ever starting them (they stay registered; discovery and calls answer an error).
     env "$@" \
         SECURITY_API_KEYS="$key=schemathesis:premium" \
+        MCP_STDIO_ENABLED=false \
         OBSERVABILITY_LOG_LEVEL="${OBSERVABILITY_LOG_LEVEL:-INFO}" \
         RATE_LIMIT_API_PREMIUM_LIMIT=1000000 \
         RATE_LIMIT_CREATE_SESSION_LIMIT=1000000 \

@@ -129,3 +129,38 @@ pub fn server_health_changed(server: &McpServerRecord, previous: ServerStatus, r
 pub fn server_and_tools_deleted(server: &McpServerRecord, tools: &[ToolRecord]) -> Vec<Event> {
     tools.iter().map(tool_deleted).chain([server_deleted(server)]).collect()
 }
+
+/// What [`tool_invoked`] reports about one call: names and outcome, never argument values.
+#[derive(Debug, Clone)]
+pub struct Invocation<'a> {
+    /// The tool.
+    pub tool: &'a ToolRecord,
+    /// The session the call was made for.
+    pub session_id: Option<String>,
+    /// The run the call was made for.
+    pub run_id: Option<String>,
+    /// The user it is attributed to.
+    pub user_id: &'a str,
+    /// How long it took.
+    pub duration_ms: i64,
+    /// `ok`, `tool_error`, or the error code.
+    pub outcome: &'a str,
+    /// The error's message, when it failed.
+    pub error: Option<String>,
+}
+
+/// `agentmesh.tool.invoked`, for every invocation that reached the point of calling.
+pub fn tool_invoked(invocation: &Invocation<'_>) -> Event {
+    let payload = pb::ToolInvoked {
+        tool_name: invocation.tool.name.clone(),
+        mcp_server_id: invocation.tool.mcp_server_id.map(|id| id.to_string()),
+        run_id: invocation.run_id.clone(),
+        duration_ms: invocation.duration_ms,
+        success: invocation.outcome == "ok",
+        error: invocation.error.clone(),
+        session_id: invocation.session_id.clone(),
+        outcome: invocation.outcome.to_owned(),
+        user_id: invocation.user_id.to_owned(),
+    };
+    build("tool.invoked", invocation.tool.id.to_string(), "ToolInvoked", &payload)
+}

@@ -3,8 +3,10 @@
 //! Serves `agentmesh.mcp.v1.McpService`: the tool catalogue and the MCP server registry
 //! ([`service`], with the registry's own input rules in [`rules`]) over memory or
 //! PostgreSQL (`USE_DATABASE`, see [`store`]), publishing its domain events ([`events`]).
-//! Discovery and `InvokeTool` arrive with the MCP client; until then they answer
-//! UNIMPLEMENTED.
+//! It talks to the servers through [`connection`], one reused session per server
+//! ([`sessions`], secrets from secrets-broker through [`secrets`]), to discover their tools
+//! and to invoke them ([`invoke`]), and checks each enabled server's health periodically
+//! ([`server_health`]). Sessions are closed on shutdown, so no stdio child outlives it.
 //!
 //! Like every service it serves only calls carrying a signed principal and an actor it
 //! serves: the agent-orchestrator (and the gateway on its public RPCs)
@@ -15,9 +17,13 @@
 pub mod convert;
 pub mod events;
 pub mod health;
+pub mod invoke;
 pub mod paging;
 pub mod rules;
+pub mod secrets;
+pub mod server_health;
 pub mod service;
+pub mod sessions;
 pub mod settings;
 pub mod store;
 
@@ -29,13 +35,18 @@ use std::sync::Arc;
 use agentmesh_events::{EventBus, Publisher};
 use agentmesh_proto::agentmesh::common::v1::ExternalServiceType;
 use agentmesh_proto::agentmesh::mcp::v1::mcp_service_server::McpServiceServer;
+use agentmesh_runtime::auth::ServiceIdentity;
+use agentmesh_runtime::balance::Discovery;
+use agentmesh_runtime::client::{ClientError, ServiceChannel};
 use agentmesh_runtime::config::{ConfigError, ServiceSettings, SettingsSpec, StorageBackend};
 use agentmesh_runtime::{Config, Dependency, GrpcServer, ServerError, ServiceName};
 use tokio::net::TcpListener;
 
-use crate::events::PublishDirect;
+use crate::events::{EventSink, PublishDirect};
+use crate::secrets::{SecretReader, SecretsBroker};
 use crate::service::McpBroker;
-use crate::settings::RegistryLimits;
+use crate::sessions::Sessions;
+use crate::settings::{ClientSettings, RegistryLimits};
 use crate::store::memory::MemoryStore;
 use crate::store::postgres::{OutboxRelay, PoolSettings, PostgresStore};
 use crate::store::{McpStore, StoreError};
@@ -44,8 +55,10 @@ use crate::store::{McpStore, StoreError};
 pub const POSTGRES_SCHEMA: &str = "mcp_broker";
 
 /// mcp-broker's own settings, for every binary that runs it to register.
-pub const SETTINGS: ServiceSettings =
-    ServiceSettings { service: ServiceName::McpBroker, settings: &[SettingsSpec::of::<RegistryLimits>()] };
+pub const SETTINGS: ServiceSettings = ServiceSettings {
+    service: ServiceName::McpBroker,
+    settings: &[SettingsSpec::of::<RegistryLimits>(), SettingsSpec::of::<ClientSettings>()],
+};
 
 /// Why mcp-broker could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +75,9 @@ pub enum StartError {
     /// mcp-broker's own settings are invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The channel to secrets-broker could not be set up.
+    #[error("secrets-broker client: {0}")]
+    Client(#[from] ClientError),
 }
 
 /// Runs mcp-broker as its own process: connects the event bus from `NATS_URL` (or an
@@ -75,19 +91,52 @@ pub async fn run(
     serve(config, bus, listener, shutdown).await
 }
 
-/// Serves mcp-broker on `listener`, publishing events to `bus`, until `shutdown`.
+/// Serves mcp-broker on `listener`, publishing events to `bus`, until `shutdown`; secrets
+/// are read from secrets-broker.
 pub async fn serve(
     config: Arc<Config>,
     bus: Arc<dyn EventBus>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
+    let identity = ServiceIdentity::from_config(&config, ServiceName::McpBroker);
+    let url = &config.endpoints.get(ServiceName::SecretsBroker).url;
+    let channel = ServiceChannel::connect_with(
+        ServiceName::SecretsBroker.as_str(),
+        url,
+        &config.resilience.internal,
+        &Discovery::new(config.peers.clone()),
+    )?
+    .acting_as(&identity);
+    let secrets: Arc<dyn SecretReader> = Arc::new(SecretsBroker::new(channel));
+    serve_with_secrets(config, bus, secrets, listener, shutdown).await
+}
+
+/// [`serve`], reading secrets with `secrets` (tests give a fake).
+pub async fn serve_with_secrets(
+    config: Arc<Config>,
+    bus: Arc<dyn EventBus>,
+    secrets: Arc<dyn SecretReader>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), StartError> {
     let limits = config.settings::<RegistryLimits>()?;
+    let client_settings = config.settings::<ClientSettings>()?;
     let publisher: Arc<dyn Publisher> = bus.clone();
     let backend = open_backend(&config, publisher.clone()).await?;
-    let service = McpBroker::new(backend.store.clone(), limits);
-    let server = GrpcServer::new(ServiceName::McpBroker, &config).add_service(McpServiceServer::new(service));
+    let server = GrpcServer::new(ServiceName::McpBroker, &config);
     let dependencies = server.dependencies();
+    let check_interval = client_settings.health_check_interval;
+    let sessions = Arc::new(Sessions::new(
+        backend.store.clone(),
+        Some(secrets),
+        client_settings,
+        config.resilience.mcp.clone(),
+        Some(dependencies.clone()),
+    ));
+    let events: Arc<dyn EventSink> = Arc::new(PublishDirect::new(publisher.clone()));
+    let service = McpBroker::new(backend.store.clone(), limits, sessions.clone(), events);
+    let server = server.add_service(McpServiceServer::new(service));
     dependencies.register(backend.dependency);
     dependencies.register(agentmesh_runtime::bus::dependency(&bus));
     dependencies.publish_breaker_changes(publisher);
@@ -95,12 +144,15 @@ pub async fn serve(
     // Background work lives exactly as long as the server: dropping `_stop` ends it.
     let (_stop, stopped) = tokio::sync::watch::channel(());
     let watch_health =
-        health::watch(backend.store, server.health_reporter(), config.observability.health_check_interval);
+        health::watch(backend.store.clone(), server.health_reporter(), config.observability.health_check_interval);
     tokio::spawn(until(stopped.clone(), watch_health));
+    tokio::spawn(until(stopped.clone(), server_health::watch(backend.store, sessions.clone(), check_interval)));
     if let Some(relay) = backend.relay {
         tokio::spawn(relay.run(until(stopped, std::future::pending::<()>())));
     }
-    server.serve(listener, shutdown).await?;
+    let served = server.serve(listener, shutdown).await;
+    sessions.close_all().await;
+    served?;
     Ok(())
 }
 

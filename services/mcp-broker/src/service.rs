@@ -4,8 +4,10 @@
 //! field rules and then the registry's own ([`crate::rules`]), turns it into a store
 //! call, and maps the result back. Store errors become the mesh's error model: 404, 409
 //! for a taken name, 422 for an unknown server, or a retryable `external_service_error`
-//! when the backend is down. Discovery (`RefreshMcpServer`) and `InvokeTool` belong to
-//! the MCP client and answer UNIMPLEMENTED here.
+//! when the backend is down. Writes of servers drive their sessions: creating or changing an
+//! enabled server discovers its tools in the background (a failure is logged and recorded
+//! as unhealthy, never fails the write), and changing, disabling or deleting one closes its
+//! sessions. `RefreshMcpServer` discovers synchronously; `InvokeTool` is [`crate::invoke`].
 
 use std::sync::Arc;
 
@@ -19,25 +21,74 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::convert::{server_to_proto, tool_to_proto};
+use crate::events::EventSink;
+use crate::invoke::{Invoker, session_error};
 use crate::paging::{self, query_fingerprint};
 use crate::rules::{self, ServerFields, ToolFields, violation};
+use crate::sessions::Sessions;
 use crate::settings::RegistryLimits;
-use crate::store::{Cursor, McpStore, Page, ServerQuery, StoreError, ToolQuery, ToolRecord, Transport};
+use crate::store::{
+    Cursor, McpServerRecord, McpStore, Page, ServerQuery, ServerStatus, StoreError, ToolQuery, ToolRecord, Transport,
+};
 
 const DEFAULT_LIMIT: u32 = 20;
 
-/// The `McpService` implementation: a store and the input limits.
+/// The `McpService` implementation: a store, the input limits, the sessions with servers
+/// and where invocation events go.
 #[derive(Clone)]
 pub struct McpBroker {
     store: Arc<dyn McpStore>,
     limits: RegistryLimits,
+    sessions: Arc<Sessions>,
+    events: Arc<dyn EventSink>,
 }
 
 impl McpBroker {
-    /// A service over `store`.
-    pub fn new(store: Arc<dyn McpStore>, limits: RegistryLimits) -> Self {
-        Self { store, limits }
+    /// A service over `store`, talking to servers through `sessions`.
+    pub fn new(
+        store: Arc<dyn McpStore>,
+        limits: RegistryLimits,
+        sessions: Arc<Sessions>,
+        events: Arc<dyn EventSink>,
+    ) -> Self {
+        Self { store, limits, sessions, events }
     }
+
+    /// Closes the server's sessions, then, when it is enabled, discovers its tools in the
+    /// background (as `user_id` for per-user servers).
+    async fn reconnect(&self, server: &McpServerRecord, user_id: &str) {
+        self.sessions.close_server(server.id).await;
+        if !server.config.enabled {
+            return;
+        }
+        let sessions = self.sessions.clone();
+        let store = self.store.clone();
+        let server = server.clone();
+        let user_id = user_id.to_owned();
+        tokio::spawn(async move {
+            if let Err(error) = discover(&sessions, store.as_ref(), &server, &user_id).await {
+                tracing::warn!(server = %server.config.name, %error, "background discovery failed");
+            }
+        });
+    }
+}
+
+/// Discovery of `server`, recording its health either way.
+async fn discover(
+    sessions: &Sessions,
+    store: &dyn McpStore,
+    server: &McpServerRecord,
+    user_id: &str,
+) -> Result<Vec<ToolRecord>, crate::sessions::SessionError> {
+    let result = sessions.discover(server, user_id).await;
+    let (status, reason) = match &result {
+        Ok(_) => (ServerStatus::Healthy, "discovery succeeded".to_owned()),
+        Err(error) => (ServerStatus::Unhealthy, format!("discovery failed: {error}")),
+    };
+    if let Err(error) = store.record_health(server.id, status, crate::store::now(), &reason).await {
+        tracing::warn!(server = %server.config.name, %error, "recording health failed");
+    }
+    result
 }
 
 /// The caller, as established by the server's authenticator.
@@ -247,6 +298,7 @@ impl McpService for McpBroker {
             &self.limits,
         )?;
         let server = self.store.create_server(config).await.map_err(store_error("MCP server"))?;
+        self.reconnect(&server, &principal.user_id).await;
         Ok(Response::new(pb::CreateMcpServerResponse { mcp_server: Some(server_to_proto(&server)) }))
     }
 
@@ -316,6 +368,7 @@ impl McpService for McpBroker {
             &self.limits,
         )?;
         let server = self.store.update_server(server_id, config).await.map_err(store_error("MCP server"))?;
+        self.reconnect(&server, &principal.user_id).await;
         Ok(Response::new(pb::UpdateMcpServerResponse { mcp_server: Some(server_to_proto(&server)) }))
     }
 
@@ -327,6 +380,7 @@ impl McpService for McpBroker {
         validate(request.get_ref())?;
         let server_id = id("mcp_server_id", &request.get_ref().mcp_server_id)?;
         self.store.delete_server(server_id).await.map_err(store_error("MCP server"))?;
+        self.sessions.close_server(server_id).await;
         Ok(Response::new(pb::DeleteMcpServerResponse {}))
     }
 
@@ -354,5 +408,38 @@ impl McpService for McpBroker {
             next_page_token: next_token(&page, |t| &t.name, &fingerprint),
             total_count: total(page.total),
         }))
+    }
+
+    async fn refresh_mcp_server(
+        &self,
+        request: Request<pb::RefreshMcpServerRequest>,
+    ) -> Result<Response<pb::RefreshMcpServerResponse>, Status> {
+        let principal = principal(&request)?;
+        validate(request.get_ref())?;
+        let server_id = id("mcp_server_id", &request.get_ref().mcp_server_id)?;
+        let server = self.store.get_server(server_id).await.map_err(store_error("MCP server"))?;
+        if !server.config.enabled {
+            return Err(ApiError::validation(vec![violation(
+                "mcp_server_id",
+                "the MCP server is disabled",
+                Value::from(server_id.to_string()),
+            )])
+            .into());
+        }
+        let tools = discover(&self.sessions, self.store.as_ref(), &server, &principal.user_id)
+            .await
+            .map_err(|error| session_error(&server.config.name, error))?;
+        Ok(Response::new(pb::RefreshMcpServerResponse { tools: tools.iter().map(tool_to_proto).collect() }))
+    }
+
+    async fn invoke_tool(
+        &self,
+        request: Request<pb::InvokeToolRequest>,
+    ) -> Result<Response<pb::InvokeToolResponse>, Status> {
+        let principal = principal(&request)?;
+        let request = request.into_inner();
+        validate(&request)?;
+        let invoker = Invoker { store: self.store.as_ref(), sessions: &self.sessions, events: &self.events };
+        Ok(Response::new(invoker.invoke(&principal, request).await?))
     }
 }

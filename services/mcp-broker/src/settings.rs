@@ -1,7 +1,10 @@
 //! mcp-broker's own settings (`MCP_*`), declared here rather than in the runtime (see
 //! `agentmesh_runtime::config::Settings`): size limits of registry input beyond the
 //! contract's own bounds, so one client cannot fill the catalogue (and every model's
-//! context) with a huge schema or description.
+//! context) with a huge schema or description; and how the broker talks to servers
+//! ([`ClientSettings`]).
+
+use std::time::Duration;
 
 use agentmesh_runtime::ServiceName;
 use agentmesh_runtime::config::{Settings, SettingsReader};
@@ -51,6 +54,72 @@ impl Settings for RegistryLimits {
             }
         }
         limits
+    }
+}
+
+/// How the broker talks to MCP servers (`MCP_*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientSettings {
+    /// `MCP_MAX_RESULT_BYTES`: encoded size of one tool result beyond which it is cut and
+    /// flagged `truncated`.
+    pub max_result_bytes: usize,
+    /// `MCP_DEFAULT_CALL_TIMEOUT`: a tool call's limit when the request gives none.
+    pub default_call_timeout: Duration,
+    /// `MCP_CONNECT_TIMEOUT`: starting or reaching a server and `initialize`.
+    pub connect_timeout: Duration,
+    /// `MCP_REQUEST_TIMEOUT`: `tools/list` (each page) and `ping`.
+    pub request_timeout: Duration,
+    /// `MCP_SHUTDOWN_GRACE`: how long a stdio server may take to exit when closed, twice.
+    pub shutdown_grace: Duration,
+    /// `MCP_STDIO_ENABLED`: whether stdio servers are started at all; `false` keeps them
+    /// registered but never run (API fuzzing, hosts that must not spawn processes).
+    pub stdio_enabled: bool,
+    /// `MCP_HEALTH_CHECK_INTERVAL`: how often each enabled server is checked.
+    pub health_check_interval: Duration,
+}
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        ClientSettings {
+            max_result_bytes: 1024 * 1024,
+            default_call_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(2),
+            stdio_enabled: true,
+            health_check_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Settings for ClientSettings {
+    const SERVICE: ServiceName = ServiceName::McpBroker;
+
+    fn load(reader: &mut SettingsReader<'_>) -> Self {
+        let defaults = ClientSettings::default();
+        let settings = ClientSettings {
+            max_result_bytes: reader.get("MCP_MAX_RESULT_BYTES", defaults.max_result_bytes),
+            default_call_timeout: reader.get("MCP_DEFAULT_CALL_TIMEOUT", defaults.default_call_timeout),
+            connect_timeout: reader.get("MCP_CONNECT_TIMEOUT", defaults.connect_timeout),
+            request_timeout: reader.get("MCP_REQUEST_TIMEOUT", defaults.request_timeout),
+            shutdown_grace: reader.get("MCP_SHUTDOWN_GRACE", defaults.shutdown_grace),
+            stdio_enabled: reader.get("MCP_STDIO_ENABLED", defaults.stdio_enabled),
+            health_check_interval: reader.get("MCP_HEALTH_CHECK_INTERVAL", defaults.health_check_interval),
+        };
+        if settings.max_result_bytes == 0 {
+            reader.issue("MCP_MAX_RESULT_BYTES", "must be at least 1");
+        }
+        for (variable, value) in [
+            ("MCP_DEFAULT_CALL_TIMEOUT", settings.default_call_timeout),
+            ("MCP_CONNECT_TIMEOUT", settings.connect_timeout),
+            ("MCP_REQUEST_TIMEOUT", settings.request_timeout),
+            ("MCP_HEALTH_CHECK_INTERVAL", settings.health_check_interval),
+        ] {
+            if value.is_zero() {
+                reader.issue(variable, "must be positive");
+            }
+        }
+        settings
     }
 }
 

@@ -165,6 +165,16 @@ impl Connection {
         let _ = closed.wait_for(|closed| *closed).await;
     }
 
+    /// Like [`Connection::closed`], without borrowing the connection: for a supervisor that
+    /// must not keep the connection alive while it waits.
+    pub fn on_close(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut closed = self.closed.clone();
+        async move {
+            // An error means the transport is gone, which is closed too.
+            let _ = closed.wait_for(|closed| *closed).await;
+        }
+    }
+
     /// A receiver whose value changes each time the server sends
     /// `notifications/tools/list_changed` (it counts them); `changed().await` on it to
     /// learn when to list the tools again.

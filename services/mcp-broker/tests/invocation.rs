@@ -1,0 +1,571 @@
+//! Discovery and invocation through the real gRPC service (memory backend, mesh identity)
+//! against the real reference MCP server (`@modelcontextprotocol/server-everything`) over
+//! streamable HTTP and over stdio: prefixed tool names, results with text, structured
+//! content and images, argument validation before anything is sent, timeouts and the
+//! per-server circuit breaker, secrets in a stdio server's environment, no child left after
+//! a delete, and `agentmesh.tool.invoked` events without argument values.
+//!
+//! The servers are installed by `tests/mcp/install.sh`; without them each test skips with a
+//! one-line reason, unless `AGENTMESH_REQUIRE_SERVICES=1`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentmesh_events::{MemoryBus, Subscriber, SubscriptionSpec};
+use agentmesh_mcp_broker::convert::{object_to_struct, struct_to_object};
+use agentmesh_mcp_broker::secrets::{SecretReadError, SecretReader};
+use agentmesh_proto::agentmesh::common::v1::content_part::Part;
+use agentmesh_proto::agentmesh::common::v1::image_part;
+use agentmesh_proto::agentmesh::events::v1::ToolInvoked;
+use agentmesh_proto::agentmesh::mcp::v1 as pb;
+use agentmesh_proto::agentmesh::mcp::v1::mcp_service_client::McpServiceClient;
+use agentmesh_runtime::auth::{ACTOR_HEADER, PRINCIPAL_HEADER, Principal};
+use agentmesh_runtime::config::Secret;
+use agentmesh_runtime::{ApiError, Config, ErrorCode, ServiceName};
+use agentmesh_testkit::{REQUIRE_SERVICES_ENV, identity, services_required};
+use futures::StreamExt;
+use prost::Message;
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+use tonic::{Request, Status};
+
+/// The reference server's entry point, or `None` (after a one-line reason) when missing.
+fn everything() -> Option<PathBuf> {
+    let tools = std::env::var_os("AGENTMESH_TOOLS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/agentmesh-tools"));
+    let path = tools.join("mcp-everything/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    if path.is_file() {
+        return Some(path);
+    }
+    let reason = format!("the MCP test servers are not installed under {} (run tests/mcp/install.sh)", tools.display());
+    assert!(!services_required(), "{reason} and {REQUIRE_SERVICES_ENV}=1");
+    eprintln!("skipped: {reason}");
+    None
+}
+
+/// The Python SDK's interpreter (with the FastMCP test server's dependencies).
+fn python() -> Option<PathBuf> {
+    let entry = everything()?;
+    let tools = entry.ancestors().nth(6)?.to_path_buf();
+    Some(tools.join("mcp-python-venv/bin/python")).filter(|path| path.is_file())
+}
+
+fn scripts_dir() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/mcp")
+}
+
+/// Secrets by name.
+#[derive(Debug, Default)]
+struct FakeSecrets(HashMap<String, String>);
+
+#[async_trait::async_trait]
+impl SecretReader for FakeSecrets {
+    async fn read(&self, name: &str) -> Result<Option<Secret>, SecretReadError> {
+        Ok(self.0.get(name).map(|value| Secret::new(value.clone())))
+    }
+}
+
+struct Mesh {
+    client: McpServiceClient<Channel>,
+    bus: MemoryBus,
+    _stop: oneshot::Sender<()>,
+}
+
+/// Small resilience numbers so that breaker tests run in seconds.
+const TEST_ENV: &[(&str, &str)] = &[
+    ("RETRY_MCP_MAX_ATTEMPTS", "1"),
+    ("CIRCUIT_MCP_FAILURE_THRESHOLD", "3"),
+    ("CIRCUIT_MCP_RECOVERY_TIMEOUT", "1"),
+    ("MCP_SHUTDOWN_GRACE", "0.5"),
+    ("MCP_HEALTH_CHECK_INTERVAL", "3600"),
+];
+
+async fn start(secrets: &[(&str, &str)], extra_env: &[(&str, &str)]) -> Mesh {
+    let env = TEST_ENV.iter().chain(extra_env).map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
+    let config = Arc::new(Config::load_with(None, env, &[agentmesh_mcp_broker::SETTINGS]).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let bus = MemoryBus::default();
+    let secrets = FakeSecrets(secrets.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect());
+    tokio::spawn(agentmesh_mcp_broker::serve_with_secrets(
+        config,
+        Arc::new(bus.clone()),
+        Arc::new(secrets),
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let channel = Channel::from_shared(url).unwrap().connect_lazy();
+    Mesh { client: McpServiceClient::new(channel), bus, _stop: stop }
+}
+
+fn admin() -> Principal {
+    Principal {
+        scopes: vec!["mcp_servers:admin".into(), "mcp_servers:write".into(), "tools:read".into()],
+        ..identity::user("root", "acme")
+    }
+}
+
+fn call<T>(principal: &Principal, body: T) -> Request<T> {
+    let mut request = Request::new(body);
+    for (name, value) in identity::gateway_call(principal, ServiceName::McpBroker) {
+        request.metadata_mut().insert(name, value.parse().unwrap());
+    }
+    request
+}
+
+/// The metadata of a call from the agent-orchestrator (the only caller of `InvokeTool`).
+fn orchestrator_call<T>(principal: &Principal, body: T) -> Request<T> {
+    let mut request = Request::new(body);
+    let actor = identity::actor_token(ServiceName::AgentOrchestrator, ServiceName::McpBroker);
+    for (name, value) in [(PRINCIPAL_HEADER, identity::principal_token(principal)), (ACTOR_HEADER, actor)] {
+        request.metadata_mut().insert(name, value.parse().unwrap());
+    }
+    request
+}
+
+fn error(status: &Status) -> ApiError {
+    ApiError::from_status(status)
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
+/// The reference server over streamable HTTP, killed when dropped.
+struct HttpServer {
+    _child: Child,
+    port: u16,
+}
+
+async fn http_everything(entry: &PathBuf) -> HttpServer {
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut command = Command::new("node");
+    command.arg(entry).arg("streamableHttp").env("PORT", port.to_string());
+    command.stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true);
+    let child = command.spawn().unwrap();
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return HttpServer { _child: child, port };
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the MCP server did not listen on port {port}");
+}
+
+impl Mesh {
+    async fn create(&mut self, request: pb::CreateMcpServerRequest) -> pb::McpServer {
+        let created = self.client.create_mcp_server(call(&admin(), request)).await.unwrap();
+        created.into_inner().mcp_server.unwrap()
+    }
+
+    async fn refresh(&mut self, server: &pb::McpServer) -> Vec<pb::Tool> {
+        let request = pb::RefreshMcpServerRequest { mcp_server_id: server.id.clone() };
+        self.client.refresh_mcp_server(call(&admin(), request)).await.unwrap().into_inner().tools
+    }
+
+    async fn invoke(
+        &mut self,
+        tool: &str,
+        arguments: Value,
+        timeout_ms: Option<i64>,
+    ) -> Result<pb::InvokeToolResponse, Status> {
+        let request = pb::InvokeToolRequest {
+            tool: Some(pb::invoke_tool_request::Tool::ToolName(tool.to_owned())),
+            arguments: Some(object_to_struct(arguments.as_object().unwrap())),
+            session_id: Some(uuid::Uuid::now_v7().to_string()),
+            run_id: Some(uuid::Uuid::now_v7().to_string()),
+            timeout_ms,
+        };
+        self.client.invoke_tool(orchestrator_call(&admin(), request)).await.map(tonic::Response::into_inner)
+    }
+}
+
+fn texts(response: &pb::InvokeToolResponse) -> Vec<&str> {
+    response
+        .content
+        .iter()
+        .filter_map(|part| match &part.part {
+            Some(Part::Text(text)) => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Discovery lists the real tools with the server's prefix; calls return what the tools do.
+async fn discover_and_invoke(mesh: &mut Mesh, server: &pb::McpServer) {
+    let tools = mesh.refresh(server).await;
+    let prefix = format!("{}_", server.name);
+    for expected in ["echo", "get-sum", "get-tiny-image", "get-structured-content"] {
+        let name = format!("{prefix}{expected}");
+        let tool = tools.iter().find(|tool| tool.name == name).unwrap_or_else(|| panic!("{name} not discovered"));
+        assert_eq!(tool.remote_name.as_deref(), Some(expected));
+        assert_eq!(tool.mcp_server_id.as_deref(), Some(server.id.as_str()));
+    }
+
+    let echoed = mesh.invoke(&format!("{prefix}echo"), json!({"message": "hi"}), None).await.unwrap();
+    assert_eq!(texts(&echoed), ["Echo: hi"]);
+    assert!(!echoed.is_error && !echoed.truncated);
+
+    let sum = mesh.invoke(&format!("{prefix}get-sum"), json!({"a": 2, "b": 3}), None).await.unwrap();
+    assert_eq!(texts(&sum), ["The sum of 2 and 3 is 5."]);
+
+    let image = mesh.invoke(&format!("{prefix}get-tiny-image"), json!({}), None).await.unwrap();
+    let png = image
+        .content
+        .iter()
+        .find_map(|part| match &part.part {
+            Some(Part::Image(image)) => Some(image),
+            _ => None,
+        })
+        .expect("an image part");
+    let Some(image_part::Source::Data(bytes)) = &png.source else { panic!("no image bytes") };
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+
+    let weather = mesh.invoke(&format!("{prefix}get-structured-content"), json!({"location": "Chicago"}), None).await;
+    let structured = struct_to_object(&weather.unwrap().structured_content.expect("structured content"));
+    assert!(structured.contains_key("temperature"), "{structured:?}");
+}
+
+#[tokio::test]
+async fn reference_server_over_streamable_http() {
+    let Some(entry) = everything() else { return };
+    let http = http_everything(&entry).await;
+    let mut mesh = start(&[], &[]).await;
+    let name = unique("evh");
+    let server = mesh
+        .create(pb::CreateMcpServerRequest {
+            name: name.clone(),
+            endpoint: format!("http://127.0.0.1:{}/mcp", http.port),
+            ..Default::default()
+        })
+        .await;
+    discover_and_invoke(&mut mesh, &server).await;
+
+    // The arguments are checked against the schema before anything is sent.
+    let invalid = mesh.invoke(&format!("{name}_get-sum"), json!({"a": "two"}), None).await.unwrap_err();
+    let invalid = error(&invalid);
+    assert_eq!(invalid.code, ErrorCode::Validation);
+    let fields: Vec<_> = invalid.field_violations.iter().map(|v| v.field.as_str()).collect();
+    assert!(fields.contains(&"arguments.a") && fields.contains(&"arguments.b"), "{fields:?}");
+    assert!(!format!("{invalid:?}").contains("two"), "argument values are not echoed: {invalid:?}");
+
+    let unknown = mesh.invoke(&format!("{name}_nope"), json!({}), None).await.unwrap_err();
+    assert_eq!(error(&unknown).code, ErrorCode::NotFound);
+
+    // Every call reached the point of calling is reported, without argument values.
+    let topics = vec!["tool.invoked".into()];
+    let mut stream = mesh.bus.subscribe(SubscriptionSpec::ephemeral(topics)).await.unwrap();
+    let mut outcomes = Vec::new();
+    for _ in 0..4 {
+        let delivery = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap().unwrap();
+        let event = delivery.event().clone();
+        assert_eq!(event.event_type(), "agentmesh.tool.invoked");
+        let data = event.data().clone();
+        let invoked = ToolInvoked::decode(data.clone()).unwrap();
+        assert_eq!(invoked.mcp_server_id.as_deref(), Some(server.id.as_str()));
+        assert_eq!(invoked.user_id, "root");
+        assert!(invoked.run_id.is_some() && invoked.session_id.is_some());
+        let raw = String::from_utf8_lossy(&data);
+        assert!(!raw.contains("Chicago") && !raw.contains("hi\""), "argument values leaked: {raw}");
+        outcomes.push(invoked.outcome);
+    }
+    assert_eq!(outcomes, ["ok", "ok", "ok", "ok"]);
+}
+
+/// Whether `pid` is a live process (not a zombie).
+fn running(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start()).and_then(|rest| rest.chars().next());
+    !matches!(state, Some('Z' | 'X') | None)
+}
+
+/// The processes whose environment holds `marker`.
+fn processes_with(marker: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|environ| environ.split(|b| *b == 0).any(|var| var == marker.as_bytes()))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn reference_server_over_stdio_with_a_secret_and_no_child_left() {
+    let Some(entry) = everything() else { return };
+    let marker = unique("marker-");
+    let mut mesh = start(&[("test-token", "s3cret-value")], &[]).await;
+    let name = unique("evs");
+    let server = mesh
+        .create(pb::CreateMcpServerRequest {
+            name: name.clone(),
+            stdio: Some(pb::StdioCommand {
+                command: "node".into(),
+                args: vec![entry.display().to_string(), "stdio".into()],
+                env: vec![
+                    pb::EnvironmentVariable {
+                        name: "AGENTMESH_TEST_MARKER".into(),
+                        value: Some(pb::environment_variable::Value::Literal(marker.clone())),
+                    },
+                    pb::EnvironmentVariable {
+                        name: "AGENTMESH_TEST_TOKEN".into(),
+                        value: Some(pb::environment_variable::Value::Secret("test-token".into())),
+                    },
+                ],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await;
+    discover_and_invoke(&mut mesh, &server).await;
+
+    let env = mesh.invoke(&format!("{name}_get-env"), json!({}), None).await.unwrap();
+    let env: serde_json::Map<String, Value> = serde_json::from_str(texts(&env)[0]).unwrap();
+    assert_eq!(env["AGENTMESH_TEST_TOKEN"], "s3cret-value", "the secret reached the child's environment");
+
+    let marker_var = format!("AGENTMESH_TEST_MARKER={marker}");
+    let children = processes_with(&marker_var);
+    assert_eq!(children.len(), 1, "one session reused across calls: {children:?}");
+    let pid = children[0];
+    assert!(running(pid));
+
+    let delete = pb::DeleteMcpServerRequest { mcp_server_id: server.id.clone() };
+    mesh.client.delete_mcp_server(call(&admin(), delete)).await.unwrap();
+    assert!(!running(pid), "the stdio server {pid} outlived its deletion");
+    assert!(processes_with(&marker_var).is_empty());
+}
+
+#[tokio::test]
+async fn hung_tools_time_out_and_open_the_breaker_which_recovers() {
+    let Some(entry) = everything() else { return };
+    let http = http_everything(&entry).await;
+    let mut mesh = start(&[], &[]).await;
+    let name = unique("evb");
+    mesh.create(pb::CreateMcpServerRequest {
+        name: name.clone(),
+        endpoint: format!("http://127.0.0.1:{}/mcp", http.port),
+        ..Default::default()
+    })
+    .await;
+    let server = mesh
+        .client
+        .list_mcp_servers(call(
+            &admin(),
+            pb::ListMcpServersRequest { search: Some(name.clone()), ..Default::default() },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .mcp_servers
+        .remove(0);
+    mesh.refresh(&server).await;
+    let slow = format!("{name}_trigger-long-running-operation");
+    for _ in 0..3 {
+        let status = mesh.invoke(&slow, json!({"duration": 30, "steps": 2}), Some(200)).await.unwrap_err();
+        assert_eq!(error(&status).code, ErrorCode::Timeout, "{status:?}");
+    }
+    let echo = format!("{name}_echo");
+    let refused = mesh.invoke(&echo, json!({"message": "hi"}), None).await.unwrap_err();
+    assert_eq!(error(&refused).code, ErrorCode::CircuitBreakerOpen, "{refused:?}");
+
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let echoed = mesh.invoke(&echo, json!({"message": "again"}), None).await.unwrap();
+    assert_eq!(texts(&echoed), ["Echo: again"]);
+}
+
+fn stdio_server(name: &str, command: &str, args: Vec<String>, marker: &str) -> pb::CreateMcpServerRequest {
+    pb::CreateMcpServerRequest {
+        name: name.to_owned(),
+        stdio: Some(pb::StdioCommand {
+            command: command.to_owned(),
+            args,
+            env: vec![pb::EnvironmentVariable {
+                name: "AGENTMESH_TEST_MARKER".into(),
+                value: Some(pb::environment_variable::Value::Literal(marker.to_owned())),
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut condition: impl FnMut() -> F) {
+    for _ in 0..100 {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}");
+}
+
+#[tokio::test]
+async fn a_stdio_server_that_dies_is_started_again_on_the_next_call() {
+    let Some(entry) = everything() else { return };
+    let marker = unique("marker-");
+    let marker_var = format!("AGENTMESH_TEST_MARKER={marker}");
+    // The call that finds the pipe broken is retried, on a new session.
+    let retries = [("RETRY_MCP_MAX_ATTEMPTS", "2"), ("RETRY_MCP_BASE_DELAY", "0.05"), ("RETRY_MCP_JITTER", "false")];
+    let mut mesh = start(&[], &retries).await;
+    let name = unique("evk");
+    let args = vec![entry.display().to_string(), "stdio".into()];
+    let server = mesh.create(stdio_server(&name, "node", args, &marker)).await;
+    mesh.refresh(&server).await;
+    let first = processes_with(&marker_var);
+    assert_eq!(first.len(), 1, "{first:?}");
+    std::process::Command::new("kill").arg("-9").arg(first[0].to_string()).status().unwrap();
+    eventually("the killed server is gone", || async { !running(first[0]) }).await;
+
+    let echoed = mesh.invoke(&format!("{name}_echo"), json!({"message": "back"}), None).await.unwrap();
+    assert_eq!(texts(&echoed), ["Echo: back"]);
+    let second = processes_with(&marker_var);
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_ne!(second[0], first[0]);
+    let delete = pb::DeleteMcpServerRequest { mcp_server_id: server.id.clone() };
+    mesh.client.delete_mcp_server(call(&admin(), delete)).await.unwrap();
+    assert!(processes_with(&marker_var).is_empty());
+}
+
+#[tokio::test]
+async fn a_changed_tool_list_is_synced_into_the_registry() {
+    let Some(python) = python() else { return };
+    let marker = unique("marker-");
+    let mut mesh = start(&[], &[]).await;
+    let name = unique("fm");
+    let script = scripts_dir().join("fastmcp_server.py").display().to_string();
+    let server =
+        mesh.create(stdio_server(&name, python.to_str().unwrap(), vec![script, "stdio".into()], &marker)).await;
+    let tools = mesh.refresh(&server).await;
+    let names: Vec<_> = tools.iter().map(|tool| tool.name.clone()).collect();
+    assert!(names.contains(&format!("{name}_register_tool")), "{names:?}");
+
+    let added = mesh.invoke(&format!("{name}_register_tool"), json!({"name": "late"}), None).await.unwrap();
+    assert!(!added.is_error, "{added:?}");
+    let late = format!("{name}_late");
+    let mut client = mesh.client.clone();
+    let server_id = server.id.clone();
+    eventually("the new tool is in the registry", || {
+        let mut client = client.clone();
+        let request = pb::ListMcpServerToolsRequest { mcp_server_id: server_id.clone(), ..Default::default() };
+        let late = late.clone();
+        async move {
+            let listed = client.list_mcp_server_tools(call(&admin(), request)).await.unwrap().into_inner();
+            listed.tools.iter().any(|tool| tool.name == late)
+        }
+    })
+    .await;
+    let called = mesh.invoke(&late, json!({}), None).await.unwrap();
+    assert_eq!(texts(&called), ["late was added at run time"]);
+    let delete = pb::DeleteMcpServerRequest { mcp_server_id: server.id.clone() };
+    client.delete_mcp_server(call(&admin(), delete)).await.unwrap();
+}
+
+#[tokio::test]
+async fn periodic_health_checks_ping_servers_or_get_their_health_url() {
+    let Some(entry) = everything() else { return };
+    let http = http_everything(&entry).await;
+    let mut mesh = start(&[], &[("MCP_HEALTH_CHECK_INTERVAL", "0.3"), ("MCP_REQUEST_TIMEOUT", "1")]).await;
+    let pinged = mesh
+        .create(pb::CreateMcpServerRequest {
+            name: unique("evp"),
+            endpoint: format!("http://127.0.0.1:{}/mcp", http.port),
+            ..Default::default()
+        })
+        .await;
+    let dead_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let probed = mesh
+        .create(pb::CreateMcpServerRequest {
+            name: unique("evu"),
+            endpoint: format!("http://127.0.0.1:{}/mcp", http.port),
+            health_check_url: Some(format!("http://127.0.0.1:{dead_port}/health")),
+            ..Default::default()
+        })
+        .await;
+    let status = |id: String| {
+        let mut client = mesh.client.clone();
+        async move {
+            let get = pb::GetMcpServerRequest { mcp_server_id: id };
+            client.get_mcp_server(call(&admin(), get)).await.unwrap().into_inner().mcp_server.unwrap().status
+        }
+    };
+    let healthy = pb::McpServerStatus::Healthy as i32;
+    let unhealthy = pb::McpServerStatus::Unhealthy as i32;
+    eventually("the pinged server is healthy", || {
+        let status = status(pinged.id.clone());
+        async move { status.await == healthy }
+    })
+    .await;
+    eventually("the server whose health URL answers nothing is unhealthy", || {
+        let status = status(probed.id.clone());
+        async move { status.await == unhealthy }
+    })
+    .await;
+    drop(http);
+    eventually("the pinged server is unhealthy once it is gone", || {
+        let status = status(pinged.id.clone());
+        async move { status.await == unhealthy }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn per_user_credentials_are_resolved_for_the_calling_user() {
+    let Some(entry) = everything() else { return };
+    let http = http_everything(&entry).await;
+    let mut mesh = start(&[("token-root", "root-token")], &[]).await;
+    let name = unique("evq");
+    let server = mesh
+        .create(pb::CreateMcpServerRequest {
+            name: name.clone(),
+            endpoint: format!("http://127.0.0.1:{}/mcp", http.port),
+            authentication: Some(pb::McpAuthentication {
+                bearer_secret: Some("token-{user_id}".into()),
+                per_user: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await;
+    mesh.refresh(&server).await;
+    let echoed = mesh.invoke(&format!("{name}_echo"), json!({"message": "mine"}), None).await.unwrap();
+    assert_eq!(texts(&echoed), ["Echo: mine"]);
+
+    // Bob has no credentials of his own: his call is refused, naming no secret value.
+    let bob = Principal { scopes: vec!["tools:read".into()], ..identity::user("bob", "acme") };
+    let request = pb::InvokeToolRequest {
+        tool: Some(pb::invoke_tool_request::Tool::ToolName(format!("{name}_echo"))),
+        arguments: Some(object_to_struct(json!({"message": "his"}).as_object().unwrap())),
+        ..Default::default()
+    };
+    let refused = mesh.client.invoke_tool(orchestrator_call(&bob, request)).await.unwrap_err();
+    let refused = error(&refused);
+    assert_eq!(refused.code, ErrorCode::ExternalService, "{refused:?}");
+    assert!(format!("{refused:?}").contains("token-bob"), "{refused:?}");
+}
+
+#[tokio::test]
+async fn shutting_down_leaves_no_stdio_child() {
+    let Some(entry) = everything() else { return };
+    let marker = unique("marker-");
+    let marker_var = format!("AGENTMESH_TEST_MARKER={marker}");
+    let mut mesh = start(&[], &[]).await;
+    let args = vec![entry.display().to_string(), "stdio".into()];
+    let server = mesh.create(stdio_server(&unique("evz"), "node", args, &marker)).await;
+    mesh.refresh(&server).await;
+    assert_eq!(processes_with(&marker_var).len(), 1);
+    drop(mesh);
+    eventually("the stdio server ended with the broker", || async { processes_with(&marker_var).is_empty() }).await;
+}
