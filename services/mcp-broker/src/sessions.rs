@@ -378,11 +378,14 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Closes `connection` when nothing else holds it; otherwise the last holder's drop ends it
-/// (a dropped stdio connection kills its process group).
+/// Closes `connection` in order when nothing else holds it; otherwise kills it at once (the
+/// last holder's drop reaps a stdio server).
 async fn close(connection: Arc<Connection>) {
-    if let Some(connection) = Arc::into_inner(connection) {
-        connection.close().await;
+    match Arc::try_unwrap(connection) {
+        Ok(connection) => connection.close().await,
+        // A call, a health check or a resync still holds it: end it now all the same, so a
+        // deleted or disabled server leaves no process behind.
+        Err(shared) => shared.kill(),
     }
 }
 

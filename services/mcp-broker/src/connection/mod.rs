@@ -226,6 +226,16 @@ impl Connection {
         }
     }
 
+    /// Ends a session that others still hold, at once: the session is cancelled and a
+    /// stdio server's process group killed (the last holder reaps it). [`Self::close`] is
+    /// the orderly way when this is the only holder.
+    pub fn kill(&self) {
+        self.service.cancellation_token().cancel();
+        if let Some(child) = &self.child {
+            child.kill_group();
+        }
+    }
+
     /// Ends the session: over HTTP the session is deleted; a stdio server's stdin is closed,
     /// then its process group is terminated and the server reaped (see [`stdio`]).
     pub async fn close(mut self) {

@@ -157,6 +157,11 @@ impl StdioChild {
         }
     }
 
+    /// Kills the whole process group now, without waiting or reaping (the drop reaps).
+    pub(crate) fn kill_group(&self) {
+        self.signal_group(Signal::KILL);
+    }
+
     /// Whether the leader exits within `limit`, checked without reaping it.
     async fn wait_for_exit(&self, limit: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
