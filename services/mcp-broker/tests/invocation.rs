@@ -344,7 +344,7 @@ async fn reference_server_over_stdio_with_a_secret_and_no_child_left() {
 
     let delete = pb::DeleteMcpServerRequest { mcp_server_id: server.id.clone() };
     mesh.client.delete_mcp_server(call(&admin(), delete)).await.unwrap();
-    assert!(!running(pid), "the stdio server {pid} outlived its deletion");
+    eventually("the stdio server outlived its deletion", || async { !running(pid) }).await;
     assert!(processes_with(&marker_var).is_empty());
 }
 
