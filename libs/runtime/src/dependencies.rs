@@ -136,6 +136,12 @@ impl DependencyHealth {
         self.inner.dependencies.write().unwrap_or_else(PoisonError::into_inner).push(dependency);
     }
 
+    /// Removes the dependencies named `name` (a deleted MCP server, say), so health output
+    /// stops listing them and a later one of the same name is listed once.
+    pub fn unregister(&self, name: &str) {
+        self.inner.dependencies.write().unwrap_or_else(PoisonError::into_inner).retain(|d| d.name != name);
+    }
+
     /// Publishes `breaker`'s state changes (once a bus is attached) without listing it as
     /// a dependency: for breakers reported elsewhere, such as the gateway's channels.
     pub fn watch_breaker(&self, breaker: &CircuitBreaker, kind: ExternalServiceType) {
@@ -335,6 +341,17 @@ mod tests {
         fail(&probing);
         let recovering = Dependency::new("db", kind).with_breaker(&probing);
         assert_eq!(status_of(recovering).await, ("degraded".to_owned(), CircuitBreakerState::HalfOpen as i32));
+    }
+
+    #[tokio::test]
+    async fn unregistered_dependencies_are_no_longer_listed() {
+        let registry = DependencyHealth::new("test", Duration::from_secs(1));
+        for name in ["mcp-server-a", "mcp-server-b", "mcp-server-a"] {
+            registry.register(Dependency::new(name, ExternalServiceType::McpServer));
+        }
+        registry.unregister("mcp-server-a");
+        let names: Vec<String> = registry.check().await.into_iter().map(|entry| entry.service_name).collect();
+        assert_eq!(names, ["mcp-server-b"]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -14,6 +14,7 @@
 //! dependencies (with the store's breaker, whose state changes become
 //! `agentmesh.breaker.state_changed` events).
 
+pub mod connection;
 pub mod convert;
 pub mod events;
 pub mod health;
@@ -26,8 +27,6 @@ pub mod service;
 pub mod sessions;
 pub mod settings;
 pub mod store;
-
-pub mod connection;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -54,10 +54,12 @@ impl McpBroker {
         Self { store, limits, sessions, events }
     }
 
-    /// Closes the server's sessions, then, when it is enabled, discovers its tools in the
-    /// background (as `user_id` for per-user servers).
+    /// Closes the server's sessions and forgets its breaker (its configuration changed),
+    /// then, when it is enabled, discovers its tools in the background (as `user_id` for
+    /// per-user servers).
     async fn reconnect(&self, server: &McpServerRecord, user_id: &str) {
         self.sessions.close_server(server.id).await;
+        self.sessions.forget_server(server.id);
         if !server.config.enabled {
             return;
         }
@@ -381,6 +383,7 @@ impl McpService for McpBroker {
         let server_id = id("mcp_server_id", &request.get_ref().mcp_server_id)?;
         self.store.delete_server(server_id).await.map_err(store_error("MCP server"))?;
         self.sessions.close_server(server_id).await;
+        self.sessions.forget_server(server_id);
         Ok(Response::new(pb::DeleteMcpServerResponse {}))
     }
 

@@ -78,7 +78,8 @@ pub struct Sessions {
     /// One lock per session being opened, so that concurrent first calls share one session
     /// while a slow server delays no other.
     opening: Mutex<HashMap<SessionKey, Arc<tokio::sync::Mutex<()>>>>,
-    resilience: Mutex<HashMap<Uuid, Resilience>>,
+    /// Each server's resilience, with the name it is reported under.
+    resilience: Mutex<HashMap<Uuid, (String, Resilience)>>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -208,16 +209,27 @@ impl Sessions {
         let mut all = lock(&self.resilience);
         all.entry(server.id)
             .or_insert_with(|| {
-                let resilience = Resilience::new(format!("mcp-server-{}", server.config.name), &self.preset);
+                let name = dependency_name(&server.config.name);
+                let resilience = Resilience::new(name.clone(), &self.preset);
                 if let Some(dependencies) = &self.dependencies {
                     dependencies.register(
-                        Dependency::new(format!("mcp-server-{}", server.config.name), ExternalServiceType::McpServer)
-                            .with_resilience(&resilience),
+                        Dependency::new(name.clone(), ExternalServiceType::McpServer).with_resilience(&resilience),
                     );
                 }
-                resilience
+                (name, resilience)
             })
+            .1
             .clone()
+    }
+
+    /// Forgets `server_id`'s resilience and its dependency entry (the server was deleted
+    /// or reconfigured): a server registered again starts with a closed breaker and is
+    /// listed once.
+    pub fn forget_server(&self, server_id: Uuid) {
+        let forgotten = lock(&self.resilience).remove(&server_id);
+        if let (Some((name, _)), Some(dependencies)) = (forgotten, &self.dependencies) {
+            dependencies.unregister(&name);
+        }
     }
 
     /// Discovery: opens (or reuses) the session, records the handshake, lists the tools and
@@ -376,6 +388,11 @@ fn key(server: &McpServerRecord, user_id: &str) -> SessionKey {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The name a server's resilience and dependency entry go by.
+fn dependency_name(server_name: &str) -> String {
+    format!("mcp-server-{server_name}")
 }
 
 /// Closes `connection` in order when nothing else holds it; otherwise kills it at once (the
