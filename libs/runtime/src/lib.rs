@@ -24,6 +24,7 @@ pub mod context;
 pub mod deadlines;
 pub mod dependencies;
 pub mod error;
+pub mod secrets;
 pub mod server;
 pub mod telemetry;
 pub mod validate;

@@ -28,15 +28,15 @@ use agentmesh_events::{EventBus, Publisher};
 use agentmesh_proto::agentmesh::common::v1::ExternalServiceType;
 use agentmesh_proto::agentmesh::llm::v1::llm_service_server::LlmServiceServer;
 use agentmesh_ratelimit::{MemoryRateLimiter, RateLimitError, RateLimiter, RedisRateLimiter, RedisRateLimiterOptions};
-use agentmesh_runtime::auth::ServiceIdentity;
-use agentmesh_runtime::balance::Discovery;
-use agentmesh_runtime::client::{ClientError, ServiceChannel};
+use agentmesh_runtime::client::ClientError;
 use agentmesh_runtime::config::{ConfigError, ServiceSettings, SettingsSpec};
 use agentmesh_runtime::{Config, Dependency, DependencyHealth, GrpcServer, ServerError, ServiceName};
 use tokio::net::TcpListener;
 
 use crate::catalog::Catalog;
-use crate::keys::{Keys, SecretReader, SecretsBroker};
+use agentmesh_runtime::secrets::{SecretReader, SecretsBroker};
+
+use crate::keys::Keys;
 use crate::limits::Limits;
 use crate::proxy::{Proxy, ProxyOptions};
 use crate::service::LlmProxyService;
@@ -111,16 +111,7 @@ pub async fn build(
 ) -> Result<Proxy, StartError> {
     let settings = config.settings::<LlmSettings>()?;
     let mut catalog = Catalog::from_settings(&settings, &config.features);
-    let identity = ServiceIdentity::from_config(config, ServiceName::LlmProxy);
-    let url = &config.endpoints.get(ServiceName::SecretsBroker).url;
-    let channel = ServiceChannel::connect_with(
-        ServiceName::SecretsBroker.as_str(),
-        url,
-        &config.resilience.internal,
-        &Discovery::new(config.peers.clone()),
-    )?
-    .acting_as(&identity);
-    let broker: Arc<dyn SecretReader> = Arc::new(SecretsBroker::new(channel));
+    let broker: Arc<dyn SecretReader> = Arc::new(SecretsBroker::connect(config, ServiceName::LlmProxy)?);
     let keys = Keys::new(&settings, Some(broker));
     catalog.discover_models(&keys).await;
     let limiter: Option<Arc<dyn RateLimiter>> = if !config.features.enable_rate_limiting {

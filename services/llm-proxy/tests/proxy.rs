@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use agentmesh_events::{EventBus, MemoryBus, MemoryConfig, Subscriber, SubscriptionSpec};
 use agentmesh_llm_proxy::catalog::Catalog;
-use agentmesh_llm_proxy::keys::{Keys, SecretReadError, SecretReader};
+use agentmesh_llm_proxy::keys::Keys;
 use agentmesh_llm_proxy::limits::Limits;
 use agentmesh_llm_proxy::proxy::{Proxy, ProxyOptions};
 use agentmesh_llm_proxy::settings::LlmSettings;
@@ -25,6 +25,7 @@ use agentmesh_proto::agentmesh::llm::v1::{
 use agentmesh_resilience::BreakerState;
 use agentmesh_runtime::auth::{ACTOR_HEADER, PRINCIPAL_HEADER};
 use agentmesh_runtime::config::Secret;
+use agentmesh_runtime::secrets::{SecretReadError, SecretReader};
 use agentmesh_runtime::{ApiError, Config, DependencyHealth, ErrorCode, ServiceName};
 use agentmesh_testkit::identity;
 use futures::StreamExt;

@@ -4,7 +4,7 @@
 //! ([`service`], with the registry's own input rules in [`rules`]) over memory or
 //! PostgreSQL (`USE_DATABASE`, see [`store`]), publishing its domain events ([`events`]).
 //! It talks to the servers through [`connection`], one reused session per server
-//! ([`sessions`], secrets from secrets-broker through [`secrets`]), to discover their tools
+//! ([`sessions`], secrets from secrets-broker through `agentmesh_runtime::secrets`), to discover their tools
 //! and to invoke them ([`invoke`]), and checks each enabled server's health periodically
 //! ([`server_health`]). Sessions are closed on shutdown, so no stdio child outlives it.
 //!
@@ -21,7 +21,6 @@ pub mod health;
 pub mod invoke;
 pub mod paging;
 pub mod rules;
-pub mod secrets;
 pub mod server_health;
 pub mod service;
 pub mod sessions;
@@ -34,21 +33,19 @@ use std::sync::Arc;
 use agentmesh_events::{EventBus, Publisher};
 use agentmesh_proto::agentmesh::common::v1::ExternalServiceType;
 use agentmesh_proto::agentmesh::mcp::v1::mcp_service_server::McpServiceServer;
-use agentmesh_runtime::auth::ServiceIdentity;
-use agentmesh_runtime::balance::Discovery;
-use agentmesh_runtime::client::{ClientError, ServiceChannel};
+use agentmesh_runtime::client::ClientError;
 use agentmesh_runtime::config::{ConfigError, ServiceSettings, SettingsSpec, StorageBackend};
 use agentmesh_runtime::{Config, Dependency, GrpcServer, ServerError, ServiceName};
 use tokio::net::TcpListener;
 
 use crate::events::{EventSink, PublishDirect};
-use crate::secrets::{SecretReader, SecretsBroker};
 use crate::service::McpBroker;
 use crate::sessions::Sessions;
 use crate::settings::{ClientSettings, RegistryLimits};
 use crate::store::memory::MemoryStore;
 use crate::store::postgres::{OutboxRelay, PoolSettings, PostgresStore};
 use crate::store::{McpStore, StoreError};
+use agentmesh_runtime::secrets::{SecretReader, SecretsBroker};
 
 /// mcp-broker's own PostgreSQL schema (ARCHITECTURE §2: one schema per service).
 pub const POSTGRES_SCHEMA: &str = "mcp_broker";
@@ -98,16 +95,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
-    let identity = ServiceIdentity::from_config(&config, ServiceName::McpBroker);
-    let url = &config.endpoints.get(ServiceName::SecretsBroker).url;
-    let channel = ServiceChannel::connect_with(
-        ServiceName::SecretsBroker.as_str(),
-        url,
-        &config.resilience.internal,
-        &Discovery::new(config.peers.clone()),
-    )?
-    .acting_as(&identity);
-    let secrets: Arc<dyn SecretReader> = Arc::new(SecretsBroker::new(channel));
+    let secrets: Arc<dyn SecretReader> = Arc::new(SecretsBroker::connect(&config, ServiceName::McpBroker)?);
     serve_with_secrets(config, bus, secrets, listener, shutdown).await
 }
 

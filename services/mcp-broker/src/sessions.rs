@@ -21,11 +21,11 @@ use agentmesh_runtime::{Dependency, DependencyHealth};
 use uuid::Uuid;
 
 use crate::connection::{self, Connection, ConnectionError, HttpSpec, ServerSpec, StdioSpec, Timeouts, TransportSpec};
-use crate::secrets::{SecretReadError, SecretReader};
 use crate::settings::ClientSettings;
 use crate::store::{
     DiscoveredTool, EnvValue, Handshake, McpServerRecord, McpStore, StoreError, ToolAnnotations, ToolRecord, Transport,
 };
+use agentmesh_runtime::secrets::{SecretReadError, SecretReader};
 
 /// The placeholder of the user's id in the secret names of a per-user server.
 const USER_PLACEHOLDER: &str = "{user_id}";

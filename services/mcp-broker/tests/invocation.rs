@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use agentmesh_events::{MemoryBus, Subscriber, SubscriptionSpec};
 use agentmesh_mcp_broker::convert::{object_to_struct, struct_to_object};
-use agentmesh_mcp_broker::secrets::{SecretReadError, SecretReader};
 use agentmesh_proto::agentmesh::common::v1::content_part::Part;
 use agentmesh_proto::agentmesh::common::v1::image_part;
 use agentmesh_proto::agentmesh::events::v1::ToolInvoked;
@@ -27,6 +26,7 @@ use agentmesh_proto::agentmesh::mcp::v1 as pb;
 use agentmesh_proto::agentmesh::mcp::v1::mcp_service_client::McpServiceClient;
 use agentmesh_runtime::auth::{ACTOR_HEADER, PRINCIPAL_HEADER, Principal};
 use agentmesh_runtime::config::Secret;
+use agentmesh_runtime::secrets::{SecretReadError, SecretReader};
 use agentmesh_runtime::{ApiError, Config, ErrorCode, ServiceName};
 use agentmesh_testkit::{REQUIRE_SERVICES_ENV, identity, services_required};
 use futures::StreamExt;

@@ -1,19 +1,22 @@
-//! Secret values for MCP servers: stdio environment variables marked `secret` and HTTP
-//! authentication headers name secrets, whose values are read from secrets-broker (as
-//! mcp-broker) only when a session is opened, and never stored or logged here. Tests
-//! give a fake [`SecretReader`].
+//! Reading secrets from secrets-broker: llm-proxy's provider keys and mcp-broker's server
+//! credentials are the same read (by name, as the calling service), so it lives here once,
+//! behind a trait that tests replace with a fake.
 
 use std::fmt;
 
 use agentmesh_proto::agentmesh::secrets::v1::GetSecretRequest;
 use agentmesh_proto::agentmesh::secrets::v1::secrets_service_client::SecretsServiceClient;
-use agentmesh_runtime::client::ServiceChannel;
-use agentmesh_runtime::config::Secret;
+
+use crate::auth::ServiceIdentity;
+use crate::balance::Discovery;
+use crate::client::{ClientError, ServiceChannel};
+use crate::config::{Config, Secret, ServiceName};
 
 /// Where secrets are read from: secrets-broker, or a test's fake.
 #[async_trait::async_trait]
 pub trait SecretReader: Send + Sync + fmt::Debug {
-    /// The current value of secret `name`; `Ok(None)` when it does not exist.
+    /// The current value of secret `name`, exactly as stored; `Ok(None)` when it does not
+    /// exist or is empty.
     async fn read(&self, name: &str) -> Result<Option<Secret>, SecretReadError>;
 }
 
@@ -29,9 +32,23 @@ pub struct SecretsBroker {
 }
 
 impl SecretsBroker {
-    /// A reader over `channel` (to secrets-broker, acting as mcp-broker).
+    /// A reader over `channel` (to secrets-broker, acting as the calling service).
     pub fn new(channel: ServiceChannel) -> Self {
         Self { client: SecretsServiceClient::new(channel) }
+    }
+
+    /// A reader for `service`, over a lazily connected channel to secrets-broker as
+    /// `config` places it, carrying `service`'s actor token.
+    pub fn connect(config: &Config, service: ServiceName) -> Result<Self, ClientError> {
+        let identity = ServiceIdentity::from_config(config, service);
+        let channel = ServiceChannel::connect_with(
+            ServiceName::SecretsBroker.as_str(),
+            &config.endpoints.get(ServiceName::SecretsBroker).url,
+            &config.resilience.internal,
+            &Discovery::new(config.peers.clone()),
+        )?
+        .acting_as(&identity);
+        Ok(Self::new(channel))
     }
 }
 
