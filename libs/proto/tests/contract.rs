@@ -748,6 +748,7 @@ fn events_document_their_subjects() {
         ("RunCompletedEvent", "agentmesh.run.completed"),
         ("RunFailedEvent", "agentmesh.run.failed"),
         ("RunCancelledEvent", "agentmesh.run.cancelled"),
+        ("RunRequiresActionEvent", "agentmesh.run.requires_action"),
         ("RunOutputChunk", "agentmesh.run.{run_id}.output"),
         ("LlmUsage", "agentmesh.llm.usage"),
         ("ToolInvoked", "agentmesh.tool.invoked"),

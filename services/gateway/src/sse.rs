@@ -4,8 +4,10 @@
 //! (the route's `response_body` field, e.g. the `RunEvent`), `id:` its `sequence` so a
 //! client reconnecting with `Last-Event-ID` resumes where it stopped, and `event:` the
 //! event's kind (the set case of its `kind` oneof, e.g. `token`, `run_completed`). Idle
-//! streams get a comment every 15 s so proxies keep them open. A failure mid-stream is sent
-//! as an `error` event in the seed's error format, then the stream ends.
+//! streams get a comment every 15 s so proxies keep them open. A failure of the stream
+//! itself (the upstream call ending in an error status) is sent as a `stream_error` event
+//! in the seed's error format, then the stream ends: `error` stays the name of the run's own
+//! error events, whose data is always an `ErrorDetail`.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -21,6 +23,9 @@ use crate::json;
 
 /// How often an idle stream sends a keep-alive comment.
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// The SSE event name of a failure of the stream itself (not of the run it carries).
+pub const STREAM_ERROR: &str = "stream_error";
 
 /// The request header a reconnecting SSE client sends.
 pub const LAST_EVENT_ID: &str = "last-event-id";
@@ -44,7 +49,10 @@ pub fn response(
             Err(status) => {
                 *ended = true;
                 let body = ApiError::from_status(&status).to_response(Some(&correlation_id), &path);
-                Event::default().event("error").json_data(body).unwrap_or_else(|_| Event::default().event("error"))
+                Event::default()
+                    .event(STREAM_ERROR)
+                    .json_data(body)
+                    .unwrap_or_else(|_| Event::default().event(STREAM_ERROR))
             }
         };
         std::future::ready(Some(Ok::<Event, Infallible>(event)))

@@ -253,9 +253,10 @@ fn stream_description(event: &MessageDescriptor) -> String {
         text.push_str(&format!(" ({})", names.join(", ")));
     }
     text.push_str(&format!(
-        ". A comment line is sent every {} s while idle; a failure ends the stream with an `error` event whose \
-         data is an `ErrorResponse`.",
-        sse::HEARTBEAT.as_secs()
+        ". A comment line is sent every {} s while idle; a failure of the stream itself ends it with a `{}` \
+         event whose data is an `ErrorResponse`.",
+        sse::HEARTBEAT.as_secs(),
+        sse::STREAM_ERROR
     ));
     text
 }
