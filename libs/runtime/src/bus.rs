@@ -15,8 +15,12 @@ use crate::config::Config;
 pub async fn connect_bus(config: &Config) -> Result<Arc<dyn EventBus>, EventsError> {
     Ok(match &config.nats.url {
         Some(url) => {
-            let nats =
-                NatsConfig { url: url.clone(), stream_name: config.nats.stream.clone(), ..NatsConfig::default() };
+            let nats = NatsConfig {
+                url: url.clone(),
+                stream_name: config.nats.stream.clone(),
+                subject_root: config.nats.subject_root.clone(),
+                ..NatsConfig::default()
+            };
             Arc::new(NatsBus::connect(nats).await?)
         }
         None => Arc::new(MemoryBus::default()),

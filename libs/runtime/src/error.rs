@@ -351,6 +351,36 @@ fn split_violation_value(description: &str) -> (String, Value) {
     }
 }
 
+impl ApiError {
+    /// The contract's `ErrorDetail` of this error: what a stream's error event and a failed
+    /// run carry, with the current request's correlation id.
+    pub fn to_detail(&self) -> agentmesh_proto::agentmesh::common::v1::ErrorDetail {
+        use agentmesh_proto::agentmesh::common::v1::{ErrorCode as ProtoCode, ErrorDetail};
+        let name = format!("ERROR_CODE_{}", self.code.as_str().to_ascii_uppercase());
+        ErrorDetail {
+            code: ProtoCode::from_str_name(&name).unwrap_or(ProtoCode::InternalError) as i32,
+            message: self.message.clone(),
+            details: Some(agentmesh_proto::json::object_to_struct(&self.details)),
+            retry_after: self.retry_after.map(|after| i32::try_from(retry_after_seconds(after)).unwrap_or(i32::MAX)),
+            correlation_id: crate::RequestContext::current().map(|context| context.correlation_id),
+        }
+    }
+
+    /// The error an `ErrorDetail` describes (an unknown code reads as `internal_error`).
+    pub fn from_detail(detail: &agentmesh_proto::agentmesh::common::v1::ErrorDetail) -> Self {
+        use agentmesh_proto::agentmesh::common::v1::ErrorCode as ProtoCode;
+        let code = ProtoCode::try_from(detail.code)
+            .ok()
+            .and_then(|code| code.as_str_name().strip_prefix("ERROR_CODE_").map(str::to_ascii_lowercase))
+            .and_then(|name| ErrorCode::parse(&name))
+            .unwrap_or(ErrorCode::Internal);
+        let mut error = Self::new(code, detail.message.clone());
+        error.details = detail.details.as_ref().map(agentmesh_proto::json::struct_to_object).unwrap_or_default();
+        error.retry_after = detail.retry_after.and_then(|after| u64::try_from(after).ok()).map(Duration::from_secs);
+        error
+    }
+}
+
 impl From<ApiError> for tonic::Status {
     fn from(error: ApiError) -> Self {
         let metadata = error

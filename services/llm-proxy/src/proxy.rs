@@ -417,7 +417,7 @@ impl Forward {
                     finish_reason: FinishReason::Error as i32,
                     provider_finish_reason: String::new(),
                     message: Some(assembler.finish()),
-                    error: Some(crate::service::error_detail(&api_error)),
+                    error: Some(api_error.to_detail()),
                     fallbacks_tried: self.journey.tried.clone(),
                 };
                 (finish, outcome)

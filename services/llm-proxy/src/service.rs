@@ -4,13 +4,12 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use agentmesh_proto::agentmesh::common::v1::{ErrorCode as ProtoErrorCode, ErrorDetail};
 use agentmesh_proto::agentmesh::llm::v1::llm_service_server::LlmService;
 use agentmesh_proto::agentmesh::llm::v1::{
     ChatRequest, ChatResponse, ListModelsRequest, ListModelsResponse, StreamChatRequest, StreamChatResponse,
 };
 use agentmesh_runtime::validate::validate;
-use agentmesh_runtime::{ApiError, ErrorCode, RequestContext};
+use agentmesh_runtime::ApiError;
 use futures::Stream;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
@@ -63,31 +62,3 @@ impl LlmService for LlmProxyService {
     }
 }
 
-/// `error` as the contract's `ErrorDetail`, for a stream that ends in error.
-pub fn error_detail(error: &ApiError) -> ErrorDetail {
-    let code = match error.code {
-        ErrorCode::Validation => ProtoErrorCode::ValidationError,
-        ErrorCode::Authentication => ProtoErrorCode::AuthenticationError,
-        ErrorCode::Authorization => ProtoErrorCode::AuthorizationError,
-        ErrorCode::RateLimit => ProtoErrorCode::RateLimitError,
-        ErrorCode::ExternalService => ProtoErrorCode::ExternalServiceError,
-        ErrorCode::CircuitBreakerOpen => ProtoErrorCode::CircuitBreakerOpen,
-        ErrorCode::Timeout => ProtoErrorCode::TimeoutError,
-        ErrorCode::Internal => ProtoErrorCode::InternalError,
-        ErrorCode::NotFound => ProtoErrorCode::NotFound,
-        ErrorCode::Conflict => ProtoErrorCode::Conflict,
-        ErrorCode::MethodNotAllowed => ProtoErrorCode::MethodNotAllowed,
-        ErrorCode::PayloadTooLarge => ProtoErrorCode::PayloadTooLarge,
-        ErrorCode::UnsupportedMediaType => ProtoErrorCode::UnsupportedMediaType,
-        ErrorCode::NotImplemented => ProtoErrorCode::NotImplemented,
-    };
-    ErrorDetail {
-        code: code as i32,
-        message: error.message.clone(),
-        details: Some(agentmesh_proto::json::object_to_struct(&error.details)),
-        retry_after: error
-            .retry_after
-            .map(|after| i32::try_from(agentmesh_runtime::error::retry_after_seconds(after)).unwrap_or(i32::MAX)),
-        correlation_id: RequestContext::current().map(|context| context.correlation_id),
-    }
-}

@@ -163,11 +163,23 @@ pub struct NatsConfig {
     pub url: Option<String>,
     /// `NATS_STREAM`: the JetStream stream holding every domain event.
     pub stream: String,
+    /// `NATS_SUBJECT_ROOT`: the first subject token(s) of every event (`agentmesh` gives
+    /// `agentmesh.session.created`); deployments sharing one NATS account keep apart with
+    /// their own root and stream.
+    pub subject_root: String,
 }
 
 impl NatsConfig {
     pub(super) fn read(v: &mut Vars) -> Self {
-        let config = NatsConfig { url: v.opt("NATS_URL"), stream: v.get("NATS_STREAM", "AGENTMESH".to_owned()) };
+        let config = NatsConfig {
+            url: v.opt("NATS_URL"),
+            stream: v.get("NATS_STREAM", "AGENTMESH".to_owned()),
+            subject_root: v.get("NATS_SUBJECT_ROOT", "agentmesh".to_owned()),
+        };
+        let token = |part: &str| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !config.subject_root.split('.').all(token) {
+            v.issue("NATS_SUBJECT_ROOT", "must be dot-separated tokens of ASCII letters, digits, `-` and `_`");
+        }
         if let Some(url) = &config.url
             && !url.starts_with("nats://")
             && !url.starts_with("tls://")
