@@ -261,6 +261,14 @@ pub trait Publisher: Send + Sync {
 pub trait Subscriber: Send + Sync {
     /// Creates (or resumes, for a durable name) a consumer and streams its deliveries.
     async fn subscribe(&self, spec: SubscriptionSpec) -> Result<EventStream, EventsError>;
+
+    /// The newest event stored on `topic` (a literal topic, no wildcards), if any is retained.
+    ///
+    /// One lookup, without a consumer or a replay: what a restarted publisher reads to
+    /// continue a per-topic numbering from the last event it actually stored. `None` when
+    /// nothing was ever stored on `topic` or retention has removed all of it. A wildcard
+    /// or malformed topic is [`EventsError::Invalid`].
+    async fn last_event(&self, topic: &str) -> Result<Option<Event>, EventsError>;
 }
 
 /// A complete bus: publish, subscribe and report health.

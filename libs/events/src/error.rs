@@ -15,7 +15,7 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 /// An event, topic, subscription or configuration value that can never be accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValidationError {
-    /// A topic to publish on is malformed (empty token, whitespace, wildcard).
+    /// A topic to publish on or look up is malformed (empty token, whitespace, wildcard).
     #[error("invalid topic {topic:?}: {reason}")]
     Topic {
         /// The rejected topic.
@@ -92,8 +92,8 @@ pub enum EventsError {
     /// The input can never be accepted; fix the caller.
     #[error(transparent)]
     Invalid(#[from] ValidationError),
-    /// A stored message could not be decoded; it has been terminated so it is not
-    /// redelivered, and the stream continues with the next message.
+    /// A stored message could not be decoded. A subscription has terminated it so it is
+    /// not redelivered, and continues with the next message.
     #[error("malformed message at stream sequence {sequence}: {source}")]
     Malformed {
         /// Stream sequence of the bad message.

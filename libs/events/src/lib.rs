@@ -6,7 +6,8 @@
 //! semantics: [`NatsBus`] on NATS JetStream in production, [`MemoryBus`] in-process for
 //! `agentmesh up` and tests. Both store events in an append-only log with sequences,
 //! deduplicate by event id, and deliver to durable or ephemeral consumers that must ack
-//! each delivery.
+//! each delivery. [`Subscriber::last_event`] reads the newest retained event of one topic
+//! without replaying it, so a restarted publisher can continue that topic's numbering.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), agentmesh_events::EventsError> {

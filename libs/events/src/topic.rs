@@ -32,13 +32,14 @@ pub fn matches(filter: &str, topic: &str) -> bool {
     topic_tokens.next().is_none()
 }
 
-/// Checks a topic an event can be published on: literal tokens only.
+/// Checks a literal topic, as an event is published on and looked up by: literal tokens
+/// only.
 pub fn validate_topic(topic: &str) -> Result<(), ValidationError> {
     let invalid = |reason| ValidationError::Topic { topic: topic.to_owned(), reason };
     for token in topic.split('.') {
         check_token(token).map_err(invalid)?;
         if token.contains(['*', '>']) {
-            return Err(invalid("wildcards are not allowed when publishing"));
+            return Err(invalid("wildcards are allowed only in filters"));
         }
     }
     Ok(())

@@ -36,6 +36,10 @@ impl Subscriber for WatchedBus {
     async fn subscribe(&self, spec: SubscriptionSpec) -> Result<EventStream, EventsError> {
         self.inner.subscribe(spec).await
     }
+
+    async fn last_event(&self, topic: &str) -> Result<Option<Event>, EventsError> {
+        self.inner.last_event(topic).await
+    }
 }
 
 impl EventBus for WatchedBus {

@@ -116,6 +116,11 @@ impl Log {
         self.entries.get(usize::try_from(index).ok()?)
     }
 
+    /// The newest retained entry on `topic`, found by scanning from the newest end.
+    pub(super) fn last_on(&self, topic: &str) -> Option<&Entry> {
+        self.entries.iter().rev().find(|entry| entry.event.topic() == topic)
+    }
+
     /// Retained entries from `sequence` on, oldest first.
     pub(super) fn entries_from(&self, sequence: u64) -> impl Iterator<Item = &Entry> {
         let skip = sequence.saturating_sub(self.first_sequence());
@@ -146,6 +151,20 @@ mod tests {
         assert!(log.get(0).is_none() && log.get(3).is_none());
         let ids: Vec<_> = log.entries_from(2).map(|e| e.event.id()).collect();
         assert_eq!(ids, ["b"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn last_on_finds_the_newest_entry_of_a_topic() {
+        let mut log = Log::new(LIMITS);
+        let now = Instant::now();
+        assert!(log.last_on("a.b").is_none());
+        log.append(event("a"), now);
+        log.append(Event::builder("c.d", "test", "test.event").id("other").build().unwrap(), now);
+        log.append(event("b"), now);
+        log.append(Event::builder("c.d", "test", "test.event").id("newest").build().unwrap(), now);
+        assert_eq!(log.last_on("a.b").map(|e| (e.sequence, e.event.id())), Some((3, "b")));
+        assert_eq!(log.last_on("c.d").map(|e| e.event.id()), Some("newest"));
+        assert!(log.last_on("a").is_none());
     }
 
     #[tokio::test(start_paused = true)]

@@ -40,7 +40,7 @@ use crate::bus::{
 };
 use crate::envelope::Event;
 use crate::error::EventsError;
-use crate::telemetry;
+use crate::{telemetry, topic};
 
 /// Default cap on events the in-process bus keeps. JetStream's default is unlimited,
 /// but this log lives in the process's memory with nothing to spill to.
@@ -166,6 +166,13 @@ impl Subscriber for MemoryBus {
             Some((Ok(delivery), (shared, consumer)))
         });
         Ok(Box::pin(deliveries))
+    }
+
+    async fn last_event(&self, topic: &str) -> Result<Option<Event>, EventsError> {
+        topic::validate_topic(topic)?;
+        let mut log = lock(&self.shared.log);
+        log.expire(Instant::now());
+        Ok(log.last_on(topic).map(|entry| entry.event.clone()))
     }
 }
 

@@ -56,6 +56,22 @@ async fn max_age_expires_old_events() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn last_event_is_gone_once_max_age_expires_it() {
+    let bus = MemoryBus::new(MemoryConfig { max_age: Duration::from_secs(60), ..MemoryConfig::default() });
+    publish_all(&bus, &["old"]).await;
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let other = Event::builder("run.r2.output", "test", "test.event").build().unwrap();
+    bus.publish(other.clone()).await.unwrap();
+    let kept = bus.last_event("run.r1.output").await.unwrap().map(|event| event.data().to_vec());
+    assert_eq!(kept.as_deref(), Some(b"old".as_slice()));
+
+    // Nothing is published meanwhile: the lookup itself applies retention.
+    tokio::time::advance(Duration::from_secs(31)).await;
+    assert_eq!(bus.last_event("run.r1.output").await.unwrap(), None);
+    assert_eq!(bus.last_event("run.r2.output").await.unwrap(), Some(other));
+}
+
+#[tokio::test(start_paused = true)]
 async fn ids_are_forgotten_after_the_duplicate_window() {
     let bus = MemoryBus::new(MemoryConfig { duplicate_window: Duration::from_secs(10), ..MemoryConfig::default() });
     let original = event("x");

@@ -11,8 +11,8 @@ use async_nats::jetstream;
 use async_nats::jetstream::consumer::StreamErrorKind;
 use async_nats::jetstream::consumer::pull::MessagesErrorKind;
 use async_nats::jetstream::context::{CreateStreamErrorKind, GetStreamErrorKind, PublishErrorKind};
-use async_nats::jetstream::stream::ConsumerErrorKind;
-use async_nats::{ConnectErrorKind, jetstream::context::CreateStreamError};
+use async_nats::jetstream::stream::{ConsumerErrorKind, LastRawMessageError, LastRawMessageErrorKind};
+use async_nats::{ConnectErrorKind, RequestError, jetstream::context::CreateStreamError};
 
 use crate::error::EventsError;
 
@@ -63,12 +63,42 @@ pub(super) fn stream(operation: &'static str, err: CreateStreamError) -> EventsE
     }
 }
 
-pub(super) fn delete_stream(err: jetstream::context::DeleteStreamError) -> EventsError {
-    const OPERATION: &str = "delete stream";
+/// A failed request about an existing stream (look it up, delete it).
+pub(super) fn existing_stream(operation: &'static str, err: jetstream::context::GetStreamError) -> EventsError {
     match err.kind() {
-        GetStreamErrorKind::JetStream(error) => api(OPERATION, &error, err),
-        GetStreamErrorKind::Request => EventsError::unavailable(OPERATION, err),
-        GetStreamErrorKind::EmptyName | GetStreamErrorKind::InvalidStreamName => EventsError::rejected(OPERATION, err),
+        GetStreamErrorKind::JetStream(error) => api(operation, &error, err),
+        GetStreamErrorKind::Request => EventsError::unavailable(operation, err),
+        GetStreamErrorKind::EmptyName | GetStreamErrorKind::InvalidStreamName => EventsError::rejected(operation, err),
+    }
+}
+
+/// Whether a get-last-message request found no message on the subject.
+pub(super) fn is_no_message(err: &LastRawMessageError) -> bool {
+    matches!(err.kind(), LastRawMessageErrorKind::NoMessageFound)
+}
+
+/// A get-last-message failure other than "no message". A missing stream is retryable,
+/// as on publish: the next bus to connect recreates it.
+pub(super) fn last_message(err: LastRawMessageError) -> EventsError {
+    const OPERATION: &str = "read last event";
+    match err.kind() {
+        LastRawMessageErrorKind::JetStream(error) if error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND => {
+            EventsError::unavailable(OPERATION, err)
+        }
+        LastRawMessageErrorKind::JetStream(error) => api(OPERATION, &error, err),
+        LastRawMessageErrorKind::NoMessageFound | LastRawMessageErrorKind::InvalidSubject => {
+            EventsError::rejected(OPERATION, err)
+        }
+        LastRawMessageErrorKind::Other => {
+            let unanswered = std::error::Error::source(&err).is_some_and(|source| source.is::<RequestError>());
+            if unanswered {
+                // Timed out, no responders, or the request could not be sent.
+                EventsError::unavailable(OPERATION, err)
+            } else {
+                // The server answered with a message this client cannot read.
+                EventsError::rejected(OPERATION, err)
+            }
+        }
     }
 }
 

@@ -5,8 +5,9 @@
 //! count) and `Nats-Msg-Id` deduplication. [`NatsBus::connect`] creates the stream or
 //! brings an existing one's subjects and limits in line with [`NatsConfig`], so a config
 //! change is applied by restarting a service. Publishes wait for the JetStream ack;
-//! subscriptions are pull consumers with explicit acks (module `consumer`). Messages use
-//! the CloudEvents NATS binding (module `binding`).
+//! subscriptions are pull consumers with explicit acks (module `consumer`); the last
+//! event of a topic is read with the stream's get-last-message-by-subject API. Messages
+//! use the CloudEvents NATS binding (module `binding`).
 
 mod binding;
 mod consumer;
@@ -174,7 +175,10 @@ impl NatsBus {
     /// Deletes the stream with every stored event and consumer. For tests and
     /// maintenance; publishing fails until a bus connects again and recreates it.
     pub async fn delete_stream(&self) -> Result<(), EventsError> {
-        self.jetstream.delete_stream(&self.config.stream_name).await.map_err(errors::delete_stream)?;
+        self.jetstream
+            .delete_stream(&self.config.stream_name)
+            .await
+            .map_err(|err| errors::existing_stream("delete stream", err))?;
         Ok(())
     }
 
@@ -211,6 +215,26 @@ impl NatsBus {
             .await
             .map_err(errors::publish)?;
         Ok(PublishAck { sequence: ack.sequence, duplicate: ack.duplicate })
+    }
+
+    /// The stream's last message on `topic`'s subject (one `STREAM.MSG.GET` request),
+    /// decoded like a delivery.
+    async fn last_stored(&self, topic: &str) -> Result<Option<Event>, EventsError> {
+        topic::validate_topic(topic)?;
+        let root = self.config.subject_root.as_str();
+        let stream = self
+            .jetstream
+            .get_stream_no_info(&self.config.stream_name)
+            .await
+            .map_err(|err| errors::existing_stream("read last event", err))?;
+        let message = match stream.get_last_raw_message_by_subject(&topic::subject(root, topic)).await {
+            Ok(message) => message,
+            Err(err) if errors::is_no_message(&err) => return Ok(None),
+            Err(err) => return Err(errors::last_message(err)),
+        };
+        binding::decode(root, &message.subject, Some(&message.headers), message.payload)
+            .map(Some)
+            .map_err(|source| EventsError::Malformed { sequence: message.sequence, source })
     }
 }
 
@@ -269,6 +293,10 @@ impl Publisher for NatsBus {
 impl Subscriber for NatsBus {
     async fn subscribe(&self, spec: SubscriptionSpec) -> Result<EventStream, EventsError> {
         consumer::subscribe(self, spec).await
+    }
+
+    async fn last_event(&self, topic: &str) -> Result<Option<Event>, EventsError> {
+        self.last_stored(topic).await
     }
 }
 

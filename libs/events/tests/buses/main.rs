@@ -61,4 +61,7 @@ conformance!(
     order_is_preserved_per_subject,
     concurrent_publishes_arrive_exactly_once,
     invalid_subscriptions_are_rejected,
+    last_event_is_none_when_nothing_is_stored,
+    last_event_is_the_newest_on_its_topic,
+    last_event_rejects_wildcards_and_malformed_topics,
 );

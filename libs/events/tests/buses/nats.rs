@@ -132,6 +132,23 @@ async fn malformed_messages_are_reported_once_and_skipped() {
 }
 
 #[tokio::test]
+async fn a_malformed_last_message_is_reported_with_its_sequence() {
+    let Some(fixture) = NatsStream::create().await else {
+        return;
+    };
+    let bus = fixture.bus();
+    bus.publish(event("session.created", "valid")).await.unwrap();
+    let subject = format!("{}.session.created", bus.config().subject_root);
+    raw_jetstream(fixture.url()).await.publish(subject, "not a cloudevent".into()).await.unwrap().await.unwrap();
+
+    match bus.last_event("session.created").await {
+        Err(EventsError::Malformed { sequence: 2, source: DecodeError::MissingAttribute("ce-specversion") }) => {}
+        other => panic!("expected a malformed message error, got {other:?}"),
+    }
+    fixture.cleanup().await;
+}
+
+#[tokio::test]
 async fn oversized_events_are_rejected_not_retried() {
     let Some(fixture) = NatsStream::create().await else {
         return;
@@ -145,17 +162,22 @@ async fn oversized_events_are_rejected_not_retried() {
 }
 
 #[tokio::test]
-async fn publishing_without_the_stream_is_retryable_until_reconnect_recreates_it() {
+async fn without_the_stream_publish_and_last_event_are_retryable_until_reconnect_recreates_it() {
     let Some(fixture) = NatsStream::create().await else {
         return;
     };
     fixture.bus().delete_stream().await.unwrap();
     let err = fixture.bus().publish(event("session.created", "lost")).await.unwrap_err();
     assert!(err.is_retryable(), "{err}");
+    let err = fixture.bus().last_event("session.created").await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
 
     let recreated = NatsBus::connect(fixture.bus().config().clone()).await.unwrap();
-    let ack = recreated.publish(event("session.created", "kept")).await.unwrap();
+    assert_eq!(recreated.last_event("session.created").await.unwrap(), None);
+    let kept = event("session.created", "kept");
+    let ack = recreated.publish(kept.clone()).await.unwrap();
     assert_eq!(ack.sequence, 1);
+    assert_eq!(recreated.last_event("session.created").await.unwrap(), Some(kept));
     fixture.cleanup().await;
 }
 

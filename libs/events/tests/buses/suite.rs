@@ -353,3 +353,50 @@ pub async fn invalid_subscriptions_are_rejected(harness: &Harness) {
     let invalid_event = Event::builder("session.*", "s", "t").build();
     assert!(matches!(invalid_event, Err(ValidationError::Topic { .. })));
 }
+
+pub async fn last_event_is_none_when_nothing_is_stored(harness: &Harness) {
+    let topic = agentmesh_events::topic::run_output("r1");
+    assert_eq!(harness.subscriber.last_event(&topic).await.unwrap(), None);
+    publish(harness, event("run.r2.output", "elsewhere")).await;
+    publish(harness, event("run.r1.output.v2", "deeper")).await;
+    assert_eq!(harness.subscriber.last_event(&topic).await.unwrap(), None);
+}
+
+pub async fn last_event_is_the_newest_on_its_topic(harness: &Harness) {
+    let asked = agentmesh_events::topic::run_output("r1");
+    let other = agentmesh_events::topic::run_output("r2");
+    let mut newest = None;
+    for sequence in 1..=4 {
+        let sent = Event::builder(asked.as_str(), "agentmesh/agent-orchestrator", "agentmesh.run.output")
+            .id(format!("r1:{sequence}"))
+            .subject("r1")
+            .tenant("acme")
+            .correlation_id("req-7")
+            .actor("agent-orchestrator")
+            .data_schema("agentmesh.events.v1.RunOutput")
+            .data(vec![0x08, sequence])
+            .build()
+            .unwrap();
+        publish(harness, sent.clone()).await;
+        publish(harness, event(&other, &format!("r2:{sequence}"))).await;
+        newest = Some(sent);
+    }
+    publish(harness, event(&other, "r2:last")).await;
+
+    let last = harness.subscriber.last_event(&asked).await.unwrap();
+    assert_eq!(last, newest);
+    let last = last.unwrap();
+    assert_eq!(last.id(), "r1:4");
+    assert_eq!(last.data().as_ref(), [0x08, 4]);
+    let last_other = harness.subscriber.last_event(&other).await.unwrap().unwrap();
+    assert_eq!(last_other.data().as_ref(), b"r2:last");
+}
+
+pub async fn last_event_rejects_wildcards_and_malformed_topics(harness: &Harness) {
+    for topic in ["run.*.output", "run.>", ">", "run..output", "run r1"] {
+        match harness.subscriber.last_event(topic).await {
+            Err(err @ EventsError::Invalid(ValidationError::Topic { .. })) => assert!(!err.is_retryable()),
+            other => panic!("{topic:?}: expected an invalid topic error, got {other:?}"),
+        }
+    }
+}
