@@ -49,7 +49,13 @@ impl Backoff {
 
 /// The schedule as the mesh's retry policy (jitter is applied here, not there).
 fn schedule() -> RetryPolicy {
-    RetryPolicy { max_attempts: u32::MAX, base_delay: FIRST_DELAY, max_delay: MAX_DELAY, multiplier: 2.0, jitter: false }
+    RetryPolicy {
+        max_attempts: u32::MAX,
+        base_delay: FIRST_DELAY,
+        max_delay: MAX_DELAY,
+        multiplier: 2.0,
+        jitter: false,
+    }
 }
 
 #[cfg(test)]

@@ -408,7 +408,7 @@ impl Sessions {
     /// nothing more to do: it is back (and supervised with `backoff`), or no longer wanted
     /// (deleted, disabled, closed, shutting down).
     async fn restart(&self, key: &SessionKey, run: u64, backoff: &Backoff) -> Result<(), SessionError> {
-        if !lock(&self.restarting).get(key).is_some_and(|current| current.run == run) {
+        if lock(&self.restarting).get(key).is_none_or(|current| current.run != run) {
             return Ok(());
         }
         let server = match self.store.get_server(key.server_id).await {

@@ -30,10 +30,10 @@ use agentmesh_runtime::config::Secret;
 use agentmesh_runtime::secrets::{SecretReadError, SecretReader};
 use agentmesh_runtime::{ApiError, ErrorCode};
 use agentmesh_testkit::{REQUIRE_SERVICES_ENV, identity, services_required};
+use common::{Mesh, call, eventually, orchestrator_call, running, scripts_dir};
 use futures::StreamExt;
 use prost::Message;
 use serde_json::{Value, json};
-use common::{Mesh, call, eventually, orchestrator_call, running, scripts_dir};
 use tokio::process::{Child, Command};
 use tonic::Status;
 
@@ -375,7 +375,9 @@ async fn a_stdio_server_that_dies_is_started_again_in_the_background() {
     eventually("the restarted server is not healthy", || {
         let mut client = mesh.client.clone();
         let get = pb::GetMcpServerRequest { mcp_server_id: server.id.clone() };
-        async move { client.get_mcp_server(call(&admin(), get)).await.unwrap().into_inner().mcp_server.unwrap().status == healthy }
+        async move {
+            client.get_mcp_server(call(&admin(), get)).await.unwrap().into_inner().mcp_server.unwrap().status == healthy
+        }
     })
     .await;
     let echoed = mesh.invoke(&format!("{name}_echo"), json!({"message": "back"}), None).await.unwrap();

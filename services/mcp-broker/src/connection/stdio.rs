@@ -36,8 +36,8 @@ use tokio::task::JoinHandle;
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
 use super::error::ConnectionError;
-use super::ledger::GroupLedger;
 use super::launcher::Launcher;
+use super::ledger::GroupLedger;
 use super::spec::StdioSpec;
 
 /// Variables passed on from the broker's environment to every stdio server.
