@@ -10,9 +10,10 @@
 //! (an HTTP transport that failed, a session dropped because a call failed in a way that
 //! [`ConnectionError::closes_connection`]) is opened again on the next use. Deleting or
 //! disabling a server, changing it, and shutting down close its sessions and stop its
-//! restarts, which ends stdio children; those are started by a [`Launcher`]. Each server also has its own
-//! [`Resilience`] (breaker, retries, bulkhead) from `config.resilience.mcp`, reported as
-//! a dependency. A session's `notifications/tools/list_changed` re-syncs the server's tools.
+//! restarts, which ends stdio children (started by a [`Launcher`]). Each server also has
+//! its own [`Resilience`] (breaker, retries, bulkhead) from `config.resilience.mcp`,
+//! reported as a dependency. A session's `notifications/tools/list_changed` re-syncs the
+//! server's tools.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -24,9 +25,8 @@ use agentmesh_proto::agentmesh::common::v1::ExternalServiceType;
 use agentmesh_resilience::{Preset, Resilience};
 use agentmesh_runtime::config::Secret;
 use agentmesh_runtime::{Dependency, DependencyHealth};
-use uuid::Uuid;
-
 use tokio::time::Instant;
+use uuid::Uuid;
 
 use crate::connection::{
     self, Connection, ConnectionError, HttpSpec, Launcher, ServerSpec, StdioSpec, Timeouts, TransportSpec,
