@@ -272,6 +272,9 @@ pub fn session_error(server_name: &str, error: SessionError) -> ApiError {
             tracing::warn!(server = %server_name, %error, "reading an MCP server's secret failed");
             ApiError::external_service("secrets-broker", "secret_manager", true)
         }
+        SessionError::Restarting { .. } => {
+            ApiError::external_service(server_name, "mcp", true).with_detail("reason", error.to_string())
+        }
         SessionError::MissingSecret(_)
         | SessionError::Disabled
         | SessionError::StdioDisabled

@@ -6,7 +6,10 @@
 //! It talks to the servers through [`connection`], one reused session per server
 //! ([`sessions`], secrets from secrets-broker through `agentmesh_runtime::secrets`), to discover their tools
 //! and to invoke them ([`invoke`]), and checks each enabled server's health periodically
-//! ([`server_health`]). Sessions are closed on shutdown, so no stdio child outlives it.
+//! ([`server_health`]). A stdio server that exits is restarted with backoff ([`restart`]).
+//! Sessions are closed on shutdown, so no stdio child outlives it; one killed with
+//! `SIGKILL` takes its children with it (a parent-death signal), and the processes they
+//! started are killed when a broker starts again (`MCP_STATE_DIR`, [`connection::ledger`]).
 //!
 //! Like every service it serves only calls carrying a signed principal and an actor it
 //! serves: the agent-orchestrator (and the gateway on its public RPCs)
@@ -20,6 +23,7 @@ pub mod events;
 pub mod health;
 pub mod invoke;
 pub mod paging;
+pub mod restart;
 pub mod rules;
 pub mod server_health;
 pub mod service;
@@ -38,6 +42,7 @@ use agentmesh_runtime::config::{ConfigError, ServiceSettings, SettingsSpec, Stor
 use agentmesh_runtime::{Config, Dependency, GrpcServer, ServerError, ServiceName};
 use tokio::net::TcpListener;
 
+use crate::connection::{GroupLedger, Launcher, LedgerError};
 use crate::events::{EventSink, PublishDirect};
 use crate::service::McpBroker;
 use crate::sessions::Sessions;
@@ -74,6 +79,9 @@ pub enum StartError {
     /// The channel to secrets-broker could not be set up.
     #[error("secrets-broker client: {0}")]
     Client(#[from] ClientError),
+    /// The state directory (`MCP_STATE_DIR`) cannot be used.
+    #[error(transparent)]
+    StateDir(#[from] LedgerError),
 }
 
 /// Runs mcp-broker as its own process: connects the event bus from `NATS_URL` (or an
@@ -114,13 +122,20 @@ pub async fn serve_with_secrets(
     let server = GrpcServer::new(ServiceName::McpBroker, &config);
     let dependencies = server.dependencies();
     let check_interval = client_settings.health_check_interval;
-    let sessions = Arc::new(Sessions::new(
+    let launcher = if client_settings.stdio_enabled {
+        // Before serving: what a broker killed with SIGKILL left running is killed first.
+        Launcher::detect(Some(GroupLedger::open(&client_settings.state_dir)?))
+    } else {
+        Launcher::direct()
+    };
+    let sessions = Sessions::new(
         backend.store.clone(),
+        launcher,
         Some(secrets),
         client_settings,
         config.resilience.mcp.clone(),
         Some(dependencies.clone()),
-    ));
+    );
     let events: Arc<dyn EventSink> = Arc::new(PublishDirect::new(publisher.clone()));
     let service = McpBroker::new(backend.store.clone(), limits, sessions.clone(), events);
     let server = server.add_service(McpServiceServer::new(service));

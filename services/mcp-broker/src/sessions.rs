@@ -3,27 +3,39 @@
 //!
 //! A session is built from the stored server: secret names are resolved through a
 //! [`SecretReader`] into a [`ServerSpec`] here, so the connection layer only sees values.
-//! A session that has ended (its process exited, its transport failed) is opened again on
-//! the next use; a call that fails in a way that [`ConnectionError::closes_connection`]
-//! drops it. Deleting or disabling a server, changing it, and shutting down close its
-//! sessions, which ends stdio children. Each server also has its own
-//! [`Resilience`] (breaker, retries, bulkhead) from `config.resilience.mcp`, reported as
-//! a dependency. A session's `notifications/tools/list_changed` re-syncs the server's tools.
+//! A stdio server that exits on its own is started again in the background, after a
+//! delay that grows while it keeps exiting ([`crate::restart`]); until it is back, calls
+//! are refused at once with [`SessionError::Restarting`], and its health is recorded
+//! (unhealthy when it exits, healthy when it is back). Any other session that has ended
+//! (an HTTP transport that failed, a session dropped because a call failed in a way that
+//! [`ConnectionError::closes_connection`]) is opened again on the next use. Deleting or
+//! disabling a server, changing it, and shutting down close its sessions and stop its
+//! restarts, which ends stdio children (started by a [`Launcher`]). Each server also has
+//! its own [`Resilience`] (breaker, retries, bulkhead) from `config.resilience.mcp`,
+//! reported as a dependency. A session's `notifications/tools/list_changed` re-syncs the
+//! server's tools.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
 
 use agentmesh_proto::agentmesh::common::v1::ExternalServiceType;
 use agentmesh_resilience::{Preset, Resilience};
 use agentmesh_runtime::config::Secret;
 use agentmesh_runtime::{Dependency, DependencyHealth};
+use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::connection::{self, Connection, ConnectionError, HttpSpec, ServerSpec, StdioSpec, Timeouts, TransportSpec};
+use crate::connection::{
+    self, Connection, ConnectionError, HttpSpec, Launcher, ServerSpec, StdioSpec, Timeouts, TransportSpec,
+};
+use crate::restart::Backoff;
 use crate::settings::ClientSettings;
 use crate::store::{
-    DiscoveredTool, EnvValue, Handshake, McpServerRecord, McpStore, StoreError, ToolAnnotations, ToolRecord, Transport,
+    DiscoveredTool, EnvValue, Handshake, McpServerRecord, McpStore, ServerStatus, StoreError, ToolAnnotations,
+    ToolRecord, Transport,
 };
 use agentmesh_runtime::secrets::{SecretReadError, SecretReader};
 
@@ -54,6 +66,12 @@ pub enum SessionError {
     /// The server was disabled while its session was opening.
     #[error("the MCP server is disabled")]
     Disabled,
+    /// The stdio server exited and is being started again.
+    #[error("the stdio MCP server exited and is being restarted (next attempt in {:.1} s)", retry_after.as_secs_f64())]
+    Restarting {
+        /// How long until the next attempt to start it (zero: under way).
+        retry_after: Duration,
+    },
     /// The registry failed (or the server was deleted) while a session was opening or
     /// while recording what the server said.
     #[error("registry: {0}")]
@@ -67,19 +85,38 @@ struct SessionKey {
     user_id: Option<String>,
 }
 
+/// A stdio session being started again after its server exited.
+#[derive(Debug)]
+struct Restarting {
+    /// Which run of restarts: a later one for the same session replaces it.
+    run: u64,
+    /// When the next attempt starts.
+    next_attempt: Instant,
+}
+
 /// The open sessions and per-server resilience.
 pub struct Sessions {
+    /// These sessions, for the tasks that supervise them.
+    this: Weak<Sessions>,
     store: Arc<dyn McpStore>,
+    launcher: Launcher,
     secrets: Option<Arc<dyn SecretReader>>,
     settings: ClientSettings,
     preset: Preset,
     dependencies: Option<DependencyHealth>,
-    open: Arc<Mutex<HashMap<SessionKey, Arc<Connection>>>>,
+    open: Mutex<HashMap<SessionKey, Arc<Connection>>>,
     /// One lock per session being opened, so that concurrent first calls share one session
     /// while a slow server delays no other.
     opening: Mutex<HashMap<SessionKey, Arc<tokio::sync::Mutex<()>>>>,
     /// Each server's resilience, with the name it is reported under.
     resilience: Mutex<HashMap<Uuid, (String, Resilience)>>,
+    /// Stdio sessions whose server exited, until they are back or no longer wanted. Taken
+    /// before `open` when both are.
+    restarting: Mutex<HashMap<SessionKey, Restarting>>,
+    /// Numbers the runs of restarts.
+    restart_runs: AtomicU64,
+    /// Set on shutdown: nothing is restarted any more.
+    stopping: AtomicBool,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -89,25 +126,32 @@ impl std::fmt::Debug for Sessions {
 }
 
 impl Sessions {
-    /// No sessions yet; secrets are read with `secrets` (none: servers needing one fail),
-    /// and each server's resilience is reported in `dependencies`.
+    /// No sessions yet; stdio servers are started with `launcher`, secrets are read with
+    /// `secrets` (none: servers needing one fail), and each server's resilience is reported
+    /// in `dependencies`.
     pub fn new(
         store: Arc<dyn McpStore>,
+        launcher: Launcher,
         secrets: Option<Arc<dyn SecretReader>>,
         settings: ClientSettings,
         preset: Preset,
         dependencies: Option<DependencyHealth>,
-    ) -> Self {
-        Self {
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|this| Self {
+            this: this.clone(),
             store,
+            launcher,
             secrets,
             settings,
             preset,
             dependencies,
-            open: Arc::default(),
+            open: Mutex::default(),
             opening: Mutex::default(),
             resilience: Mutex::default(),
-        }
+            restarting: Mutex::default(),
+            restart_runs: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+        })
     }
 
     /// The client settings.
@@ -116,11 +160,16 @@ impl Sessions {
     }
 
     /// The session with `server` for `user_id` (used only when its credentials are per
-    /// user), opened when there is none or it has ended.
+    /// user), opened when there is none or it has ended; refused while its stdio server is
+    /// being restarted.
     pub async fn connection(&self, server: &McpServerRecord, user_id: &str) -> Result<Arc<Connection>, SessionError> {
         let key = key(server, user_id);
         if let Some(connection) = self.live(&key) {
             return Ok(connection);
+        }
+        if let Some(restarting) = lock(&self.restarting).get(&key) {
+            let retry_after = restarting.next_attempt.saturating_duration_since(Instant::now());
+            return Err(SessionError::Restarting { retry_after });
         }
         let gate = lock(&self.opening).entry(key.clone()).or_default().clone();
         let opened = {
@@ -141,7 +190,7 @@ impl Sessions {
     /// Opens a new session for `key` and makes it the one in use.
     async fn open_new(&self, server: &McpServerRecord, key: SessionKey) -> Result<Arc<Connection>, SessionError> {
         let spec = self.spec(server, key.user_id.as_deref()).await?;
-        let connection = Connection::open(&spec).await?;
+        let connection = Connection::open_with(&spec, &self.launcher).await?;
         // The server may have been deleted or disabled while this session was opening;
         // its sessions were closed then, so this one must not stay.
         match self.store.get_server(server.id).await {
@@ -156,8 +205,9 @@ impl Sessions {
             }
         }
         let connection = Arc::new(connection);
-        self.supervise(key.clone(), &connection);
-        let stale = lock(&self.open).insert(key, connection.clone());
+        // In the map before it is supervised, so that its supervisor finds it there.
+        let stale = lock(&self.open).insert(key.clone(), connection.clone());
+        self.supervise(key, &connection, Backoff::default());
         if let Some(stale) = stale {
             close(stale).await;
         }
@@ -184,8 +234,10 @@ impl Sessions {
         }
     }
 
-    /// Closes every session with server `server_id` (deleted, disabled or changed).
+    /// Closes every session with server `server_id` (deleted, disabled or changed), and
+    /// stops restarting its stdio server.
     pub async fn close_server(&self, server_id: Uuid) {
+        lock(&self.restarting).retain(|key, _| key.server_id != server_id);
         let closing: Vec<Arc<Connection>> = {
             let mut open = lock(&self.open);
             let keys: Vec<SessionKey> = open.keys().filter(|key| key.server_id == server_id).cloned().collect();
@@ -196,8 +248,10 @@ impl Sessions {
         }
     }
 
-    /// Closes every session (shutdown).
+    /// Closes every session and restarts nothing any more (shutdown).
     pub async fn close_all(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        lock(&self.restarting).clear();
         let closing: Vec<Arc<Connection>> = lock(&self.open).drain().map(|(_, connection)| connection).collect();
         for connection in closing {
             close(connection).await;
@@ -264,14 +318,17 @@ impl Sessions {
     }
 
     /// For as long as the session lives: re-syncs the server's tools each time it says its
-    /// list changed, and forgets the session when it ends (a stdio server that exited), so
-    /// that the next use opens a new one. Holds the session only while syncing.
-    fn supervise(&self, key: SessionKey, connection: &Arc<Connection>) {
+    /// list changed, and forgets the session when it ends. A stdio server that exited on its
+    /// own is then started again after `backoff`'s next delay; any other session is opened
+    /// again on its next use. Holds the session only while syncing.
+    fn supervise(&self, key: SessionKey, connection: &Arc<Connection>, mut backoff: Backoff) {
         let mut changes = connection.tools_changed();
         let ended = connection.on_close();
         let session = Arc::downgrade(connection);
+        let sessions = self.this.clone();
         let store = self.store.clone();
-        let open = self.open.clone();
+        let stdio = connection.pid().is_some();
+        let opened_at = Instant::now();
         tokio::spawn(async move {
             tokio::pin!(ended);
             loop {
@@ -286,18 +343,112 @@ impl Sessions {
                     }
                 }
             }
-            let ended = {
-                let mut open = lock(&open);
-                match open.get(&key) {
-                    Some(current) if std::ptr::eq(Arc::as_ptr(current), session.as_ptr()) => open.remove(&key),
-                    _ => None,
-                }
+            let Some(this) = sessions.upgrade() else { return };
+            backoff.exited_after(opened_at.elapsed());
+            let delay = backoff.next_delay();
+            let Some((ended, restart)) = this.take_ended(&key, session.as_ptr(), stdio.then_some(delay)) else {
+                return;
             };
-            if let Some(ended) = ended {
+            close(ended).await;
+            let Some(run) = restart else {
                 tracing::info!(server_id = %key.server_id, "MCP session ended; the next use opens a new one");
-                close(ended).await;
-            }
+                return;
+            };
+            tracing::warn!(server_id = %key.server_id, delay = ?delay, "stdio MCP server exited; restarting it");
+            let reason = format!("the stdio server exited; restarting in {:.1} s", delay.as_secs_f64());
+            this.record_health(key.server_id, ServerStatus::Unhealthy, &reason).await;
+            drop(this);
+            keep_restarting(sessions, key, backoff, run, delay).await;
         });
+    }
+
+    /// Removes the session of `key` if it is still `session` (nothing else closed it), and,
+    /// given a delay, schedules its restart after it; returns the session and the run of
+    /// restarts.
+    fn take_ended(
+        &self,
+        key: &SessionKey,
+        session: *const Connection,
+        restart_in: Option<Duration>,
+    ) -> Option<(Arc<Connection>, Option<u64>)> {
+        let mut restarting = lock(&self.restarting);
+        let mut open = lock(&self.open);
+        if !open.get(key).is_some_and(|current| std::ptr::eq(Arc::as_ptr(current), session)) {
+            return None;
+        }
+        let ended = open.remove(key)?;
+        let run = restart_in.filter(|_| !self.stopping.load(Ordering::SeqCst)).map(|delay| {
+            let run = self.restart_runs.fetch_add(1, Ordering::Relaxed);
+            restarting.insert(key.clone(), Restarting { run, next_attempt: Instant::now() + delay });
+            run
+        });
+        Some((ended, run))
+    }
+
+    /// Whether `run` still restarts `key`; if so its next attempt is moved `delay` ahead.
+    fn reschedule(&self, key: &SessionKey, run: u64, delay: Duration) -> bool {
+        match lock(&self.restarting).get_mut(key) {
+            Some(restarting) if restarting.run == run => {
+                restarting.next_attempt = Instant::now() + delay;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Stops `run` of restarts of `key`, if it is still the current one.
+    fn stop_restarting(&self, key: &SessionKey, run: u64) {
+        let mut restarting = lock(&self.restarting);
+        if restarting.get(key).is_some_and(|current| current.run == run) {
+            restarting.remove(key);
+        }
+    }
+
+    /// One attempt of `run` to start `key`'s stdio server again. `Ok` when there is
+    /// nothing more to do: it is back (and supervised with `backoff`), or no longer wanted
+    /// (deleted, disabled, closed, shutting down).
+    async fn restart(&self, key: &SessionKey, run: u64, backoff: &Backoff) -> Result<(), SessionError> {
+        if lock(&self.restarting).get(key).is_none_or(|current| current.run != run) {
+            return Ok(());
+        }
+        let server = match self.store.get_server(key.server_id).await {
+            Ok(server) if server.config.enabled => server,
+            Ok(_) | Err(StoreError::NotFound) => {
+                self.stop_restarting(key, run);
+                return Ok(());
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let spec = self.spec(&server, key.user_id.as_deref()).await?;
+        let connection = Arc::new(Connection::open_with(&spec, &self.launcher).await?);
+        let (installed, stale) = {
+            let mut restarting = lock(&self.restarting);
+            let current = restarting.get(key).is_some_and(|current| current.run == run);
+            if current && !self.stopping.load(Ordering::SeqCst) {
+                restarting.remove(key);
+                (true, lock(&self.open).insert(key.clone(), connection.clone()))
+            } else {
+                (false, None)
+            }
+        };
+        if !installed {
+            close(connection).await;
+            return Ok(());
+        }
+        self.supervise(key.clone(), &connection, backoff.clone());
+        if let Some(stale) = stale {
+            close(stale).await;
+        }
+        tracing::info!(server = %server.config.name, pid = connection.pid(), "stdio MCP server restarted");
+        self.record_health(key.server_id, ServerStatus::Healthy, "the stdio server was restarted").await;
+        Ok(())
+    }
+
+    /// Records `server_id`'s health (which emits `mcp_server.health_changed` on a change).
+    async fn record_health(&self, server_id: Uuid, status: ServerStatus, reason: &str) {
+        if let Err(error) = self.store.record_health(server_id, status, crate::store::now(), reason).await {
+            tracing::warn!(%server_id, %error, "recording health failed");
+        }
     }
 
     /// The resolved specification of a session with `server`.
@@ -357,6 +508,22 @@ impl Sessions {
         };
         let reader = self.secrets.as_ref().ok_or_else(|| SessionError::MissingSecret(name.clone()))?;
         reader.read(&name).await?.ok_or(SessionError::MissingSecret(name))
+    }
+}
+
+/// Starts `key`'s stdio server again after `delay`, and after each failed attempt waits
+/// `backoff`'s next delay, for as long as `run` of restarts is wanted.
+async fn keep_restarting(sessions: Weak<Sessions>, key: SessionKey, mut backoff: Backoff, run: u64, delay: Duration) {
+    let mut delay = delay;
+    loop {
+        tokio::time::sleep(delay).await;
+        let Some(this) = sessions.upgrade() else { return };
+        let Err(error) = this.restart(&key, run, &backoff).await else { return };
+        delay = backoff.next_delay();
+        if !this.reschedule(&key, run, delay) {
+            return;
+        }
+        tracing::warn!(server_id = %key.server_id, %error, delay = ?delay, "restarting a stdio MCP server failed; trying again");
     }
 }
 

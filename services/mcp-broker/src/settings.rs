@@ -1,9 +1,10 @@
 //! mcp-broker's own settings (`MCP_*`), declared here rather than in the runtime (see
 //! `agentmesh_runtime::config::Settings`): size limits of registry input beyond the
 //! contract's own bounds, so one client cannot fill the catalogue (and every model's
-//! context) with a huge schema or description; and how the broker talks to servers
-//! ([`ClientSettings`]).
+//! context) with a huge schema or description; and how the broker talks to servers and
+//! where it keeps the state that outlives it ([`ClientSettings`]).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use agentmesh_runtime::ServiceName;
@@ -76,6 +77,11 @@ pub struct ClientSettings {
     pub stdio_enabled: bool,
     /// `MCP_HEALTH_CHECK_INTERVAL`: how often each enabled server is checked.
     pub health_check_interval: Duration,
+    /// `MCP_STATE_DIR`: where the broker records its stdio children's process groups, so
+    /// that a broker started after one was killed with `SIGKILL` kills what it left
+    /// (`connection::ledger`); default `agentmesh-mcp-broker` in the OS temporary directory.
+    /// Brokers may share it.
+    pub state_dir: PathBuf,
 }
 
 impl Default for ClientSettings {
@@ -88,6 +94,7 @@ impl Default for ClientSettings {
             shutdown_grace: Duration::from_secs(2),
             stdio_enabled: true,
             health_check_interval: Duration::from_secs(60),
+            state_dir: std::env::temp_dir().join("agentmesh-mcp-broker"),
         }
     }
 }
@@ -105,7 +112,11 @@ impl Settings for ClientSettings {
             shutdown_grace: reader.get("MCP_SHUTDOWN_GRACE", defaults.shutdown_grace),
             stdio_enabled: reader.get("MCP_STDIO_ENABLED", defaults.stdio_enabled),
             health_check_interval: reader.get("MCP_HEALTH_CHECK_INTERVAL", defaults.health_check_interval),
+            state_dir: reader.opt::<String>("MCP_STATE_DIR").map_or(defaults.state_dir, PathBuf::from),
         };
+        if settings.state_dir.as_os_str().is_empty() {
+            reader.issue("MCP_STATE_DIR", "must name a directory");
+        }
         if settings.max_result_bytes == 0 {
             reader.issue("MCP_MAX_RESULT_BYTES", "must be at least 1");
         }

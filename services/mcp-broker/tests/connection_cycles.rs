@@ -6,29 +6,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
 use agentmesh_mcp_broker::connection::{Connection, ServerSpec, StdioSpec, Timeouts, TransportSpec};
+use common::children;
 
 const CYCLES: usize = 100;
 
 fn open_descriptors() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-/// Processes whose parent is this test process (zombies included).
-fn children() -> usize {
-    let me = std::process::id().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path().join("stat")).ok())
-        .filter(|stat| {
-            let fields: Vec<&str> =
-                stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-            fields.get(1) == Some(&me.as_str())
-        })
-        .count()
 }
 
 #[tokio::test]
@@ -47,13 +36,13 @@ async fn open_close_cycles_leak_no_process_and_no_descriptor() {
     };
     // One cycle first, so that lazily created runtime resources are counted in the baseline.
     Connection::open(&spec).await.unwrap().close().await;
-    let (descriptors, processes) = (open_descriptors(), children());
+    let (descriptors, processes) = (open_descriptors(), children().len());
     for _ in 0..CYCLES {
         let connection = Connection::open(&spec).await.unwrap();
         assert!(connection.pid().is_some());
         connection.close().await;
     }
-    assert_eq!(children(), processes, "child processes leaked");
+    assert_eq!(children().len(), processes, "child processes leaked");
     assert_eq!(open_descriptors(), descriptors, "file descriptors leaked");
     std::fs::remove_file(pidfile).unwrap();
 }

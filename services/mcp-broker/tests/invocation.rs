@@ -10,6 +10,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -17,25 +19,23 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentmesh_events::{MemoryBus, Subscriber, SubscriptionSpec};
+use agentmesh_events::{Subscriber, SubscriptionSpec};
 use agentmesh_mcp_broker::convert::{object_to_struct, struct_to_object};
 use agentmesh_proto::agentmesh::common::v1::content_part::Part;
 use agentmesh_proto::agentmesh::common::v1::image_part;
 use agentmesh_proto::agentmesh::events::v1::ToolInvoked;
 use agentmesh_proto::agentmesh::mcp::v1 as pb;
-use agentmesh_proto::agentmesh::mcp::v1::mcp_service_client::McpServiceClient;
-use agentmesh_runtime::auth::{ACTOR_HEADER, PRINCIPAL_HEADER, Principal};
+use agentmesh_runtime::auth::Principal;
 use agentmesh_runtime::config::Secret;
 use agentmesh_runtime::secrets::{SecretReadError, SecretReader};
-use agentmesh_runtime::{ApiError, Config, ErrorCode, ServiceName};
+use agentmesh_runtime::{ApiError, ErrorCode};
 use agentmesh_testkit::{REQUIRE_SERVICES_ENV, identity, services_required};
+use common::{Mesh, call, eventually, orchestrator_call, running, scripts_dir};
 use futures::StreamExt;
 use prost::Message;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
-use tokio::sync::oneshot;
-use tonic::transport::Channel;
-use tonic::{Request, Status};
+use tonic::Status;
 
 /// The reference server's entry point, or `None` (after a one-line reason) when missing.
 fn everything() -> Option<PathBuf> {
@@ -59,10 +59,6 @@ fn python() -> Option<PathBuf> {
     Some(tools.join("mcp-python-venv/bin/python")).filter(|path| path.is_file())
 }
 
-fn scripts_dir() -> PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/mcp")
-}
-
 /// Secrets by name.
 #[derive(Debug, Default)]
 struct FakeSecrets(HashMap<String, String>);
@@ -72,12 +68,6 @@ impl SecretReader for FakeSecrets {
     async fn read(&self, name: &str) -> Result<Option<Secret>, SecretReadError> {
         Ok(self.0.get(name).map(|value| Secret::new(value.clone())))
     }
-}
-
-struct Mesh {
-    client: McpServiceClient<Channel>,
-    bus: MemoryBus,
-    _stop: oneshot::Sender<()>,
 }
 
 /// Small resilience numbers so that breaker tests run in seconds.
@@ -90,24 +80,9 @@ const TEST_ENV: &[(&str, &str)] = &[
 ];
 
 async fn start(secrets: &[(&str, &str)], extra_env: &[(&str, &str)]) -> Mesh {
-    let env = TEST_ENV.iter().chain(extra_env).map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
-    let config = Arc::new(Config::load_with(None, env, &[agentmesh_mcp_broker::SETTINGS]).unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = oneshot::channel::<()>();
-    let bus = MemoryBus::default();
+    let env: Vec<(&str, &str)> = TEST_ENV.iter().chain(extra_env).copied().collect();
     let secrets = FakeSecrets(secrets.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect());
-    tokio::spawn(agentmesh_mcp_broker::serve_with_secrets(
-        config,
-        Arc::new(bus.clone()),
-        Arc::new(secrets),
-        listener,
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    let channel = Channel::from_shared(url).unwrap().connect_lazy();
-    Mesh { client: McpServiceClient::new(channel), bus, _stop: stop }
+    common::start(&env, Some(Arc::new(secrets))).await
 }
 
 fn admin() -> Principal {
@@ -115,24 +90,6 @@ fn admin() -> Principal {
         scopes: vec!["mcp_servers:admin".into(), "mcp_servers:write".into(), "tools:read".into()],
         ..identity::user("root", "acme")
     }
-}
-
-fn call<T>(principal: &Principal, body: T) -> Request<T> {
-    let mut request = Request::new(body);
-    for (name, value) in identity::gateway_call(principal, ServiceName::McpBroker) {
-        request.metadata_mut().insert(name, value.parse().unwrap());
-    }
-    request
-}
-
-/// The metadata of a call from the agent-orchestrator (the only caller of `InvokeTool`).
-fn orchestrator_call<T>(principal: &Principal, body: T) -> Request<T> {
-    let mut request = Request::new(body);
-    let actor = identity::actor_token(ServiceName::AgentOrchestrator, ServiceName::McpBroker);
-    for (name, value) in [(PRINCIPAL_HEADER, identity::principal_token(principal)), (ACTOR_HEADER, actor)] {
-        request.metadata_mut().insert(name, value.parse().unwrap());
-    }
-    request
 }
 
 fn error(status: &Status) -> ApiError {
@@ -284,13 +241,6 @@ async fn reference_server_over_streamable_http() {
     assert_eq!(outcomes, ["ok", "ok", "ok", "ok"]);
 }
 
-/// Whether `pid` is a live process (not a zombie).
-fn running(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-    let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start()).and_then(|rest| rest.chars().next());
-    !matches!(state, Some('Z' | 'X') | None)
-}
-
 /// The processes whose environment holds `marker`.
 fn processes_with(marker: &str) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
@@ -402,24 +352,12 @@ fn stdio_server(name: &str, command: &str, args: Vec<String>, marker: &str) -> p
     }
 }
 
-async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut condition: impl FnMut() -> F) {
-    for _ in 0..100 {
-        if condition().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what}");
-}
-
 #[tokio::test]
-async fn a_stdio_server_that_dies_is_started_again_on_the_next_call() {
+async fn a_stdio_server_that_dies_is_started_again_in_the_background() {
     let Some(entry) = everything() else { return };
     let marker = unique("marker-");
     let marker_var = format!("AGENTMESH_TEST_MARKER={marker}");
-    // The call that finds the pipe broken is retried, on a new session.
-    let retries = [("RETRY_MCP_MAX_ATTEMPTS", "2"), ("RETRY_MCP_BASE_DELAY", "0.05"), ("RETRY_MCP_JITTER", "false")];
-    let mut mesh = start(&[], &retries).await;
+    let mut mesh = start(&[], &[]).await;
     let name = unique("evk");
     let args = vec![entry.display().to_string(), "stdio".into()];
     let server = mesh.create(stdio_server(&name, "node", args, &marker)).await;
@@ -427,17 +365,25 @@ async fn a_stdio_server_that_dies_is_started_again_on_the_next_call() {
     let first = processes_with(&marker_var);
     assert_eq!(first.len(), 1, "{first:?}");
     std::process::Command::new("kill").arg("-9").arg(first[0].to_string()).status().unwrap();
-    eventually("the killed server is gone", || async { !running(first[0]) }).await;
 
+    // No call is needed: the broker starts it again by itself, and records it as healthy.
+    eventually("the killed server was not started again", || async {
+        matches!(processes_with(&marker_var)[..], [pid] if pid != first[0])
+    })
+    .await;
+    let healthy = pb::McpServerStatus::Healthy as i32;
+    eventually("the restarted server is not healthy", || {
+        let mut client = mesh.client.clone();
+        let get = pb::GetMcpServerRequest { mcp_server_id: server.id.clone() };
+        async move {
+            client.get_mcp_server(call(&admin(), get)).await.unwrap().into_inner().mcp_server.unwrap().status == healthy
+        }
+    })
+    .await;
     let echoed = mesh.invoke(&format!("{name}_echo"), json!({"message": "back"}), None).await.unwrap();
     assert_eq!(texts(&echoed), ["Echo: back"]);
-    let second = processes_with(&marker_var);
-    assert_eq!(second.len(), 1, "{second:?}");
-    assert_ne!(second[0], first[0]);
     let delete = pb::DeleteMcpServerRequest { mcp_server_id: server.id.clone() };
     mesh.client.delete_mcp_server(call(&admin(), delete)).await.unwrap();
-    // A session another task still held is killed rather than closed in order: its group
-    // gets SIGKILL, which the kernel delivers a moment later.
     eventually("the deleted server's process is gone", || async { processes_with(&marker_var).is_empty() }).await;
 }
 

@@ -3,39 +3,22 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
-use agentmesh_events::{MemoryBus, Subscriber, SubscriptionSpec};
+use agentmesh_events::{Subscriber, SubscriptionSpec};
 use agentmesh_mcp_broker::convert::object_to_struct;
 use agentmesh_proto::agentmesh::mcp::v1 as pb;
-use agentmesh_proto::agentmesh::mcp::v1::mcp_service_client::McpServiceClient;
 use agentmesh_runtime::auth::Principal;
-use agentmesh_runtime::{ApiError, Config, ErrorCode, ServiceName};
+use agentmesh_runtime::{ApiError, ErrorCode};
 use agentmesh_testkit::identity;
+use common::{Mesh, call};
 use futures::StreamExt;
-use tokio::sync::oneshot;
-use tonic::transport::Channel;
-use tonic::{Code, Request, Status};
-
-struct Mesh {
-    client: McpServiceClient<Channel>,
-    bus: MemoryBus,
-    _stop: oneshot::Sender<()>,
-}
+use tonic::{Code, Status};
 
 async fn start(extra_env: &[(&str, &str)]) -> Mesh {
-    let env = extra_env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
-    let config = Arc::new(Config::load_with(None, env, &[agentmesh_mcp_broker::SETTINGS]).unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = oneshot::channel::<()>();
-    let bus = MemoryBus::default();
-    tokio::spawn(agentmesh_mcp_broker::serve(config, Arc::new(bus.clone()), listener, async {
-        let _ = stopped.await;
-    }));
-    let channel = Channel::from_shared(url).unwrap().connect_lazy();
-    Mesh { client: McpServiceClient::new(channel), bus, _stop: stop }
+    common::start(extra_env, None).await
 }
 
 fn user() -> Principal {
@@ -47,14 +30,6 @@ fn user() -> Principal {
 
 fn admin() -> Principal {
     Principal { scopes: vec!["mcp_servers:admin".into(), "mcp_servers:write".into()], ..identity::user("root", "acme") }
-}
-
-fn call<T>(principal: &Principal, body: T) -> Request<T> {
-    let mut request = Request::new(body);
-    for (name, value) in identity::gateway_call(principal, ServiceName::McpBroker) {
-        request.metadata_mut().insert(name, value.parse().unwrap());
-    }
-    request
 }
 
 fn violations(status: &Status) -> Vec<String> {

@@ -1,7 +1,8 @@
 //! The broker's MCP client: one [`Connection`] per MCP server session.
 //!
 //! Registry code decides *which* servers to talk to; this module only talks. It opens a
-//! session over stdio (a child process it supervises, see [`stdio`]) or streamable HTTP,
+//! session over stdio (a child process it supervises, see [`stdio`], started by a
+//! [`Launcher`] so that it dies with the broker) or streamable HTTP,
 //! runs `initialize`, lists tools page by page, calls them with a time limit, and turns
 //! every failure into a [`ConnectionError`] whose class drives retries and the circuit
 //! breaker. It is built on `rmcp`, the official Rust SDK, and speaks the MCP specification
@@ -14,6 +15,8 @@
 mod content;
 mod error;
 mod http;
+pub mod launcher;
+pub mod ledger;
 mod spec;
 mod stdio;
 
@@ -33,6 +36,8 @@ use tokio::sync::watch;
 
 pub use self::content::{DiscoveredTool, ToolHints, ToolResult};
 pub use self::error::{ConnectionError, ErrorKind};
+pub use self::launcher::Launcher;
+pub use self::ledger::{GroupLedger, LedgerError};
 pub use self::spec::{HttpSpec, ServerSpec, StdioSpec, Timeouts, TransportSpec};
 
 /// The MCP version the broker asks for at `initialize` (its contract tracks it).
@@ -95,16 +100,22 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    /// Connects to the server (starting it, for stdio) and runs `initialize` within
-    /// `spec.timeouts.initialize`. On any failure a started child is ended before returning.
+    /// Connects to the server (starting a stdio server directly, see [`Launcher::direct`])
+    /// and runs `initialize` within `spec.timeouts.initialize`. On any failure a started
+    /// child is ended before returning.
     pub async fn open(spec: &ServerSpec) -> Result<Connection, ConnectionError> {
+        Connection::open_with(spec, &Launcher::direct()).await
+    }
+
+    /// [`Connection::open`], starting a stdio server with `launcher`.
+    pub async fn open_with(spec: &ServerSpec, launcher: &Launcher) -> Result<Connection, ConnectionError> {
         let (tools_changed_sender, tools_changed) = watch::channel(0);
         let (closed_sender, closed) = watch::channel(false);
         let handler = ClientEvents { tools_changed: tools_changed_sender, label: spec.label.clone() };
         let limit = spec.timeouts.initialize;
         let (service, child, violation, endpoint) = match &spec.transport {
             TransportSpec::Stdio(stdio_spec) => {
-                let (child, transport) = stdio::spawn(stdio_spec, &spec.label)?;
+                let (child, transport) = stdio::spawn(stdio_spec, &spec.label, launcher).await?;
                 let violation = transport.violation();
                 let transport = Watched { inner: transport, closed: closed_sender };
                 match initialize(handler.serve(transport), limit, &violation, None).await {

@@ -1,7 +1,7 @@
 //! Stdio MCP servers: the child process, its JSON-RPC framing, and its end.
 //!
 //! The broker spawns each server itself rather than through rmcp's child-process transport,
-//! for four guarantees:
+//! for these guarantees:
 //! - **Its own process group** (`process_group(0)`), so that closing the connection signals
 //!   every process the server started, not only the one the broker spawned.
 //! - **No orphan, no zombie on close:** stdin is closed first (the MCP way of asking a stdio
@@ -14,9 +14,10 @@
 //!   violation that closes the connection and is reported as such, where rmcp would skip it
 //!   and leave the caller waiting for a timeout. Stderr is drained into the logs, bounded.
 //!
-//! `unsafe` being forbidden, there is no `pre_exec` and so no parent-death signal: if the
-//! broker itself is killed with `SIGKILL`, its children lose their stdin (and well-behaved
-//! servers exit), but nothing here kills them.
+//! - **Nothing left when the broker is killed:** a [`Launcher`] gives the server a
+//!   parent-death signal (through `setpriv`) and records its process group in a
+//!   [`GroupLedger`](super::ledger::GroupLedger), from which the group is removed once the
+//!   server has ended; a broker that starts again kills the groups a killed one left.
 
 use std::future::Future;
 use std::io;
@@ -30,11 +31,13 @@ use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
 use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
 use super::error::ConnectionError;
+use super::launcher::Launcher;
+use super::ledger::GroupLedger;
 use super::spec::StdioSpec;
 
 /// Variables passed on from the broker's environment to every stdio server.
@@ -78,13 +81,20 @@ pub(crate) struct StdioChild {
     stderr_drain: Option<JoinHandle<()>>,
     label: String,
     terminated: bool,
+    /// Where the group is recorded, until the child is dropped.
+    ledger: Option<Arc<GroupLedger>>,
 }
 
-/// Starts the server described by `spec`; returns the child and the transport on its pipes.
-pub(crate) fn spawn(spec: &StdioSpec, label: &str) -> Result<(StdioChild, StdioTransport), ConnectionError> {
-    let mut command = Command::new(&spec.command);
+/// Starts the server described by `spec` with `launcher`; returns the child and the
+/// transport on its pipes.
+pub(crate) async fn spawn(
+    spec: &StdioSpec,
+    label: &str,
+    launcher: &Launcher,
+) -> Result<(StdioChild, StdioTransport), ConnectionError> {
+    let spawn_error = |error: io::Error| ConnectionError::Spawn { message: format!("`{}`: {error}", spec.command) };
+    let mut command = launcher.command(spec).map_err(spawn_error)?;
     command
-        .args(&spec.args)
         .env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -100,10 +110,13 @@ pub(crate) fn spawn(spec: &StdioSpec, label: &str) -> Result<(StdioChild, StdioT
     if let Some(directory) = &spec.working_directory {
         command.current_dir(directory);
     }
-    let mut child =
-        command.spawn().map_err(|error| ConnectionError::Spawn { message: format!("`{}`: {error}", spec.command) })?;
+    let mut child = launcher.spawn(command).await.map_err(spawn_error)?;
     let pid = child.id().unwrap_or_default();
     let group = i32::try_from(pid).ok().and_then(Pid::from_raw);
+    let ledger = launcher.ledger().cloned();
+    if let Some(ledger) = &ledger {
+        ledger.record(pid);
+    }
     let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
         return Err(ConnectionError::Spawn { message: "the child's stdin or stdout is missing".into() });
     };
@@ -114,7 +127,7 @@ pub(crate) fn spawn(spec: &StdioSpec, label: &str) -> Result<(StdioChild, StdioT
         stdout: FramedRead::new(stdout, LinesCodec::new_with_max_length(MAX_MESSAGE_BYTES)),
         violation: Violation::default(),
     };
-    let child = StdioChild { child, pid, group, stderr_drain, label: label.to_owned(), terminated: false };
+    let child = StdioChild { child, pid, group, stderr_drain, label: label.to_owned(), terminated: false, ledger };
     Ok((child, transport))
 }
 
@@ -202,6 +215,9 @@ impl Drop for StdioChild {
         if !self.terminated {
             // Not closed: kill the whole group now; `kill_on_drop` has tokio reap the leader.
             self.signal_group(Signal::KILL);
+        }
+        if let Some(ledger) = &self.ledger {
+            ledger.forget(self.pid);
         }
     }
 }
