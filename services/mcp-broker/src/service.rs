@@ -209,10 +209,19 @@ impl McpService for McpBroker {
         validate(&request)?;
         let mcp_server_id = request.mcp_server_id.as_deref().map(|raw| id("mcp_server_id", raw)).transpose()?;
         let search = request.search.filter(|s| !s.is_empty());
-        let fingerprint =
-            query_fingerprint(&["tools", &part(mcp_server_id), &part(request.enabled), &part(search.as_deref())]);
+        let mut names = request.names;
+        names.sort_unstable();
+        names.dedup();
+        let fingerprint = query_fingerprint(&[
+            "tools",
+            &part(mcp_server_id),
+            &part(request.enabled),
+            &part(search.as_deref()),
+            &names.join("\n"),
+        ]);
         let after = after(&request.page_token, &fingerprint)?;
         let query = ToolQuery {
+            names,
             mcp_server_id,
             enabled: request.enabled,
             search,

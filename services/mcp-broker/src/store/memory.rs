@@ -160,6 +160,7 @@ impl McpStore for MemoryStore {
                     contains_ignoring_case(&t.name, needle) || contains_ignoring_case(&t.description, needle)
                 })
             })
+            .filter(|t| query.names.is_empty() || query.names.contains(&t.name))
             .cloned()
             .collect();
         let after = query.after.as_ref().map(|c| c.name.as_str());

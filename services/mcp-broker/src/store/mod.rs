@@ -337,6 +337,8 @@ pub struct Cursor {
 /// Which tools to list.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ToolQuery {
+    /// Only tools with one of these names; empty means any.
+    pub names: Vec<String>,
     /// Only this server's tools.
     pub mcp_server_id: Option<Uuid>,
     /// Only enabled (true) or disabled (false) tools.

@@ -202,6 +202,11 @@ pub async fn tools_filter_search_and_page(f: &Fixture) {
     assert_eq!(names(&underscore.items, |t| &t.name), ["e_under_score"], "_ is literal");
     let combined = query(ToolQuery { search: Some("weather".into()), enabled: Some(true), ..tools(100) }).await;
     assert_eq!(combined.total, 1);
+    let named = ["c_calc", "d_disabled", "no_such_tool"].map(String::from).to_vec();
+    let by_names = query(ToolQuery { names: named.clone(), ..tools(100) }).await;
+    assert_eq!(names(&by_names.items, |t| &t.name), ["c_calc", "d_disabled"], "exact names; unknown ones left out");
+    let enabled_named = query(ToolQuery { names: named, enabled: Some(true), ..tools(100) }).await;
+    assert_eq!(names(&enabled_named.items, |t| &t.name), ["c_calc"]);
 
     let page = query(ToolQuery { offset: 1, ..tools(2) }).await;
     assert_eq!(names(&page.items, |t| &t.name), ["b_weather", "c_calc"]);

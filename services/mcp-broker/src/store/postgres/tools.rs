@@ -37,11 +37,12 @@ const GET: &str = concat!("SELECT ", tool_columns!(), " FROM tools WHERE id = $1
 const GET_BY_NAME: &str = concat!("SELECT ", tool_columns!(), " FROM tools WHERE name = $1");
 const DELETE: &str = concat!("DELETE FROM tools WHERE id = $1 RETURNING ", tool_columns!());
 
-/// `$1` server, `$2` enabled, `$3` search pattern.
+/// `$1` server, `$2` enabled, `$3` search pattern, `$7` names (empty: any).
 macro_rules! list_filter {
     () => {
         "($1::uuid IS NULL OR mcp_server_id = $1) AND ($2::boolean IS NULL OR enabled = $2) \
-         AND ($3::text IS NULL OR (name COLLATE \"default\") ILIKE $3 ESCAPE '\\' OR description ILIKE $3 ESCAPE '\\')"
+         AND ($3::text IS NULL OR (name COLLATE \"default\") ILIKE $3 ESCAPE '\\' OR description ILIKE $3 ESCAPE '\\') \
+         AND (cardinality($7::text[]) = 0 OR name = ANY($7))"
     };
 }
 
@@ -156,6 +157,7 @@ impl PostgresStore {
                 .bind(query.after.as_ref().map(|c| c.name.as_str()))
                 .bind(bigint(u64::from(query.limit) + 1))
                 .bind(bigint(if query.after.is_some() { 0 } else { query.offset }))
+                .bind(&query.names)
                 .fetch_all(self.pool())
                 .await
                 .map_err(classify)?;
