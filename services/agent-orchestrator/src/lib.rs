@@ -6,6 +6,14 @@
 //! Like every service it serves only calls carrying a signed principal and an actor it
 //! serves: the gateway (`agentmesh_runtime::auth::actors`).
 
+pub mod agents;
+pub mod backend;
+pub mod convert;
+pub mod events;
+pub mod paging;
+pub mod rules;
+pub mod store;
+
 use std::future::Future;
 use std::sync::Arc;
 

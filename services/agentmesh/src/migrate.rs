@@ -44,6 +44,11 @@ pub fn services(config: &Config) -> Result<Vec<ServiceMigrations>, MigrateError>
             migrations: agentmesh_mcp_broker::store::postgres::migrations(),
         },
         ServiceMigrations {
+            service: "agent-orchestrator",
+            schema: agentmesh_agent_orchestrator::backend::POSTGRES_SCHEMA.to_owned(),
+            migrations: agentmesh_agent_orchestrator::store::postgres::migrations(),
+        },
+        ServiceMigrations {
             service: "gateway",
             schema: agentmesh_gateway::auth::store::schema(config)?,
             migrations: agentmesh_gateway::auth::store::migrations(),
@@ -145,6 +150,14 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let services = services(&config).unwrap_or_else(|e| panic!("{e}"));
         let names: Vec<_> = services.iter().map(|s| (s.service, s.schema.as_str())).collect();
-        assert_eq!(names, [("session-store", "session_store"), ("mcp-broker", "mcp_broker"), ("gateway", "gw_test")]);
+        assert_eq!(
+            names,
+            [
+                ("session-store", "session_store"),
+                ("mcp-broker", "mcp_broker"),
+                ("agent-orchestrator", "agent_orchestrator"),
+                ("gateway", "gw_test")
+            ]
+        );
     }
 }

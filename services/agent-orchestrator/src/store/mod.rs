@@ -24,6 +24,15 @@
 //!   `run.started/completed/failed/cancelled/requires_action`): memory through the
 //!   [`EventSink`](crate::events::EventSink) it was built with, PostgreSQL through its
 //!   transactional outbox, so an acknowledged write never loses its event.
+//! - **Order.** Lists are newest first by id: ids are UUID v7, so id order is creation
+//!   order, and the id of a page's last item is the cursor of the next page.
+//!
+//! What a transition does to a run, and how an agent's status follows from its runs, is
+//! written once in [`lifecycle`], which both backends apply.
+
+pub mod lifecycle;
+pub mod memory;
+pub mod postgres;
 
 use std::time::Duration;
 
@@ -142,7 +151,7 @@ pub struct AgentRecord {
     pub updated_at: DateTime<Utc>,
 }
 
-/// Filters and page of a list of agents (most recently created first).
+/// Filters and page of a list of agents (most recently created first: by id, descending).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AgentQuery {
     /// Only this status.
@@ -179,6 +188,33 @@ impl RunStatus {
     /// Whether the run has reached a final status.
     pub fn is_final(self) -> bool {
         matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+
+    /// Every status.
+    pub const ALL: [RunStatus; 6] = [
+        RunStatus::Queued,
+        RunStatus::Running,
+        RunStatus::RequiresAction,
+        RunStatus::Completed,
+        RunStatus::Failed,
+        RunStatus::Cancelled,
+    ];
+
+    /// The contract's lowercase name, also the stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Running => "running",
+            RunStatus::RequiresAction => "requires_action",
+            RunStatus::Completed => "completed",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses the stored form.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
     }
 }
 
@@ -312,6 +348,11 @@ pub struct RunRecord {
     pub lease_owner: Option<String>,
     /// When that lease runs out unless renewed.
     pub lease_expires_at: Option<DateTime<Utc>>,
+    /// Whether the run holds its session: the one running or waiting for approval, or the
+    /// queued run next in line. False for runs queued behind it, for final runs, and for a
+    /// run another run took the session from ([`Admission::Interrupt`]) until it is
+    /// cancelled.
+    pub holds_session: bool,
 }
 
 /// How [`OrchestratorStore::admit_run`] treats a session another run holds.
@@ -331,7 +372,14 @@ pub enum Admitted {
     /// The run was stored. `ready` is true when it holds the session and may start now
     /// (false: queued behind another run). `preempted` is the run it took the session from
     /// (interrupt policy), still in its old status, for the caller to cancel.
-    Created { run: RunRecord, ready: bool, preempted: Option<RunRecord> },
+    Created {
+        /// The stored run (`queued`).
+        run: RunRecord,
+        /// Whether it holds the session and may start now.
+        ready: bool,
+        /// The run it took the session from (interrupt policy).
+        preempted: Option<RunRecord>,
+    },
     /// The owner already has a run with this idempotency key: that run, unchanged.
     Existing(RunRecord),
 }
@@ -340,22 +388,66 @@ pub enum Admitted {
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunTransition {
     /// queued → running (leased by `owner` for `lease`).
-    Start { owner: String, lease: Duration },
+    Start {
+        /// The replica executing it.
+        owner: String,
+        /// How long the lease lasts unless renewed.
+        lease: Duration,
+    },
     /// The user message was appended to the session.
-    UserMessage { message_id: Uuid },
+    UserMessage {
+        /// The persisted message.
+        message_id: Uuid,
+    },
     /// A step finished: progress that a crash must not lose (with the checkpoint, which
     /// is saved separately). `last_sequence` is the output published so far.
-    Progress { step_count: u32, usage: RunUsage, last_sequence: u64 },
+    Progress {
+        /// Graph steps done.
+        step_count: u32,
+        /// Usage so far.
+        usage: RunUsage,
+        /// Sequence of the last event published.
+        last_sequence: u64,
+    },
     /// running → requires_action.
-    RequireAction { pending: Vec<PendingToolCall>, last_sequence: u64 },
+    RequireAction {
+        /// The calls waiting for approval.
+        pending: Vec<PendingToolCall>,
+        /// Sequence of the last event published.
+        last_sequence: u64,
+    },
     /// requires_action → running (approved or rejected) under `owner`'s lease.
-    Resume { owner: String, lease: Duration },
+    Resume {
+        /// The replica executing it.
+        owner: String,
+        /// How long the lease lasts unless renewed.
+        lease: Duration,
+    },
     /// → completed.
-    Complete { response_message_id: Option<Uuid>, usage: RunUsage, step_count: u32, last_sequence: u64 },
+    Complete {
+        /// The final assistant message.
+        response_message_id: Option<Uuid>,
+        /// Usage over the run.
+        usage: RunUsage,
+        /// Graph steps done.
+        step_count: u32,
+        /// Sequence of the last event published.
+        last_sequence: u64,
+    },
     /// → failed.
-    Fail { error: RunError, last_sequence: u64 },
+    Fail {
+        /// Why.
+        error: RunError,
+        /// Sequence of the last event published.
+        last_sequence: u64,
+    },
     /// → cancelled (from any non-final status); `reason` goes to metadata `cancel_reason`.
-    Cancel { reason: Option<String>, last_sequence: u64 },
+    Cancel {
+        /// Why, as the cancel request said.
+        reason: Option<String>,
+        /// Sequence of the last event published.
+        last_sequence: u64,
+    },
 }
 
 /// What a transition did. A transition into a final status releases the session: the
@@ -380,7 +472,7 @@ pub struct StoredCheckpoint {
     pub saved_at: DateTime<Utc>,
 }
 
-/// Filters and page of a session's runs (newest first).
+/// Filters and page of a session's runs (newest first: by id, descending).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunQuery {
     /// Page size.
@@ -467,6 +559,10 @@ pub trait OrchestratorStore: Send + Sync + 'static {
         query: &RunQuery,
     ) -> Result<Page<RunRecord>, StoreError>;
 
+    /// The owner's agent's runs that have not reached a final status, oldest first (for
+    /// the service to cancel before it deletes the agent).
+    async fn list_unfinished_runs(&self, user_id: &str, agent_id: Uuid) -> Result<Vec<RunRecord>, StoreError>;
+
     /// Applies `transition` to the run; [`StoreError::InvalidTransition`] when the run's
     /// status does not allow it (a final run never changes again).
     async fn transition_run(&self, id: Uuid, transition: RunTransition) -> Result<Transitioned, StoreError>;
@@ -476,12 +572,84 @@ pub trait OrchestratorStore: Send + Sync + 'static {
     async fn renew_leases(&self, owner: &str, ids: &[Uuid], lease: Duration) -> Result<Vec<Uuid>, StoreError>;
 
     /// Takes over up to `limit` running runs whose lease ran out (their replica died), and
-    /// queued runs that hold their session but were never started, leasing them to `owner`.
-    async fn claim_abandoned_runs(&self, owner: &str, lease: Duration, limit: u32) -> Result<Vec<RunRecord>, StoreError>;
+    /// queued runs that hold their session but were not started within `lease` of getting
+    /// it, leasing them to `owner` (oldest first; see [`lifecycle::is_abandoned`]). A
+    /// claimed queued run stays queued: the claimer starts it. Concurrent claimers take
+    /// disjoint runs.
+    async fn claim_abandoned_runs(
+        &self,
+        owner: &str,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>, StoreError>;
 
     /// Saves the run's latest checkpoint (replacing the previous one).
     async fn save_checkpoint(&self, run_id: Uuid, step: u32, checkpoint: Value) -> Result<(), StoreError>;
 
     /// The run's latest checkpoint.
     async fn load_checkpoint(&self, run_id: Uuid) -> Result<Option<StoredCheckpoint>, StoreError>;
+
+    /// Whether the backend is reachable (readiness and the dependency probe).
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+impl AgentStatus {
+    /// Every status.
+    pub const ALL: [AgentStatus; 5] =
+        [AgentStatus::Idle, AgentStatus::Processing, AgentStatus::Waiting, AgentStatus::Error, AgentStatus::Completed];
+
+    /// The contract's lowercase name, also the stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentStatus::Idle => "idle",
+            AgentStatus::Processing => "processing",
+            AgentStatus::Waiting => "waiting",
+            AgentStatus::Error => "error",
+            AgentStatus::Completed => "completed",
+        }
+    }
+
+    /// Parses the stored form.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+}
+
+impl Concurrency {
+    /// Every policy.
+    pub const ALL: [Concurrency; 3] = [Concurrency::Reject, Concurrency::Enqueue, Concurrency::Interrupt];
+
+    /// The contract's lowercase name, also the stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Concurrency::Reject => "reject",
+            Concurrency::Enqueue => "enqueue",
+            Concurrency::Interrupt => "interrupt",
+        }
+    }
+
+    /// Parses the stored form.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+
+    /// How [`OrchestratorStore::admit_run`] applies this policy.
+    pub fn admission(self) -> Admission {
+        match self {
+            Concurrency::Reject => Admission::Reject,
+            Concurrency::Enqueue => Admission::Enqueue,
+            Concurrency::Interrupt => Admission::Interrupt,
+        }
+    }
+}
+
+/// The current time at the microsecond precision every backend stores.
+pub fn now() -> DateTime<Utc> {
+    agentmesh_postgres::micros(Utc::now())
+}
+
+/// The `search` rule every backend follows: `needle` occurs in `haystack`, compared
+/// case-insensitively, `%` and `_` taken literally.
+pub fn contains_ignoring_case(haystack: &str, needle: &str) -> bool {
+    haystack.to_lowercase().contains(&needle.to_lowercase())
 }

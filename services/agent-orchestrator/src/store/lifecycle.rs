@@ -1,0 +1,223 @@
+//! The rules of a run's life, written once for every backend: which transition applies
+//! to which status and what it changes ([`apply`]), when a lease or a session hold counts
+//! as abandoned ([`lease_until`], [`is_abandoned`]), and how an agent's status follows from
+//! its runs ([`derive_status`]). Backends only decide how to read and write atomically.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::{AgentStatus, RunRecord, RunStatus, RunTransition};
+
+/// The metadata key a cancel's reason is recorded under.
+pub const CANCEL_REASON_KEY: &str = "cancel_reason";
+
+/// `at` plus `lease` (saturating at the end of time).
+pub fn lease_until(at: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(lease)
+        .ok()
+        .and_then(|lease| at.checked_add_signed(lease))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// The run after `transition` at `at`, or `None` when the run's status does not allow it.
+///
+/// - `Start`: a queued run that holds its session → running, leased.
+/// - `UserMessage`: any unfinished run records its user message.
+/// - `Progress`: a running run records steps, usage and output so far.
+/// - `RequireAction`: running → requires_action with its pending calls; the lease ends
+///   (nobody executes a run that waits for a human).
+/// - `Resume`: requires_action → running, leased again; the pending calls are cleared.
+/// - `Complete`: running → completed.
+/// - `Fail`, `Cancel`: any unfinished run → failed / cancelled.
+///
+/// A final status ends the lease, clears pending calls and releases the session (the
+/// backend then promotes the session's next queued run).
+pub fn apply(run: &RunRecord, transition: &RunTransition, at: DateTime<Utc>) -> Option<RunRecord> {
+    let mut next = run.clone();
+    match (run.status, transition) {
+        (status, _) if status.is_final() => return None,
+        (RunStatus::Queued, RunTransition::Start { owner, lease }) if run.holds_session => {
+            next.status = RunStatus::Running;
+            next.started_at = Some(run.started_at.unwrap_or(at));
+            next.lease_owner = Some(owner.clone());
+            next.lease_expires_at = Some(lease_until(at, *lease));
+        }
+        (_, RunTransition::UserMessage { message_id }) => next.user_message_id = Some(*message_id),
+        (RunStatus::Running, RunTransition::Progress { step_count, usage, last_sequence }) => {
+            next.step_count = *step_count;
+            next.usage = *usage;
+            next.last_sequence = *last_sequence;
+        }
+        (RunStatus::Running, RunTransition::RequireAction { pending, last_sequence }) => {
+            next.status = RunStatus::RequiresAction;
+            next.pending_tool_calls = pending.clone();
+            next.last_sequence = *last_sequence;
+            next.lease_owner = None;
+            next.lease_expires_at = None;
+        }
+        (RunStatus::RequiresAction, RunTransition::Resume { owner, lease }) => {
+            next.status = RunStatus::Running;
+            next.pending_tool_calls.clear();
+            next.lease_owner = Some(owner.clone());
+            next.lease_expires_at = Some(lease_until(at, *lease));
+        }
+        (RunStatus::Running, RunTransition::Complete { response_message_id, usage, step_count, last_sequence }) => {
+            next.status = RunStatus::Completed;
+            next.response_message_id = *response_message_id;
+            next.usage = *usage;
+            next.step_count = *step_count;
+            next.last_sequence = *last_sequence;
+        }
+        (_, RunTransition::Fail { error, last_sequence }) => {
+            next.status = RunStatus::Failed;
+            next.error = Some(error.clone());
+            next.last_sequence = *last_sequence;
+        }
+        (_, RunTransition::Cancel { reason, last_sequence }) => {
+            next.status = RunStatus::Cancelled;
+            if let Some(reason) = reason {
+                next.metadata.insert(CANCEL_REASON_KEY.to_owned(), Value::from(reason.as_str()));
+            }
+            next.last_sequence = *last_sequence;
+        }
+        _ => return None,
+    }
+    if next.status.is_final() {
+        next.completed_at = Some(at);
+        next.lease_owner = None;
+        next.lease_expires_at = None;
+        next.pending_tool_calls.clear();
+        next.holds_session = false;
+    }
+    Some(next)
+}
+
+/// Whether another replica may take `run` over at `at` ([`claim_abandoned_runs`]): a
+/// running run whose lease ran out, or a queued run holding its session that nobody
+/// started within `lease` of `held_since` (when it got the session) and that no claimer
+/// leases now.
+///
+/// [`claim_abandoned_runs`]: super::OrchestratorStore::claim_abandoned_runs
+pub fn is_abandoned(run: &RunRecord, held_since: Option<DateTime<Utc>>, lease: Duration, at: DateTime<Utc>) -> bool {
+    let lease_over = run.lease_expires_at.is_none_or(|until| until <= at);
+    match run.status {
+        RunStatus::Running => lease_over,
+        RunStatus::Queued => {
+            run.holds_session && lease_over && held_since.is_some_and(|since| lease_until(since, lease) <= at)
+        }
+        _ => false,
+    }
+}
+
+/// An agent's status from its runs (see `Agent.status` in the contract): `processing`
+/// while a run is queued or running, else `waiting` while one waits for approval, else
+/// the outcome of the last finished run (`completed`, `error`, or `idle` when cancelled),
+/// else `idle`.
+pub fn derive_status<'a>(runs: impl IntoIterator<Item = &'a RunRecord>) -> AgentStatus {
+    let mut waiting = false;
+    let mut last: Option<&RunRecord> = None;
+    for run in runs {
+        match run.status {
+            RunStatus::Queued | RunStatus::Running => return AgentStatus::Processing,
+            RunStatus::RequiresAction => waiting = true,
+            RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled => {
+                if last.is_none_or(|seen| (run.completed_at, run.id) > (seen.completed_at, seen.id)) {
+                    last = Some(run);
+                }
+            }
+        }
+    }
+    if waiting {
+        return AgentStatus::Waiting;
+    }
+    match last.map(|run| run.status) {
+        Some(RunStatus::Completed) => AgentStatus::Completed,
+        Some(RunStatus::Failed) => AgentStatus::Error,
+        _ => AgentStatus::Idle,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::store::{JsonObject, RunPrincipal, RunRequest, RunUsage, now};
+
+    fn run(status: RunStatus, completed_at: Option<DateTime<Utc>>) -> RunRecord {
+        RunRecord {
+            id: Uuid::now_v7(),
+            agent_id: Uuid::nil(),
+            session_id: Uuid::nil(),
+            principal: RunPrincipal { user_id: "u".into(), tenant: None, tier: "basic".into(), scopes: vec![] },
+            request: RunRequest { message: "m".into(), cancel_on_disconnect: false },
+            status,
+            user_message_id: None,
+            response_message_id: None,
+            usage: RunUsage::default(),
+            error: None,
+            step_count: 0,
+            pending_tool_calls: vec![],
+            idempotency_key: None,
+            last_sequence: 0,
+            metadata: JsonObject::new(),
+            created_at: now(),
+            started_at: None,
+            completed_at,
+            lease_owner: None,
+            lease_expires_at: None,
+            holds_session: !status.is_final(),
+        }
+    }
+
+    #[test]
+    fn status_ranks_processing_then_waiting_then_the_last_outcome() {
+        let at = now();
+        let later = at + chrono::Duration::seconds(1);
+        let completed = run(RunStatus::Completed, Some(at));
+        let failed = run(RunStatus::Failed, Some(later));
+        let cancelled = run(RunStatus::Cancelled, Some(at));
+        assert_eq!(derive_status([]), AgentStatus::Idle);
+        assert_eq!(derive_status([&completed, &failed]), AgentStatus::Error);
+        assert_eq!(derive_status([&failed, &completed]), AgentStatus::Error, "by completion, not order");
+        assert_eq!(derive_status([&completed, &cancelled]), AgentStatus::Idle, "a tie goes to the newer run");
+        let waiting = run(RunStatus::RequiresAction, None);
+        assert_eq!(derive_status([&failed, &waiting]), AgentStatus::Waiting);
+        let queued = run(RunStatus::Queued, None);
+        assert_eq!(derive_status([&waiting, &queued, &failed]), AgentStatus::Processing);
+    }
+
+    #[test]
+    fn transitions_apply_only_from_their_statuses() {
+        let at = now();
+        let lease = Duration::from_secs(30);
+        let queued = run(RunStatus::Queued, None);
+        let behind = RunRecord { holds_session: false, ..queued.clone() };
+        let start = RunTransition::Start { owner: "r".into(), lease };
+        assert!(apply(&behind, &start, at).is_none(), "only the holder starts");
+        let running = apply(&queued, &start, at).unwrap_or_else(|| panic!("starts"));
+        assert_eq!((running.status, running.lease_expires_at), (RunStatus::Running, Some(lease_until(at, lease))));
+        assert!(apply(&running, &RunTransition::Resume { owner: "r".into(), lease }, at).is_none());
+        let cancel = RunTransition::Cancel { reason: Some("why".into()), last_sequence: 4 };
+        let cancelled = apply(&queued, &cancel, at).unwrap_or_else(|| panic!("cancels"));
+        assert_eq!(cancelled.metadata.get(CANCEL_REASON_KEY), Some(&Value::from("why")));
+        assert!(!cancelled.holds_session && cancelled.completed_at == Some(at));
+        assert!(apply(&cancelled, &cancel, at).is_none(), "final is final");
+    }
+
+    #[test]
+    fn abandonment_needs_an_expired_lease_or_an_unstarted_hold() {
+        let at = now();
+        let lease = Duration::from_secs(30);
+        let running = RunRecord { lease_expires_at: Some(at), ..run(RunStatus::Running, None) };
+        assert!(is_abandoned(&running, None, lease, at));
+        let leased = RunRecord { lease_expires_at: Some(lease_until(at, lease)), ..running };
+        assert!(!is_abandoned(&leased, None, lease, at));
+        let queued = run(RunStatus::Queued, None);
+        assert!(!is_abandoned(&queued, Some(at), lease, at), "within its grace");
+        assert!(is_abandoned(&queued, Some(at), Duration::ZERO, at));
+        assert!(!is_abandoned(&run(RunStatus::RequiresAction, None), Some(at), Duration::ZERO, at));
+    }
+}

@@ -1,0 +1,384 @@
+//! In-process storage: the default backend of `agentmesh up`, and the reference the
+//! PostgreSQL backend is compared with by the conformance suite.
+//!
+//! One lock guards all state, so every operation is atomic (an admission and the session
+//! check it depends on cannot interleave); the lock is never held across an `.await`.
+//! Data is lost on restart, which is why production refuses this backend.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::lifecycle::{self, lease_until};
+use super::{
+    Admission, Admitted, AgentDefinition, AgentQuery, AgentRecord, AgentStatus, NewRun, OrchestratorStore, Page,
+    RunQuery, RunRecord, RunStatus, RunTransition, RunUsage, StoreError, StoredCheckpoint, Transitioned,
+    contains_ignoring_case, now,
+};
+use crate::events::{self, EventSink};
+
+/// The in-process backend. Cheap to share behind an `Arc`.
+pub struct MemoryStore {
+    state: Mutex<State>,
+    sink: Arc<dyn EventSink>,
+}
+
+/// A run and when it got its session (what `claim_abandoned_runs` measures a never
+/// started holder by).
+struct StoredRun {
+    record: RunRecord,
+    held_since: Option<DateTime<Utc>>,
+}
+
+#[derive(Default)]
+struct State {
+    agents: HashMap<Uuid, AgentRecord>,
+    /// Agent ids by owner and name: uniqueness per owner.
+    agent_names: HashMap<(String, String), Uuid>,
+    /// Runs by id.
+    runs: BTreeMap<Uuid, StoredRun>,
+    /// Run ids by owner and idempotency key.
+    run_keys: HashMap<(String, String), Uuid>,
+    checkpoints: HashMap<Uuid, StoredCheckpoint>,
+}
+
+impl MemoryStore {
+    /// An empty store whose events go to `sink`.
+    pub fn new(sink: Arc<dyn EventSink>) -> Self {
+        Self { state: Mutex::new(State::default()), sink }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every write checks first, then mutates without failing, so a panic cannot leave
+        // a half-applied write behind the poisoned lock.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl State {
+    fn owned_agent(&self, user_id: &str, id: Uuid) -> Result<&AgentRecord, StoreError> {
+        self.agents.get(&id).filter(|agent| agent.user_id == user_id).ok_or(StoreError::NotFound)
+    }
+
+    fn check_name(&self, user_id: &str, name: &str, except: Option<Uuid>) -> Result<(), StoreError> {
+        match self.agent_names.get(&(user_id.to_owned(), name.to_owned())) {
+            Some(holder) if Some(*holder) != except => Err(StoreError::NameTaken(name.to_owned())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Recomputes the agent's derived status from its runs (a deleted agent has none).
+    fn refresh_status(&mut self, agent_id: Uuid) {
+        let status =
+            lifecycle::derive_status(self.runs.values().map(|run| &run.record).filter(|run| run.agent_id == agent_id));
+        if let Some(agent) = self.agents.get_mut(&agent_id) {
+            agent.status = status;
+        }
+    }
+
+    fn session_holder(&self, session_id: Uuid) -> Option<&RunRecord> {
+        self.runs.values().map(|run| &run.record).find(|run| run.session_id == session_id && run.holds_session)
+    }
+
+    /// Gives the session to its oldest queued run, if any; returns that run.
+    fn promote_next(&mut self, session_id: Uuid, at: DateTime<Utc>) -> Option<RunRecord> {
+        let next = self
+            .runs
+            .values()
+            .map(|run| &run.record)
+            .filter(|run| run.session_id == session_id && run.status == RunStatus::Queued && !run.holds_session)
+            .min_by_key(|run| (run.created_at, run.id))?
+            .id;
+        let stored = self.runs.get_mut(&next)?;
+        stored.record.holds_session = true;
+        stored.held_since = Some(at);
+        Some(stored.record.clone())
+    }
+}
+
+/// Applies offset or cursor and limit to items already in list order (id descending).
+fn page<T>(items: Vec<T>, offset: u64, limit: u32, after: Option<Uuid>, id: impl Fn(&T) -> Uuid) -> Page<T> {
+    let total = items.len() as u64;
+    let start = match after {
+        Some(cursor) => items.iter().position(|item| id(item) < cursor).unwrap_or(items.len()),
+        None => usize::try_from(offset).unwrap_or(usize::MAX).min(items.len()),
+    };
+    let limit = limit as usize;
+    let has_more = items.len().saturating_sub(start) > limit;
+    let items = items.into_iter().skip(start).take(limit).collect();
+    Page { items, total, has_more }
+}
+
+#[async_trait]
+impl OrchestratorStore for MemoryStore {
+    async fn create_agent(&self, user_id: &str, agent: AgentDefinition) -> Result<AgentRecord, StoreError> {
+        let created = {
+            let mut state = self.state();
+            state.check_name(user_id, &agent.name, None)?;
+            let at = now();
+            let record = AgentRecord {
+                id: Uuid::now_v7(),
+                user_id: user_id.to_owned(),
+                definition: agent,
+                status: AgentStatus::Idle,
+                created_at: at,
+                updated_at: at,
+            };
+            state.agent_names.insert((user_id.to_owned(), record.definition.name.clone()), record.id);
+            state.agents.insert(record.id, record.clone());
+            record
+        };
+        self.sink.emit(vec![events::agent_created(&created)]).await;
+        Ok(created)
+    }
+
+    async fn get_agent(&self, user_id: &str, id: Uuid) -> Result<AgentRecord, StoreError> {
+        self.state().owned_agent(user_id, id).cloned()
+    }
+
+    async fn list_agents(&self, user_id: &str, query: &AgentQuery) -> Result<Page<AgentRecord>, StoreError> {
+        let state = self.state();
+        let mut agents: Vec<AgentRecord> = state
+            .agents
+            .values()
+            .filter(|agent| agent.user_id == user_id)
+            .filter(|agent| query.status.is_none_or(|status| agent.status == status))
+            .filter(|agent| {
+                query.search.as_deref().is_none_or(|needle| {
+                    contains_ignoring_case(&agent.definition.name, needle)
+                        || agent.definition.description.as_deref().is_some_and(|d| contains_ignoring_case(d, needle))
+                })
+            })
+            .cloned()
+            .collect();
+        agents.sort_by(|a, b| b.id.cmp(&a.id));
+        Ok(page(agents, query.offset, query.limit, query.after, |agent| agent.id))
+    }
+
+    async fn update_agent(&self, user_id: &str, id: Uuid, agent: AgentDefinition) -> Result<AgentRecord, StoreError> {
+        let updated = {
+            let mut state = self.state();
+            let current = state.owned_agent(user_id, id)?.clone();
+            state.check_name(user_id, &agent.name, Some(id))?;
+            state.agent_names.remove(&(user_id.to_owned(), current.definition.name.clone()));
+            state.agent_names.insert((user_id.to_owned(), agent.name.clone()), id);
+            let record = AgentRecord { definition: agent, updated_at: now(), ..current };
+            state.agents.insert(id, record.clone());
+            record
+        };
+        self.sink.emit(vec![events::agent_updated(&updated)]).await;
+        Ok(updated)
+    }
+
+    async fn delete_agent(&self, user_id: &str, id: Uuid) -> Result<AgentRecord, StoreError> {
+        let deleted = {
+            let mut state = self.state();
+            state.owned_agent(user_id, id)?;
+            let deleted = state.agents.remove(&id).ok_or(StoreError::NotFound)?;
+            state.agent_names.remove(&(user_id.to_owned(), deleted.definition.name.clone()));
+            deleted
+        };
+        self.sink.emit(vec![events::agent_deleted(&deleted)]).await;
+        Ok(deleted)
+    }
+
+    async fn admit_run(&self, run: NewRun, admission: Admission) -> Result<Admitted, StoreError> {
+        let mut state = self.state();
+        let user_id = run.principal.user_id.clone();
+        if let Some(key) = &run.idempotency_key
+            && let Some(existing) = state.run_keys.get(&(user_id.clone(), key.clone()))
+            && let Some(existing) = state.runs.get(existing)
+        {
+            return Ok(Admitted::Existing(existing.record.clone()));
+        }
+        state.owned_agent(&user_id, run.agent_id)?;
+        if state.runs.contains_key(&run.id) {
+            return Err(StoreError::Internal(format!("run {} already exists", run.id).into()));
+        }
+        let holder = state.session_holder(run.session_id).cloned();
+        let (holds_session, preempted) = match (holder, admission) {
+            (None, _) => (true, None),
+            (Some(holder), Admission::Reject) => return Err(StoreError::SessionBusy(Box::new(holder))),
+            (Some(_), Admission::Enqueue) => (false, None),
+            (Some(holder), Admission::Interrupt) => (true, Some(holder.id)),
+        };
+        let at = now();
+        let preempted = match preempted.and_then(|id| state.runs.get_mut(&id)) {
+            Some(stored) => {
+                stored.record.holds_session = false;
+                stored.held_since = None;
+                Some(stored.record.clone())
+            }
+            None => None,
+        };
+        let record = RunRecord {
+            id: run.id,
+            agent_id: run.agent_id,
+            session_id: run.session_id,
+            principal: run.principal,
+            request: run.request,
+            status: RunStatus::Queued,
+            user_message_id: None,
+            response_message_id: None,
+            usage: RunUsage::default(),
+            error: None,
+            step_count: 0,
+            pending_tool_calls: Vec::new(),
+            idempotency_key: run.idempotency_key,
+            last_sequence: 0,
+            metadata: run.metadata,
+            created_at: at,
+            started_at: None,
+            completed_at: None,
+            lease_owner: None,
+            lease_expires_at: None,
+            holds_session,
+        };
+        if let Some(key) = &record.idempotency_key {
+            state.run_keys.insert((user_id, key.clone()), record.id);
+        }
+        let held_since = holds_session.then_some(at);
+        state.runs.insert(record.id, StoredRun { record: record.clone(), held_since });
+        state.refresh_status(record.agent_id);
+        Ok(Admitted::Created { run: record, ready: holds_session, preempted })
+    }
+
+    async fn get_run(&self, user_id: &str, id: Uuid) -> Result<RunRecord, StoreError> {
+        let state = self.state();
+        let run = state.runs.get(&id).map(|run| &run.record).filter(|run| run.principal.user_id == user_id);
+        run.cloned().ok_or(StoreError::NotFound)
+    }
+
+    async fn load_run(&self, id: Uuid) -> Result<RunRecord, StoreError> {
+        self.state().runs.get(&id).map(|run| run.record.clone()).ok_or(StoreError::NotFound)
+    }
+
+    async fn find_run_by_key(&self, user_id: &str, key: &str) -> Result<Option<RunRecord>, StoreError> {
+        let state = self.state();
+        let id = state.run_keys.get(&(user_id.to_owned(), key.to_owned()));
+        Ok(id.and_then(|id| state.runs.get(id)).map(|run| run.record.clone()))
+    }
+
+    async fn list_session_runs(
+        &self,
+        user_id: &str,
+        session_id: Uuid,
+        query: &RunQuery,
+    ) -> Result<Page<RunRecord>, StoreError> {
+        let state = self.state();
+        let runs: Vec<RunRecord> = state
+            .runs
+            .values()
+            .rev()
+            .map(|run| &run.record)
+            .filter(|run| run.session_id == session_id && run.principal.user_id == user_id)
+            .cloned()
+            .collect();
+        Ok(page(runs, query.offset, query.limit, query.after, |run| run.id))
+    }
+
+    async fn list_unfinished_runs(&self, user_id: &str, agent_id: Uuid) -> Result<Vec<RunRecord>, StoreError> {
+        let state = self.state();
+        let mut runs: Vec<RunRecord> = state
+            .runs
+            .values()
+            .map(|run| &run.record)
+            .filter(|run| run.agent_id == agent_id && run.principal.user_id == user_id && !run.status.is_final())
+            .cloned()
+            .collect();
+        runs.sort_by_key(|run| (run.created_at, run.id));
+        Ok(runs)
+    }
+
+    async fn transition_run(&self, id: Uuid, transition: RunTransition) -> Result<Transitioned, StoreError> {
+        let (transitioned, event) = {
+            let mut state = self.state();
+            let current = state.runs.get(&id).map(|run| run.record.clone()).ok_or(StoreError::NotFound)?;
+            let at = now();
+            let run = lifecycle::apply(&current, &transition, at)
+                .ok_or_else(|| StoreError::InvalidTransition(Box::new(current.clone())))?;
+            if let Some(stored) = state.runs.get_mut(&id) {
+                stored.record = run.clone();
+                if !run.holds_session {
+                    stored.held_since = None;
+                }
+            }
+            let next =
+                if current.holds_session && !run.holds_session { state.promote_next(run.session_id, at) } else { None };
+            if current.status != run.status {
+                state.refresh_status(run.agent_id);
+            }
+            let event = events::run_transitioned(&transition, &run);
+            (Transitioned { run, next }, event)
+        };
+        if let Some(event) = event {
+            self.sink.emit(vec![event]).await;
+        }
+        Ok(transitioned)
+    }
+
+    async fn renew_leases(&self, owner: &str, ids: &[Uuid], lease: Duration) -> Result<Vec<Uuid>, StoreError> {
+        let mut state = self.state();
+        let until = lease_until(now(), lease);
+        let mut held = Vec::new();
+        for id in ids {
+            if let Some(stored) = state.runs.get_mut(id)
+                && stored.record.status == RunStatus::Running
+                && stored.record.lease_owner.as_deref() == Some(owner)
+            {
+                stored.record.lease_expires_at = Some(until);
+                held.push(*id);
+            }
+        }
+        Ok(held)
+    }
+
+    async fn claim_abandoned_runs(
+        &self,
+        owner: &str,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        let mut state = self.state();
+        let at = now();
+        let mut abandoned: Vec<(DateTime<Utc>, Uuid)> = state
+            .runs
+            .values()
+            .filter(|run| lifecycle::is_abandoned(&run.record, run.held_since, lease, at))
+            .map(|run| (run.record.created_at, run.record.id))
+            .collect();
+        abandoned.sort();
+        let until = lease_until(at, lease);
+        let mut claimed = Vec::new();
+        for (_, id) in abandoned.into_iter().take(limit as usize) {
+            if let Some(stored) = state.runs.get_mut(&id) {
+                stored.record.lease_owner = Some(owner.to_owned());
+                stored.record.lease_expires_at = Some(until);
+                claimed.push(stored.record.clone());
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn save_checkpoint(&self, run_id: Uuid, step: u32, checkpoint: Value) -> Result<(), StoreError> {
+        let mut state = self.state();
+        if !state.runs.contains_key(&run_id) {
+            return Err(StoreError::NotFound);
+        }
+        state.checkpoints.insert(run_id, StoredCheckpoint { step, checkpoint, saved_at: now() });
+        Ok(())
+    }
+
+    async fn load_checkpoint(&self, run_id: Uuid) -> Result<Option<StoredCheckpoint>, StoreError> {
+        Ok(self.state().checkpoints.get(&run_id).cloned())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,280 @@
+//! PostgreSQL backend: agents, runs and checkpoints in the service's own schema
+//! (`agent_orchestrator`), with a transactional outbox for its domain events.
+//!
+//! # Layout
+//!
+//! - this module: connecting (through [`agentmesh_postgres::Database`]: schema, pool,
+//!   advisory-locked migrations), the [`PostgresStore`] handle and the
+//!   [`OrchestratorStore`] implementation, every operation running under the database
+//!   policy;
+//! - `agents` / `runs`: the SQL of each operation; `rows`: decoding rows; `error`: how
+//!   failures become [`StoreError`]s.
+//!
+//! # Design choices
+//!
+//! - **Static SQL**, checked at run time by the tests against the real server; optional
+//!   filters are `($n IS NULL OR ...)`.
+//! - **Writes are short transactions** that change the rows and queue their events in the
+//!   outbox together ([`agentmesh_postgres::outbox`]); the [`OutboxRelay`] publishes them
+//!   after the commit.
+//! - **Run changes serialise per agent, then per session.** Admissions and transitions
+//!   lock the agent's row first (so its derived status is computed from committed runs),
+//!   then the session (a transaction-scoped advisory lock), then the run rows — always in
+//!   that order, each transaction taking one agent and one session, so they cannot
+//!   deadlock. The partial unique index on the session's holder backs the lock up: a
+//!   violation is retried as a whole. What a transition does is [`lifecycle::apply`],
+//!   shared with the memory backend.
+//! - **Claims skip locked rows** (`FOR UPDATE SKIP LOCKED`), so replicas claiming at once
+//!   take disjoint runs.
+//!
+//! [`lifecycle::apply`]: crate::store::lifecycle::apply
+
+mod agents;
+mod error;
+mod rows;
+mod runs;
+
+use std::future::Future;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use agentmesh_events::Publisher;
+use agentmesh_postgres::outbox::{self, Outbox};
+use agentmesh_postgres::{Database, SetupError};
+use agentmesh_resilience::Preset;
+use async_trait::async_trait;
+use serde_json::Value;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::PgPool;
+use uuid::Uuid;
+
+pub use agentmesh_postgres::PoolSettings;
+pub use agentmesh_postgres::outbox::{OutboxRelay, RelaySettings};
+
+use self::error::{DbError, classify, into_store_error};
+use super::{
+    Admission, Admitted, AgentDefinition, AgentQuery, AgentRecord, NewRun, OrchestratorStore, Page, RunQuery,
+    RunRecord, RunTransition, StoreError, StoredCheckpoint, Transitioned,
+};
+
+/// The migrations in `services/agent-orchestrator/migrations`.
+static EMBEDDED: Migrator = sqlx::migrate!("./migrations");
+
+/// Version of the library's outbox table among this service's migrations.
+const OUTBOX_VERSION: i64 = 2;
+
+/// Version of the library's outbox `actor` column (the next migration of its own is 4).
+const OUTBOX_ACTOR_VERSION: i64 = 3;
+
+static MIGRATIONS: LazyLock<Migrator> = LazyLock::new(|| {
+    agentmesh_postgres::with_migrations(
+        &EMBEDDED,
+        [outbox::migration(OUTBOX_VERSION), outbox::actor_migration(OUTBOX_ACTOR_VERSION)],
+    )
+});
+
+/// Every migration of the agent-orchestrator schema: its own plus the outbox (for
+/// `agentmesh migrate`).
+pub fn migrations() -> &'static Migrator {
+    &MIGRATIONS
+}
+
+/// `search` as an ILIKE pattern matching it anywhere, with `\`, `%` and `_` literal.
+fn contains_pattern(search: &str) -> String {
+    let mut pattern = String::with_capacity(search.len() + 2);
+    pattern.push('%');
+    for c in search.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// Clamps a page size or offset into a bind parameter.
+fn bigint(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// The PostgreSQL store. Cheap to clone; clones share the pool, the policy state and the
+/// relay wake-up.
+#[derive(Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    database: Database,
+    outbox: Outbox,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore").field("schema", &self.schema()).finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects to `url` and prepares `schema` (created if missing, migrated under its
+    /// advisory lock); operations run under `resilience`. Connecting again is a no-op.
+    pub async fn connect(url: &str, schema: &str, pool: PoolSettings, resilience: &Preset) -> Result<Self, StoreError> {
+        let database = Database::connect(url, schema, pool, resilience, migrations()).await.map_err(setup_error)?;
+        let outbox = Outbox::new(database.schema());
+        Ok(Self { inner: Arc::new(Inner { database, outbox }) })
+    }
+
+    /// The schema this store lives in.
+    pub fn schema(&self) -> &str {
+        self.inner.database.schema().as_str()
+    }
+
+    /// The connection pool (tests and maintenance).
+    pub fn pool(&self) -> &PgPool {
+        self.inner.database.pool()
+    }
+
+    /// The database policy's state (breaker for health output).
+    pub fn resilience(&self) -> &agentmesh_resilience::Resilience {
+        self.inner.database.resilience()
+    }
+
+    /// A relay publishing this store's outbox to `publisher`; drive it with
+    /// [`OutboxRelay::run`].
+    pub fn relay(&self, publisher: Arc<dyn Publisher>) -> OutboxRelay {
+        self.inner.outbox.relay(&self.inner.database, publisher)
+    }
+
+    /// Runs one operation under the database policy; `op` is one attempt.
+    async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, DbError>>,
+    {
+        self.inner.database.run(op).await.map_err(into_store_error)
+    }
+
+    /// Runs a write under the policy, then wakes the relay for the events it queued.
+    async fn write<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, DbError>>,
+    {
+        let result = self.run(op).await;
+        if result.is_ok() {
+            self.inner.outbox.committed();
+        }
+        result
+    }
+}
+
+/// The caller's view of a failed connect.
+fn setup_error(error: SetupError) -> StoreError {
+    if error.is_unavailable() {
+        StoreError::Unavailable(Box::new(error))
+    } else {
+        StoreError::Internal(Box::new(error))
+    }
+}
+
+#[async_trait]
+impl OrchestratorStore for PostgresStore {
+    async fn create_agent(&self, user_id: &str, agent: AgentDefinition) -> Result<AgentRecord, StoreError> {
+        self.create_agent_impl(user_id, agent).await
+    }
+
+    async fn get_agent(&self, user_id: &str, id: Uuid) -> Result<AgentRecord, StoreError> {
+        self.get_agent_impl(user_id, id).await
+    }
+
+    async fn list_agents(&self, user_id: &str, query: &AgentQuery) -> Result<Page<AgentRecord>, StoreError> {
+        self.list_agents_impl(user_id, query).await
+    }
+
+    async fn update_agent(&self, user_id: &str, id: Uuid, agent: AgentDefinition) -> Result<AgentRecord, StoreError> {
+        self.update_agent_impl(user_id, id, agent).await
+    }
+
+    async fn delete_agent(&self, user_id: &str, id: Uuid) -> Result<AgentRecord, StoreError> {
+        self.delete_agent_impl(user_id, id).await
+    }
+
+    async fn admit_run(&self, run: NewRun, admission: Admission) -> Result<Admitted, StoreError> {
+        self.admit_run_impl(&run, admission).await
+    }
+
+    async fn get_run(&self, user_id: &str, id: Uuid) -> Result<RunRecord, StoreError> {
+        self.get_run_impl(Some(user_id), id).await
+    }
+
+    async fn load_run(&self, id: Uuid) -> Result<RunRecord, StoreError> {
+        self.get_run_impl(None, id).await
+    }
+
+    async fn find_run_by_key(&self, user_id: &str, key: &str) -> Result<Option<RunRecord>, StoreError> {
+        self.find_run_by_key_impl(user_id, key).await
+    }
+
+    async fn list_session_runs(
+        &self,
+        user_id: &str,
+        session_id: Uuid,
+        query: &RunQuery,
+    ) -> Result<Page<RunRecord>, StoreError> {
+        self.list_session_runs_impl(user_id, session_id, query).await
+    }
+
+    async fn list_unfinished_runs(&self, user_id: &str, agent_id: Uuid) -> Result<Vec<RunRecord>, StoreError> {
+        self.list_unfinished_runs_impl(user_id, agent_id).await
+    }
+
+    async fn transition_run(&self, id: Uuid, transition: RunTransition) -> Result<Transitioned, StoreError> {
+        self.transition_run_impl(id, &transition).await
+    }
+
+    async fn renew_leases(&self, owner: &str, ids: &[Uuid], lease: Duration) -> Result<Vec<Uuid>, StoreError> {
+        self.renew_leases_impl(owner, ids, lease).await
+    }
+
+    async fn claim_abandoned_runs(
+        &self,
+        owner: &str,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        self.claim_abandoned_runs_impl(owner, lease, limit).await
+    }
+
+    async fn save_checkpoint(&self, run_id: Uuid, step: u32, checkpoint: Value) -> Result<(), StoreError> {
+        self.save_checkpoint_impl(run_id, step, &checkpoint).await
+    }
+
+    async fn load_checkpoint(&self, run_id: Uuid) -> Result<Option<StoredCheckpoint>, StoreError> {
+        self.load_checkpoint_impl(run_id).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.run(|| async {
+            sqlx::query("SELECT 1").execute(self.pool()).await.map_err(classify)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_include_the_outbox_once() {
+        let versions: Vec<i64> = migrations().iter().map(|m| m.version).collect();
+        assert_eq!(versions, [1, 2, 3]);
+    }
+
+    #[test]
+    fn search_patterns_take_wildcards_literally() {
+        assert_eq!(contains_pattern("a%b_c\\"), "%a\\%b\\_c\\\\%");
+    }
+}

@@ -1,0 +1,418 @@
+//! Runs: admission, reads, transitions (with the agent's derived status, the session's
+//! next run and the event, in one transaction), leases and checkpoints.
+
+use std::time::Duration;
+
+use agentmesh_postgres::error::violated_constraint;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::query::Query;
+use sqlx::types::Json;
+use sqlx::{PgConnection, Postgres};
+use uuid::Uuid;
+
+use super::error::{DbError, classify, classify_commit, classify_run_insert};
+use super::rows::{self, run_columns};
+use super::{PostgresStore, bigint};
+use crate::events;
+use crate::store::lifecycle::{self, lease_until};
+use crate::store::{
+    Admission, Admitted, NewRun, Page, RunQuery, RunRecord, RunStatus, RunTransition, RunUsage, StoreError,
+    StoredCheckpoint, Transitioned, now,
+};
+
+const INSERT: &str = concat!(
+    "INSERT INTO runs (",
+    run_columns!(),
+    ", held_since) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
+     $20, $21, $22, $23)"
+);
+
+/// Everything a transition may change, from a whole record (`$1` the id). A run that no
+/// longer holds its session forgets when it got it.
+const REPLACE: &str = "UPDATE runs SET status = $2, user_message_id = $3, response_message_id = $4, usage = $5, \
+                       error = $6, step_count = $7, pending_tool_calls = $8, last_sequence = $9, metadata = $10, \
+                       started_at = $11, completed_at = $12, lease_owner = $13, lease_expires_at = $14, \
+                       holds_session = $15, held_since = CASE WHEN $15 THEN held_since END WHERE id = $1";
+
+/// `$2` is the owner, or NULL for the executing replica's reads.
+const GET: &str = concat!("SELECT ", run_columns!(), " FROM runs WHERE id = $1 AND ($2::text IS NULL OR user_id = $2)");
+const BY_KEY: &str = concat!("SELECT ", run_columns!(), " FROM runs WHERE user_id = $1 AND idempotency_key = $2");
+const LOCK_RUN: &str = concat!("SELECT ", run_columns!(), " FROM runs WHERE id = $1 FOR UPDATE");
+const PLACE: &str = "SELECT agent_id, session_id FROM runs WHERE id = $1";
+const HOLDER: &str = concat!("SELECT ", run_columns!(), " FROM runs WHERE session_id = $1 AND holds_session");
+const RELEASE: &str =
+    concat!("UPDATE runs SET holds_session = false, held_since = NULL WHERE id = $1 RETURNING ", run_columns!());
+
+/// The session's oldest queued run gets the session (`$2`: since when).
+const PROMOTE: &str = concat!(
+    "UPDATE runs SET holds_session = true, held_since = $2 WHERE id = (SELECT id FROM runs WHERE session_id = $1 ",
+    "AND status = 'queued' AND NOT holds_session ORDER BY created_at, id LIMIT 1 FOR UPDATE) RETURNING ",
+    run_columns!()
+);
+
+/// The owner's agent (admission), locked.
+const LOCK_OWNED_AGENT: &str = "SELECT id FROM agents WHERE id = $1 AND user_id = $2 FOR UPDATE";
+/// The agent of a run (transitions), locked if it still exists.
+const LOCK_AGENT: &str = "SELECT id FROM agents WHERE id = $1 FOR UPDATE";
+/// The session, for the transaction (key: the schema and the session id).
+const LOCK_SESSION: &str =
+    "SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || '.session ' || $1::text, 0))";
+
+/// The agent's status from its runs (see `lifecycle::derive_status`, which this mirrors).
+const REFRESH_STATUS: &str = "UPDATE agents SET status = CASE \
+     WHEN EXISTS (SELECT 1 FROM runs WHERE agent_id = $1 AND status IN ('queued', 'running')) THEN 'processing' \
+     WHEN EXISTS (SELECT 1 FROM runs WHERE agent_id = $1 AND status = 'requires_action') THEN 'waiting' \
+     ELSE COALESCE((SELECT CASE status WHEN 'completed' THEN 'completed' WHEN 'failed' THEN 'error' ELSE 'idle' END \
+                    FROM runs WHERE agent_id = $1 AND completed_at IS NOT NULL \
+                    ORDER BY completed_at DESC, id DESC LIMIT 1), 'idle') END \
+     WHERE id = $1";
+
+/// `$1` owner, `$2` session, `$3` cursor (last id), `$4` limit + 1, `$5` offset.
+const LIST: &str = concat!(
+    "WITH counted AS MATERIALIZED (SELECT count(*) AS total FROM runs WHERE user_id = $1 AND session_id = $2) ",
+    "SELECT counted.total, page.* FROM counted LEFT JOIN (SELECT ",
+    run_columns!(),
+    " FROM runs WHERE user_id = $1 AND session_id = $2 AND ($3::uuid IS NULL OR id < $3) ",
+    "ORDER BY id DESC LIMIT $4 OFFSET $5) page ON true ORDER BY page.id DESC"
+);
+
+const UNFINISHED: &str = concat!(
+    "SELECT ",
+    run_columns!(),
+    " FROM runs WHERE agent_id = $1 AND user_id = $2 ",
+    "AND status IN ('queued', 'running', 'requires_action') ORDER BY created_at, id"
+);
+
+const RENEW: &str = "UPDATE runs SET lease_expires_at = $3 \
+                     WHERE id = ANY($2) AND lease_owner = $1 AND status = 'running' RETURNING id";
+
+/// `$1` owner, `$2` new expiry, `$3` now, `$4` now minus the lease, `$5` limit (see
+/// `lifecycle::is_abandoned`, which this mirrors).
+const CLAIM: &str = concat!(
+    "UPDATE runs SET lease_owner = $1, lease_expires_at = $2 WHERE id IN (SELECT id FROM runs WHERE ",
+    "(status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at <= $3)) OR ",
+    "(status = 'queued' AND holds_session AND (lease_expires_at IS NULL OR lease_expires_at <= $3) ",
+    "AND held_since <= $4) ORDER BY created_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) RETURNING ",
+    run_columns!()
+);
+
+const SAVE_CHECKPOINT: &str = "INSERT INTO run_checkpoints (run_id, step, checkpoint, saved_at) \
+                               VALUES ($1, $2, $3, $4) ON CONFLICT (run_id) DO UPDATE \
+                               SET step = EXCLUDED.step, checkpoint = EXCLUDED.checkpoint, saved_at = EXCLUDED.saved_at";
+const LOAD_CHECKPOINT: &str = "SELECT step, checkpoint, saved_at FROM run_checkpoints WHERE run_id = $1";
+
+fn int(value: u32) -> i32 {
+    i32::try_from(value).unwrap_or(i32::MAX)
+}
+
+/// Binds a whole new run as `$1`-`$23` in [`run_columns!`] order, then `held_since`.
+fn bind_new<'q>(
+    query: Query<'q, Postgres, PgArguments>,
+    run: &'q RunRecord,
+    held_since: Option<DateTime<Utc>>,
+) -> Query<'q, Postgres, PgArguments> {
+    query
+        .bind(run.id)
+        .bind(run.agent_id)
+        .bind(run.session_id)
+        .bind(&run.principal.user_id)
+        .bind(Json(&run.principal))
+        .bind(Json(&run.request))
+        .bind(run.status.as_str())
+        .bind(run.user_message_id)
+        .bind(run.response_message_id)
+        .bind(Json(&run.usage))
+        .bind(run.error.as_ref().map(Json))
+        .bind(int(run.step_count))
+        .bind(Json(&run.pending_tool_calls))
+        .bind(run.idempotency_key.as_deref())
+        .bind(bigint(run.last_sequence))
+        .bind(Json(&run.metadata))
+        .bind(run.created_at)
+        .bind(run.started_at)
+        .bind(run.completed_at)
+        .bind(run.lease_owner.as_deref())
+        .bind(run.lease_expires_at)
+        .bind(run.holds_session)
+        .bind(held_since)
+}
+
+async fn fetch_run(conn: &mut PgConnection, sql: &'static str, id: Uuid) -> Result<Option<RunRecord>, DbError> {
+    let row = sqlx::query(sql).bind(id).fetch_optional(conn).await.map_err(classify)?;
+    row.as_ref().map(rows::run).transpose()
+}
+
+async fn lock_session(conn: &mut PgConnection, session_id: Uuid) -> Result<(), DbError> {
+    sqlx::query(LOCK_SESSION).bind(session_id).execute(conn).await.map_err(classify)?;
+    Ok(())
+}
+
+async fn refresh_status(conn: &mut PgConnection, agent_id: Uuid) -> Result<(), DbError> {
+    sqlx::query(REFRESH_STATUS).bind(agent_id).execute(conn).await.map_err(classify)?;
+    Ok(())
+}
+
+fn decode_runs(found: &[PgRow]) -> Result<Vec<RunRecord>, DbError> {
+    found.iter().map(rows::run).collect()
+}
+
+impl PostgresStore {
+    pub(super) async fn admit_run_impl(&self, run: &NewRun, admission: Admission) -> Result<Admitted, StoreError> {
+        let user_id = run.principal.user_id.as_str();
+        self.write(|| async {
+            let mut tx = self.pool().begin().await.map_err(classify)?;
+            if let Some(key) = &run.idempotency_key {
+                let row =
+                    sqlx::query(BY_KEY).bind(user_id).bind(key).fetch_optional(&mut *tx).await.map_err(classify)?;
+                if let Some(row) = row {
+                    return Ok(Admitted::Existing(rows::run(&row)?));
+                }
+            }
+            let agent = sqlx::query(LOCK_OWNED_AGENT)
+                .bind(run.agent_id)
+                .bind(user_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(classify)?;
+            if agent.is_none() {
+                return Err(DbError::NotFound);
+            }
+            lock_session(&mut tx, run.session_id).await?;
+            let holder = sqlx::query(HOLDER).bind(run.session_id).fetch_optional(&mut *tx).await.map_err(classify)?;
+            let holder = holder.as_ref().map(rows::run).transpose()?;
+            let (holds_session, preempted) = match (holder, admission) {
+                (None, _) => (true, None),
+                (Some(holder), Admission::Reject) => return Err(DbError::SessionBusy(Box::new(holder))),
+                (Some(_), Admission::Enqueue) => (false, None),
+                (Some(holder), Admission::Interrupt) => {
+                    let released = fetch_run(&mut tx, RELEASE, holder.id).await?;
+                    (true, Some(released.ok_or(DbError::NotFound)?))
+                }
+            };
+            let at = now();
+            let record = RunRecord {
+                id: run.id,
+                agent_id: run.agent_id,
+                session_id: run.session_id,
+                principal: run.principal.clone(),
+                request: run.request.clone(),
+                status: RunStatus::Queued,
+                user_message_id: None,
+                response_message_id: None,
+                usage: RunUsage::default(),
+                error: None,
+                step_count: 0,
+                pending_tool_calls: Vec::new(),
+                idempotency_key: run.idempotency_key.clone(),
+                last_sequence: 0,
+                metadata: run.metadata.clone(),
+                created_at: at,
+                started_at: None,
+                completed_at: None,
+                lease_owner: None,
+                lease_expires_at: None,
+                holds_session,
+            };
+            bind_new(sqlx::query(INSERT), &record, holds_session.then_some(at))
+                .execute(&mut *tx)
+                .await
+                .map_err(classify_run_insert)?;
+            refresh_status(&mut tx, run.agent_id).await?;
+            tx.commit().await.map_err(classify_commit)?;
+            Ok(Admitted::Created { run: record, ready: holds_session, preempted })
+        })
+        .await
+    }
+
+    pub(super) async fn get_run_impl(&self, user_id: Option<&str>, id: Uuid) -> Result<RunRecord, StoreError> {
+        self.run(|| async {
+            let row = sqlx::query(GET).bind(id).bind(user_id).fetch_optional(self.pool()).await.map_err(classify)?;
+            rows::run(&row.ok_or(DbError::NotFound)?)
+        })
+        .await
+    }
+
+    pub(super) async fn find_run_by_key_impl(&self, user_id: &str, key: &str) -> Result<Option<RunRecord>, StoreError> {
+        self.run(|| async {
+            let row =
+                sqlx::query(BY_KEY).bind(user_id).bind(key).fetch_optional(self.pool()).await.map_err(classify)?;
+            row.as_ref().map(rows::run).transpose()
+        })
+        .await
+    }
+
+    pub(super) async fn list_session_runs_impl(
+        &self,
+        user_id: &str,
+        session_id: Uuid,
+        query: &RunQuery,
+    ) -> Result<Page<RunRecord>, StoreError> {
+        let limit = usize::try_from(query.limit).unwrap_or(usize::MAX);
+        self.run(|| async {
+            let found = sqlx::query(LIST)
+                .bind(user_id)
+                .bind(session_id)
+                .bind(query.after)
+                .bind(bigint(u64::from(query.limit) + 1))
+                .bind(bigint(if query.after.is_some() { 0 } else { query.offset }))
+                .fetch_all(self.pool())
+                .await
+                .map_err(classify)?;
+            let (total, mut items) = rows::page(&found, rows::run)?;
+            let has_more = items.len() > limit;
+            items.truncate(limit);
+            Ok(Page { items, total, has_more })
+        })
+        .await
+    }
+
+    pub(super) async fn list_unfinished_runs_impl(
+        &self,
+        user_id: &str,
+        agent_id: Uuid,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        self.run(|| async {
+            let found = sqlx::query(UNFINISHED).bind(agent_id).bind(user_id).fetch_all(self.pool()).await;
+            decode_runs(&found.map_err(classify)?)
+        })
+        .await
+    }
+
+    pub(super) async fn transition_run_impl(
+        &self,
+        id: Uuid,
+        transition: &RunTransition,
+    ) -> Result<Transitioned, StoreError> {
+        self.write(|| async {
+            let place = sqlx::query(PLACE).bind(id).fetch_optional(self.pool()).await.map_err(classify)?;
+            let place = place.ok_or(DbError::NotFound)?;
+            let agent_id: Uuid = sqlx::Row::try_get(&place, "agent_id").map_err(classify)?;
+            let session_id: Uuid = sqlx::Row::try_get(&place, "session_id").map_err(classify)?;
+            let mut tx = self.pool().begin().await.map_err(classify)?;
+            sqlx::query(LOCK_AGENT).bind(agent_id).fetch_optional(&mut *tx).await.map_err(classify)?;
+            lock_session(&mut tx, session_id).await?;
+            let current = fetch_run(&mut tx, LOCK_RUN, id).await?.ok_or(DbError::NotFound)?;
+            let at = now();
+            let run = lifecycle::apply(&current, transition, at)
+                .ok_or_else(|| DbError::InvalidTransition(Box::new(current.clone())))?;
+            sqlx::query(REPLACE)
+                .bind(run.id)
+                .bind(run.status.as_str())
+                .bind(run.user_message_id)
+                .bind(run.response_message_id)
+                .bind(Json(&run.usage))
+                .bind(run.error.as_ref().map(Json))
+                .bind(int(run.step_count))
+                .bind(Json(&run.pending_tool_calls))
+                .bind(bigint(run.last_sequence))
+                .bind(Json(&run.metadata))
+                .bind(run.started_at)
+                .bind(run.completed_at)
+                .bind(run.lease_owner.as_deref())
+                .bind(run.lease_expires_at)
+                .bind(run.holds_session)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+            let next = if current.holds_session && !run.holds_session {
+                let row =
+                    sqlx::query(PROMOTE).bind(session_id).bind(at).fetch_optional(&mut *tx).await.map_err(classify)?;
+                row.as_ref().map(rows::run).transpose()?
+            } else {
+                None
+            };
+            if current.status != run.status {
+                refresh_status(&mut tx, agent_id).await?;
+            }
+            if let Some(event) = events::run_transitioned(transition, &run) {
+                self.inner.outbox.enqueue(&mut tx, event).await?;
+            }
+            tx.commit().await.map_err(classify_commit)?;
+            Ok(Transitioned { run, next })
+        })
+        .await
+    }
+
+    pub(super) async fn renew_leases_impl(
+        &self,
+        owner: &str,
+        ids: &[Uuid],
+        lease: Duration,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        self.run(|| async {
+            let until = lease_until(now(), lease);
+            let found = sqlx::query(RENEW).bind(owner).bind(ids).bind(until).fetch_all(self.pool()).await;
+            let found = found.map_err(classify)?;
+            found.iter().map(|row| sqlx::Row::try_get(row, "id").map_err(classify)).collect()
+        })
+        .await
+    }
+
+    pub(super) async fn claim_abandoned_runs_impl(
+        &self,
+        owner: &str,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        self.run(|| async {
+            let at = now();
+            let held_before = chrono::Duration::from_std(lease)
+                .ok()
+                .and_then(|lease| at.checked_sub_signed(lease))
+                .unwrap_or(DateTime::<Utc>::MIN_UTC);
+            let found = sqlx::query(CLAIM)
+                .bind(owner)
+                .bind(lease_until(at, lease))
+                .bind(at)
+                .bind(held_before)
+                .bind(i64::from(limit))
+                .fetch_all(self.pool())
+                .await
+                .map_err(classify)?;
+            let mut claimed = decode_runs(&found)?;
+            claimed.sort_by_key(|run| (run.created_at, run.id));
+            Ok(claimed)
+        })
+        .await
+    }
+
+    pub(super) async fn save_checkpoint_impl(
+        &self,
+        run_id: Uuid,
+        step: u32,
+        checkpoint: &Value,
+    ) -> Result<(), StoreError> {
+        let at = now();
+        self.run(|| async {
+            let saved = sqlx::query(SAVE_CHECKPOINT)
+                .bind(run_id)
+                .bind(int(step))
+                .bind(Json(checkpoint))
+                .bind(at)
+                .execute(self.pool())
+                .await;
+            match saved {
+                Ok(_) => Ok(()),
+                Err(error) if matches!(violated_constraint(&error), Some(("foreign_key", _))) => Err(DbError::NotFound),
+                Err(error) => Err(classify(error)),
+            }
+        })
+        .await
+    }
+
+    pub(super) async fn load_checkpoint_impl(&self, run_id: Uuid) -> Result<Option<StoredCheckpoint>, StoreError> {
+        self.run(|| async {
+            let row = sqlx::query(LOAD_CHECKPOINT).bind(run_id).fetch_optional(self.pool()).await.map_err(classify)?;
+            let Some(row) = row else { return Ok(None) };
+            let step: i32 = sqlx::Row::try_get(&row, "step").map_err(classify)?;
+            Ok(Some(StoredCheckpoint {
+                step: u32::try_from(step).map_err(|_| DbError::corrupt("negative checkpoint step"))?,
+                checkpoint: sqlx::Row::try_get::<Json<Value>, _>(&row, "checkpoint").map_err(classify)?.0,
+                saved_at: sqlx::Row::try_get(&row, "saved_at").map_err(classify)?,
+            }))
+        })
+        .await
+    }
+}
