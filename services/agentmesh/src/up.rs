@@ -163,7 +163,7 @@ async fn run_service(
             agentmesh_session_store::serve(config, bus, listener, shutdown).await.map_err(Into::into)
         }
         ServiceName::AgentOrchestrator => {
-            agentmesh_agent_orchestrator::run(config, listener, shutdown).await.map_err(Into::into)
+            agentmesh_agent_orchestrator::serve(config, bus, listener, shutdown).await.map_err(Into::into)
         }
         ServiceName::LlmProxy => agentmesh_llm_proxy::serve(config, bus, listener, shutdown).await.map_err(Into::into),
         ServiceName::McpBroker => {

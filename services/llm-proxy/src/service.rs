@@ -8,8 +8,8 @@ use agentmesh_proto::agentmesh::llm::v1::llm_service_server::LlmService;
 use agentmesh_proto::agentmesh::llm::v1::{
     ChatRequest, ChatResponse, ListModelsRequest, ListModelsResponse, StreamChatRequest, StreamChatResponse,
 };
-use agentmesh_runtime::validate::validate;
 use agentmesh_runtime::ApiError;
+use agentmesh_runtime::validate::validate;
 use futures::Stream;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
@@ -61,4 +61,3 @@ impl LlmService for LlmProxyService {
         Ok(Response::new(self.proxy.catalog().list(provider)?))
     }
 }
-

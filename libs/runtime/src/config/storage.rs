@@ -176,7 +176,8 @@ impl NatsConfig {
             stream: v.get("NATS_STREAM", "AGENTMESH".to_owned()),
             subject_root: v.get("NATS_SUBJECT_ROOT", "agentmesh".to_owned()),
         };
-        let token = |part: &str| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        let token =
+            |part: &str| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !config.subject_root.split('.').all(token) {
             v.issue("NATS_SUBJECT_ROOT", "must be dot-separated tokens of ASCII letters, digits, `-` and `_`");
         }

@@ -156,7 +156,7 @@ impl OrchestratorStore for MemoryStore {
             })
             .cloned()
             .collect();
-        agents.sort_by(|a, b| b.id.cmp(&a.id));
+        agents.sort_by_key(|agent| std::cmp::Reverse(agent.id));
         Ok(page(agents, query.offset, query.limit, query.after, |agent| agent.id))
     }
 
@@ -245,7 +245,7 @@ impl OrchestratorStore for MemoryStore {
         let held_since = holds_session.then_some(at);
         state.runs.insert(record.id, StoredRun { record: record.clone(), held_since });
         state.refresh_status(record.agent_id);
-        Ok(Admitted::Created { run: record, ready: holds_session, preempted })
+        Ok(Admitted::Created { run: record, ready: holds_session, preempted: preempted.map(Box::new) })
     }
 
     async fn get_run(&self, user_id: &str, id: Uuid) -> Result<RunRecord, StoreError> {

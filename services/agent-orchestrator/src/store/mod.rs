@@ -378,7 +378,7 @@ pub enum Admitted {
         /// Whether it holds the session and may start now.
         ready: bool,
         /// The run it took the session from (interrupt policy).
-        preempted: Option<RunRecord>,
+        preempted: Option<Box<RunRecord>>,
     },
     /// The owner already has a run with this idempotency key: that run, unchanged.
     Existing(RunRecord),

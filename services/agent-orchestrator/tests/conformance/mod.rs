@@ -115,7 +115,7 @@ fn agents(limit: u32) -> AgentQuery {
 /// Admits a run that must be created; returns it and whether it may start.
 async fn admit(f: &Fixture, run: NewRun, admission: Admission) -> (RunRecord, bool, Option<RunRecord>) {
     match f.store.admit_run(run, admission).await.unwrap() {
-        Admitted::Created { run, ready, preempted } => (run, ready, preempted),
+        Admitted::Created { run, ready, preempted } => (run, ready, preempted.map(|run| *run)),
         Admitted::Existing(run) => panic!("expected a new run, got existing {}", run.id),
     }
 }

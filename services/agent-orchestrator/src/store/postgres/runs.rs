@@ -221,7 +221,7 @@ impl PostgresStore {
                 .map_err(classify_run_insert)?;
             refresh_status(&mut tx, run.agent_id).await?;
             tx.commit().await.map_err(classify_commit)?;
-            Ok(Admitted::Created { run: record, ready: holds_session, preempted })
+            Ok(Admitted::Created { run: record, ready: holds_session, preempted: preempted.map(Box::new) })
         })
         .await
     }

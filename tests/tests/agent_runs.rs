@@ -1,0 +1,407 @@
+//! Agents and runs end to end through the real `agentmesh up` binary: the scripted model
+//! asks for a tool, the real MCP reference server (`@modelcontextprotocol/server-everything`,
+//! streamable HTTP) runs `get-sum`, and the model answers with the result. Then: the
+//! session's messages in order, the run's SSE stream in sequence, reconnection by
+//! `Last-Event-ID` and by repeating the execute with its `Idempotency-Key` (no second run),
+//! approval and rejection of a tool call, cancel mid-stream, a tool server that is down,
+//! and isolation between users.
+//!
+//! The MCP reference server is installed by `tests/mcp/install.sh`; without it each test
+//! skips with a one-line reason, unless `AGENTMESH_REQUIRE_SERVICES=1`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use agentmesh_e2e::{Process, free_port, wait_http};
+use agentmesh_testkit::{REQUIRE_SERVICES_ENV, services_required};
+use reqwest::{Client, Method, Response};
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+const ALICE: &str = "sk-e2e-alice-0123456789abcdefghijklmnopqrstuv";
+const BOB: &str = "sk-e2e-bob-0123456789abcdefghijklmnopqrstuvwxy";
+
+/// The reference server's entry point, or `None` (after a one-line reason) when missing.
+fn everything() -> Option<PathBuf> {
+    let tools = std::env::var_os("AGENTMESH_TOOLS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/agentmesh-tools"));
+    let path = tools.join("mcp-everything/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    if path.is_file() {
+        return Some(path);
+    }
+    let reason = format!("the MCP test servers are not installed under {} (run tests/mcp/install.sh)", tools.display());
+    assert!(!services_required(), "{reason} and {REQUIRE_SERVICES_ENV}=1");
+    eprintln!("skipped: {reason}");
+    None
+}
+
+/// The reference server over streamable HTTP on a free port.
+async fn start_everything(entry: &PathBuf) -> (Child, u16) {
+    let port = free_port().unwrap();
+    let mut command = Command::new("node");
+    command.arg(entry).arg("streamableHttp").env("PORT", port.to_string());
+    command.stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true);
+    let child = command.spawn().unwrap();
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return (child, port);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the MCP server did not listen on port {port}");
+}
+
+/// `agentmesh up` with the reference server registered as `everything`.
+struct Mesh {
+    base: String,
+    http: Client,
+    mcp: Option<Child>,
+    _process: Process,
+}
+
+impl Mesh {
+    async fn start() -> Option<Mesh> {
+        let entry = everything()?;
+        let (mcp, mcp_port) = start_everything(&entry).await;
+        let port = free_port().unwrap();
+        let keys = format!("{ALICE}=alice:premium,{BOB}=bob:premium");
+        let mut process = Process::spawn(
+            "agentmesh",
+            &["up", "--http", &format!("127.0.0.1:{port}")],
+            &[
+                ("SECURITY_API_KEYS", keys),
+                ("OBSERVABILITY_LOG_LEVEL", "WARNING".to_owned()),
+                ("LLM_SCRIPTED_DELAY", "0.02".to_owned()),
+                ("RATE_LIMIT_API_PREMIUM_LIMIT", "100000".to_owned()),
+                ("RATE_LIMIT_EXECUTE_AGENT_LIMIT", "100000".to_owned()),
+                ("RATE_LIMIT_CREATE_SESSION_LIMIT", "100000".to_owned()),
+                ("RATE_LIMIT_LLM_REQUESTS_PER_MINUTE", "100000".to_owned()),
+                ("RATE_LIMIT_LLM_TOKENS_PER_MINUTE", "100000000".to_owned()),
+            ],
+        )
+        .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        wait_http(&mut process, &format!("{base}/api/v1/health")).await.unwrap();
+        let mesh = Mesh { base, http: Client::new(), mcp: Some(mcp), _process: process };
+        let server = json!({
+            "name": "everything",
+            "endpoint": format!("http://127.0.0.1:{mcp_port}/mcp"),
+            "transport": "streamable_http",
+        });
+        let (status, body) = mesh.json(ALICE, Method::POST, "/api/v1/mcp-servers", Some(server)).await;
+        assert_eq!(status, 201, "{body}");
+        // Discovery follows registration in the background.
+        for _ in 0..200 {
+            let (status, tools) = mesh.json(ALICE, Method::GET, "/api/v1/tools?search=get-sum", None).await;
+            assert_eq!(status, 200, "{tools}");
+            if tools[0]["name"] == "everything_get-sum" {
+                return Some(mesh);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the reference server's tools were not discovered");
+    }
+
+    async fn call(&self, key: &str, method: Method, path: &str, body: Option<Value>) -> Response {
+        let mut request = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.unwrap()
+    }
+
+    async fn json(&self, key: &str, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let response = self.call(key, method, path, body).await;
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn session(&self, key: &str) -> String {
+        let (status, session) = self.json(key, Method::POST, "/api/v1/sessions", Some(json!({"title": "e2e"}))).await;
+        assert_eq!(status, 201, "{session}");
+        session["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn agent(&self, key: &str, body: Value) -> String {
+        let (status, agent) = self.json(key, Method::POST, "/api/v1/agents", Some(body)).await;
+        assert_eq!(status, 201, "{agent}");
+        agent["id"].as_str().unwrap().to_owned()
+    }
+
+    /// POSTs `body` to `path` and reads the whole SSE stream.
+    async fn sse(&self, key: &str, path: &str, body: Option<Value>, headers: &[(&str, &str)]) -> Vec<SseEvent> {
+        let method = if body.is_some() { Method::POST } else { Method::GET };
+        let mut request = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(key);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        parse_sse(&response.text().await.unwrap())
+    }
+
+    async fn messages(&self, key: &str, session: &str) -> Vec<Value> {
+        let (status, messages) =
+            self.json(key, Method::GET, &format!("/api/v1/sessions/{session}/messages?limit=200"), None).await;
+        assert_eq!(status, 200, "{messages}");
+        messages.as_array().unwrap().clone()
+    }
+}
+
+/// One server-sent event: its id, its name, its data.
+#[derive(Debug, Clone)]
+struct SseEvent {
+    id: Option<u64>,
+    name: String,
+    data: Value,
+}
+
+fn parse_sse(body: &str) -> Vec<SseEvent> {
+    body.split("\n\n")
+        .filter_map(|block| {
+            let mut event = SseEvent { id: None, name: "message".into(), data: Value::Null };
+            let mut seen = false;
+            for line in block.lines() {
+                if let Some(id) = line.strip_prefix("id:") {
+                    event.id = id.trim().parse().ok();
+                } else if let Some(name) = line.strip_prefix("event:") {
+                    event.name = name.trim().to_owned();
+                } else if let Some(data) = line.strip_prefix("data:") {
+                    event.data = serde_json::from_str(data.trim()).unwrap();
+                    seen = true;
+                }
+            }
+            seen.then_some(event)
+        })
+        .collect()
+}
+
+fn names(events: &[SseEvent]) -> Vec<&str> {
+    events.iter().map(|event| event.name.as_str()).collect()
+}
+
+const GET_SUM: &str = "/tool everything_get-sum {\"a\": 2, \"b\": 3}";
+
+#[tokio::test]
+async fn a_tool_round_trip_persists_in_order_streams_in_sequence_and_resumes_without_a_second_run() {
+    let Some(mesh) = Mesh::start().await else { return };
+    let session = mesh.session(ALICE).await;
+    let agent =
+        mesh.agent(ALICE, json!({"name": "adder", "system_prompt": "Add.", "tools": ["everything_get-sum"]})).await;
+
+    // Unary: the model asks for the tool, the real server adds, the model answers.
+    let execute = json!({"session_id": session, "message": GET_SUM});
+    let (status, answer) =
+        mesh.json(ALICE, Method::POST, &format!("/api/v1/agents/{agent}/execute"), Some(execute)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "completed");
+    let content = answer["content"].as_str().unwrap();
+    assert!(content.contains("The sum of 2 and 3 is 5"), "{content}");
+    assert_eq!(answer["tool_calls"][0]["name"], "everything_get-sum");
+    assert_eq!(answer["tool_calls"][0]["arguments"], json!({"a": 2, "b": 3}));
+    assert!(answer["execution_time_ms"].as_i64().unwrap() >= 0);
+    let run_id = answer["run_id"].as_str().unwrap().to_owned();
+
+    // The session: user, assistant with the call, tool result, final answer; each reply
+    // linked to the message before it.
+    let messages = mesh.messages(ALICE, &session).await;
+    let roles: Vec<&str> = messages.iter().map(|m| m["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["user", "assistant", "tool", "assistant"], "{messages:#?}");
+    assert_eq!(messages[1]["tool_calls"][0]["name"], "everything_get-sum");
+    assert_eq!(messages[2]["tool_call_id"], messages[1]["tool_calls"][0]["id"]);
+    assert!(messages[2]["content"].as_str().unwrap().contains("5"));
+    assert_eq!(messages[3]["id"], answer["message_id"]);
+    for pair in messages.windows(2) {
+        assert_eq!(pair[1]["parent_message_id"], pair[0]["id"]);
+    }
+
+    // The run's stream: every event, numbered 1, 2, 3... without gaps, ending the run.
+    let events = mesh.sse(ALICE, &format!("/api/v1/runs/{run_id}/stream"), None, &[]).await;
+    let sequences: Vec<u64> = events.iter().map(|event| event.id.unwrap()).collect();
+    assert_eq!(sequences, (1..=events.len() as u64).collect::<Vec<_>>());
+    let kinds = names(&events);
+    assert_eq!(kinds.first(), Some(&"run_started"));
+    assert_eq!(kinds.last(), Some(&"run_completed"));
+    for expected in ["tool_call", "tool_result", "message", "token", "usage"] {
+        assert!(kinds.contains(&expected), "{expected} missing from {kinds:?}");
+    }
+    let call = events.iter().find(|event| event.name == "tool_call").unwrap();
+    let arguments: Value = serde_json::from_str(call.data["tool_call"]["arguments_json"].as_str().unwrap()).unwrap();
+    assert_eq!(arguments, json!({"a": 2, "b": 3}));
+
+    // Reconnecting after event 3 gives exactly the rest.
+    let rest = mesh.sse(ALICE, &format!("/api/v1/runs/{run_id}/stream"), None, &[("Last-Event-ID", "3")]).await;
+    assert_eq!(rest.iter().map(|e| e.id.unwrap()).collect::<Vec<_>>(), sequences[3..].to_vec());
+
+    // A streamed execute with an idempotency key, then the same POST again resuming after
+    // event 2: the same run, no gaps or repeats, and no second run.
+    let body = json!({"session_id": session, "message": GET_SUM});
+    let path = format!("/api/v1/agents/{agent}/execute/stream");
+    let first = mesh.sse(ALICE, &path, Some(body.clone()), &[("Idempotency-Key", "e2e-stream-1")]).await;
+    let first_run = first[0].data["run_id"].clone();
+    let again =
+        mesh.sse(ALICE, &path, Some(body), &[("Idempotency-Key", "e2e-stream-1"), ("Last-Event-ID", "2")]).await;
+    assert_eq!(again[0].data["run_id"], first_run);
+    assert_eq!(
+        again.iter().map(|e| e.id.unwrap()).collect::<Vec<_>>(),
+        first.iter().skip(2).map(|e| e.id.unwrap()).collect::<Vec<_>>()
+    );
+    let (status, runs) = mesh.json(ALICE, Method::GET, &format!("/api/v1/sessions/{session}/runs"), None).await;
+    assert_eq!(status, 200, "{runs}");
+    assert_eq!(runs.as_array().unwrap().len(), 2, "one unary run and one streamed run: {runs}");
+}
+
+#[tokio::test]
+async fn a_tool_needing_approval_waits_then_runs_when_approved_and_is_skipped_when_rejected() {
+    let Some(mesh) = Mesh::start().await else { return };
+    let agent = mesh
+        .agent(
+            ALICE,
+            json!({"name": "careful", "tools": ["everything_get-sum"], "approval": {"tools": ["everything_get-sum"]}}),
+        )
+        .await;
+
+    for (decision, expected) in [("approve", "The sum of 2 and 3 is 5"), ("reject", "failed")] {
+        let session = mesh.session(ALICE).await;
+        let execute = json!({"session_id": session, "message": GET_SUM});
+        let (status, waiting) =
+            mesh.json(ALICE, Method::POST, &format!("/api/v1/agents/{agent}/execute"), Some(execute)).await;
+        assert_eq!(status, 200, "{waiting}");
+        assert_eq!(waiting["status"], "requires_action");
+        assert_eq!(waiting["tool_calls"][0]["status"], "pending");
+        let run_id = waiting["run_id"].as_str().unwrap().to_owned();
+        let (_, run) = mesh.json(ALICE, Method::GET, &format!("/api/v1/runs/{run_id}"), None).await;
+        assert_eq!(run["status"], "requires_action");
+        assert_eq!(run["pending_tool_calls"][0]["name"], "everything_get-sum");
+        let (_, agent_now) = mesh.json(ALICE, Method::GET, &format!("/api/v1/agents/{agent}"), None).await;
+        assert_eq!(agent_now["status"], "waiting");
+
+        let (status, resumed) =
+            mesh.json(ALICE, Method::POST, &format!("/api/v1/runs/{run_id}/{decision}"), Some(json!({}))).await;
+        assert_eq!(status, 200, "{resumed}");
+        let events = mesh.sse(ALICE, &format!("/api/v1/runs/{run_id}/stream"), None, &[]).await;
+        let kinds = names(&events);
+        assert!(kinds.contains(&"interrupt"), "{kinds:?}");
+        assert_eq!(kinds.last(), Some(&"run_completed"));
+        let sequences: Vec<u64> = events.iter().map(|event| event.id.unwrap()).collect();
+        assert_eq!(sequences, (1..=events.len() as u64).collect::<Vec<_>>());
+        let (_, run) = mesh.json(ALICE, Method::GET, &format!("/api/v1/runs/{run_id}"), None).await;
+        assert_eq!(run["status"], "completed", "{run}");
+        let messages = mesh.messages(ALICE, &session).await;
+        let last = messages.last().unwrap()["content"].as_str().unwrap().to_owned();
+        assert!(last.contains(expected), "{decision}: {last}");
+        let (status, again) =
+            mesh.json(ALICE, Method::POST, &format!("/api/v1/runs/{run_id}/approve"), Some(json!({}))).await;
+        assert_eq!((status, again["code"].clone()), (409, json!("conflict")), "{again}");
+    }
+}
+
+#[tokio::test]
+async fn cancel_mid_stream_stops_the_run_and_leaves_consistent_messages() {
+    let Some(mesh) = Mesh::start().await else { return };
+    let session = mesh.session(ALICE).await;
+    let agent = mesh.agent(ALICE, json!({"name": "talker"})).await;
+    let long = "word ".repeat(400);
+    let (status, run) = mesh
+        .json(
+            ALICE,
+            Method::POST,
+            &format!("/api/v1/agents/{agent}/runs"),
+            Some(json!({"session_id": session, "message": long})),
+        )
+        .await;
+    assert_eq!(status, 202, "{run}");
+    let run_id = run["id"].as_str().unwrap().to_owned();
+    // Wait until tokens flow (the scripted model sends one word per 20 ms).
+    let mut response = mesh.call(ALICE, Method::GET, &format!("/api/v1/runs/{run_id}/stream"), None).await;
+    let mut seen = String::new();
+    while !seen.contains("event: token") {
+        seen.push_str(&String::from_utf8_lossy(&response.chunk().await.unwrap().unwrap()));
+    }
+    let (status, cancelled) = mesh
+        .json(ALICE, Method::POST, &format!("/api/v1/runs/{run_id}/cancel"), Some(json!({"reason": "enough"})))
+        .await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(cancelled["status"], "cancelled", "cancel returns once the run has stopped");
+    assert_eq!(cancelled["metadata"]["cancel_reason"], "enough");
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let events = parse_sse(&seen);
+    assert_eq!(events.last().unwrap().name, "run_completed");
+    assert_eq!(events.last().unwrap().data["run_completed"]["status"], "cancelled");
+    // The session holds the user's message and nothing half-written.
+    let messages = mesh.messages(ALICE, &session).await;
+    assert_eq!(messages.len(), 1, "{messages:#?}");
+    assert_eq!(messages[0]["role"], "user");
+}
+
+#[tokio::test]
+async fn a_tool_server_that_is_down_becomes_a_tool_error_the_model_answers() {
+    let Some(mut mesh) = Mesh::start().await else { return };
+    let session = mesh.session(ALICE).await;
+    let agent = mesh.agent(ALICE, json!({"name": "resilient", "tools": ["everything_get-sum"]})).await;
+    let mut server = mesh.mcp.take().unwrap();
+    server.kill().await.unwrap();
+    let execute = json!({"session_id": session, "message": GET_SUM});
+    let (status, answer) =
+        mesh.json(ALICE, Method::POST, &format!("/api/v1/agents/{agent}/execute"), Some(execute)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["tool_calls"][0]["is_error"], true, "{answer}");
+    assert!(answer["content"].as_str().unwrap().contains("failed"), "{answer}");
+    let roles: Vec<String> =
+        mesh.messages(ALICE, &session).await.iter().map(|m| m["role"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(roles, ["user", "assistant", "tool", "assistant"]);
+}
+
+#[tokio::test]
+async fn other_users_runs_and_agents_are_not_found_a_thousand_times() {
+    let Some(mesh) = Mesh::start().await else { return };
+    let session = mesh.session(ALICE).await;
+    let agent = mesh.agent(ALICE, json!({"name": "private", "tools": ["everything_get-sum"]})).await;
+    let (status, answer) = mesh
+        .json(
+            ALICE,
+            Method::POST,
+            &format!("/api/v1/agents/{agent}/execute"),
+            Some(json!({"session_id": session, "message": "hello"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let run = answer["run_id"].as_str().unwrap().to_owned();
+    let attempts: Vec<(Method, String, Option<Value>)> = vec![
+        (Method::GET, format!("/api/v1/runs/{run}"), None),
+        (Method::POST, format!("/api/v1/runs/{run}/cancel"), Some(json!({}))),
+        (Method::POST, format!("/api/v1/runs/{run}/approve"), Some(json!({}))),
+        (Method::POST, format!("/api/v1/runs/{run}/reject"), Some(json!({}))),
+        (Method::GET, format!("/api/v1/runs/{run}/stream"), None),
+        (Method::GET, format!("/api/v1/agents/{agent}"), None),
+        (Method::PUT, format!("/api/v1/agents/{agent}"), Some(json!({"name": "mine"}))),
+        (Method::DELETE, format!("/api/v1/agents/{agent}"), None),
+        (
+            Method::POST,
+            format!("/api/v1/agents/{agent}/execute"),
+            Some(json!({"session_id": session, "message": "hi"})),
+        ),
+        (Method::POST, format!("/api/v1/agents/{agent}/runs"), Some(json!({"session_id": session, "message": "hi"}))),
+    ];
+    for round in 0..100 {
+        for (method, path, body) in &attempts {
+            let response = mesh.call(BOB, method.clone(), path, body.clone()).await;
+            assert_eq!(response.status(), 404, "round {round}: {method} {path}");
+        }
+    }
+    let (status, agents) = mesh.json(BOB, Method::GET, "/api/v1/agents", None).await;
+    assert_eq!((status, agents), (200, json!([])));
+    let (_, still) = mesh.json(ALICE, Method::GET, &format!("/api/v1/runs/{run}"), None).await;
+    assert_eq!(still["status"], "completed");
+    let (_, agent_now) = mesh.json(ALICE, Method::GET, &format!("/api/v1/agents/{agent}"), None).await;
+    assert_eq!(agent_now["name"], "private");
+}
