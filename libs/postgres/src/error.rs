@@ -30,6 +30,8 @@
 use agentmesh_resilience::{Outcome, ResilienceError};
 use sqlx::error::DatabaseError;
 
+use crate::database::SetupError;
+
 /// A failed database attempt.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -86,6 +88,91 @@ impl DbError {
             | ResilienceError::CircuitOpen { .. }
             | ResilienceError::BulkheadFull { .. } => true,
         }
+    }
+}
+
+/// What a caller reports for a database failure, whatever its own error type: "the
+/// database is missing, try later" or "something is wrong here". A store maps it onto its
+/// own two variants once (`impl From<Failure> for StoreError`) and reports every
+/// connect, attempt and policy failure through it:
+///
+/// ```
+/// use agentmesh_postgres::error::{DbError, Failure, attempt_error};
+/// use agentmesh_resilience::ResilienceError;
+///
+/// #[derive(Debug, thiserror::Error)]
+/// enum StoreError {
+///     #[error("not found")]
+///     NotFound,
+///     #[error("storage unavailable: {0}")]
+///     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+///     #[error("storage failure: {0}")]
+///     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+/// }
+///
+/// impl From<Failure> for StoreError {
+///     fn from(failure: Failure) -> Self {
+///         match failure {
+///             Failure::Unavailable(error) => StoreError::Unavailable(error),
+///             Failure::Internal(error) => StoreError::Internal(error),
+///         }
+///     }
+/// }
+///
+/// /// A store's attempt error: its own answers, or the database's failure.
+/// #[derive(Debug, thiserror::Error)]
+/// enum AttemptError {
+///     #[error("not found")]
+///     NotFound,
+///     #[error(transparent)]
+///     Db(#[from] DbError),
+/// }
+///
+/// fn into_store_error(error: ResilienceError<AttemptError>) -> StoreError {
+///     match attempt_error(error) {
+///         Ok(AttemptError::NotFound) => StoreError::NotFound,
+///         Ok(AttemptError::Db(error)) => Failure::from(error).into(),
+///         Err(failure) => failure.into(),
+///     }
+/// }
+///
+/// let open = ResilienceError::CircuitOpen { name: "db".into(), retry_after: std::time::Duration::ZERO };
+/// assert!(matches!(into_store_error(open), StoreError::Unavailable(_)));
+/// ```
+#[derive(Debug)]
+pub enum Failure {
+    /// Nothing answered in time: a transient failure, a commit of unknown outcome, or the
+    /// policy's timeout, open breaker or full bulkhead.
+    Unavailable(Box<dyn std::error::Error + Send + Sync>),
+    /// A bug, corrupt data, a bad setting or a failed migration.
+    Internal(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<DbError> for Failure {
+    fn from(error: DbError) -> Self {
+        if error.is_unavailable() { Failure::Unavailable(Box::new(error)) } else { Failure::Internal(Box::new(error)) }
+    }
+}
+
+impl From<SetupError> for Failure {
+    fn from(error: SetupError) -> Self {
+        if error.is_unavailable() { Failure::Unavailable(Box::new(error)) } else { Failure::Internal(Box::new(error)) }
+    }
+}
+
+/// A failed call under [`Database::run`](crate::Database::run), split: the last
+/// attempt's own error, for the caller to map its domain answers (and, through
+/// [`Failure::from`], its database failures), or the policy's refusal (timeout, open
+/// breaker, full bulkhead), which is always [`Failure::Unavailable`].
+pub fn attempt_error<E>(error: ResilienceError<E>) -> Result<E, Failure>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match error {
+        ResilienceError::Inner(error) => Ok(error),
+        refused @ (ResilienceError::Timeout { .. }
+        | ResilienceError::CircuitOpen { .. }
+        | ResilienceError::BulkheadFull { .. }) => Err(Failure::Unavailable(Box::new(refused))),
     }
 }
 

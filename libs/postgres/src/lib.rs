@@ -14,6 +14,8 @@
 //!   leaves no lock behind; [`pending()`] lists what is not applied yet;
 //! - [`error`]: the one classification of transient failures (SQLSTATE classes, pool
 //!   timeouts, I/O) that decides what is retried and what counts against the breaker;
+//! - [`listing`]: the rows of a paged listing (one statement: the page joined onto the
+//!   count of matches);
 //! - [`outbox`]: the transactional outbox (events written in the data's transaction) and
 //!   the [`OutboxRelay`](outbox::OutboxRelay) that publishes them to the event bus.
 //!
@@ -23,6 +25,7 @@
 
 pub mod database;
 pub mod error;
+pub mod listing;
 pub mod migrate;
 pub mod outbox;
 pub mod schema;

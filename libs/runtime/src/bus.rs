@@ -1,13 +1,14 @@
 //! The event bus a process publishes to: NATS JetStream when `NATS_URL` is set, otherwise
 //! an in-process bus (which the all-in-one binary shares between its services, so events
-//! still flow from one service to another), and the bus as a reported dependency.
+//! still flow from one service to another), and the bus as a reported dependency that
+//! also carries the service's breaker state changes ([`attach`]).
 
 use std::sync::Arc;
 
 use agentmesh_events::{EventBus, EventsError, MemoryBus, NatsBus, NatsConfig};
 use agentmesh_proto::agentmesh::common::v1::ExternalServiceType;
 
-use crate::dependencies::Dependency;
+use crate::dependencies::{Dependency, DependencyHealth};
 
 use crate::config::Config;
 
@@ -35,6 +36,13 @@ pub fn dependency(bus: &Arc<dyn EventBus>) -> Dependency {
         let health = bus.health();
         async move { if health.is_ready() { Ok(()) } else { Err(format!("{health:?}").to_lowercase()) } }
     })
+}
+
+/// Reports `bus` among `dependencies` and publishes their breakers' state changes to it
+/// (`agentmesh.breaker.state_changed`): what every service with a bus does at start-up.
+pub fn attach(dependencies: &DependencyHealth, bus: &Arc<dyn EventBus>) {
+    dependencies.register(dependency(bus));
+    dependencies.publish_breaker_changes(bus.clone());
 }
 
 /// Name the event bus is reported under in dependency health.

@@ -149,6 +149,13 @@ pub struct FieldViolation {
     pub value: Value,
 }
 
+impl FieldViolation {
+    /// `field` is invalid: `message`, about `value`.
+    pub fn new(field: &str, message: &str, value: Value) -> Self {
+        Self { field: field.to_owned(), message: message.to_owned(), value }
+    }
+}
+
 /// An error as it crosses service boundaries: code, message, details, retry hint.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{code}: {message}")]

@@ -8,13 +8,18 @@
 //!   every replica of a peer.
 //! - [`error`]: the seed's error codes ↔ `tonic::Status` ↔ the REST error body.
 //! - [`validate`]: the contract's field rules, enforced for every request.
+//! - [`request`]: the prologue of every RPC handler (caller, field rules, ids).
+//! - [`paging`]: the contract's paged lists (page tokens, limit and offset, totals).
 //! - [`context`] and [`auth`]: what a request carries from hop to hop.
-//! - [`binary`]: the `main` shared by the service binaries.
-//! - [`bus`]: the event bus the configuration names.
+//! - [`binary`]: the `main` shared by the service binaries; [`background`]: work that
+//!   lives as long as the server, and readiness following the store.
+//! - [`bus`]: the event bus the configuration names; [`domain_events`]: a service's
+//!   events built and published the same way everywhere.
 //! - [`dependencies`]: each service's dependency health and breaker state-change events.
 //! - [`deadlines`]: the contract's per-method maximum deadlines.
 
 pub mod auth;
+pub mod background;
 pub mod balance;
 pub mod binary;
 pub mod bus;
@@ -23,7 +28,10 @@ pub mod config;
 pub mod context;
 pub mod deadlines;
 pub mod dependencies;
+pub mod domain_events;
 pub mod error;
+pub mod paging;
+pub mod request;
 pub mod secrets;
 pub mod server;
 pub mod telemetry;

@@ -6,6 +6,7 @@
 //! stopped server can never turn a red run green.
 
 pub mod identity;
+pub mod outbox;
 pub mod postgres;
 pub mod redis;
 pub mod traces;
@@ -15,6 +16,31 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 pub use crate::postgres::{PgDatabase, PgSchema};
+
+/// Generates one `#[tokio::test]` per behaviour of a suite written once for every
+/// backend of a trait (a conformance suite): each test gets the backend's fixture from
+/// `$fixture` (an `async fn() -> Option<Fixture>`, `None` when its server is unreachable
+/// and the test skips) and runs `$suite::$name(&fixture)`.
+///
+/// ```ignore
+/// mod conformance; // pub async fn round_trip(f: &Fixture), pub async fn paging(f: &Fixture)
+///
+/// async fn fixture() -> Option<conformance::Fixture> { /* the backend under test */ }
+///
+/// agentmesh_testkit::suite_tests!(conformance, fixture; round_trip, paging);
+/// ```
+#[macro_export]
+macro_rules! suite_tests {
+    ($suite:ident, $fixture:path; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let Some(fixture) = $fixture().await else { return };
+                $suite::$name(&fixture).await;
+            }
+        )*
+    };
+}
 
 /// Set to `1` to make tests fail, instead of skip, when a real service is unreachable.
 pub const REQUIRE_SERVICES_ENV: &str = "AGENTMESH_REQUIRE_SERVICES";

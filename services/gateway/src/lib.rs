@@ -115,8 +115,7 @@ pub async fn serve(
 ) -> Result<(), StartError> {
     let server = GrpcServer::new(ServiceName::Gateway, &config);
     let dependencies = server.dependencies();
-    dependencies.register(agentmesh_runtime::bus::dependency(&bus));
-    dependencies.publish_breaker_changes(bus.clone());
+    agentmesh_runtime::bus::attach(&dependencies, &bus);
     let deadlines = MethodDeadlines::from_contract(config.server.request_timeout);
     let identity = ServiceIdentity::from_config(&config, ServiceName::Gateway);
     let mut upstreams = Upstreams::default();

@@ -86,9 +86,8 @@ pub async fn serve(
 ) -> Result<(), StartError> {
     let server = GrpcServer::new(ServiceName::LlmProxy, &config);
     let dependencies = server.dependencies();
-    dependencies.register(agentmesh_runtime::bus::dependency(&bus));
+    agentmesh_runtime::bus::attach(&dependencies, &bus);
     let publisher: Arc<dyn Publisher> = bus;
-    dependencies.publish_breaker_changes(publisher.clone());
     let proxy = build(&config, Some(publisher), &dependencies).await?;
     for line in proxy.catalog().notice().lines().filter(|line| !line.is_empty()) {
         tracing::warn!("{line}");

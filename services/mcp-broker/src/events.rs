@@ -3,16 +3,16 @@
 //! Builders here turn a write's result into a CloudEvents [`Event`] whose data is the
 //! protobuf message of `agentmesh.events.v1`, on topics `tool.created|updated|deleted`
 //! and `mcp_server.created|updated|deleted|health_changed`. The memory store hands its
-//! events to an [`EventSink`] right after the write; PostgreSQL writes them to its outbox
+//! events to an [`EventSink`] (publishing them directly, [`PublishDirect`]) right after
+//! the write; PostgreSQL writes them to its outbox
 //! in the write's transaction instead (see `store::postgres`). The catalogue is shared by
 //! the whole mesh, so these events carry no tenant.
 
-use std::sync::Arc;
-
-use agentmesh_events::{Event, Publisher};
+use agentmesh_events::Event;
 use agentmesh_proto::agentmesh::events::v1 as pb;
-use agentmesh_runtime::RequestContext;
-use async_trait::async_trait;
+use agentmesh_runtime::domain_events::EventSource;
+
+pub use agentmesh_runtime::domain_events::{EventSink, PublishDirect};
 
 use crate::convert;
 use crate::store::{McpServerRecord, ServerStatus, ToolRecord};
@@ -20,62 +20,12 @@ use crate::store::{McpServerRecord, ServerStatus, ToolRecord};
 /// CloudEvents `source` of every event this service emits.
 pub const SOURCE: &str = "agentmesh/mcp-broker";
 
-/// Receives the events of completed writes.
-#[async_trait]
-pub trait EventSink: Send + Sync + 'static {
-    /// Delivers `events`; failures are the sink's to log and count, never the caller's.
-    async fn emit(&self, events: Vec<Event>);
-}
+const EVENTS: EventSource = EventSource::new(SOURCE);
 
-/// Publishes straight to the bus (memory backend: at most once if the process dies
-/// between the write and the publish; PostgreSQL's outbox closes that gap).
-pub struct PublishDirect {
-    publisher: Arc<dyn Publisher>,
-}
-
-impl PublishDirect {
-    /// A sink publishing to `publisher`.
-    pub fn new(publisher: Arc<dyn Publisher>) -> Self {
-        Self { publisher }
-    }
-}
-
-#[async_trait]
-impl EventSink for PublishDirect {
-    async fn emit(&self, events: Vec<Event>) {
-        for event in events {
-            if let Err(error) = self.publisher.publish(event.clone()).await {
-                metrics::counter!("agentmesh_events_publish_failures_total", "source" => SOURCE).increment(1);
-                tracing::error!(%error, event_type = event.event_type(), event_id = event.id(), "event lost");
-            }
-        }
-    }
-}
-
-/// An event on `topic` about `subject`, carrying `payload` (`agentmesh.events.v1.<schema>`).
+/// An event on `topic` about `subject`, carrying `payload` (`agentmesh.events.v1.<schema>`);
+/// the catalogue is the whole mesh's, so no tenant.
 fn build(topic: &str, subject: String, schema: &str, payload: &impl prost::Message) -> Event {
-    let event_type = format!("agentmesh.{topic}");
-    let schema = format!("agentmesh.events.v1.{schema}");
-    let data = payload.encode_to_vec();
-    let essential = || {
-        Event::builder(topic, SOURCE, event_type.clone())
-            .subject(subject.clone())
-            .data_schema(schema.clone())
-            .data(data.clone())
-    };
-    let mut builder = essential();
-    if let Some(context) = RequestContext::current() {
-        builder = builder.correlation_id(context.correlation_id);
-        if let Some(actor) = context.actor {
-            builder = builder.actor(actor.as_str());
-        }
-    }
-    builder.build().unwrap_or_else(|error| {
-        // A correlation id the envelope refuses must not cost the event.
-        tracing::warn!(%error, event_type, "event sent without correlation id");
-        // Topic, source and type are constants and the subject is a UUID: always valid.
-        essential().build().unwrap_or_else(|error| unreachable!("essential event attributes are valid: {error}"))
-    })
+    EVENTS.event(topic, subject, None, schema, payload)
 }
 
 /// `tool.created`.

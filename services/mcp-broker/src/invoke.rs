@@ -12,6 +12,8 @@ use agentmesh_proto::agentmesh::common::v1::content_part;
 use agentmesh_proto::agentmesh::mcp::v1 as pb;
 use agentmesh_resilience::{Outcome, ResilienceError};
 use agentmesh_runtime::auth::Principal;
+use agentmesh_runtime::error::FieldViolation;
+use agentmesh_runtime::request::{invalid, refuse_violations};
 use agentmesh_runtime::{ApiError, RequestContext};
 use jsonschema::error::ValidationErrorKind;
 use prost::Message;
@@ -20,7 +22,6 @@ use serde_json::{Map, Value};
 use crate::connection::{Connection, ConnectionError, ErrorKind, ToolResult};
 use crate::convert::{object_to_struct, struct_to_object};
 use crate::events::{self, EventSink, Invocation};
-use crate::rules::violation;
 use crate::sessions::{SessionError, Sessions};
 use crate::store::{McpServerRecord, McpStore, StoreError, ToolRecord};
 
@@ -43,18 +44,14 @@ impl Invoker<'_> {
     ) -> Result<pb::InvokeToolResponse, ApiError> {
         let (tool, field) = self.tool(request.tool.as_ref()).await?;
         if !tool.enabled {
-            return Err(ApiError::validation(vec![violation(field, "the tool is disabled", Value::Null)]));
+            return Err(invalid(field, "the tool is disabled", Value::Null));
         }
         let Some(server_id) = tool.mcp_server_id else {
-            return Err(ApiError::validation(vec![violation(
-                field,
-                "the tool has no MCP server to run it",
-                Value::Null,
-            )]));
+            return Err(invalid(field, "the tool has no MCP server to run it", Value::Null));
         };
         let server = self.store.get_server(server_id).await.map_err(store_error)?;
         if !server.config.enabled {
-            return Err(ApiError::validation(vec![violation(field, "the tool's MCP server is disabled", Value::Null)]));
+            return Err(invalid(field, "the tool's MCP server is disabled", Value::Null));
         }
         let arguments = request.arguments.as_ref().map(struct_to_object).unwrap_or_default();
         check_arguments(&tool, &arguments)?;
@@ -99,16 +96,13 @@ impl Invoker<'_> {
         use pb::invoke_tool_request::Tool;
         match which {
             Some(Tool::ToolId(raw)) => {
-                let id = uuid::Uuid::try_parse(raw)
-                    .map_err(|_| ApiError::validation(vec![violation("tool_id", "must be a UUID", Value::Null)]))?;
+                let id = uuid::Uuid::try_parse(raw).map_err(|_| invalid("tool_id", "must be a UUID", Value::Null))?;
                 Ok((self.store.get_tool(id).await.map_err(store_error)?, "tool_id"))
             }
             Some(Tool::ToolName(name)) => {
                 Ok((self.store.get_tool_by_name(name).await.map_err(store_error)?, "tool_name"))
             }
-            None => {
-                Err(ApiError::validation(vec![violation("tool_id", "tool_id or tool_name is required", Value::Null)]))
-            }
+            None => Err(invalid("tool_id", "tool_id or tool_name is required", Value::Null)),
         }
     }
 
@@ -205,10 +199,10 @@ fn check_arguments(tool: &ToolRecord, arguments: &Map<String, Value>) -> Result<
                 }
             };
             // Argument values are the caller's data: never echoed back.
-            violation(&field, &message, Value::Null)
+            FieldViolation::new(&field, &message, Value::Null)
         })
         .collect();
-    if violations.is_empty() { Ok(()) } else { Err(ApiError::validation(violations)) }
+    refuse_violations(violations)
 }
 
 /// A tool result as the response, cut to `max_bytes`.
@@ -291,9 +285,7 @@ pub fn connection_error(server_name: &str, error: &ConnectionError) -> ApiError 
     match error {
         ConnectionError::Timeout { operation, after } => ApiError::timeout(operation, *after),
         ConnectionError::ToolNotFound { .. } => ApiError::not_found("Tool"),
-        ConnectionError::InvalidParams { message } => {
-            ApiError::validation(vec![violation("arguments", message, Value::Null)])
-        }
+        ConnectionError::InvalidParams { message } => invalid("arguments", message, Value::Null),
         other => ApiError::external_service(server_name, "mcp", other.is_transient())
             .with_detail("reason", other.to_string())
             .with_detail("kind", kind_name(other.kind())),

@@ -20,9 +20,7 @@
 pub mod connection;
 pub mod convert;
 pub mod events;
-pub mod health;
 pub mod invoke;
-pub mod paging;
 pub mod restart;
 pub mod rules;
 pub mod server_health;
@@ -37,10 +35,12 @@ use std::sync::Arc;
 use agentmesh_events::{EventBus, Publisher};
 use agentmesh_proto::agentmesh::common::v1::ExternalServiceType;
 use agentmesh_proto::agentmesh::mcp::v1::mcp_service_server::McpServiceServer;
+use agentmesh_runtime::background::{BackgroundTasks, follow_storage};
 use agentmesh_runtime::client::ClientError;
 use agentmesh_runtime::config::{ConfigError, ServiceSettings, SettingsSpec, StorageBackend};
 use agentmesh_runtime::{Config, Dependency, GrpcServer, ServerError, ServiceName};
 use tokio::net::TcpListener;
+use tonic::server::NamedService;
 
 use crate::connection::{GroupLedger, Launcher, LedgerError};
 use crate::events::{EventSink, PublishDirect};
@@ -136,34 +136,32 @@ pub async fn serve_with_secrets(
         config.resilience.mcp.clone(),
         Some(dependencies.clone()),
     );
-    let events: Arc<dyn EventSink> = Arc::new(PublishDirect::new(publisher.clone()));
+    let events: Arc<dyn EventSink> = Arc::new(PublishDirect::new(publisher));
     let service = McpBroker::new(backend.store.clone(), limits, sessions.clone(), events);
     let server = server.add_service(McpServiceServer::new(service));
     dependencies.register(backend.dependency);
-    dependencies.register(agentmesh_runtime::bus::dependency(&bus));
-    dependencies.publish_breaker_changes(publisher);
+    agentmesh_runtime::bus::attach(&dependencies, &bus);
 
-    // Background work lives exactly as long as the server: dropping `_stop` ends it.
-    let (_stop, stopped) = tokio::sync::watch::channel(());
-    let watch_health =
-        health::watch(backend.store.clone(), server.health_reporter(), config.observability.health_check_interval);
-    tokio::spawn(until(stopped.clone(), watch_health));
-    tokio::spawn(until(stopped.clone(), server_health::watch(backend.store, sessions.clone(), check_interval)));
+    // Background work lives exactly as long as the server: dropping `background` ends it.
+    let background = BackgroundTasks::new();
+    let store = backend.store.clone();
+    background.spawn(follow_storage(
+        move || {
+            let store = store.clone();
+            async move { store.ping().await }
+        },
+        server.health_reporter(),
+        <McpServiceServer<McpBroker> as NamedService>::NAME,
+        config.observability.health_check_interval,
+    ));
+    background.spawn(server_health::watch(backend.store, sessions.clone(), check_interval));
     if let Some(relay) = backend.relay {
-        tokio::spawn(relay.run(until(stopped, std::future::pending::<()>())));
+        tokio::spawn(relay.run(background.stopped()));
     }
     let served = server.serve(listener, shutdown).await;
     sessions.close_all().await;
     served?;
     Ok(())
-}
-
-/// Runs `work` until the sender of `stop` is dropped.
-async fn until(mut stop: tokio::sync::watch::Receiver<()>, work: impl Future<Output = ()>) {
-    tokio::select! {
-        () = work => {}
-        _ = stop.changed() => {}
-    }
 }
 
 /// A connected backend and the background work it needs.

@@ -8,6 +8,7 @@
 use agentmesh_proto::agentmesh::mcp::v1 as pb;
 use agentmesh_runtime::auth::Principal;
 use agentmesh_runtime::error::FieldViolation;
+use agentmesh_runtime::request::refuse_violations;
 use agentmesh_runtime::{ApiError, ErrorCode};
 use serde_json::Value;
 
@@ -21,16 +22,6 @@ pub const ADMIN_SCOPE: &str = "mcp_servers:admin";
 
 /// Longest stdio command (the contract's "1 to 500 characters").
 const MAX_COMMAND_LENGTH: usize = 500;
-
-/// One violation.
-pub fn violation(field: &str, message: &str, value: Value) -> FieldViolation {
-    FieldViolation { field: field.to_owned(), message: message.to_owned(), value }
-}
-
-/// `Ok` without violations, else one validation error listing them.
-pub fn finish(violations: Vec<FieldViolation>) -> Result<(), ApiError> {
-    if violations.is_empty() { Ok(()) } else { Err(ApiError::validation(violations)) }
-}
 
 /// Refuses a stdio server to a principal without [`ADMIN_SCOPE`].
 pub fn check_stdio_allowed(principal: &Principal) -> Result<(), ApiError> {
@@ -86,22 +77,26 @@ pub fn server_config(fields: ServerFields<'_>, limits: &RegistryLimits) -> Resul
     match transport {
         Transport::Stdio => {
             if !fields.endpoint.is_empty() {
-                out.push(violation("endpoint", "must be empty for the stdio transport", Value::from(fields.endpoint)));
+                out.push(FieldViolation::new(
+                    "endpoint",
+                    "must be empty for the stdio transport",
+                    Value::from(fields.endpoint),
+                ));
             }
             match fields.stdio {
-                None => out.push(violation("stdio", "is required for the stdio transport", Value::Null)),
+                None => out.push(FieldViolation::new("stdio", "is required for the stdio transport", Value::Null)),
                 Some(stdio) => check_stdio(stdio, limits, &mut out),
             }
             if fields.authentication.is_some_and(|auth| *auth != pb::McpAuthentication::default()) {
-                out.push(violation("authentication", "applies to HTTP transports only", Value::Null));
+                out.push(FieldViolation::new("authentication", "applies to HTTP transports only", Value::Null));
             }
         }
         Transport::StreamableHttp | Transport::Sse => {
             if fields.stdio.is_some() {
-                out.push(violation("stdio", "is only for the stdio transport", Value::Null));
+                out.push(FieldViolation::new("stdio", "is only for the stdio transport", Value::Null));
             }
             if fields.endpoint.is_empty() {
-                out.push(violation("endpoint", "is required unless `stdio` is given", Value::from("")));
+                out.push(FieldViolation::new("endpoint", "is required unless `stdio` is given", Value::from("")));
             } else {
                 check_http_url("endpoint", fields.endpoint, &mut out);
             }
@@ -116,10 +111,10 @@ pub fn server_config(fields: ServerFields<'_>, limits: &RegistryLimits) -> Resul
     for (index, capability) in fields.capabilities.iter().enumerate() {
         if capability.is_empty() || capability.chars().count() > 100 {
             let field = format!("capabilities[{index}]");
-            out.push(violation(&field, "must be 1 to 100 characters long", Value::from(capability.as_str())));
+            out.push(FieldViolation::new(&field, "must be 1 to 100 characters long", Value::from(capability.as_str())));
         }
     }
-    finish(out)?;
+    refuse_violations(out)?;
     Ok(ServerConfig {
         name: fields.name.to_owned(),
         description: fields.description.cloned(),
@@ -141,14 +136,14 @@ fn check_http_url(field: &str, url: &str, out: &mut Vec<FieldViolation>) {
     });
     if !ok {
         let shown: String = url.chars().take(64).collect();
-        out.push(violation(field, "must be an http or https URL", Value::from(shown)));
+        out.push(FieldViolation::new(field, "must be an http or https URL", Value::from(shown)));
     }
 }
 
 fn check_description(field: &str, description: Option<&str>, limits: &RegistryLimits, out: &mut Vec<FieldViolation>) {
     if description.is_some_and(|text| text.chars().count() > limits.max_description_length) {
         let message = format!("must be at most {} characters long", limits.max_description_length);
-        out.push(violation(field, &message, Value::Null));
+        out.push(FieldViolation::new(field, &message, Value::Null));
     }
 }
 
@@ -156,25 +151,41 @@ fn check_stdio(stdio: &pb::StdioCommand, limits: &RegistryLimits, out: &mut Vec<
     let length = stdio.command.chars().count();
     if stdio.command.trim().is_empty() || length > MAX_COMMAND_LENGTH {
         let message = format!("must be 1 to {MAX_COMMAND_LENGTH} characters long, not blank");
-        out.push(violation("stdio.command", &message, Value::from(stdio.command.chars().take(64).collect::<String>())));
+        out.push(FieldViolation::new(
+            "stdio.command",
+            &message,
+            Value::from(stdio.command.chars().take(64).collect::<String>()),
+        ));
     }
     if stdio.args.len() > limits.max_stdio_args {
         let message = format!("must have at most {} items", limits.max_stdio_args);
-        out.push(violation("stdio.args", &message, Value::from(stdio.args.len())));
+        out.push(FieldViolation::new("stdio.args", &message, Value::from(stdio.args.len())));
     }
     if stdio.env.len() > limits.max_stdio_args {
         let message = format!("must have at most {} items", limits.max_stdio_args);
-        out.push(violation("stdio.env", &message, Value::from(stdio.env.len())));
+        out.push(FieldViolation::new("stdio.env", &message, Value::from(stdio.env.len())));
     }
     for (index, var) in stdio.env.iter().enumerate() {
         if var.name.is_empty() || var.name.contains('=') {
             let field = format!("stdio.env[{index}].name");
-            out.push(violation(&field, "must be a non-empty name without `=`", Value::from(var.name.as_str())));
+            out.push(FieldViolation::new(
+                &field,
+                "must be a non-empty name without `=`",
+                Value::from(var.name.as_str()),
+            ));
         }
         match &var.value {
-            None => out.push(violation(&format!("stdio.env[{index}]"), "needs a `literal` or a `secret`", Value::Null)),
+            None => out.push(FieldViolation::new(
+                &format!("stdio.env[{index}]"),
+                "needs a `literal` or a `secret`",
+                Value::Null,
+            )),
             Some(pb::environment_variable::Value::Secret(name)) if name.is_empty() => {
-                out.push(violation(&format!("stdio.env[{index}].secret"), "must name a secret", Value::from("")));
+                out.push(FieldViolation::new(
+                    &format!("stdio.env[{index}].secret"),
+                    "must name a secret",
+                    Value::from(""),
+                ));
             }
             Some(_) => {}
         }
@@ -183,16 +194,20 @@ fn check_stdio(stdio: &pb::StdioCommand, limits: &RegistryLimits, out: &mut Vec<
 
 fn check_authentication(auth: &pb::McpAuthentication, out: &mut Vec<FieldViolation>) {
     if auth.bearer_secret.as_deref().is_some_and(str::is_empty) {
-        out.push(violation("authentication.bearer_secret", "must name a secret", Value::from("")));
+        out.push(FieldViolation::new("authentication.bearer_secret", "must name a secret", Value::from("")));
     }
     for (index, header) in auth.header_secrets.iter().enumerate() {
         if http::HeaderName::from_bytes(header.name.as_bytes()).is_err() {
             let field = format!("authentication.header_secrets[{index}].name");
-            out.push(violation(&field, "must be a valid HTTP header name", Value::from(header.name.as_str())));
+            out.push(FieldViolation::new(
+                &field,
+                "must be a valid HTTP header name",
+                Value::from(header.name.as_str()),
+            ));
         }
         if header.secret.is_empty() {
             let field = format!("authentication.header_secrets[{index}].secret");
-            out.push(violation(&field, "must name a secret", Value::from("")));
+            out.push(FieldViolation::new(&field, "must name a secret", Value::from("")));
         }
     }
 }
@@ -231,13 +246,13 @@ pub fn tool_definition(fields: ToolFields<'_>, limits: &RegistryLimits) -> Resul
     let metadata = fields.metadata.map(struct_to_object).unwrap_or_default();
     if json_size(&metadata) > limits.max_metadata_bytes {
         let message = format!("must be at most {} bytes of JSON", limits.max_metadata_bytes);
-        out.push(violation("metadata", &message, Value::from(json_size(&metadata))));
+        out.push(FieldViolation::new("metadata", &message, Value::from(json_size(&metadata))));
     }
     check_description("description", Some(fields.description), limits, &mut out);
     if fields.name.chars().count() > naming::MAX_TOOL_NAME {
-        out.push(violation("name", "must be at most 64 characters long", Value::from(fields.name)));
+        out.push(FieldViolation::new("name", "must be at most 64 characters long", Value::from(fields.name)));
     }
-    finish(out)?;
+    refuse_violations(out)?;
     Ok(ToolDefinition {
         name: fields.name.to_owned(),
         description: fields.description.to_owned(),
@@ -260,13 +275,17 @@ fn json_size(object: &JsonObject) -> usize {
 fn check_schema(field: &str, schema: &JsonObject, limits: &RegistryLimits, out: &mut Vec<FieldViolation>) {
     if json_size(schema) > limits.max_schema_bytes {
         let message = format!("must be at most {} bytes of JSON", limits.max_schema_bytes);
-        out.push(violation(field, &message, Value::from(json_size(schema))));
+        out.push(FieldViolation::new(field, &message, Value::from(json_size(schema))));
     }
     match schema.get("type") {
         None => {}
         Some(Value::String(kind)) if kind == "object" => {}
         Some(other) => {
-            out.push(violation(field, "must be a JSON Schema of an object (`\"type\": \"object\"`)", other.clone()));
+            out.push(FieldViolation::new(
+                field,
+                "must be a JSON Schema of an object (`\"type\": \"object\"`)",
+                other.clone(),
+            ));
         }
     }
 }

@@ -13,18 +13,16 @@ use std::sync::Arc;
 
 use agentmesh_proto::agentmesh::mcp::v1 as pb;
 use agentmesh_proto::agentmesh::mcp::v1::mcp_service_server::McpService;
-use agentmesh_runtime::auth::Principal;
-use agentmesh_runtime::validate::validate;
-use agentmesh_runtime::{ApiError, ErrorCode, RequestContext};
+use agentmesh_runtime::paging::{PageRequest, filter_part, query_fingerprint};
+use agentmesh_runtime::request::{accept, invalid, uuid_field};
+use agentmesh_runtime::{ApiError, ErrorCode};
 use serde_json::Value;
 use tonic::{Request, Response, Status};
-use uuid::Uuid;
 
 use crate::convert::{server_to_proto, tool_to_proto};
 use crate::events::EventSink;
 use crate::invoke::{Invoker, session_error};
-use crate::paging::{self, query_fingerprint};
-use crate::rules::{self, ServerFields, ToolFields, violation};
+use crate::rules::{self, ServerFields, ToolFields};
 use crate::sessions::Sessions;
 use crate::settings::RegistryLimits;
 use crate::store::{
@@ -32,6 +30,42 @@ use crate::store::{
 };
 
 const DEFAULT_LIMIT: u32 = 20;
+
+/// The [`ServerFields`] of a create or an update request (they carry the same fields).
+macro_rules! server_fields {
+    ($request:expr) => {
+        ServerFields {
+            name: &$request.name,
+            description: $request.description.as_ref(),
+            endpoint: &$request.endpoint,
+            authentication: $request.authentication.as_ref(),
+            capabilities: &$request.capabilities,
+            health_check_url: $request.health_check_url.as_ref(),
+            enabled: $request.enabled,
+            transport: $request.transport,
+            stdio: $request.stdio.as_ref(),
+            tool_prefix: $request.tool_prefix.as_ref(),
+        }
+    };
+}
+
+/// The [`ToolFields`] of a create or an update request (they carry the same fields), with
+/// its `mcp_server_id` already parsed.
+macro_rules! tool_fields {
+    ($request:expr, $mcp_server_id:expr) => {
+        ToolFields {
+            name: &$request.name,
+            description: &$request.description,
+            schema: $request.schema.as_ref(),
+            mcp_server_id: $mcp_server_id,
+            enabled: $request.enabled,
+            metadata: $request.metadata.as_ref(),
+            title: $request.title.as_ref(),
+            output_schema: $request.output_schema.as_ref(),
+            annotations: $request.annotations.as_ref(),
+        }
+    };
+}
 
 /// The `McpService` implementation: a store, the input limits, the sessions with servers
 /// and where invocation events go.
@@ -93,22 +127,6 @@ async fn discover(
     result
 }
 
-/// The caller, as established by the server's authenticator.
-fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
-    request
-        .extensions()
-        .get::<RequestContext>()
-        .and_then(|context| context.principal.clone())
-        .or_else(|| RequestContext::current().and_then(|context| context.principal))
-        .ok_or_else(|| Status::from(ApiError::new(ErrorCode::Authentication, "Authentication required")))
-}
-
-/// A UUID already checked by the contract's `format: "uuid"` rule.
-fn id(field: &str, raw: &str) -> Result<Uuid, Status> {
-    Uuid::try_parse(raw)
-        .map_err(|_| ApiError::validation(vec![violation(field, "must be a UUID", Value::from(raw))]).into())
-}
-
 /// A store error as the client sees it; `resource` names what was not found.
 fn store_error(resource: &'static str) -> impl Fn(StoreError) -> Status {
     move |error| match error {
@@ -118,9 +136,7 @@ fn store_error(resource: &'static str) -> impl Fn(StoreError) -> Status {
                 .with_detail("name", name)
                 .into()
         }
-        StoreError::UnknownServer => {
-            ApiError::validation(vec![violation("mcp_server_id", "names no MCP server", Value::Null)]).into()
-        }
+        StoreError::UnknownServer => invalid("mcp_server_id", "names no MCP server", Value::Null).into(),
         StoreError::Unavailable(source) => {
             tracing::warn!(error = %source, "registry storage unavailable");
             ApiError::external_service("mcp-registry-storage", "database", true).into()
@@ -132,40 +148,19 @@ fn store_error(resource: &'static str) -> impl Fn(StoreError) -> Status {
     }
 }
 
-fn limit(raw: Option<i32>) -> u32 {
-    raw.and_then(|n| u32::try_from(n).ok()).unwrap_or(DEFAULT_LIMIT)
+/// Where a listing of `fingerprint` starts (see [`PageRequest::parse`]).
+fn page_request(
+    limit: Option<i32>,
+    offset: Option<i32>,
+    page_token: &str,
+    fingerprint: &str,
+) -> Result<PageRequest<Cursor>, Status> {
+    Ok(PageRequest::parse(limit, offset, page_token, fingerprint, DEFAULT_LIMIT)?)
 }
 
-fn offset(raw: Option<i32>) -> u64 {
-    raw.and_then(|n| u64::try_from(n).ok()).unwrap_or(0)
-}
-
-/// The cursor of `page_token` (which takes precedence over `offset`), refusing a token
-/// issued for another query.
-fn after(page_token: &str, fingerprint: &str) -> Result<Option<Cursor>, Status> {
-    if page_token.is_empty() {
-        return Ok(None);
-    }
-    paging::decode(page_token, fingerprint)
-        .map(Some)
-        .map_err(|error| ApiError::validation(vec![violation("page_token", &error.to_string(), Value::Null)]).into())
-}
-
-/// The token of the page after `page`, empty on the last page.
+/// The token of the page after `page` (listings are by name), empty on the last page.
 fn next_token<T>(page: &Page<T>, name: impl Fn(&T) -> &str, fingerprint: &str) -> String {
-    match page.items.last() {
-        Some(last) if page.has_more => paging::encode(&Cursor { name: name(last).to_owned() }, fingerprint),
-        _ => String::new(),
-    }
-}
-
-/// A filter value as a fingerprint part that tells "absent" from any value.
-fn part<T: std::fmt::Display>(value: Option<T>) -> String {
-    value.map_or_else(|| "-".to_owned(), |v| format!("+{v}"))
-}
-
-fn total(page_total: u64) -> i64 {
-    i64::try_from(page_total).unwrap_or(i64::MAX)
+    page.next_token(|last| Cursor { name: name(last).to_owned() }, fingerprint)
 }
 
 fn tools(page: &Page<ToolRecord>) -> Vec<pb::Tool> {
@@ -178,24 +173,9 @@ impl McpService for McpBroker {
         &self,
         request: Request<pb::CreateToolRequest>,
     ) -> Result<Response<pb::CreateToolResponse>, Status> {
-        principal(&request)?;
-        let request = request.into_inner();
-        validate(&request)?;
-        let mcp_server_id = request.mcp_server_id.as_deref().map(|raw| id("mcp_server_id", raw)).transpose()?;
-        let definition = rules::tool_definition(
-            ToolFields {
-                name: &request.name,
-                description: &request.description,
-                schema: request.schema.as_ref(),
-                mcp_server_id,
-                enabled: request.enabled,
-                metadata: request.metadata.as_ref(),
-                title: request.title.as_ref(),
-                output_schema: request.output_schema.as_ref(),
-                annotations: request.annotations.as_ref(),
-            },
-            &self.limits,
-        )?;
+        let (_, request) = accept(request)?;
+        let mcp_server_id = request.mcp_server_id.as_deref().map(|raw| uuid_field("mcp_server_id", raw)).transpose()?;
+        let definition = rules::tool_definition(tool_fields!(request, mcp_server_id), &self.limits)?;
         let tool = self.store.create_tool(definition).await.map_err(store_error("Tool"))?;
         Ok(Response::new(pb::CreateToolResponse { tool: Some(tool_to_proto(&tool)) }))
     }
@@ -204,43 +184,33 @@ impl McpService for McpBroker {
         &self,
         request: Request<pb::ListToolsRequest>,
     ) -> Result<Response<pb::ListToolsResponse>, Status> {
-        principal(&request)?;
-        let request = request.into_inner();
-        validate(&request)?;
-        let mcp_server_id = request.mcp_server_id.as_deref().map(|raw| id("mcp_server_id", raw)).transpose()?;
+        let (_, request) = accept(request)?;
+        let mcp_server_id = request.mcp_server_id.as_deref().map(|raw| uuid_field("mcp_server_id", raw)).transpose()?;
         let search = request.search.filter(|s| !s.is_empty());
         let mut names = request.names;
         names.sort_unstable();
         names.dedup();
         let fingerprint = query_fingerprint(&[
             "tools",
-            &part(mcp_server_id),
-            &part(request.enabled),
-            &part(search.as_deref()),
+            &filter_part(mcp_server_id),
+            &filter_part(request.enabled),
+            &filter_part(search.as_deref()),
             &names.join("\n"),
         ]);
-        let after = after(&request.page_token, &fingerprint)?;
-        let query = ToolQuery {
-            names,
-            mcp_server_id,
-            enabled: request.enabled,
-            search,
-            limit: limit(request.limit),
-            offset: if after.is_some() { 0 } else { offset(request.offset) },
-            after,
-        };
+        let PageRequest { limit, offset, after } =
+            page_request(request.limit, request.offset, &request.page_token, &fingerprint)?;
+        let query = ToolQuery { names, mcp_server_id, enabled: request.enabled, search, limit, offset, after };
         let page = self.store.list_tools(&query).await.map_err(store_error("Tool"))?;
         Ok(Response::new(pb::ListToolsResponse {
             tools: tools(&page),
             next_page_token: next_token(&page, |t| &t.name, &fingerprint),
-            total_count: total(page.total),
+            total_count: page.total_count(),
         }))
     }
 
     async fn get_tool(&self, request: Request<pb::GetToolRequest>) -> Result<Response<pb::GetToolResponse>, Status> {
-        principal(&request)?;
-        validate(request.get_ref())?;
-        let tool_id = id("tool_id", &request.get_ref().tool_id)?;
+        let (_, request) = accept(request)?;
+        let tool_id = uuid_field("tool_id", &request.tool_id)?;
         let tool = self.store.get_tool(tool_id).await.map_err(store_error("Tool"))?;
         Ok(Response::new(pb::GetToolResponse { tool: Some(tool_to_proto(&tool)) }))
     }
@@ -249,25 +219,10 @@ impl McpService for McpBroker {
         &self,
         request: Request<pb::UpdateToolRequest>,
     ) -> Result<Response<pb::UpdateToolResponse>, Status> {
-        principal(&request)?;
-        let request = request.into_inner();
-        validate(&request)?;
-        let tool_id = id("tool_id", &request.tool_id)?;
-        let mcp_server_id = request.mcp_server_id.as_deref().map(|raw| id("mcp_server_id", raw)).transpose()?;
-        let definition = rules::tool_definition(
-            ToolFields {
-                name: &request.name,
-                description: &request.description,
-                schema: request.schema.as_ref(),
-                mcp_server_id,
-                enabled: request.enabled,
-                metadata: request.metadata.as_ref(),
-                title: request.title.as_ref(),
-                output_schema: request.output_schema.as_ref(),
-                annotations: request.annotations.as_ref(),
-            },
-            &self.limits,
-        )?;
+        let (_, request) = accept(request)?;
+        let tool_id = uuid_field("tool_id", &request.tool_id)?;
+        let mcp_server_id = request.mcp_server_id.as_deref().map(|raw| uuid_field("mcp_server_id", raw)).transpose()?;
+        let definition = rules::tool_definition(tool_fields!(request, mcp_server_id), &self.limits)?;
         let tool = self.store.update_tool(tool_id, definition).await.map_err(store_error("Tool"))?;
         Ok(Response::new(pb::UpdateToolResponse { tool: Some(tool_to_proto(&tool)) }))
     }
@@ -276,9 +231,8 @@ impl McpService for McpBroker {
         &self,
         request: Request<pb::DeleteToolRequest>,
     ) -> Result<Response<pb::DeleteToolResponse>, Status> {
-        principal(&request)?;
-        validate(request.get_ref())?;
-        let tool_id = id("tool_id", &request.get_ref().tool_id)?;
+        let (_, request) = accept(request)?;
+        let tool_id = uuid_field("tool_id", &request.tool_id)?;
         self.store.delete_tool(tool_id).await.map_err(store_error("Tool"))?;
         Ok(Response::new(pb::DeleteToolResponse {}))
     }
@@ -287,27 +241,11 @@ impl McpService for McpBroker {
         &self,
         request: Request<pb::CreateMcpServerRequest>,
     ) -> Result<Response<pb::CreateMcpServerResponse>, Status> {
-        let principal = principal(&request)?;
-        let request = request.into_inner();
-        validate(&request)?;
+        let (principal, request) = accept(request)?;
         if rules::wants_stdio(request.transport, request.stdio.as_ref()) {
             rules::check_stdio_allowed(&principal)?;
         }
-        let config = rules::server_config(
-            ServerFields {
-                name: &request.name,
-                description: request.description.as_ref(),
-                endpoint: &request.endpoint,
-                authentication: request.authentication.as_ref(),
-                capabilities: &request.capabilities,
-                health_check_url: request.health_check_url.as_ref(),
-                enabled: request.enabled,
-                transport: request.transport,
-                stdio: request.stdio.as_ref(),
-                tool_prefix: request.tool_prefix.as_ref(),
-            },
-            &self.limits,
-        )?;
+        let config = rules::server_config(server_fields!(request), &self.limits)?;
         let server = self.store.create_server(config).await.map_err(store_error("MCP server"))?;
         self.reconnect(&server, &principal.user_id).await;
         Ok(Response::new(pb::CreateMcpServerResponse { mcp_server: Some(server_to_proto(&server)) }))
@@ -317,24 +255,18 @@ impl McpService for McpBroker {
         &self,
         request: Request<pb::ListMcpServersRequest>,
     ) -> Result<Response<pb::ListMcpServersResponse>, Status> {
-        principal(&request)?;
-        let request = request.into_inner();
-        validate(&request)?;
+        let (_, request) = accept(request)?;
         let search = request.search.filter(|s| !s.is_empty());
-        let fingerprint = query_fingerprint(&["mcp_servers", &part(request.enabled), &part(search.as_deref())]);
-        let after = after(&request.page_token, &fingerprint)?;
-        let query = ServerQuery {
-            enabled: request.enabled,
-            search,
-            limit: limit(request.limit),
-            offset: if after.is_some() { 0 } else { offset(request.offset) },
-            after,
-        };
+        let fingerprint =
+            query_fingerprint(&["mcp_servers", &filter_part(request.enabled), &filter_part(search.as_deref())]);
+        let PageRequest { limit, offset, after } =
+            page_request(request.limit, request.offset, &request.page_token, &fingerprint)?;
+        let query = ServerQuery { enabled: request.enabled, search, limit, offset, after };
         let page = self.store.list_servers(&query).await.map_err(store_error("MCP server"))?;
         Ok(Response::new(pb::ListMcpServersResponse {
             mcp_servers: page.items.iter().map(server_to_proto).collect(),
             next_page_token: next_token(&page, |s| &s.config.name, &fingerprint),
-            total_count: total(page.total),
+            total_count: page.total_count(),
         }))
     }
 
@@ -342,9 +274,8 @@ impl McpService for McpBroker {
         &self,
         request: Request<pb::GetMcpServerRequest>,
     ) -> Result<Response<pb::GetMcpServerResponse>, Status> {
-        principal(&request)?;
-        validate(request.get_ref())?;
-        let server_id = id("mcp_server_id", &request.get_ref().mcp_server_id)?;
+        let (_, request) = accept(request)?;
+        let server_id = uuid_field("mcp_server_id", &request.mcp_server_id)?;
         let server = self.store.get_server(server_id).await.map_err(store_error("MCP server"))?;
         Ok(Response::new(pb::GetMcpServerResponse { mcp_server: Some(server_to_proto(&server)) }))
     }
@@ -353,31 +284,15 @@ impl McpService for McpBroker {
         &self,
         request: Request<pb::UpdateMcpServerRequest>,
     ) -> Result<Response<pb::UpdateMcpServerResponse>, Status> {
-        let principal = principal(&request)?;
-        let request = request.into_inner();
-        validate(&request)?;
-        let server_id = id("mcp_server_id", &request.mcp_server_id)?;
+        let (principal, request) = accept(request)?;
+        let server_id = uuid_field("mcp_server_id", &request.mcp_server_id)?;
         let current = self.store.get_server(server_id).await.map_err(store_error("MCP server"))?;
         // Changing a stdio server, or turning a server into one, is the admin's.
         if current.config.transport == Transport::Stdio || rules::wants_stdio(request.transport, request.stdio.as_ref())
         {
             rules::check_stdio_allowed(&principal)?;
         }
-        let config = rules::server_config(
-            ServerFields {
-                name: &request.name,
-                description: request.description.as_ref(),
-                endpoint: &request.endpoint,
-                authentication: request.authentication.as_ref(),
-                capabilities: &request.capabilities,
-                health_check_url: request.health_check_url.as_ref(),
-                enabled: request.enabled,
-                transport: request.transport,
-                stdio: request.stdio.as_ref(),
-                tool_prefix: request.tool_prefix.as_ref(),
-            },
-            &self.limits,
-        )?;
+        let config = rules::server_config(server_fields!(request), &self.limits)?;
         let server = self.store.update_server(server_id, config).await.map_err(store_error("MCP server"))?;
         self.reconnect(&server, &principal.user_id).await;
         Ok(Response::new(pb::UpdateMcpServerResponse { mcp_server: Some(server_to_proto(&server)) }))
@@ -387,9 +302,8 @@ impl McpService for McpBroker {
         &self,
         request: Request<pb::DeleteMcpServerRequest>,
     ) -> Result<Response<pb::DeleteMcpServerResponse>, Status> {
-        principal(&request)?;
-        validate(request.get_ref())?;
-        let server_id = id("mcp_server_id", &request.get_ref().mcp_server_id)?;
+        let (_, request) = accept(request)?;
+        let server_id = uuid_field("mcp_server_id", &request.mcp_server_id)?;
         self.store.delete_server(server_id).await.map_err(store_error("MCP server"))?;
         self.sessions.close_server(server_id).await;
         self.sessions.forget_server(server_id);
@@ -400,25 +314,18 @@ impl McpService for McpBroker {
         &self,
         request: Request<pb::ListMcpServerToolsRequest>,
     ) -> Result<Response<pb::ListMcpServerToolsResponse>, Status> {
-        principal(&request)?;
-        let request = request.into_inner();
-        validate(&request)?;
-        let server_id = id("mcp_server_id", &request.mcp_server_id)?;
+        let (_, request) = accept(request)?;
+        let server_id = uuid_field("mcp_server_id", &request.mcp_server_id)?;
         self.store.get_server(server_id).await.map_err(store_error("MCP server"))?;
         let fingerprint = query_fingerprint(&["mcp_server_tools", &server_id.to_string()]);
-        let after = after(&request.page_token, &fingerprint)?;
-        let query = ToolQuery {
-            mcp_server_id: Some(server_id),
-            limit: limit(request.limit),
-            offset: if after.is_some() { 0 } else { offset(request.offset) },
-            after,
-            ..ToolQuery::default()
-        };
+        let PageRequest { limit, offset, after } =
+            page_request(request.limit, request.offset, &request.page_token, &fingerprint)?;
+        let query = ToolQuery { mcp_server_id: Some(server_id), limit, offset, after, ..ToolQuery::default() };
         let page = self.store.list_tools(&query).await.map_err(store_error("Tool"))?;
         Ok(Response::new(pb::ListMcpServerToolsResponse {
             tools: tools(&page),
             next_page_token: next_token(&page, |t| &t.name, &fingerprint),
-            total_count: total(page.total),
+            total_count: page.total_count(),
         }))
     }
 
@@ -426,17 +333,12 @@ impl McpService for McpBroker {
         &self,
         request: Request<pb::RefreshMcpServerRequest>,
     ) -> Result<Response<pb::RefreshMcpServerResponse>, Status> {
-        let principal = principal(&request)?;
-        validate(request.get_ref())?;
-        let server_id = id("mcp_server_id", &request.get_ref().mcp_server_id)?;
+        let (principal, request) = accept(request)?;
+        let server_id = uuid_field("mcp_server_id", &request.mcp_server_id)?;
         let server = self.store.get_server(server_id).await.map_err(store_error("MCP server"))?;
         if !server.config.enabled {
-            return Err(ApiError::validation(vec![violation(
-                "mcp_server_id",
-                "the MCP server is disabled",
-                Value::from(server_id.to_string()),
-            )])
-            .into());
+            let value = Value::from(server_id.to_string());
+            return Err(invalid("mcp_server_id", "the MCP server is disabled", value).into());
         }
         let tools = discover(&self.sessions, self.store.as_ref(), &server, &principal.user_id)
             .await
@@ -448,9 +350,7 @@ impl McpService for McpBroker {
         &self,
         request: Request<pb::InvokeToolRequest>,
     ) -> Result<Response<pb::InvokeToolResponse>, Status> {
-        let principal = principal(&request)?;
-        let request = request.into_inner();
-        validate(&request)?;
+        let (principal, request) = accept(request)?;
         let invoker = Invoker { store: self.store.as_ref(), sessions: &self.sessions, events: &self.events };
         Ok(Response::new(invoker.invoke(&principal, request).await?))
     }

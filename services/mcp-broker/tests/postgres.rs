@@ -12,54 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentmesh_events::MemoryBus;
-use agentmesh_mcp_broker::store::postgres::{OutboxRelay, PoolSettings, PostgresStore, RelaySettings};
+use agentmesh_mcp_broker::store::postgres::{PoolSettings, PostgresStore};
 use agentmesh_mcp_broker::store::{
     Authentication, DiscoveredTool, JsonObject, McpStore, ServerConfig, StoreError, ToolDefinition, Transport,
 };
 use agentmesh_resilience::Preset;
 use agentmesh_testkit::PgSchema;
+use agentmesh_testkit::outbox::{RunningRelay, quick_relay, test_pool};
 use conformance::Fixture;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-
-fn pool() -> PoolSettings {
-    PoolSettings { min: 0, max: 6, acquire_timeout: Duration::from_secs(10) }
-}
-
-fn quick() -> RelaySettings {
-    RelaySettings {
-        poll_interval: Duration::from_millis(200),
-        backoff_initial: Duration::from_millis(20),
-        backoff_max: Duration::from_millis(500),
-        publish_timeout: Duration::from_secs(3),
-        ..RelaySettings::default()
-    }
-}
-
-/// A relay running in the background until dropped.
-struct RunningRelay {
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-}
-
-impl RunningRelay {
-    fn start(relay: OutboxRelay) -> Self {
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(relay.run(async move {
-            let _ = stopped.await;
-        }));
-        Self { stop: Some(stop), task }
-    }
-}
-
-impl Drop for RunningRelay {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.task.abort();
-    }
-}
 
 /// Stops the relay, then drops the schema (field order).
 struct FixtureGuard {
@@ -69,9 +29,9 @@ struct FixtureGuard {
 
 async fn fixture() -> Option<Fixture> {
     let schema = PgSchema::start("mcp").await?;
-    let store = PostgresStore::connect(schema.url(), schema.name(), pool(), &Preset::database()).await.unwrap();
+    let store = PostgresStore::connect(schema.url(), schema.name(), test_pool(), &Preset::database()).await.unwrap();
     let bus = MemoryBus::default();
-    let relay = RunningRelay::start(store.relay(Arc::new(bus.clone())).with_settings(quick()));
+    let relay = RunningRelay::start(store.relay(Arc::new(bus.clone())).with_settings(quick_relay()));
     Some(Fixture { store: Arc::new(store), bus, guard: Box::new(FixtureGuard { _relay: relay, _schema: schema }) })
 }
 
@@ -87,8 +47,8 @@ where
 #[tokio::test]
 async fn migrations_are_idempotent_and_live_in_the_schema() {
     let Some(schema) = PgSchema::start("mcp").await else { return };
-    let store = PostgresStore::connect(schema.url(), schema.name(), pool(), &Preset::database()).await.unwrap();
-    let again = PostgresStore::connect(schema.url(), schema.name(), pool(), &Preset::database()).await.unwrap();
+    let store = PostgresStore::connect(schema.url(), schema.name(), test_pool(), &Preset::database()).await.unwrap();
+    let again = PostgresStore::connect(schema.url(), schema.name(), test_pool(), &Preset::database()).await.unwrap();
     again.ping().await.unwrap();
     let applied: i64 = scalar(&store, "SELECT count(*) FROM _sqlx_migrations WHERE success").await;
     assert_eq!(applied, 3);
@@ -102,7 +62,7 @@ async fn migrations_are_idempotent_and_live_in_the_schema() {
     )
     .await;
     assert_eq!(tables, 3);
-    let unreachable = PoolSettings { acquire_timeout: Duration::from_secs(1), ..pool() };
+    let unreachable = PoolSettings { acquire_timeout: Duration::from_secs(1), ..test_pool() };
     let result =
         PostgresStore::connect("postgres://postgres@127.0.0.1:1/test", "x", unreachable, &Preset::database()).await;
     assert!(matches!(result, Err(StoreError::Unavailable(_))), "{result:?}");
@@ -113,7 +73,7 @@ async fn migrations_are_idempotent_and_live_in_the_schema() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_syncs_and_creates_keep_names_unique() {
     let Some(schema) = PgSchema::start("mcp").await else { return };
-    let store = PostgresStore::connect(schema.url(), schema.name(), pool(), &Preset::database()).await.unwrap();
+    let store = PostgresStore::connect(schema.url(), schema.name(), test_pool(), &Preset::database()).await.unwrap();
     let mut servers = Vec::new();
     for i in 0..4 {
         let config = ServerConfig {

@@ -10,10 +10,8 @@
 
 pub mod convert;
 pub mod events;
-pub mod health;
 pub mod idempotency;
 pub mod message_rules;
-pub mod paging;
 pub mod service;
 pub mod settings;
 pub mod store;
@@ -24,9 +22,11 @@ use std::sync::Arc;
 use agentmesh_events::{EventBus, Publisher};
 use agentmesh_proto::agentmesh::common::v1::ExternalServiceType;
 use agentmesh_proto::agentmesh::session::v1::session_service_server::SessionServiceServer;
+use agentmesh_runtime::background::{BackgroundTasks, follow_storage};
 use agentmesh_runtime::config::{ConfigError, ServiceSettings, SettingsSpec, StorageBackend};
 use agentmesh_runtime::{Config, Dependency, GrpcServer, ServerError, ServiceName};
 use tokio::net::TcpListener;
+use tonic::server::NamedService;
 
 use crate::events::PublishDirect;
 use crate::idempotency::IdempotencyStore;
@@ -84,33 +84,31 @@ pub async fn serve(
 ) -> Result<(), StartError> {
     let limits = config.settings::<SessionLimits>()?;
     let publisher: Arc<dyn Publisher> = bus.clone();
-    let backend = open_backend(&config, publisher.clone()).await?;
+    let backend = open_backend(&config, publisher).await?;
     let service = SessionService::new(backend.store.clone(), backend.idempotency, limits)
         .with_bulk_operations(config.features.enable_bulk_operations);
     let server = GrpcServer::new(ServiceName::SessionStore, &config).add_service(SessionServiceServer::new(service));
     let dependencies = server.dependencies();
     dependencies.register(backend.dependency);
-    dependencies.register(agentmesh_runtime::bus::dependency(&bus));
-    dependencies.publish_breaker_changes(publisher);
+    agentmesh_runtime::bus::attach(&dependencies, &bus);
 
-    // Background work lives exactly as long as the server: dropping `_stop` ends it.
-    let (_stop, stopped) = tokio::sync::watch::channel(());
-    let watch_health =
-        health::watch(backend.store, server.health_reporter(), config.observability.health_check_interval);
-    tokio::spawn(until(stopped.clone(), watch_health));
+    // Background work lives exactly as long as the server: dropping `background` ends it.
+    let background = BackgroundTasks::new();
+    let store = backend.store;
+    background.spawn(follow_storage(
+        move || {
+            let store = store.clone();
+            async move { store.ping().await }
+        },
+        server.health_reporter(),
+        <SessionServiceServer<SessionService> as NamedService>::NAME,
+        config.observability.health_check_interval,
+    ));
     if let Some(relay) = backend.relay {
-        tokio::spawn(relay.run(until(stopped, std::future::pending::<()>())));
+        tokio::spawn(relay.run(background.stopped()));
     }
     server.serve(listener, shutdown).await?;
     Ok(())
-}
-
-/// Runs `work` until the sender of `stop` is dropped.
-async fn until(mut stop: tokio::sync::watch::Receiver<()>, work: impl Future<Output = ()>) {
-    tokio::select! {
-        () = work => {}
-        _ = stop.changed() => {}
-    }
 }
 
 /// A connected backend and the background work it needs.

@@ -12,17 +12,17 @@ use agentmesh_proto::agentmesh::common::v1::SortOrder;
 use agentmesh_proto::agentmesh::session::v1 as pb;
 use agentmesh_proto::agentmesh::session::v1::session_service_server::SessionService as SessionRpc;
 use agentmesh_runtime::error::FieldViolation;
+use agentmesh_runtime::paging::{PageRequest, query_fingerprint};
+use agentmesh_runtime::request::{accept, caller, invalid, refuse_violations, uuid_field};
 use agentmesh_runtime::validate::validate;
-use agentmesh_runtime::{ApiError, ErrorCode, RequestContext};
+use agentmesh_runtime::{ApiError, ErrorCode};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
-use uuid::Uuid;
 
 use crate::convert::{message_to_proto, role_from_proto, session_to_proto, struct_to_object, tool_call_from_proto};
 use crate::idempotency::{self, Claim, IdempotencyStore};
 use crate::message_rules::{check_tool_calls, shape_violations};
-use crate::paging::{self, query_fingerprint};
 use crate::settings::SessionLimits;
 use crate::store::{
     Cursor, Direction, JsonObject, MessagePatch, MessageQuery, MessageShape, NewMessage, NewSession, Owner, Role,
@@ -127,7 +127,7 @@ impl SessionService {
         let size = serde_json::to_vec(metadata).map_or(usize::MAX, |bytes| bytes.len());
         if size > self.limits.max_metadata_bytes {
             let message = format!("must be at most {} bytes of JSON", self.limits.max_metadata_bytes);
-            out.push(violation(field, &message, Value::from(size)));
+            out.push(FieldViolation::new(field, &message, Value::from(size)));
         }
     }
 
@@ -136,7 +136,7 @@ impl SessionService {
             && title.chars().count() > self.limits.max_title_length
         {
             let message = format!("must be at most {} characters long", self.limits.max_title_length);
-            out.push(violation(field, &message, Value::Null));
+            out.push(FieldViolation::new(field, &message, Value::Null));
         }
     }
 
@@ -158,43 +158,21 @@ impl SessionService {
     fn check_content(&self, content: &str, out: &mut Vec<FieldViolation>) {
         if content.chars().count() > self.limits.max_content_length {
             let message = format!("must be at most {} characters long", self.limits.max_content_length);
-            out.push(violation("content", &message, Value::Null));
+            out.push(FieldViolation::new("content", &message, Value::Null));
         }
     }
 }
 
-fn violation(field: &str, message: &str, value: Value) -> FieldViolation {
-    FieldViolation { field: field.to_owned(), message: message.to_owned(), value }
-}
-
-fn invalid(field: &str, message: &str, value: Value) -> Status {
-    ApiError::validation(vec![violation(field, message, value)]).into()
-}
-
-fn finish(violations: Vec<FieldViolation>) -> Result<(), Status> {
-    if violations.is_empty() { Ok(()) } else { Err(ApiError::validation(violations).into()) }
-}
-
-/// The caller, as established by the server's authenticator.
+/// The caller, as established by the server's authenticator, as the owner of records.
 fn owner<T>(request: &Request<T>) -> Result<Owner, Status> {
-    let principal = request
-        .extensions()
-        .get::<RequestContext>()
-        .and_then(|context| context.principal.clone())
-        .ok_or_else(|| Status::from(ApiError::new(ErrorCode::Authentication, "Authentication required")))?;
-    Ok(Owner { tenant_id: principal.tenant_id, user_id: principal.user_id })
-}
-
-/// A UUID already checked by the contract's `format: "uuid"` rule.
-fn id(field: &str, raw: &str) -> Result<Uuid, Status> {
-    Uuid::try_parse(raw).map_err(|_| invalid(field, "must be a UUID", Value::from(raw)))
+    Ok(Owner::from(caller(request)?))
 }
 
 fn store_error(error: StoreError) -> Status {
     match error {
         StoreError::NotFound => ApiError::not_found("Resource").into(),
         StoreError::InvalidParent => {
-            invalid("parent_message_id", "must be an earlier message of the same session", Value::Null)
+            invalid("parent_message_id", "must be an earlier message of the same session", Value::Null).into()
         }
         StoreError::Conflict => ApiError::new(ErrorCode::Conflict, "The message changed concurrently; retry").into(),
         StoreError::Unavailable(source) => {
@@ -226,25 +204,6 @@ fn patched_shape(shape: MessageShape, patch: &MessagePatch) -> MessageShape {
     }
 }
 
-fn limit(raw: Option<i32>, default: u32) -> u32 {
-    raw.and_then(|n| u32::try_from(n).ok()).unwrap_or(default)
-}
-
-fn offset(raw: Option<i32>) -> u64 {
-    raw.and_then(|n| u64::try_from(n).ok()).unwrap_or(0)
-}
-
-/// The cursor of `page_token` (which takes precedence over `offset`, as the contract
-/// says), refusing a token issued for another query.
-fn after(page_token: &str, fingerprint: &str) -> Result<Option<Cursor>, Status> {
-    if page_token.is_empty() {
-        return Ok(None);
-    }
-    paging::decode(page_token, fingerprint)
-        .map(Some)
-        .map_err(|error| invalid("page_token", &error.to_string(), Value::Null))
-}
-
 #[tonic::async_trait]
 impl SessionRpc for SessionService {
     async fn create_session(
@@ -256,7 +215,7 @@ impl SessionRpc for SessionService {
         let create = async {
             let mut violations = Vec::new();
             let new = self.new_session(&owner, "", request.get_ref().clone(), &mut violations);
-            finish(violations)?;
+            refuse_violations(violations)?;
             let created = self.store.create_sessions(&owner, vec![new]).await.map_err(store_error)?;
             Ok(pb::CreateSessionResponse { session: created.first().map(session_to_proto) })
         };
@@ -267,9 +226,8 @@ impl SessionRpc for SessionService {
         &self,
         request: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
-        let owner = owner(&request)?;
-        let request = request.into_inner();
-        validate(&request)?;
+        let (principal, request) = accept(request)?;
+        let owner = Owner::from(principal);
         let sort = match pb::SessionSortField::try_from(request.sort_by) {
             Ok(pb::SessionSortField::CreatedAt) => SessionSort::CreatedAt,
             Ok(pb::SessionSortField::UpdatedAt) => SessionSort::UpdatedAt,
@@ -286,31 +244,30 @@ impl SessionRpc for SessionService {
             &format!("{direction:?}"),
             &format!("{}:{user_filter}", request.user_id.is_some()),
         ]);
-        let after = after(&request.page_token, &fingerprint)?;
-        let query = SessionQuery {
-            user_id: request.user_id,
-            sort,
-            direction,
-            limit: limit(request.limit, DEFAULT_SESSION_LIMIT),
-            offset: if after.is_some() { 0 } else { offset(request.offset) },
-            after,
-        };
+        let PageRequest { limit, offset, after } = PageRequest::parse(
+            request.limit,
+            request.offset,
+            &request.page_token,
+            &fingerprint,
+            DEFAULT_SESSION_LIMIT,
+        )?;
+        let query = SessionQuery { user_id: request.user_id, sort, direction, limit, offset, after };
         let page = self.store.list_sessions(&owner, &query).await.map_err(store_error)?;
-        let next_page_token = match page.items.last() {
-            Some(last) if page.has_more => {
+        let next_page_token = page.next_token(
+            |last| {
                 let key = match sort {
                     SessionSort::CreatedAt => last.created_at,
                     SessionSort::UpdatedAt => last.updated_at,
                     SessionSort::LastActivity => last.last_activity,
                 };
-                paging::encode(Cursor { key, id: last.id }, &fingerprint)
-            }
-            _ => String::new(),
-        };
+                Cursor { key, id: last.id }
+            },
+            &fingerprint,
+        );
         Ok(Response::new(pb::ListSessionsResponse {
             sessions: page.items.iter().map(session_to_proto).collect(),
             next_page_token,
-            total_count: i64::try_from(page.total).unwrap_or(i64::MAX),
+            total_count: page.total_count(),
         }))
     }
 
@@ -318,9 +275,9 @@ impl SessionRpc for SessionService {
         &self,
         request: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::GetSessionResponse>, Status> {
-        let owner = owner(&request)?;
-        validate(request.get_ref())?;
-        let session_id = id("session_id", &request.get_ref().session_id)?;
+        let (principal, request) = accept(request)?;
+        let owner = Owner::from(principal);
+        let session_id = uuid_field("session_id", &request.session_id)?;
         let session = self.store.get_session(&owner, session_id).await.map_err(not_found_as("Session"))?;
         Ok(Response::new(pb::GetSessionResponse { session: Some(session_to_proto(&session)) }))
     }
@@ -329,17 +286,16 @@ impl SessionRpc for SessionService {
         &self,
         request: Request<pb::UpdateSessionRequest>,
     ) -> Result<Response<pb::UpdateSessionResponse>, Status> {
-        let owner = owner(&request)?;
-        let request = request.into_inner();
-        validate(&request)?;
-        let session_id = id("session_id", &request.session_id)?;
+        let (principal, request) = accept(request)?;
+        let owner = Owner::from(principal);
+        let session_id = uuid_field("session_id", &request.session_id)?;
         let metadata = request.metadata.as_ref().map(struct_to_object);
         let mut violations = Vec::new();
         self.check_title("title", request.title.as_ref(), &mut violations);
         if let Some(metadata) = &metadata {
             self.check_metadata("metadata", metadata, &mut violations);
         }
-        finish(violations)?;
+        refuse_violations(violations)?;
         let patch = SessionPatch { user_id: request.user_id, title: request.title, metadata };
         let session = self.store.update_session(&owner, session_id, patch).await.map_err(not_found_as("Session"))?;
         Ok(Response::new(pb::UpdateSessionResponse { session: Some(session_to_proto(&session)) }))
@@ -349,9 +305,9 @@ impl SessionRpc for SessionService {
         &self,
         request: Request<pb::DeleteSessionRequest>,
     ) -> Result<Response<pb::DeleteSessionResponse>, Status> {
-        let owner = owner(&request)?;
-        validate(request.get_ref())?;
-        let session_id = id("session_id", &request.get_ref().session_id)?;
+        let (principal, request) = accept(request)?;
+        let owner = Owner::from(principal);
+        let session_id = uuid_field("session_id", &request.session_id)?;
         let deleted = self.store.delete_sessions(&owner, &[session_id]).await.map_err(store_error)?;
         if deleted.is_empty() {
             return Err(ApiError::not_found("Session").into());
@@ -377,7 +333,7 @@ impl SessionRpc for SessionService {
                     self.new_session(&owner, &format!("sessions[{index}]."), item.clone(), &mut violations)
                 })
                 .collect();
-            finish(violations)?;
+            refuse_violations(violations)?;
             let created = self.store.create_sessions(&owner, new).await.map_err(store_error)?;
             Ok(pb::BulkCreateSessionsResponse { sessions: created.iter().map(session_to_proto).collect() })
         };
@@ -396,7 +352,7 @@ impl SessionRpc for SessionService {
             .session_ids
             .iter()
             .enumerate()
-            .map(|(index, raw)| id(&format!("session_ids[{index}]"), raw))
+            .map(|(index, raw)| uuid_field(&format!("session_ids[{index}]"), raw))
             .collect::<Result<Vec<_>, _>>()?;
         self.store.delete_sessions(&owner, &ids).await.map_err(store_error)?;
         Ok(Response::new(pb::BulkDeleteSessionsResponse {}))
@@ -410,9 +366,9 @@ impl SessionRpc for SessionService {
         validate(request.get_ref())?;
         let create = async {
             let body = request.get_ref();
-            let session_id = id("session_id", &body.session_id)?;
+            let session_id = uuid_field("session_id", &body.session_id)?;
             let parent_message_id =
-                body.parent_message_id.as_deref().map(|raw| id("parent_message_id", raw)).transpose()?;
+                body.parent_message_id.as_deref().map(|raw| uuid_field("parent_message_id", raw)).transpose()?;
             let metadata = body.metadata.as_ref().map(struct_to_object).unwrap_or_default();
             let message = NewMessage {
                 role: role_from_proto(body.role).unwrap_or(Role::User),
@@ -435,7 +391,7 @@ impl SessionRpc for SessionService {
                 },
                 &mut violations,
             );
-            finish(violations)?;
+            refuse_violations(violations)?;
             let created =
                 self.store.create_message(&owner, session_id, message).await.map_err(not_found_as("Session"))?;
             Ok(pb::CreateMessageResponse { message: Some(message_to_proto(&created)) })
@@ -447,10 +403,9 @@ impl SessionRpc for SessionService {
         &self,
         request: Request<pb::ListMessagesRequest>,
     ) -> Result<Response<pb::ListMessagesResponse>, Status> {
-        let owner = owner(&request)?;
-        let request = request.into_inner();
-        validate(&request)?;
-        let session_id = id("session_id", &request.session_id)?;
+        let (principal, request) = accept(request)?;
+        let owner = Owner::from(principal);
+        let session_id = uuid_field("session_id", &request.session_id)?;
         let role = request.role.and_then(role_from_proto);
         let search = request.search.filter(|s| !s.is_empty());
         let fingerprint = query_fingerprint(&[
@@ -459,23 +414,19 @@ impl SessionRpc for SessionService {
             role.map_or("", Role::as_str),
             &format!("{}:{}", search.is_some(), search.as_deref().unwrap_or_default()),
         ]);
-        let after = after(&request.page_token, &fingerprint)?;
-        let query = MessageQuery {
-            role,
-            search,
-            limit: limit(request.limit, DEFAULT_MESSAGE_LIMIT),
-            offset: if after.is_some() { 0 } else { offset(request.offset) },
-            after,
-        };
+        let PageRequest { limit, offset, after } = PageRequest::parse(
+            request.limit,
+            request.offset,
+            &request.page_token,
+            &fingerprint,
+            DEFAULT_MESSAGE_LIMIT,
+        )?;
+        let query = MessageQuery { role, search, limit, offset, after };
         let page = self.store.list_messages(&owner, session_id, &query).await.map_err(not_found_as("Session"))?;
-        let next_page_token = match page.items.last() {
-            Some(last) if page.has_more => paging::encode(Cursor { key: last.created_at, id: last.id }, &fingerprint),
-            _ => String::new(),
-        };
         Ok(Response::new(pb::ListMessagesResponse {
             messages: page.items.iter().map(message_to_proto).collect(),
-            next_page_token,
-            total_count: i64::try_from(page.total).unwrap_or(i64::MAX),
+            next_page_token: page.next_token(|last| Cursor { key: last.created_at, id: last.id }, &fingerprint),
+            total_count: page.total_count(),
         }))
     }
 
@@ -483,9 +434,9 @@ impl SessionRpc for SessionService {
         &self,
         request: Request<pb::GetMessageRequest>,
     ) -> Result<Response<pb::GetMessageResponse>, Status> {
-        let owner = owner(&request)?;
-        validate(request.get_ref())?;
-        let message_id = id("message_id", &request.get_ref().message_id)?;
+        let (principal, request) = accept(request)?;
+        let owner = Owner::from(principal);
+        let message_id = uuid_field("message_id", &request.message_id)?;
         let message = self.store.get_message(&owner, message_id).await.map_err(not_found_as("Message"))?;
         Ok(Response::new(pb::GetMessageResponse { message: Some(message_to_proto(&message)) }))
     }
@@ -494,14 +445,13 @@ impl SessionRpc for SessionService {
         &self,
         request: Request<pb::UpdateMessageRequest>,
     ) -> Result<Response<pb::UpdateMessageResponse>, Status> {
-        let owner = owner(&request)?;
-        let request = request.into_inner();
-        validate(&request)?;
-        let message_id = id("message_id", &request.message_id)?;
+        let (principal, request) = accept(request)?;
+        let owner = Owner::from(principal);
+        let message_id = uuid_field("message_id", &request.message_id)?;
         let parent_message_id = match request.parent_message_id.as_deref() {
             None => None,
             Some("") => Some(None),
-            Some(raw) => Some(Some(id("parent_message_id", raw)?)),
+            Some(raw) => Some(Some(uuid_field("parent_message_id", raw)?)),
         };
         let tool_calls: Vec<_> = request.tool_calls.iter().map(tool_call_from_proto).collect();
         let mut patch = MessagePatch {
@@ -523,7 +473,7 @@ impl SessionRpc for SessionService {
         if let Some(calls) = &patch.tool_calls {
             check_tool_calls(&self.limits, calls, &mut violations);
         }
-        finish(violations)?;
+        refuse_violations(violations)?;
         // The shape rules apply to the message the update produces: read it, check the
         // result, and let the store apply the patch only if the shape read is still the
         // stored one (a concurrent update in between makes us read and check again).
@@ -531,7 +481,7 @@ impl SessionRpc for SessionService {
             let current = self.store.get_message(&owner, message_id).await.map_err(not_found_as("Message"))?;
             let mut violations = Vec::new();
             shape_violations(patched_shape(current.shape(), &patch), &mut violations);
-            finish(violations)?;
+            refuse_violations(violations)?;
             patch.expect = Some(current.shape());
             match self.store.update_message(&owner, message_id, patch.clone()).await {
                 Ok(message) => {
@@ -550,9 +500,9 @@ impl SessionRpc for SessionService {
         &self,
         request: Request<pb::DeleteMessageRequest>,
     ) -> Result<Response<pb::DeleteMessageResponse>, Status> {
-        let owner = owner(&request)?;
-        validate(request.get_ref())?;
-        let message_id = id("message_id", &request.get_ref().message_id)?;
+        let (principal, request) = accept(request)?;
+        let owner = Owner::from(principal);
+        let message_id = uuid_field("message_id", &request.message_id)?;
         self.store.delete_message(&owner, message_id).await.map_err(not_found_as("Message"))?;
         Ok(Response::new(pb::DeleteMessageResponse {}))
     }

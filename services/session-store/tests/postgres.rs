@@ -22,16 +22,15 @@ use agentmesh_events::{
 };
 use agentmesh_resilience::Preset;
 use agentmesh_session_store::idempotency::IdempotencyStore;
-use agentmesh_session_store::store::postgres::{OutboxRelay, PoolSettings, PostgresStore, RelaySettings};
+use agentmesh_session_store::store::postgres::{PoolSettings, PostgresStore, RelaySettings};
 use agentmesh_session_store::store::{
     MessagePatch, MessageQuery, NewMessage, NewSession, Owner, Role, SessionPatch, SessionStore, StoreError, ToolCall,
 };
+use agentmesh_testkit::outbox::{RunningRelay, quick_relay, test_pool};
 use agentmesh_testkit::{PgSchema, unique_name};
 use async_trait::async_trait;
 use conformance::Fixture;
 use futures::StreamExt;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 /// A store in a fresh schema, and the schema's guard.
@@ -44,7 +43,8 @@ struct TestStore {
 impl TestStore {
     async fn start() -> Option<Self> {
         let schema = PgSchema::start("ss").await?;
-        let store = PostgresStore::connect(schema.url(), schema.name(), pool(), &Preset::database()).await.unwrap();
+        let store =
+            PostgresStore::connect(schema.url(), schema.name(), test_pool(), &Preset::database()).await.unwrap();
         Some(Self { store, url: schema.url().to_owned(), schema })
     }
 
@@ -61,52 +61,6 @@ impl TestStore {
     }
 }
 
-fn pool() -> PoolSettings {
-    PoolSettings { min: 0, max: 6, acquire_timeout: Duration::from_secs(10) }
-}
-
-fn quick() -> RelaySettings {
-    RelaySettings {
-        poll_interval: Duration::from_millis(200),
-        backoff_initial: Duration::from_millis(20),
-        backoff_max: Duration::from_millis(500),
-        publish_timeout: Duration::from_secs(3),
-        ..RelaySettings::default()
-    }
-}
-
-/// A relay running in the background until stopped or dropped.
-struct RunningRelay {
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-}
-
-impl RunningRelay {
-    fn start(relay: OutboxRelay) -> Self {
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(relay.run(async move {
-            let _ = stopped.await;
-        }));
-        Self { stop: Some(stop), task }
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(30), &mut self.task).await.expect("relay stops").unwrap();
-    }
-}
-
-impl Drop for RunningRelay {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.task.abort();
-    }
-}
-
 /// Stops the relay, then drops the schema (field order).
 struct FixtureGuard {
     _relay: RunningRelay,
@@ -116,7 +70,7 @@ struct FixtureGuard {
 async fn fixture() -> Option<Fixture> {
     let TestStore { store, schema, .. } = TestStore::start().await?;
     let bus = MemoryBus::default();
-    let relay = RunningRelay::start(store.relay(Arc::new(bus.clone())).with_settings(quick()));
+    let relay = RunningRelay::start(store.relay(Arc::new(bus.clone())).with_settings(quick_relay()));
     let store = Arc::new(store);
     Some(Fixture {
         store: store.clone(),
@@ -154,7 +108,7 @@ fn messages(limit: u32) -> MessageQuery {
 #[tokio::test]
 async fn migrations_are_idempotent_and_live_in_the_schema() {
     let Some(t) = TestStore::start().await else { return };
-    let again = PostgresStore::connect(&t.url, t.store.schema(), pool(), &Preset::database()).await.unwrap();
+    let again = PostgresStore::connect(&t.url, t.store.schema(), test_pool(), &Preset::database()).await.unwrap();
     again.ping().await.unwrap();
     let applied: i64 = t.scalar("SELECT count(*) FROM _sqlx_migrations WHERE success").await;
     assert_eq!(applied, 5);
@@ -175,15 +129,15 @@ async fn migrations_are_idempotent_and_live_in_the_schema() {
 async fn invalid_settings_and_unreachable_servers_are_reported() {
     let Some(t) = TestStore::start().await else { return };
     for schema in ["", "1x", "bad-name", "quote\"d"] {
-        let result = PostgresStore::connect(&t.url, schema, pool(), &Preset::database()).await;
+        let result = PostgresStore::connect(&t.url, schema, test_pool(), &Preset::database()).await;
         assert!(matches!(result, Err(StoreError::Internal(_))), "{schema:?}");
     }
-    let empty = PoolSettings { max: 0, ..pool() };
+    let empty = PoolSettings { max: 0, ..test_pool() };
     assert!(matches!(
         PostgresStore::connect(&t.url, "x", empty, &Preset::database()).await,
         Err(StoreError::Internal(_))
     ));
-    let unreachable = PoolSettings { acquire_timeout: Duration::from_secs(1), ..pool() };
+    let unreachable = PoolSettings { acquire_timeout: Duration::from_secs(1), ..test_pool() };
     let result =
         PostgresStore::connect("postgres://postgres@127.0.0.1:1/test", "x", unreachable, &Preset::database()).await;
     assert!(matches!(result, Err(StoreError::Unavailable(_))), "{result:?}");
@@ -392,7 +346,7 @@ async fn relay_through_flaky_bus(publish_concurrency: usize) -> Option<(Vec<Stri
     let queued: Vec<Uuid> =
         sqlx::query_scalar("SELECT event_id FROM outbox ORDER BY seq").fetch_all(t.store.pool()).await.unwrap();
     let flaky = CountingPublisher::new(7);
-    let settings = RelaySettings { batch_size: 16, publish_concurrency, ..quick() };
+    let settings = RelaySettings { batch_size: 16, publish_concurrency, ..quick_relay() };
     let relay = t.relay(flaky.clone(), settings);
     wait_until("the outbox is drained", Duration::from_secs(60), async || flaky.published().len() >= queued.len())
         .await;
@@ -422,7 +376,7 @@ async fn relays_of_several_replicas_share_the_queue() {
     let alice = owner("alice");
     let sessions = t.store.create_sessions(&alice, vec![NewSession::default(); 100]).await.unwrap();
     let (first, second) = (CountingPublisher::new(0), CountingPublisher::new(0));
-    let settings = RelaySettings { batch_size: 8, ..quick() };
+    let settings = RelaySettings { batch_size: 8, ..quick_relay() };
     let relays = [t.relay(first.clone(), settings.clone()), t.relay(second.clone(), settings)];
     let total = || first.published().len() + second.published().len();
     wait_until("both relays drained the outbox", Duration::from_secs(30), async || total() >= 100).await;
@@ -438,7 +392,7 @@ async fn relays_of_several_replicas_share_the_queue() {
 async fn relay_wakes_on_writes_and_on_notify_without_polling() {
     let Some(t) = TestStore::start().await else { return };
     let publisher = CountingPublisher::new(0);
-    let relay = t.relay(publisher.clone(), RelaySettings { poll_interval: Duration::from_secs(300), ..quick() });
+    let relay = t.relay(publisher.clone(), RelaySettings { poll_interval: Duration::from_secs(300), ..quick_relay() });
     tokio::time::sleep(Duration::from_millis(500)).await; // the relay is idle, listening
     t.store.create_sessions(&owner("alice"), vec![NewSession::default()]).await.unwrap();
     wait_until("the write woke the relay", Duration::from_secs(5), async || publisher.published().len() == 1).await;
@@ -475,7 +429,8 @@ async fn invalid_rows_are_set_aside_and_housekeeping_purges() {
     .unwrap();
     t.store.create_sessions(&alice, vec![NewSession::default()]).await.unwrap();
     let publisher = CountingPublisher::new(0);
-    let relay = t.store.relay(publisher.clone()).with_settings(RelaySettings { retention: Duration::ZERO, ..quick() });
+    let relay =
+        t.store.relay(publisher.clone()).with_settings(RelaySettings { retention: Duration::ZERO, ..quick_relay() });
     let report = relay.publish_batch().await.unwrap();
     assert_eq!((report.fetched, report.published, report.dead), (2, 1, 1));
     let reason: String = t.scalar("SELECT last_error FROM outbox WHERE dead_at IS NOT NULL").await;
@@ -567,7 +522,7 @@ async fn outbox_delivers_every_event_exactly_once_across_a_nats_outage() {
             ..NatsConfig::default()
         };
         let bus = NatsBus::connect(config).await.unwrap();
-        let settings = RelaySettings { backoff_max: Duration::from_secs(1), ..quick() };
+        let settings = RelaySettings { backoff_max: Duration::from_secs(1), ..quick_relay() };
         let relay = t.relay(Arc::new(bus.clone()), settings);
         let alice = owner("alice");
         let id = session(&t.store, &alice).await;
@@ -616,7 +571,7 @@ async fn outbox_delivers_every_event_exactly_once_across_a_nats_outage() {
             t.scalar::<i64>("SELECT count(*) FROM outbox WHERE published_at IS NULL").await == 0
         })
         .await;
-        assert!(!relay.task.is_finished(), "the relay survived the outage");
+        assert!(!relay.is_finished(), "the relay survived the outage");
         relay.stop().await;
         bus.delete_stream().await.unwrap();
     })

@@ -32,6 +32,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+/// One page of a listing (by name).
+pub use agentmesh_runtime::paging::Page;
+
 /// A JSON object: schemas and `metadata`.
 pub type JsonObject = Map<String, Value>;
 
@@ -327,10 +330,12 @@ pub struct HealthChange {
     pub previous: ServerStatus,
 }
 
-/// A position in a listing by name: the last name already seen.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A position in a listing by name: the last name already seen. Its serde form is the
+/// page token's position (see `agentmesh_runtime::paging`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cursor {
     /// Name of the last item seen.
+    #[serde(rename = "n")]
     pub name: String,
 }
 
@@ -366,17 +371,6 @@ pub struct ServerQuery {
     pub offset: u64,
     /// Continue after this position.
     pub after: Option<Cursor>,
-}
-
-/// One page of a listing.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Page<T> {
-    /// The items, by name.
-    pub items: Vec<T>,
-    /// How many items match the filters in all.
-    pub total: u64,
-    /// Whether items follow this page.
-    pub has_more: bool,
 }
 
 /// Why a store call failed.

@@ -35,21 +35,12 @@ pub struct Fixture {
 #[macro_export]
 macro_rules! conformance_tests {
     ($fixture:path) => {
-        $crate::conformance_tests!(@tests $fixture;
+        agentmesh_testkit::suite_tests!(conformance, $fixture;
             tool_round_trip, names_are_unique_and_servers_must_exist, tools_filter_search_and_page,
             tool_cursor_walks_every_item_once, server_round_trip_and_update, servers_filter_search_and_page,
             deleting_a_server_deletes_its_tools, sync_creates_updates_and_disables, sync_names_tools_uniquely,
             handshake_and_health_are_recorded, writes_emit_domain_events
         );
-    };
-    (@tests $fixture:path; $($name:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                let Some(fixture) = $fixture().await else { return };
-                conformance::$name(&fixture).await;
-            }
-        )*
     };
 }
 

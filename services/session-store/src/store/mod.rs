@@ -33,10 +33,13 @@ pub mod shape;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Timelike, Utc};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
 pub use self::shape::{MessageShape, ToolCall};
+/// One page of a listing.
+pub use agentmesh_runtime::paging::Page;
 
 /// A JSON object: `metadata`.
 pub type JsonObject = Map<String, Value>;
@@ -48,6 +51,12 @@ pub struct Owner {
     pub tenant_id: String,
     /// The principal's user.
     pub user_id: String,
+}
+
+impl From<agentmesh_runtime::auth::Principal> for Owner {
+    fn from(principal: agentmesh_runtime::auth::Principal) -> Self {
+        Self { tenant_id: principal.tenant_id, user_id: principal.user_id }
+    }
 }
 
 /// A stored session (the seed's `Session`, plus its owner).
@@ -226,12 +235,15 @@ pub enum Direction {
 }
 
 /// A position in a listing: the sort key and id of the last item already seen. Listing
-/// "after" it continues past that item in the listing's order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// "after" it continues past that item in the listing's order. Its serde form is the
+/// page token's position (see `agentmesh_runtime::paging`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cursor {
-    /// Sort key of the last item seen.
+    /// Sort key of the last item seen (in a token: microseconds since the Unix epoch).
+    #[serde(rename = "k", with = "chrono::serde::ts_microseconds")]
     pub key: DateTime<Utc>,
     /// Id of the last item seen (ties on `key` are ordered by id).
+    #[serde(rename = "i")]
     pub id: Uuid,
 }
 
@@ -265,17 +277,6 @@ pub struct MessageQuery {
     pub offset: u64,
     /// Continue after this position.
     pub after: Option<Cursor>,
-}
-
-/// One page of a listing.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Page<T> {
-    /// The items, in listing order.
-    pub items: Vec<T>,
-    /// How many items match the filters in all (ignoring paging).
-    pub total: u64,
-    /// Whether items follow this page.
-    pub has_more: bool,
 }
 
 /// Why a store call failed.

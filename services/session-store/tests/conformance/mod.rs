@@ -41,7 +41,7 @@ pub struct Fixture {
 #[macro_export]
 macro_rules! conformance_tests {
     ($fixture:path) => {
-        $crate::conformance_tests!(@tests $fixture;
+        agentmesh_testkit::suite_tests!(conformance, $fixture;
             session_round_trip, other_owners_see_nothing, sessions_sort_filter_and_page,
             session_cursor_walks_every_item_once, session_updates_and_activity, deleting_sessions_cascades,
             bulk_create_and_delete, messages_round_trip_with_parents, invalid_parents_are_refused,
@@ -51,15 +51,6 @@ macro_rules! conformance_tests {
             message_shape_rules_through_the_service, nul_characters_are_refused_before_storage,
             extreme_numbers_in_metadata_round_trip
         );
-    };
-    (@tests $fixture:path; $($name:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                let Some(fixture) = $fixture().await else { return };
-                conformance::$name(&fixture).await;
-            }
-        )*
     };
 }
 

@@ -1,6 +1,7 @@
 //! MCP servers: create, get, list, update, delete (with their tools), and what discovery
 //! and health checks record, each with its events.
 
+use agentmesh_postgres::listing::{Listed, listed};
 use chrono::{DateTime, Utc};
 use sqlx::Postgres;
 use sqlx::postgres::PgArguments;
@@ -124,7 +125,6 @@ impl PostgresStore {
 
     pub(super) async fn list_servers_impl(&self, query: &ServerQuery) -> Result<Page<McpServerRecord>, StoreError> {
         let pattern = query.search.as_deref().map(contains_pattern);
-        let limit = usize::try_from(query.limit).unwrap_or(usize::MAX);
         self.run(|| async {
             let found = sqlx::query(LIST)
                 .bind(query.enabled)
@@ -135,19 +135,8 @@ impl PostgresStore {
                 .fetch_all(self.pool())
                 .await
                 .map_err(classify)?;
-            let total: i64 = match found.first() {
-                Some(row) => sqlx::Row::try_get(row, "total").map_err(classify)?,
-                None => 0,
-            };
-            let mut items = Vec::with_capacity(found.len());
-            for row in &found {
-                if sqlx::Row::try_get::<Option<Uuid>, _>(row, "id").map_err(classify)?.is_some() {
-                    items.push(rows::server(row)?);
-                }
-            }
-            let has_more = items.len() > limit;
-            items.truncate(limit);
-            Ok(Page { items, total: u64::try_from(total).unwrap_or(0), has_more })
+            let Listed { items, total } = listed(&found, rows::server)?;
+            Ok(Page::from_fetched(items, query.limit, total))
         })
         .await
     }

@@ -15,6 +15,7 @@
 //! make that safe).
 
 use agentmesh_postgres::Judge;
+use agentmesh_postgres::error::{Failure, attempt_error};
 use agentmesh_resilience::{Outcome, ResilienceError};
 
 pub(super) use agentmesh_postgres::error::violated_constraint;
@@ -68,17 +69,21 @@ impl Judge for DbError {
 
 /// The caller's view of a failed call.
 pub(super) fn into_store_error(error: ResilienceError<DbError>) -> StoreError {
-    match error {
-        ResilienceError::Inner(DbError::NotFound) => StoreError::NotFound,
-        ResilienceError::Inner(DbError::InvalidParent) => StoreError::InvalidParent,
-        ResilienceError::Inner(DbError::Conflict) => StoreError::Conflict,
-        ResilienceError::Inner(DbError::Db(error)) if error.is_unavailable() => {
-            StoreError::Unavailable(Box::new(error))
+    match attempt_error(error) {
+        Ok(DbError::NotFound) => StoreError::NotFound,
+        Ok(DbError::InvalidParent) => StoreError::InvalidParent,
+        Ok(DbError::Conflict) => StoreError::Conflict,
+        Ok(DbError::Db(error)) => Failure::from(error).into(),
+        Err(failure) => failure.into(),
+    }
+}
+
+impl From<Failure> for StoreError {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Unavailable(error) => StoreError::Unavailable(error),
+            Failure::Internal(error) => StoreError::Internal(error),
         }
-        ResilienceError::Inner(DbError::Db(error)) => StoreError::Internal(Box::new(error)),
-        other @ (ResilienceError::Timeout { .. }
-        | ResilienceError::CircuitOpen { .. }
-        | ResilienceError::BulkheadFull { .. }) => StoreError::Unavailable(Box::new(other)),
     }
 }
 

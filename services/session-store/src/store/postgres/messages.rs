@@ -4,6 +4,7 @@
 //! A delete locks the session row first, then deletes and decrements, so it takes locks
 //! in the same order as an append and the two cannot deadlock.
 
+use agentmesh_postgres::listing::{Listed, listed};
 use sqlx::types::Json;
 use uuid::Uuid;
 
@@ -132,7 +133,6 @@ impl PostgresStore {
     ) -> Result<Page<MessageRecord>, StoreError> {
         let sql = list_sql(query);
         let pattern = query.search.as_deref().map(contains_pattern);
-        let limit = usize::try_from(query.limit).unwrap_or(usize::MAX);
         self.run(|| async {
             let mut conn = self.inner.pool.acquire().await.map_err(classify)?;
             let mut statement = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
@@ -151,16 +151,12 @@ impl PostgresStore {
                 statement = statement.bind(after.key).bind(after.id);
             }
             let found = statement.fetch_all(&mut *conn).await.map_err(classify)?;
-            let total: i64 = sqlx::Row::try_get(found.first().ok_or(DbError::NotFound)?, "total").map_err(classify)?;
-            let mut items = Vec::with_capacity(found.len());
-            for row in &found {
-                if let Some(message) = rows::optional_message(row)? {
-                    items.push(message);
-                }
+            // No row at all: the session is not the owner's.
+            if found.is_empty() {
+                return Err(DbError::NotFound);
             }
-            let has_more = items.len() > limit;
-            items.truncate(limit);
-            Ok(Page { items, total: u64::try_from(total).unwrap_or(0), has_more })
+            let Listed { items, total } = listed(&found, rows::message)?;
+            Ok(Page::from_fetched(items, query.limit, total))
         })
         .await
     }

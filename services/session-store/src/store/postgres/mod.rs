@@ -40,8 +40,9 @@ use std::future::Future;
 use std::sync::{Arc, LazyLock};
 
 use agentmesh_events::Publisher;
+use agentmesh_postgres::Database;
+use agentmesh_postgres::error::Failure;
 use agentmesh_postgres::outbox::{self, Outbox};
-use agentmesh_postgres::{Database, SetupError};
 use agentmesh_resilience::Preset;
 use async_trait::async_trait;
 use sqlx::migrate::Migrator;
@@ -112,7 +113,7 @@ impl PostgresStore {
     /// `search_path`). Connecting again to a migrated schema is a no-op. Every operation
     /// runs under `resilience` with its bulkhead sized to the pool.
     pub async fn connect(url: &str, schema: &str, pool: PoolSettings, resilience: &Preset) -> Result<Self, StoreError> {
-        let database = Database::connect(url, schema, pool, resilience, migrations()).await.map_err(setup_error)?;
+        let database = Database::connect(url, schema, pool, resilience, migrations()).await.map_err(Failure::from)?;
         let lanes = append_lanes(database.settings());
         let outbox = Outbox::new(database.schema());
         let pool = database.pool().clone();
@@ -162,15 +163,6 @@ impl PostgresStore {
 /// writers alike.
 fn append_lanes(pool: &PoolSettings) -> usize {
     usize::try_from(pool.max / 4).unwrap_or(1).clamp(1, 8)
-}
-
-/// The caller's view of a failed connect.
-fn setup_error(error: SetupError) -> StoreError {
-    if error.is_unavailable() {
-        StoreError::Unavailable(Box::new(error))
-    } else {
-        StoreError::Internal(Box::new(error))
-    }
 }
 
 #[async_trait]

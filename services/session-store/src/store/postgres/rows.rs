@@ -8,7 +8,6 @@ use chrono::{DateTime, Utc};
 use sqlx::Row as _;
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
-use uuid::Uuid;
 
 use super::error::{DbError, classify};
 use crate::store::{JsonObject, MessageRecord, Owner, Role, SessionRecord, ToolCall};
@@ -52,14 +51,6 @@ pub(super) fn session(row: &PgRow) -> Result<SessionRecord, DbError> {
     })
 }
 
-/// A session row of an outer join: `None` when the join found nothing (`id` is NULL).
-pub(super) fn optional_session(row: &PgRow) -> Result<Option<SessionRecord>, DbError> {
-    match get::<Option<Uuid>>(row, "id")? {
-        Some(_) => session(row).map(Some),
-        None => Ok(None),
-    }
-}
-
 /// A message row.
 pub(super) fn message(row: &PgRow) -> Result<MessageRecord, DbError> {
     let role: String = get(row, "role")?;
@@ -75,12 +66,4 @@ pub(super) fn message(row: &PgRow) -> Result<MessageRecord, DbError> {
         created_at: get::<DateTime<Utc>>(row, "created_at")?,
         updated_at: get::<DateTime<Utc>>(row, "updated_at")?,
     })
-}
-
-/// A message row of an outer join: `None` when the join found nothing (`id` is NULL).
-pub(super) fn optional_message(row: &PgRow) -> Result<Option<MessageRecord>, DbError> {
-    match get::<Option<Uuid>>(row, "id")? {
-        Some(_) => message(row).map(Some),
-        None => Ok(None),
-    }
 }

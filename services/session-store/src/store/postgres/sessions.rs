@@ -4,6 +4,7 @@
 //! transaction); an update needs the stored row to build its event, so it updates,
 //! queues the event and commits in a short transaction.
 
+use agentmesh_postgres::listing::{Listed, listed};
 use std::collections::HashSet;
 
 use sqlx::types::Json;
@@ -175,7 +176,6 @@ impl PostgresStore {
         query: &SessionQuery,
     ) -> Result<Page<SessionRecord>, StoreError> {
         let sql = list_sql(query);
-        let limit = usize::try_from(query.limit).unwrap_or(usize::MAX);
         self.run(|| async {
             let mut conn = self.inner.pool.acquire().await.map_err(classify)?;
             let mut statement = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
@@ -190,19 +190,8 @@ impl PostgresStore {
                 statement = statement.bind(after.key).bind(after.id);
             }
             let found = statement.fetch_all(&mut *conn).await.map_err(classify)?;
-            let total: i64 = match found.first() {
-                Some(row) => sqlx::Row::try_get(row, "total").map_err(classify)?,
-                None => 0,
-            };
-            let mut items = Vec::with_capacity(found.len());
-            for row in &found {
-                if let Some(session) = rows::optional_session(row)? {
-                    items.push(session);
-                }
-            }
-            let has_more = items.len() > limit;
-            items.truncate(limit);
-            Ok(Page { items, total: u64::try_from(total).unwrap_or(0), has_more })
+            let Listed { items, total } = listed(&found, rows::session)?;
+            Ok(Page::from_fetched(items, query.limit, total))
         })
         .await
     }

@@ -1,0 +1,52 @@
+//! The rows of a paged listing, read the one way every owner's listing queries are
+//! written: the page (its limit plus one row, to tell whether more follow) `LEFT JOIN`ed
+//! onto the count of all matches, so one statement answers both from the same snapshot.
+//! Every row carries the count as `total`; a page with no items is a single row whose
+//! record columns, `id` among them, are NULL.
+//!
+//! ```
+//! use agentmesh_postgres::listing::{Listed, listed};
+//! use sqlx::postgres::PgRow;
+//!
+//! /// `SELECT counted.total, page.* FROM (SELECT count(*) AS total FROM agents WHERE ...)
+//! /// counted LEFT JOIN (SELECT id, name FROM agents WHERE ... LIMIT $1) page ON true`
+//! fn agents(found: &[PgRow]) -> Result<Listed<String>, agentmesh_postgres::DbError> {
+//!     listed(found, |row| {
+//!         sqlx::Row::try_get::<String, _>(row, "name").map_err(agentmesh_postgres::classify)
+//!     })
+//! }
+//! ```
+
+use sqlx::Row as _;
+use sqlx::postgres::PgRow;
+use uuid::Uuid;
+
+use crate::error::{DbError, classify};
+
+/// The records of a listing's rows and the number of matches in all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed<T> {
+    /// The records, in the rows' order (possibly one more than the page).
+    pub items: Vec<T>,
+    /// How many records match the listing's filters, ignoring paging.
+    pub total: u64,
+}
+
+/// Reads `rows` (see the module documentation): `total` from the first row (0 without
+/// rows), and `record` of every row whose `id` is not NULL.
+pub fn listed<T, E>(rows: &[PgRow], mut record: impl FnMut(&PgRow) -> Result<T, E>) -> Result<Listed<T>, E>
+where
+    E: From<DbError>,
+{
+    let total: i64 = match rows.first() {
+        Some(row) => row.try_get("total").map_err(classify)?,
+        None => 0,
+    };
+    let mut items = Vec::with_capacity(rows.len());
+    for row in rows {
+        if row.try_get::<Option<Uuid>, _>("id").map_err(classify)?.is_some() {
+            items.push(record(row)?);
+        }
+    }
+    Ok(Listed { items, total: u64::try_from(total).unwrap_or(0) })
+}
