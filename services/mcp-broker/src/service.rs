@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::convert::{server_to_proto, tool_to_proto};
 use crate::events::EventSink;
-use crate::invoke::{Invoker, session_error};
+use crate::invoke::{Invoker, Validators, session_error};
 use crate::paging::{self, query_fingerprint};
 use crate::rules::{self, ServerFields, ToolFields, violation};
 use crate::sessions::Sessions;
@@ -41,6 +41,8 @@ pub struct McpBroker {
     limits: RegistryLimits,
     sessions: Arc<Sessions>,
     events: Arc<dyn EventSink>,
+    /// `InvokeTool`'s compiled input schemas.
+    validators: Arc<Validators>,
 }
 
 impl McpBroker {
@@ -51,7 +53,7 @@ impl McpBroker {
         sessions: Arc<Sessions>,
         events: Arc<dyn EventSink>,
     ) -> Self {
-        Self { store, limits, sessions, events }
+        Self { store, limits, sessions, events, validators: Arc::default() }
     }
 
     /// Closes the server's sessions and forgets its breaker (its configuration changed),
@@ -442,7 +444,12 @@ impl McpService for McpBroker {
         let principal = principal(&request)?;
         let request = request.into_inner();
         validate(&request)?;
-        let invoker = Invoker { store: self.store.as_ref(), sessions: &self.sessions, events: &self.events };
+        let invoker = Invoker {
+            store: self.store.as_ref(),
+            sessions: &self.sessions,
+            events: &self.events,
+            validators: &self.validators,
+        };
         Ok(Response::new(invoker.invoke(&principal, request).await?))
     }
 }
