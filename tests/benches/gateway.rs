@@ -49,8 +49,8 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::common::{
-    Service, cpu_time, env_number, install_guards, load_average, micros, percentile_ms, pin_self, pinned,
-    wait_grpc_serving, wait_http_ok,
+    Service, cpu_time, env_number, install_guards, load_average, machine_summary, micros, percentile_ms, pin_self,
+    pinned, wait_grpc_serving, wait_http_ok,
 };
 
 /// Shared by the gateway and session-store (principal signing); ≥ 32 characters.
@@ -651,14 +651,10 @@ fn report(settings: &Settings, unary: &Unary, streams: &Streams, load_before: &s
     let _ = writeln!(out, "\n## Gateway benchmark\n");
     let _ = writeln!(
         out,
-        "{} CPUs; 1-minute load average {load_before} before, {} after.{}\n",
-        settings.machine_cpus,
-        load_average(),
-        if pinned() {
-            format!(" Pinned: gateway on CPU {GATEWAY_CPU}; session-store and the load driver on CPU {BACKEND_CPU}.")
-        } else {
-            " Not pinned: every process shares every CPU.".to_owned()
-        }
+        "{}",
+        machine_summary(settings.machine_cpus, load_before, || format!(
+            "Pinned: gateway on CPU {GATEWAY_CPU}; session-store and the load driver on CPU {BACKEND_CPU}."
+        ))
     );
     let _ = writeln!(
         out,

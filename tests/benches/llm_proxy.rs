@@ -43,10 +43,7 @@ mod common;
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentmesh_e2e::free_port;
@@ -56,28 +53,23 @@ use agentmesh_proto::agentmesh::llm::v1::{
     ChatMessage, ChatRequest, FinishReason, StreamChatRequest, stream_chat_response,
 };
 use agentmesh_runtime::ServiceName;
-use agentmesh_runtime::auth::{ACTOR_HEADER, PRINCIPAL_HEADER};
-use agentmesh_testkit::identity;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::Response;
 use futures::StreamExt;
 use serde_json::{Value, json};
-use tonic::metadata::{MetadataMap, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::common::{
-    Service, env_number, install_guards, load_average, micros, own_cpu, percentile_ms, pin_self, pinned, realtime,
-    renice, run_queue_wait, wait_grpc_serving,
+    Call, LoadSettings, Samples, Service, Timing, Tokens, all_lags, closed_loop, grpc_channels, load_average,
+    machine_summary, measure_paths, per_call_us, percentile_ms, wait_grpc_serving, with_cpu,
 };
 
 /// The CPU llm-proxy runs on when pinned.
 const PROXY_CPU: usize = 1;
 /// The CPU of this driver and the fake provider when pinned.
 const DRIVER_CPU: usize = 0;
-/// Longest one call may take before it counts as an error.
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The fake provider's model, as llm-proxy names it.
 const MODEL: &str = "fake/m";
 
@@ -97,48 +89,6 @@ const ANSWER_PIECES: [&str; 5] = [
     "instead of in every service, and every call is metered and priced the same way, ",
     "so budgets and rate limits hold across the whole fleet.",
 ];
-
-// ---------------------------------------------------------------------------------------
-// Settings
-
-struct Settings {
-    rate: u64,
-    warmup: Duration,
-    measure: Duration,
-    rounds: usize,
-    concurrency: usize,
-    ceiling: Duration,
-    max_in_flight: usize,
-    grpc_channels: usize,
-    timeout: Duration,
-    /// `BENCH_NICE`: the nice value of the proxy and of this driver, when set.
-    nice: Option<i32>,
-    /// `BENCH_REALTIME=1`: the proxy and this driver in the real-time class.
-    realtime: bool,
-    /// CPUs of the machine (not of this process, which `BENCH_PIN` narrows).
-    machine_cpus: usize,
-}
-
-impl Settings {
-    fn from_env() -> Self {
-        Self {
-            rate: env_number("BENCH_RATE", 1000).max(1),
-            warmup: Duration::from_secs(env_number("BENCH_WARMUP_SECONDS", 3)),
-            measure: Duration::from_secs(env_number("BENCH_SECONDS", 30).max(1)),
-            rounds: env_number("BENCH_ROUNDS", 3).max(1) as usize,
-            concurrency: env_number("BENCH_CONCURRENCY", 64).max(1) as usize,
-            ceiling: Duration::from_secs(env_number("BENCH_CEILING_SECONDS", 10).max(1)),
-            max_in_flight: env_number("BENCH_MAX_IN_FLIGHT", 512).max(1) as usize,
-            grpc_channels: env_number("BENCH_GRPC_CHANNELS", 4).max(1) as usize,
-            timeout: Duration::from_secs(env_number("BENCH_TIMEOUT_SECONDS", 600).max(10)),
-            nice: std::env::var("BENCH_NICE")
-                .ok()
-                .map(|raw| raw.trim().parse().unwrap_or_else(|_| panic!("BENCH_NICE={raw:?} is not a nice value"))),
-            realtime: env_number("BENCH_REALTIME", 0) != 0,
-            machine_cpus: std::thread::available_parallelism().map_or(0, usize::from),
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // The fake provider
@@ -244,18 +194,6 @@ impl Path {
     }
 }
 
-/// What one call measured, from the moment it started.
-struct Timing {
-    /// To the first content delta (streams) or the whole answer (unary).
-    first: Duration,
-    /// To the end of the answer.
-    total: Duration,
-}
-
-type CallFuture = Pin<Box<dyn Future<Output = Result<Timing, String>> + Send>>;
-/// One call of a path; the argument spreads calls over connections.
-type Call = Arc<dyn Fn(usize) -> CallFuture + Send + Sync>;
-
 /// The OpenAI request body both direct paths send, as llm-proxy would send it for
 /// [`chat_request`] to an OpenAI-compatible server.
 fn openai_body(streamed: bool) -> Value {
@@ -299,7 +237,7 @@ fn direct_unary(http: &reqwest::Client, url: &str) -> Call {
             let answer: Value = response.json().await.map_err(|e| e.to_string())?;
             let total = started.elapsed();
             check_answer(answer["choices"][0]["message"]["content"].as_str().unwrap_or_default())?;
-            Ok(Timing { first: total, total })
+            Ok(Timing::unary(total))
         })
     })
 }
@@ -343,32 +281,8 @@ fn direct_stream(http: &reqwest::Client, url: &str) -> Call {
     })
 }
 
-/// The agent-orchestrator's tokens for calls to llm-proxy, minted for one slice (they live
-/// 5 minutes; the proxy verifies each new pair once, then serves it from its cache).
-#[derive(Clone)]
-struct Tokens {
-    principal: MetadataValue<tonic::metadata::Ascii>,
-    actor: MetadataValue<tonic::metadata::Ascii>,
-}
-
-impl Tokens {
-    fn mint() -> Self {
-        let mut claims =
-            identity::principal_claims(ServiceName::AgentOrchestrator, &identity::user("bench", "bench"), 300);
-        claims.run = Some("run-bench".to_owned());
-        let principal = identity::principal_signed_by(ServiceName::AgentOrchestrator, &claims);
-        let actor = identity::actor_token(ServiceName::AgentOrchestrator, ServiceName::LlmProxy);
-        Self { principal: principal.parse().unwrap(), actor: actor.parse().unwrap() }
-    }
-
-    fn insert(&self, metadata: &mut MetadataMap) {
-        metadata.insert(PRINCIPAL_HEADER, self.principal.clone());
-        metadata.insert(ACTOR_HEADER, self.actor.clone());
-    }
-}
-
 fn proxy_unary(channels: &Arc<Vec<Channel>>) -> Call {
-    let (channels, tokens, request) = (channels.clone(), Tokens::mint(), chat_request());
+    let (channels, tokens, request) = (channels.clone(), Tokens::mint(ServiceName::LlmProxy), chat_request());
     Arc::new(move |n| {
         let channel = channels[n % channels.len()].clone();
         let (tokens, request) = (tokens.clone(), request.clone());
@@ -379,13 +293,13 @@ fn proxy_unary(channels: &Arc<Vec<Channel>>) -> Call {
             let answer = LlmServiceClient::new(channel).chat(call).await.map_err(|s| s.to_string())?.into_inner();
             let total = started.elapsed();
             check_answer(&answer.message.map(|m| m.content).unwrap_or_default())?;
-            Ok(Timing { first: total, total })
+            Ok(Timing::unary(total))
         })
     })
 }
 
 fn proxy_stream(channels: &Arc<Vec<Channel>>) -> Call {
-    let (channels, tokens, request) = (channels.clone(), Tokens::mint(), chat_request());
+    let (channels, tokens, request) = (channels.clone(), Tokens::mint(ServiceName::LlmProxy), chat_request());
     Arc::new(move |n| {
         let channel = channels[n % channels.len()].clone();
         let (tokens, request) = (tokens.clone(), request.clone());
@@ -421,169 +335,10 @@ fn check_answer(text: &str) -> Result<(), String> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Load
-
-/// What the calls of one path measured, in microseconds (sorted once complete).
-#[derive(Default)]
-struct Samples {
-    /// Scheduled send → first content delta (unary: the whole answer).
-    first: Vec<u32>,
-    /// Scheduled send → end of the answer.
-    total: Vec<u32>,
-    /// Scheduled send → the call started (the driver's own delay; 0 in closed loop).
-    lag: Vec<u32>,
-    errors: usize,
-    /// Calls not sent because `BENCH_MAX_IN_FLIGHT` calls were in flight.
-    dropped: usize,
-    first_error: Option<String>,
-    elapsed: Duration,
-    proxy_cpu: Duration,
-    driver_cpu: Duration,
-    /// Time the proxy's threads were runnable but waiting for a CPU.
-    proxy_wait: Duration,
-}
-
-impl Samples {
-    fn record(&mut self, result: Result<Timing, String>, lag: Duration) {
-        match result {
-            Ok(timing) => {
-                self.first.push(micros(lag + timing.first));
-                self.total.push(micros(lag + timing.total));
-                self.lag.push(micros(lag));
-            }
-            Err(error) => {
-                self.errors += 1;
-                self.first_error.get_or_insert(error);
-            }
-        }
-    }
-
-    fn merge(&mut self, other: Samples) {
-        self.first.extend(other.first);
-        self.total.extend(other.total);
-        self.lag.extend(other.lag);
-        self.errors += other.errors;
-        self.dropped += other.dropped;
-        if self.first_error.is_none() {
-            self.first_error = other.first_error;
-        }
-        self.elapsed += other.elapsed;
-        self.proxy_cpu += other.proxy_cpu;
-        self.driver_cpu += other.driver_cpu;
-        self.proxy_wait += other.proxy_wait;
-    }
-
-    fn sort(&mut self) {
-        self.first.sort_unstable();
-        self.total.sort_unstable();
-        self.lag.sort_unstable();
-    }
-
-    fn calls(&self) -> usize {
-        self.total.len()
-    }
-
-    fn rate(&self) -> f64 {
-        self.calls() as f64 / self.elapsed.as_secs_f64()
-    }
-}
-
-/// `cpu` spread over `calls`, in microseconds.
-fn per_call_us(cpu: Duration, calls: usize) -> f64 {
-    cpu.as_secs_f64() * 1e6 / calls.max(1) as f64
-}
-
-async fn timed(call: &Call, n: usize) -> Result<Timing, String> {
-    tokio::time::timeout(CALL_TIMEOUT, call(n)).await.unwrap_or_else(|_| Err(format!("no answer in {CALL_TIMEOUT:?}")))
-}
-
-/// Calls `call` `rate` times a second for `duration` on a fixed timetable, each call in a
-/// task of its own, timed from when it was due. The timetable is kept by a blocking thread
-/// (`thread::sleep` wakes within tens of microseconds; tokio's timer has 1 ms steps).
-async fn open_loop(settings: &Settings, duration: Duration, call: &Call) -> Samples {
-    let samples = Arc::new(Mutex::new(Samples::default()));
-    let in_flight = Arc::new(AtomicUsize::new(0));
-    let count = (settings.rate as f64 * duration.as_secs_f64()).round() as usize;
-    let (rate, max_in_flight) = (settings.rate as f64, settings.max_in_flight);
-    let started = Instant::now();
-    let dropped = {
-        let (samples, in_flight, call) = (samples.clone(), in_flight.clone(), call.clone());
-        tokio::task::spawn_blocking(move || {
-            let runtime = tokio::runtime::Handle::current();
-            let mut dropped = 0;
-            for n in 0..count {
-                let due = started + Duration::from_secs_f64(n as f64 / rate);
-                if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
-                if in_flight.load(Ordering::Acquire) >= max_in_flight {
-                    dropped += 1;
-                    continue;
-                }
-                in_flight.fetch_add(1, Ordering::AcqRel);
-                let (samples, in_flight, call) = (samples.clone(), in_flight.clone(), call.clone());
-                runtime.spawn(async move {
-                    let lag = due.elapsed();
-                    let result = timed(&call, n).await;
-                    samples.lock().unwrap().record(result, lag);
-                    in_flight.fetch_sub(1, Ordering::AcqRel);
-                });
-            }
-            dropped
-        })
-        .await
-        .unwrap()
-    };
-    // Every call ends within CALL_TIMEOUT.
-    while in_flight.load(Ordering::Acquire) > 0 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let mut samples = std::mem::take(&mut *samples.lock().unwrap());
-    samples.dropped = dropped;
-    samples.elapsed = started.elapsed();
-    samples
-}
-
-/// `workers` loops calling `call` back to back for `duration`.
-async fn closed_loop(workers: usize, duration: Duration, call: &Call) -> Samples {
-    let started = Instant::now();
-    let deadline = started + duration;
-    let tasks: Vec<_> = (0..workers)
-        .map(|worker| {
-            let call = call.clone();
-            tokio::spawn(async move {
-                let mut samples = Samples::default();
-                while Instant::now() < deadline {
-                    samples.record(timed(&call, worker).await, Duration::ZERO);
-                }
-                samples
-            })
-        })
-        .collect();
-    let mut total = Samples::default();
-    for task in tasks {
-        total.merge(task.await.expect("a load worker panicked"));
-    }
-    total.elapsed = started.elapsed();
-    total
-}
-
-/// Runs `load` and charges the CPU the proxy and this process used meanwhile, and the
-/// proxy's wait for a CPU, to its samples.
-async fn with_cpu(proxy: &Service, load: impl Future<Output = Samples>) -> Samples {
-    let before = (proxy.cpu(), own_cpu(), run_queue_wait(proxy.pid));
-    let mut samples = load.await;
-    samples.proxy_cpu = proxy.cpu().saturating_sub(before.0);
-    samples.driver_cpu = own_cpu().saturating_sub(before.1);
-    samples.proxy_wait = run_queue_wait(proxy.pid).saturating_sub(before.2);
-    samples
-}
-
-// ---------------------------------------------------------------------------------------
 // The run
 
 /// A started llm-proxy whose only provider is the fake at `fake_base`.
-fn spawn_proxy(port: u16, fake_base: &str, settings: &Settings) -> Service {
+fn spawn_proxy(port: u16, fake_base: &str, settings: &LoadSettings) -> Service {
     // Every protection stays on: limits with budgets the load never reaches, so their cost
     // is measured; a bulkhead wide enough for the in-flight cap and the workers.
     let bulkhead = settings.max_in_flight.max(settings.concurrency) * 2;
@@ -609,17 +364,12 @@ struct Results {
     proxy_rss_kib: u64,
 }
 
-async fn run(settings: &Settings) -> Results {
+async fn run(settings: &LoadSettings) -> Results {
     let fake_base = serve_fake().await;
     let port = free_port().unwrap();
     let mut proxy = spawn_proxy(port, &fake_base, settings);
     wait_grpc_serving(&mut proxy, port).await;
-    if let Some(nice) = settings.nice {
-        renice(proxy.pid, nice);
-    }
-    if settings.realtime {
-        realtime(proxy.pid);
-    }
+    settings.schedule(proxy.pid);
 
     let http = reqwest::Client::builder()
         .http1_only()
@@ -629,13 +379,7 @@ async fn run(settings: &Settings) -> Results {
         .build()
         .unwrap();
     let url = format!("{fake_base}/chat/completions");
-    let mut channels = Vec::new();
-    for _ in 0..settings.grpc_channels {
-        // Separate endpoints connect separately: one HTTP/2 connection each.
-        let endpoint = Endpoint::from_shared(format!("http://127.0.0.1:{port}")).unwrap().tcp_nodelay(true);
-        channels.push(endpoint.connect().await.unwrap());
-    }
-    let channels = Arc::new(channels);
+    let channels = grpc_channels(port, settings.grpc_channels).await;
     // Built per slice: the proxied calls get fresh tokens.
     let call_of = |path: Path| match path {
         Path::DirectUnary => direct_unary(&http, &url),
@@ -644,29 +388,7 @@ async fn run(settings: &Settings) -> Results {
         Path::ProxyStream => proxy_stream(&channels),
     };
 
-    for path in Path::ALL {
-        timed(&call_of(path), 0).await.unwrap_or_else(|error| panic!("{path:?}: {error}"));
-    }
-    for path in Path::ALL {
-        let warm = open_loop(settings, settings.warmup, &call_of(path)).await;
-        assert_eq!(warm.errors, 0, "{path:?}: errors during warm-up: {:?}", warm.first_error);
-    }
-    let mut paths: Vec<Samples> = Path::ALL.iter().map(|_| Samples::default()).collect();
-    let slice = settings.measure / u32::try_from(settings.rounds).unwrap_or(1);
-    for round in 0..settings.rounds {
-        for (path, total) in Path::ALL.into_iter().zip(&mut paths) {
-            eprintln!(
-                "bench: round {}/{}: {path:?} at {} calls/s for {slice:?}",
-                round + 1,
-                settings.rounds,
-                settings.rate
-            );
-            let call = call_of(path);
-            total.merge(with_cpu(&proxy, open_loop(settings, slice, &call)).await);
-            proxy.check_alive();
-        }
-    }
-    paths.iter_mut().for_each(Samples::sort);
+    let paths = measure_paths(settings, &mut proxy, &Path::ALL, call_of).await;
 
     eprintln!("bench: ceiling, {} workers through the proxy ...", settings.concurrency);
     let mut ceiling_unary =
@@ -691,19 +413,15 @@ fn spread(values: &[u32]) -> [f64; 4] {
     [percentile_ms(values, QUANTILES[0]), percentile_ms(values, QUANTILES[1]), percentile_ms(values, QUANTILES[2]), max]
 }
 
-fn report(settings: &Settings, results: &Results, load_before: &str) -> String {
+fn report(settings: &LoadSettings, results: &Results, load_before: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "\n## llm-proxy benchmark\n");
     let _ = writeln!(
         out,
-        "{} CPUs; 1-minute load average {load_before} before, {} after.{}\n",
-        settings.machine_cpus,
-        load_average(),
-        if pinned() {
-            format!(" Pinned: llm-proxy on CPU {PROXY_CPU}; the load driver and the fake provider on CPU {DRIVER_CPU}.")
-        } else {
-            " Not pinned: every process shares every CPU.".to_owned()
-        }
+        "{}",
+        machine_summary(settings.machine_cpus, load_before, || format!(
+            "Pinned: llm-proxy on CPU {PROXY_CPU}; the load driver and the fake provider on CPU {DRIVER_CPU}."
+        ))
     );
     if let Some(nice) = settings.nice {
         let _ = writeln!(out, "llm-proxy and the load driver (with the fake provider) run at nice {nice}.\n");
@@ -735,7 +453,7 @@ fn report(settings: &Settings, results: &Results, load_before: &str) -> String {
         let samples = &results.paths[path as usize];
         let [p50, p90, p99, max] = spread(values);
         // The proxy idles while the direct paths run.
-        let [proxy_cpu, proxy_wait] = [samples.proxy_cpu, samples.proxy_wait].map(|total| {
+        let [proxy_cpu, proxy_wait] = [samples.service_cpu, samples.service_wait].map(|total| {
             if path.proxied() { format!("{:.0}", per_call_us(total, samples.calls())) } else { "—".into() }
         });
         let _ = writeln!(
@@ -769,11 +487,7 @@ fn report(settings: &Settings, results: &Results, load_before: &str) -> String {
     row(&mut out, "whole stream, via llm-proxy", Path::ProxyStream, &proxy_stream.total);
     added(&mut out, "added by the proxy, whole stream", &direct_stream.total, &proxy_stream.total);
 
-    let lag: Vec<u32> = {
-        let mut all: Vec<u32> = results.paths.iter().flat_map(|s| s.lag.iter().copied()).collect();
-        all.sort_unstable();
-        all
-    };
+    let lag = all_lags(&results.paths);
     let _ = writeln!(
         out,
         "\nDriver delay (scheduled send → call started, included above in both paths): p50 {:.3} ms, p99 {:.3} ms.",
@@ -812,9 +526,9 @@ fn report(settings: &Settings, results: &Results, load_before: &str) -> String {
             percentile_ms(&samples.total, 0.50),
             percentile_ms(&samples.total, 0.99),
             samples.errors,
-            per_call_us(samples.proxy_cpu, samples.calls()),
-            samples.proxy_cpu.as_secs_f64() / samples.elapsed.as_secs_f64(),
-            per_call_us(samples.proxy_wait, samples.calls()),
+            per_call_us(samples.service_cpu, samples.calls()),
+            samples.service_cpu.as_secs_f64() / samples.elapsed.as_secs_f64(),
+            per_call_us(samples.service_wait, samples.calls()),
             per_call_us(samples.driver_cpu, samples.calls()),
         );
     }
@@ -831,19 +545,10 @@ fn report(settings: &Settings, results: &Results, load_before: &str) -> String {
 
 fn main() {
     // `cargo bench` passes `--bench`; any other argument is a filter this bench ignores.
-    let settings = Settings::from_env();
-    install_guards(settings.timeout);
+    let settings = LoadSettings::from_env(1000, 30);
     let load_before = load_average();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    if pinned() {
-        pin_self(DRIVER_CPU);
-    }
-    if let Some(nice) = settings.nice {
-        renice(std::process::id(), nice);
-    }
-    if settings.realtime {
-        realtime(std::process::id());
-    }
+    settings.prepare_driver(DRIVER_CPU);
     let results = runtime.block_on(run(&settings));
     println!("{}", report(&settings, &results, &load_before));
     let all = results.paths.iter().chain([&results.ceiling_unary, &results.ceiling_stream]);

@@ -3,9 +3,12 @@
 //! nothing reaches the server), then calls it on the server's session under the server's
 //! resilience (retries only for transient failures, one breaker per server), cuts a result
 //! larger than `MCP_MAX_RESULT_BYTES`, and reports the call as `agentmesh.tool.invoked`
-//! (names and outcome only: argument values never leave this module).
+//! (names and outcome only: argument values never leave this module). Each tool's schema
+//! is compiled once and kept ([`Validators`]): compiling it cost more than the rest of the
+//! broker's own work per call (docs/benchmarks.md).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use agentmesh_proto::agentmesh::common::v1::content_part;
@@ -15,9 +18,11 @@ use agentmesh_runtime::auth::Principal;
 use agentmesh_runtime::error::FieldViolation;
 use agentmesh_runtime::request::{invalid, refuse_violations};
 use agentmesh_runtime::{ApiError, RequestContext};
+use jsonschema::Validator;
 use jsonschema::error::ValidationErrorKind;
 use prost::Message;
 use serde_json::{Map, Value};
+use uuid::Uuid;
 
 use crate::connection::{Connection, ConnectionError, ErrorKind, ToolResult};
 use crate::convert::{object_to_struct, struct_to_object};
@@ -33,6 +38,54 @@ pub struct Invoker<'a> {
     pub sessions: &'a Sessions,
     /// Where `agentmesh.tool.invoked` goes.
     pub events: &'a Arc<dyn EventSink>,
+    /// The tools' compiled input schemas.
+    pub validators: &'a Validators,
+}
+
+/// How many tools' compiled schemas are kept; past it the cache starts again empty (a
+/// catalogue that large is rare, and each schema is compiled again on its next call).
+const MAX_VALIDATORS: usize = 4096;
+
+/// The compiled input schema of each tool called so far, reused while the tool's schema
+/// stays the same (a changed schema is compiled again on the next call).
+#[derive(Default)]
+pub struct Validators {
+    compiled: Mutex<HashMap<Uuid, Compiled>>,
+}
+
+/// One tool's schema and what it compiled to (`None`: it does not compile).
+struct Compiled {
+    schema: Map<String, Value>,
+    validator: Option<Arc<Validator>>,
+}
+
+impl Validators {
+    /// The validator of `tool`'s input schema, compiled now unless it was for this schema;
+    /// `None` when the schema does not compile.
+    fn for_tool(&self, tool: &ToolRecord) -> Option<Arc<Validator>> {
+        if let Some(compiled) = self.lock().get(&tool.id).filter(|compiled| compiled.schema == tool.schema) {
+            return compiled.validator.clone();
+        }
+        let validator = match jsonschema::validator_for(&Value::Object(tool.schema.clone())) {
+            Ok(validator) => Some(Arc::new(validator)),
+            Err(error) => {
+                // A schema the validator cannot compile is the server's business: let it judge.
+                tracing::warn!(tool = %tool.name, %error, "tool input schema does not compile; arguments not checked");
+                None
+            }
+        };
+        let mut compiled = self.lock();
+        if compiled.len() >= MAX_VALIDATORS && !compiled.contains_key(&tool.id) {
+            compiled.clear();
+        }
+        compiled.insert(tool.id, Compiled { schema: tool.schema.clone(), validator: validator.clone() });
+        validator
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Compiled>> {
+        // The map is whole after any panic: an entry is inserted in one step.
+        self.compiled.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl Invoker<'_> {
@@ -54,7 +107,9 @@ impl Invoker<'_> {
             return Err(invalid(field, "the tool's MCP server is disabled", Value::Null));
         }
         let arguments = request.arguments.as_ref().map(struct_to_object).unwrap_or_default();
-        check_arguments(&tool, &arguments)?;
+        if let Some(validator) = self.validators.for_tool(&tool) {
+            check_arguments(&validator, &arguments)?;
+        }
         let settings = self.sessions.settings();
         let mut timeout = request
             .timeout_ms
@@ -168,16 +223,7 @@ fn classify(result: &Result<ToolResult, SessionError>) -> Outcome {
 }
 
 /// `arguments` against the tool's input schema; violations name `arguments.<path>`.
-fn check_arguments(tool: &ToolRecord, arguments: &Map<String, Value>) -> Result<(), ApiError> {
-    let schema = Value::Object(tool.schema.clone());
-    let validator = match jsonschema::validator_for(&schema) {
-        Ok(validator) => validator,
-        Err(error) => {
-            // A schema the validator cannot compile is the server's business: let it judge.
-            tracing::warn!(tool = %tool.name, %error, "tool input schema does not compile; arguments not checked");
-            return Ok(());
-        }
-    };
+fn check_arguments(validator: &Validator, arguments: &Map<String, Value>) -> Result<(), ApiError> {
     let instance = Value::Object(arguments.clone());
     let violations: Vec<_> = validator
         .iter_errors(&instance)
@@ -347,13 +393,32 @@ mod tests {
             "required": ["a", "nested"]
         }));
         let arguments = serde_json::json!({"a": "secret-text", "nested": {}});
-        let error = check_arguments(&tool, arguments.as_object().unwrap()).unwrap_err();
+        let validator = Validators::default().for_tool(&tool).unwrap();
+        let error = check_arguments(&validator, arguments.as_object().unwrap()).unwrap_err();
         let mut fields: Vec<_> = error.field_violations.iter().map(|v| v.field.as_str()).collect();
         fields.sort_unstable();
         assert_eq!(fields, ["arguments.a", "arguments.nested.b"]);
         assert!(!format!("{error:?}").contains("secret-text"));
         let fine = serde_json::json!({"a": 1, "nested": {"b": "x"}});
-        assert!(check_arguments(&tool, fine.as_object().unwrap()).is_ok());
+        assert!(check_arguments(&validator, fine.as_object().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn a_schema_is_compiled_once_and_again_when_it_changes() {
+        let validators = Validators::default();
+        let mut tool = tool_with(serde_json::json!({"type": "object", "required": ["a"]}));
+        let first = validators.for_tool(&tool).unwrap();
+        assert!(Arc::ptr_eq(&first, &validators.for_tool(&tool).unwrap()));
+        let empty = Map::new();
+        assert!(check_arguments(&first, &empty).is_err());
+
+        tool.schema = serde_json::json!({"type": "object"}).as_object().unwrap().clone();
+        let changed = validators.for_tool(&tool).unwrap();
+        assert!(!Arc::ptr_eq(&first, &changed));
+        assert!(check_arguments(&changed, &empty).is_ok());
+
+        tool.schema = serde_json::json!({"type": 12}).as_object().unwrap().clone();
+        assert!(validators.for_tool(&tool).is_none(), "a schema that does not compile checks nothing");
     }
 
     #[test]

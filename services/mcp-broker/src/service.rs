@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status};
 
 use crate::convert::{server_to_proto, tool_to_proto};
 use crate::events::EventSink;
-use crate::invoke::{Invoker, session_error};
+use crate::invoke::{Invoker, Validators, session_error};
 use crate::rules::{self, ServerFields, ToolFields};
 use crate::sessions::Sessions;
 use crate::settings::RegistryLimits;
@@ -75,6 +75,8 @@ pub struct McpBroker {
     limits: RegistryLimits,
     sessions: Arc<Sessions>,
     events: Arc<dyn EventSink>,
+    /// `InvokeTool`'s compiled input schemas.
+    validators: Arc<Validators>,
 }
 
 impl McpBroker {
@@ -85,7 +87,7 @@ impl McpBroker {
         sessions: Arc<Sessions>,
         events: Arc<dyn EventSink>,
     ) -> Self {
-        Self { store, limits, sessions, events }
+        Self { store, limits, sessions, events, validators: Arc::default() }
     }
 
     /// Closes the server's sessions and forgets its breaker (its configuration changed),
@@ -351,7 +353,12 @@ impl McpService for McpBroker {
         request: Request<pb::InvokeToolRequest>,
     ) -> Result<Response<pb::InvokeToolResponse>, Status> {
         let (principal, request) = accept(request)?;
-        let invoker = Invoker { store: self.store.as_ref(), sessions: &self.sessions, events: &self.events };
+        let invoker = Invoker {
+            store: self.store.as_ref(),
+            sessions: &self.sessions,
+            events: &self.events,
+            validators: &self.validators,
+        };
         Ok(Response::new(invoker.invoke(&principal, request).await?))
     }
 }
