@@ -65,14 +65,16 @@ struct Mesh {
 
 impl Mesh {
     async fn start() -> Option<Mesh> {
+        Self::start_with(&[]).await
+    }
+
+    /// The mesh with extra settings.
+    async fn start_with(settings: &[(&str, &str)]) -> Option<Mesh> {
         let entry = everything()?;
         let (mcp, mcp_port) = start_everything(&entry).await;
         let port = free_port().unwrap();
         let keys = format!("{ALICE}=alice:premium,{BOB}=bob:premium");
-        let mut process = Process::spawn(
-            "agentmesh",
-            &["up", "--http", &format!("127.0.0.1:{port}")],
-            &[
+        let mut env = vec![
                 ("SECURITY_API_KEYS", keys),
                 ("OBSERVABILITY_LOG_LEVEL", "WARNING".to_owned()),
                 ("LLM_SCRIPTED_DELAY", "0.02".to_owned()),
@@ -81,9 +83,9 @@ impl Mesh {
                 ("RATE_LIMIT_CREATE_SESSION_LIMIT", "100000".to_owned()),
                 ("RATE_LIMIT_LLM_REQUESTS_PER_MINUTE", "100000".to_owned()),
                 ("RATE_LIMIT_LLM_TOKENS_PER_MINUTE", "100000000".to_owned()),
-            ],
-        )
-        .unwrap();
+        ];
+        env.extend(settings.iter().map(|(name, value)| (*name, (*value).to_owned())));
+        let mut process = Process::spawn("agentmesh", &["up", "--http", &format!("127.0.0.1:{port}")], &env).unwrap();
         let base = format!("http://127.0.0.1:{port}");
         wait_http(&mut process, &format!("{base}/api/v1/health")).await.unwrap();
         let mesh = Mesh { base, http: Client::new(), mcp: Some(mcp), _process: process };
@@ -404,4 +406,73 @@ async fn other_users_runs_and_agents_are_not_found_a_thousand_times() {
     assert_eq!(still["status"], "completed");
     let (_, agent_now) = mesh.json(ALICE, Method::GET, &format!("/api/v1/agents/{agent}"), None).await;
     assert_eq!(agent_now["name"], "private");
+}
+
+#[tokio::test]
+async fn execute_refuses_to_stream_and_an_expired_stream_is_a_clear_error() {
+    let Some(mesh) = Mesh::start_with(&[("AGENT_OUTPUT_RETENTION", "1")]).await else { return };
+    let session = mesh.session(ALICE).await;
+    let agent = mesh.agent(ALICE, json!({"name": "brief"})).await;
+    let path = format!("/api/v1/agents/{agent}/execute");
+    let (status, refused) =
+        mesh.json(ALICE, Method::POST, &path, Some(json!({"session_id": session, "message": "hi", "stream": true}))).await;
+    assert_eq!((status, refused["code"].clone()), (422, json!("validation_error")), "{refused}");
+    assert_eq!(refused["details"]["stream_endpoint"], format!("/api/v1/agents/{agent}/execute/stream"));
+    assert!(mesh.messages(ALICE, &session).await.is_empty(), "a refused execute changes nothing");
+
+    let (status, answer) = mesh.json(ALICE, Method::POST, &path, Some(json!({"session_id": session, "message": "hi"}))).await;
+    assert_eq!(status, 200, "{answer}");
+    let run = answer["run_id"].as_str().unwrap().to_owned();
+    let (_, record) = mesh.json(ALICE, Method::GET, &format!("/api/v1/runs/{run}"), None).await;
+    assert!(record["output_expires_at"].is_string(), "{record}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, expired) = mesh.json(ALICE, Method::GET, &format!("/api/v1/runs/{run}/stream"), None).await;
+    assert_eq!((status, expired["code"].clone()), (404, json!("not_found")), "{expired}");
+    assert!(expired["message"].as_str().unwrap().contains("no longer kept"), "{expired}");
+}
+
+#[tokio::test]
+async fn a_busy_session_rejects_queues_or_interrupts_by_policy() {
+    let Some(mesh) = Mesh::start().await else { return };
+    let session = mesh.session(ALICE).await;
+    let agent = mesh.agent(ALICE, json!({"name": "one-at-a-time"})).await;
+    let runs = format!("/api/v1/agents/{agent}/runs");
+    let long = "word ".repeat(300);
+    let (status, first) =
+        mesh.json(ALICE, Method::POST, &runs, Some(json!({"session_id": session, "message": long}))).await;
+    assert_eq!(status, 202, "{first}");
+    let first = first["id"].as_str().unwrap().to_owned();
+
+    // reject (the default): 409 naming the run that holds the session
+    let (status, refused) =
+        mesh.json(ALICE, Method::POST, &runs, Some(json!({"session_id": session, "message": "me too"}))).await;
+    assert_eq!((status, refused["details"]["run_id"].clone()), (409, json!(first)), "{refused}");
+
+    // enqueue: queued behind the first, then run after it
+    let body = json!({"session_id": session, "message": "after you", "concurrency": "enqueue"});
+    let (status, queued) = mesh.json(ALICE, Method::POST, &runs, Some(body)).await;
+    assert_eq!((status, queued["status"].clone()), (202, json!("queued")), "{queued}");
+    let queued = queued["id"].as_str().unwrap().to_owned();
+
+    // interrupt: the running one is cancelled, the new one runs; the queued one still waits
+    let body = json!({"session_id": session, "message": "now", "concurrency": "interrupt"});
+    let (status, urgent) = mesh.json(ALICE, Method::POST, &runs, Some(body)).await;
+    assert_eq!(status, 202, "{urgent}");
+    let urgent = urgent["id"].as_str().unwrap().to_owned();
+    let (_, cancelled) = mesh.json(ALICE, Method::GET, &format!("/api/v1/runs/{first}"), None).await;
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+
+    // Both remaining runs end completed, the urgent one first (its stream ends before the
+    // queued one's does).
+    for run in [&urgent, &queued] {
+        let events = mesh.sse(ALICE, &format!("/api/v1/runs/{run}/stream"), None, &[]).await;
+        assert_eq!(events.last().unwrap().data["run_completed"]["status"], "completed", "{run}");
+    }
+    let messages = mesh.messages(ALICE, &session).await;
+    let contents: Vec<&str> = messages.iter().map(|m| m["content"].as_str().unwrap()).collect();
+    let urgent_at = contents.iter().position(|c| *c == "now").unwrap();
+    let queued_at = contents.iter().position(|c| *c == "after you").unwrap();
+    assert!(urgent_at < queued_at, "{contents:?}");
+    assert_eq!(contents[urgent_at + 1], "You said: now");
+    assert_eq!(contents[queued_at + 1], "You said: after you");
 }
