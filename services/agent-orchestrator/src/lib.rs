@@ -21,7 +21,6 @@ pub mod backend;
 pub mod convert;
 pub mod events;
 pub mod execution;
-pub mod paging;
 pub mod rules;
 pub mod service;
 pub mod settings;
@@ -31,13 +30,15 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentmesh_events::{EventBus, Publisher};
+use agentmesh_events::EventBus;
 use agentmesh_graph::GraphError;
 use agentmesh_proto::agentmesh::agent::v1::agent_service_server::AgentServiceServer;
+use agentmesh_runtime::background::{BackgroundTasks, follow_storage};
 use agentmesh_runtime::config::{ConfigError, ServiceSettings, SettingsSpec};
 use agentmesh_runtime::{Config, GrpcServer, ServerError, ServiceName};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
 
 use crate::agents::AgentsApi;
 use crate::execution::{Peers, PeersError, RunOutputs, Runs};
@@ -96,8 +97,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
     let settings = config.settings::<RunSettings>()?;
-    let publisher: Arc<dyn Publisher> = bus.clone();
-    let backend = backend::open_backend(&config, publisher.clone()).await?;
+    let backend = backend::open_backend(&config, bus.clone()).await?;
     let outputs = RunOutputs::new(bus.clone(), settings.token_coalesce);
     let runs = Runs::new(
         backend.store.clone(),
@@ -111,8 +111,7 @@ pub async fn serve(
         .add_service(AgentServiceServer::new(AgentOrchestrator::new(agents, runs.clone())));
     let dependencies = server.dependencies();
     dependencies.register(backend.dependency);
-    dependencies.register(agentmesh_runtime::bus::dependency(&bus));
-    dependencies.publish_breaker_changes(publisher);
+    agentmesh_runtime::bus::attach(&dependencies, &bus);
 
     // Runs a dead replica (or this one, before a restart) left are taken over at once.
     match runs.recover().await {
@@ -120,15 +119,28 @@ pub async fn serve(
         Ok(count) => tracing::info!(count, "resumed runs left by a stopped orchestrator"),
         Err(error) => tracing::warn!(%error, "abandoned runs not claimed at start-up; retrying in the background"),
     }
+    // Background work lives until the runs have drained (they still write events and
+    // renew leases): dropping `background` and cancelling `stop` end it.
+    let background = BackgroundTasks::new();
+    let store = backend.store.clone();
+    background.spawn(follow_storage(
+        move || {
+            let store = store.clone();
+            async move { store.ping().await }
+        },
+        server.health_reporter(),
+        <AgentServiceServer<AgentOrchestrator> as NamedService>::NAME,
+        config.observability.health_check_interval,
+    ));
+    if let Some(relay) = backend.relay {
+        tokio::spawn(relay.run(background.stopped()));
+    }
     let stop = CancellationToken::new();
     tokio::spawn(runs.clone().maintain(stop.clone()));
-    if let Some(relay) = backend.relay {
-        let stopped = stop.clone();
-        tokio::spawn(relay.run(async move { stopped.cancelled().await }));
-    }
     let served = server.serve(listener, shutdown).await;
     runs.drain(DRAIN).await;
     stop.cancel();
+    drop(background);
     served?;
     Ok(())
 }

@@ -9,6 +9,7 @@
 use agentmesh_proto::agentmesh::agent::v1 as pb;
 use agentmesh_runtime::ApiError;
 use agentmesh_runtime::error::FieldViolation;
+use agentmesh_runtime::request::refuse_violations;
 use serde_json::Value;
 
 use crate::convert::{approval_from_proto, concurrency_from_proto, model_from_proto, struct_to_object};
@@ -16,16 +17,6 @@ use crate::store::AgentDefinition;
 
 /// Longest tool name (what LLM providers accept).
 const MAX_TOOL_NAME: usize = 64;
-
-/// One violation.
-pub fn violation(field: &str, message: &str, value: Value) -> FieldViolation {
-    FieldViolation { field: field.to_owned(), message: message.to_owned(), value }
-}
-
-/// `Ok` without violations, else one validation error listing them.
-pub fn finish(violations: Vec<FieldViolation>) -> Result<(), ApiError> {
-    if violations.is_empty() { Ok(()) } else { Err(ApiError::validation(violations)) }
-}
 
 /// The fields of an agent write (CreateAgent and UpdateAgent carry the same).
 pub struct AgentFields<'a> {
@@ -83,7 +74,7 @@ pub fn agent_definition(fields: AgentFields<'_>) -> Result<AgentDefinition, ApiE
     let mut out = Vec::new();
     let name = fields.name.trim();
     if name.is_empty() {
-        out.push(violation("name", "must not be blank", Value::from(fields.name)));
+        out.push(FieldViolation::new("name", "must not be blank", Value::from(fields.name)));
     }
     if let Some(model) = fields.model_config {
         check_range("model_config.temperature", model.temperature, 2.0, &mut out);
@@ -91,7 +82,7 @@ pub fn agent_definition(fields: AgentFields<'_>) -> Result<AgentDefinition, ApiE
         for (index, fallback) in model.fallback_models.iter().enumerate() {
             if fallback.trim().is_empty() {
                 let field = format!("model_config.fallback_models[{index}]");
-                out.push(violation(&field, "must name a model", Value::from(fallback.as_str())));
+                out.push(FieldViolation::new(&field, "must name a model", Value::from(fallback.as_str())));
             }
         }
     }
@@ -99,7 +90,7 @@ pub fn agent_definition(fields: AgentFields<'_>) -> Result<AgentDefinition, ApiE
     if let Some(approval) = fields.approval {
         check_tool_names("approval.tools", &approval.tools, &mut out);
     }
-    finish(out)?;
+    refuse_violations(out)?;
     Ok(AgentDefinition {
         name: name.to_owned(),
         description: fields.description.cloned(),
@@ -118,7 +109,7 @@ fn check_range(field: &str, value: Option<f64>, max: f64, out: &mut Vec<FieldVio
         && !(value.is_finite() && (0.0..=max).contains(&value))
     {
         let shown = serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number);
-        out.push(violation(field, &format!("must be a number from 0 to {max}"), shown));
+        out.push(FieldViolation::new(field, &format!("must be a number from 0 to {max}"), shown));
     }
 }
 
@@ -132,7 +123,7 @@ fn check_tool_names(field: &str, names: &[String], out: &mut Vec<FieldViolation>
     for (index, name) in names.iter().enumerate() {
         if !is_tool_name(name) {
             let message = format!("must be 1 to {MAX_TOOL_NAME} letters, digits, `_` or `-`");
-            out.push(violation(&format!("{field}[{index}]"), &message, Value::from(name.as_str())));
+            out.push(FieldViolation::new(&format!("{field}[{index}]"), &message, Value::from(name.as_str())));
         }
     }
 }

@@ -18,7 +18,7 @@ use agentmesh_proto::agentmesh::agent::v1::agent_service_server::AgentService;
 use agentmesh_proto::agentmesh::agent::v1::run_event::Kind;
 use agentmesh_proto::json::{object_to_struct, struct_to_object};
 use agentmesh_runtime::auth::Principal;
-use agentmesh_runtime::error::FieldViolation;
+use agentmesh_runtime::request::{accept, caller, invalid, uuid_field};
 use agentmesh_runtime::validate::validate;
 use agentmesh_runtime::{ApiError, ErrorCode, RequestContext};
 use chrono::Utc;
@@ -27,9 +27,9 @@ use serde_json::{Map, Value, json};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::agents::{AgentsApi, parse_id as id, principal};
+use crate::agents::{AgentsApi, store_error};
 use crate::convert;
-use crate::execution::manager::{store_error, to_api_error};
+use crate::execution::manager::to_api_error;
 use crate::execution::state::AgentState;
 use crate::execution::{ExecuteRequest, Runs};
 use crate::store::{Concurrency, RunRecord, RunStatus};
@@ -66,13 +66,13 @@ impl AgentOrchestrator {
         agent_id: &str,
         execution: Option<&pb::AgentExecutionRequest>,
     ) -> Result<(Principal, crate::execution::Started), Status> {
-        let principal = principal(request)?;
-        let execution = execution.ok_or_else(|| violation("execution", "is required", Value::Null))?;
-        let agent_id = id("agent_id", agent_id)?;
+        let principal = caller(request)?;
+        let execution = execution.ok_or_else(|| invalid("execution", "is required", Value::Null))?;
+        let agent_id = uuid_field("agent_id", agent_id)?;
         if let Some(body_agent) = execution.agent_id.as_deref().filter(|raw| !raw.is_empty())
-            && id("agent_id", body_agent)? != agent_id
+            && uuid_field("agent_id", body_agent)? != agent_id
         {
-            return Err(violation("agent_id", "must equal the agent id in the path", Value::from(body_agent)));
+            return Err(invalid("agent_id", "must equal the agent id in the path", Value::from(body_agent)).into());
         }
         let idempotency_key = idempotency_key(request)?;
         let concurrency = match pb::ConcurrencyPolicy::try_from(execution.concurrency) {
@@ -90,7 +90,7 @@ impl AgentOrchestrator {
                 &correlation_id,
                 ExecuteRequest {
                     agent_id,
-                    session_id: id("session_id", &execution.session_id)?,
+                    session_id: uuid_field("session_id", &execution.session_id)?,
                     message: execution.message.clone(),
                     metadata: execution.metadata.as_ref().map(struct_to_object).unwrap_or_default(),
                     idempotency_key,
@@ -133,7 +133,7 @@ impl AgentOrchestrator {
 
     /// The execution response of a run that completed or stopped for approval.
     async fn execution_response(&self, run: &RunRecord) -> Result<pb::AgentExecutionResponse, Status> {
-        let state = match self.runs.store().load_checkpoint(run.id).await.map_err(store_error)? {
+        let state = match self.runs.store().load_checkpoint(run.id).await.map_err(store_error("Run"))? {
             Some(stored) => serde_json::from_value::<Checkpoint<AgentState>>(stored.checkpoint)
                 .map(|checkpoint| checkpoint.state)
                 .map_err(|_| Status::from(ApiError::internal()))?,
@@ -214,20 +214,17 @@ fn call_object(id: &str, name: &str, arguments_json: &str) -> Map<String, Value>
     object
 }
 
-fn violation(field: &str, message: &str, value: Value) -> Status {
-    ApiError::validation(vec![FieldViolation { field: field.into(), message: message.into(), value }]).into()
-}
-
 /// The request's `Idempotency-Key`, if any.
 fn idempotency_key<T>(request: &Request<T>) -> Result<Option<String>, Status> {
     let Some(raw) = request.metadata().get(IDEMPOTENCY_KEY) else { return Ok(None) };
     match raw.to_str() {
         Ok(key) if !key.trim().is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY => Ok(Some(key.to_owned())),
-        _ => Err(violation(
+        _ => Err(invalid(
             "Idempotency-Key",
             &format!("must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
             Value::Null,
-        )),
+        )
+        .into()),
     }
 }
 
@@ -291,11 +288,11 @@ impl AgentService for AgentOrchestrator {
         validate(request.get_ref())?;
         let body = request.get_ref();
         if body.execution.as_ref().is_some_and(|execution| execution.stream) {
-            return Err(ApiError::validation(vec![FieldViolation {
-                field: "stream".into(),
-                message: "this endpoint answers once; POST /api/v1/agents/{agent_id}/execute/stream streams".into(),
-                value: Value::Bool(true),
-            }])
+            return Err(invalid(
+                "stream",
+                "this endpoint answers once; POST /api/v1/agents/{agent_id}/execute/stream streams",
+                Value::Bool(true),
+            )
             .with_detail("stream_endpoint", format!("/api/v1/agents/{}/execute/stream", body.agent_id))
             .into());
         }
@@ -358,10 +355,8 @@ impl AgentService for AgentOrchestrator {
         &self,
         request: Request<pb::CancelRunRequest>,
     ) -> Result<Response<pb::CancelRunResponse>, Status> {
-        validate(request.get_ref())?;
-        let principal = principal(&request)?;
-        let body = request.into_inner();
-        let run_id = id("run_id", &body.run_id)?;
+        let (principal, body) = accept(request)?;
+        let run_id = uuid_field("run_id", &body.run_id)?;
         let reason = body.reason.filter(|reason| !reason.trim().is_empty());
         let run = self.runs.cancel(&principal.user_id, run_id, reason).await?;
         Ok(Response::new(pb::CancelRunResponse { run: Some(self.run_to_proto(&run)) }))
@@ -371,18 +366,17 @@ impl AgentService for AgentOrchestrator {
         &self,
         request: Request<pb::ApproveRunRequest>,
     ) -> Result<Response<pb::ApproveRunResponse>, Status> {
-        validate(request.get_ref())?;
-        let principal = principal(&request)?;
-        let body = request.into_inner();
-        let run_id = id("run_id", &body.run_id)?;
+        let (principal, body) = accept(request)?;
+        let run_id = uuid_field("run_id", &body.run_id)?;
         let mut edits = HashMap::new();
         for (index, edit) in body.edits.into_iter().enumerate() {
             if !matches!(serde_json::from_str::<Value>(&edit.arguments_json), Ok(Value::Object(_))) {
-                return Err(violation(
+                return Err(invalid(
                     &format!("edits[{index}].arguments_json"),
                     "must be a JSON object",
                     Value::String(edit.arguments_json),
-                ));
+                )
+                .into());
             }
             edits.insert(edit.tool_call_id, edit.arguments_json);
         }
@@ -394,10 +388,8 @@ impl AgentService for AgentOrchestrator {
         &self,
         request: Request<pb::RejectRunRequest>,
     ) -> Result<Response<pb::RejectRunResponse>, Status> {
-        validate(request.get_ref())?;
-        let principal = principal(&request)?;
-        let body = request.into_inner();
-        let run_id = id("run_id", &body.run_id)?;
+        let (principal, body) = accept(request)?;
+        let run_id = uuid_field("run_id", &body.run_id)?;
         let run = self.runs.reject(&principal.user_id, run_id, body.message).await?;
         Ok(Response::new(pb::RejectRunResponse { run: Some(self.run_to_proto(&run)) }))
     }
@@ -406,11 +398,9 @@ impl AgentService for AgentOrchestrator {
         &self,
         request: Request<pb::StreamRunRequest>,
     ) -> Result<Response<EventStream<pb::StreamRunResponse>>, Status> {
-        validate(request.get_ref())?;
-        let principal = principal(&request)?;
-        let body = request.into_inner();
-        let run_id = id("run_id", &body.run_id)?;
-        let run = self.runs.store().get_run(&principal.user_id, run_id).await.map_err(store_error)?;
+        let (principal, body) = accept(request)?;
+        let run_id = uuid_field("run_id", &body.run_id)?;
+        let run = self.runs.store().get_run(&principal.user_id, run_id).await.map_err(store_error("Run"))?;
         if let Some(expired) = expired(&run, self.runs.settings().output_retention) {
             return Err(expired);
         }

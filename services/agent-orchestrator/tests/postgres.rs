@@ -12,7 +12,7 @@ mod conformance;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentmesh_agent_orchestrator::store::postgres::{OutboxRelay, PoolSettings, PostgresStore, RelaySettings};
+use agentmesh_agent_orchestrator::store::postgres::{PoolSettings, PostgresStore};
 use agentmesh_agent_orchestrator::store::{
     Admission, Admitted, AgentDefinition, Approval, Concurrency, JsonObject, ModelSettings, NewRun, OrchestratorStore,
     RunPrincipal, RunRequest, StoreError,
@@ -20,49 +20,9 @@ use agentmesh_agent_orchestrator::store::{
 use agentmesh_events::MemoryBus;
 use agentmesh_resilience::Preset;
 use agentmesh_testkit::PgSchema;
+use agentmesh_testkit::outbox::{RunningRelay, quick_relay, test_pool};
 use conformance::Fixture;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use uuid::Uuid;
-
-fn pool() -> PoolSettings {
-    PoolSettings { min: 0, max: 6, acquire_timeout: Duration::from_secs(10) }
-}
-
-fn quick() -> RelaySettings {
-    RelaySettings {
-        poll_interval: Duration::from_millis(200),
-        backoff_initial: Duration::from_millis(20),
-        backoff_max: Duration::from_millis(500),
-        publish_timeout: Duration::from_secs(3),
-        ..RelaySettings::default()
-    }
-}
-
-/// A relay running in the background until dropped.
-struct RunningRelay {
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-}
-
-impl RunningRelay {
-    fn start(relay: OutboxRelay) -> Self {
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(relay.run(async move {
-            let _ = stopped.await;
-        }));
-        Self { stop: Some(stop), task }
-    }
-}
-
-impl Drop for RunningRelay {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.task.abort();
-    }
-}
 
 /// Stops the relay, then drops the schema (field order).
 struct FixtureGuard {
@@ -71,7 +31,7 @@ struct FixtureGuard {
 }
 
 async fn connect(schema: &PgSchema) -> PostgresStore {
-    PostgresStore::connect(schema.url(), schema.name(), pool(), &Preset::database()).await.unwrap()
+    PostgresStore::connect(schema.url(), schema.name(), test_pool(), &Preset::database()).await.unwrap()
 }
 
 async fn fixture() -> Option<Fixture> {
@@ -79,7 +39,7 @@ async fn fixture() -> Option<Fixture> {
     let store = connect(&schema).await;
     let twin = connect(&schema).await;
     let bus = MemoryBus::default();
-    let relay = RunningRelay::start(store.relay(Arc::new(bus.clone())).with_settings(quick()));
+    let relay = RunningRelay::start(store.relay(Arc::new(bus.clone())).with_settings(quick_relay()));
     Some(Fixture {
         store: Arc::new(store),
         twin: Arc::new(twin),
@@ -114,7 +74,7 @@ async fn migrations_are_idempotent_and_live_in_the_schema() {
     )
     .await;
     assert_eq!(tables, 4);
-    let unreachable = PoolSettings { acquire_timeout: Duration::from_secs(1), ..pool() };
+    let unreachable = PoolSettings { acquire_timeout: Duration::from_secs(1), ..test_pool() };
     let result =
         PostgresStore::connect("postgres://postgres@127.0.0.1:1/test", "x", unreachable, &Preset::database()).await;
     assert!(matches!(result, Err(StoreError::Unavailable(_))), "{result:?}");

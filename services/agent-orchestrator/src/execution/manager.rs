@@ -38,6 +38,7 @@ use super::agent_graph::{self, AgentGraph, RunContext, StepError};
 use super::output::{OutputWriter, RunOutputs};
 use super::peers::{ActingFor, Peers};
 use super::state::{AgentState, Decision, Speaker, Turn};
+use crate::agents::store_error;
 use crate::settings::RunSettings;
 use crate::store::{
     Admission, Admitted, Concurrency, NewRun, OrchestratorStore, RunError, RunPrincipal, RunRecord, RunRequest,
@@ -162,11 +163,11 @@ impl Runs {
         request: ExecuteRequest,
     ) -> Result<Started, ApiError> {
         if let Some(key) = &request.idempotency_key
-            && let Some(run) = self.store.find_run_by_key(&principal.user_id, key).await.map_err(store_error)?
+            && let Some(run) = self.store.find_run_by_key(&principal.user_id, key).await.map_err(store_error("Run"))?
         {
             return Ok(Started { run, attached: true });
         }
-        let agent = self.store.get_agent(&principal.user_id, request.agent_id).await.map_err(store_error)?;
+        let agent = self.store.get_agent(&principal.user_id, request.agent_id).await.map_err(store_error("Agent"))?;
         let concurrency = request.concurrency.unwrap_or(agent.definition.concurrency);
         let mut metadata = request.metadata;
         metadata.insert("correlation_id".into(), correlation_id.into());
@@ -208,7 +209,7 @@ impl Runs {
                 ),
             )
             .with_detail("run_id", holder.id.to_string())),
-            Err(error) => Err(store_error(error)),
+            Err(error) => Err(store_error("Agent")(error)),
         }
     }
 
@@ -222,7 +223,7 @@ impl Runs {
         }
         let mut wait = Duration::from_millis(2);
         loop {
-            let run = self.store.get_run(user_id, run_id).await.map_err(store_error)?;
+            let run = self.store.get_run(user_id, run_id).await.map_err(store_error("Run"))?;
             if run.status.is_final() || run.status == RunStatus::RequiresAction || wait > SETTLE_WAIT {
                 return Ok(run);
             }
@@ -239,12 +240,12 @@ impl Runs {
         run_id: Uuid,
         reason: Option<String>,
     ) -> Result<RunRecord, ApiError> {
-        let run = self.store.get_run(user_id, run_id).await.map_err(store_error)?;
+        let run = self.store.get_run(user_id, run_id).await.map_err(store_error("Run"))?;
         if run.status.is_final() {
             return Ok(run);
         }
         self.stop(&run, reason).await?;
-        self.store.get_run(user_id, run_id).await.map_err(store_error)
+        self.store.get_run(user_id, run_id).await.map_err(store_error("Run"))
     }
 
     /// Stops `run`: on this replica its task is cancelled and records the cancellation
@@ -275,7 +276,7 @@ impl Runs {
                     Ok(())
                 }
                 Err(StoreError::InvalidTransition(_)) => Ok(()),
-                Err(error) => Err(store_error(error)),
+                Err(error) => Err(store_error("Run")(error)),
             };
         }
         let writer = self.outputs.resumed_writer(run.id, run.last_sequence).await.map_err(|error| {
@@ -300,7 +301,7 @@ impl Runs {
                 Ok(())
             }
             Err(StoreError::InvalidTransition(_)) => Ok(()),
-            Err(error) => Err(store_error(error)),
+            Err(error) => Err(store_error("Run")(error)),
         }
     }
 
@@ -335,7 +336,7 @@ impl Runs {
         run_id: Uuid,
         decide: impl Fn(&str, &str) -> Decision,
     ) -> Result<RunRecord, ApiError> {
-        let run = self.store.get_run(user_id, run_id).await.map_err(store_error)?;
+        let run = self.store.get_run(user_id, run_id).await.map_err(store_error("Run"))?;
         if run.status != RunStatus::RequiresAction {
             return Err(not_waiting(&run));
         }
@@ -343,7 +344,7 @@ impl Runs {
             .store
             .load_checkpoint(run_id)
             .await
-            .map_err(store_error)?
+            .map_err(store_error("Run"))?
             .ok_or_else(|| ApiError::internal().with_detail("run_id", run_id.to_string()))?;
         let mut checkpoint: Checkpoint<AgentState> =
             serde_json::from_value(stored.checkpoint).map_err(|_| ApiError::internal())?;
@@ -359,7 +360,7 @@ impl Runs {
         {
             Ok(done) => done.run,
             Err(StoreError::InvalidTransition(run)) => return Err(not_waiting(&run)),
-            Err(error) => return Err(store_error(error)),
+            Err(error) => return Err(store_error("Run")(error)),
         };
         self.spawn(resumed.clone(), Start::Decided(checkpoint, agent_graph::TOOLS));
         Ok(resumed)
@@ -522,7 +523,7 @@ impl Runs {
                     RunTransition::Start { owner: self.replica.clone(), lease: self.settings.lease },
                 )
                 .await
-                .map_err(|error| run_error(&store_error(error)))?
+                .map_err(|error| run_error(&store_error("Run")(error)))?
                 .run;
         }
         let principal = principal_of(&run.principal);
@@ -551,7 +552,7 @@ impl Runs {
             .store
             .get_agent(&run.principal.user_id, run.agent_id)
             .await
-            .map_err(|error| run_error(&store_error(error)))?;
+            .map_err(|error| run_error(&store_error("Agent")(error)))?;
         let user_message = if resuming {
             None
         } else {
@@ -582,7 +583,7 @@ impl Runs {
                     self.store
                         .transition_run(run.id, RunTransition::UserMessage { message_id })
                         .await
-                        .map_err(|error| run_error(&store_error(error)))?;
+                        .map_err(|error| run_error(&store_error("Run")(error)))?;
                 }
                 writer.event(Kind::Message(message.clone()));
             }
@@ -681,7 +682,7 @@ impl Runs {
                         checkpoint.state = state.clone();
                         save_checkpoint(self.store.as_ref(), run_id, &checkpoint)
                             .await
-                            .map_err(|error| run_error(&store_error(error)))
+                            .map_err(|error| run_error(&store_error("Run")(error)))
                     }
                     Err(error) => Err(run_error(&ApiError::from_status(error.status()))),
                 };
@@ -947,25 +948,6 @@ fn principal_of(run: &RunPrincipal) -> Principal {
 fn not_waiting(run: &RunRecord) -> ApiError {
     ApiError::new(ErrorCode::Conflict, format!("run {} is not waiting for approval (it is {:?})", run.id, run.status))
         .with_detail("run_id", run.id.to_string())
-}
-
-/// A store failure as the client sees it.
-pub fn store_error(error: StoreError) -> ApiError {
-    match error {
-        StoreError::NotFound => ApiError::not_found("Resource"),
-        StoreError::NameTaken(name) => ApiError::new(ErrorCode::Conflict, format!("an agent named {name:?} exists")),
-        StoreError::SessionBusy(run) => {
-            ApiError::new(ErrorCode::Conflict, "the session is busy").with_detail("run_id", run.id.to_string())
-        }
-        StoreError::InvalidTransition(run) => {
-            ApiError::new(ErrorCode::Conflict, format!("run {} is {:?}", run.id, run.status))
-        }
-        StoreError::Unavailable(_) => ApiError::external_service("agent-orchestrator storage", "database", true),
-        StoreError::Internal(error) => {
-            tracing::error!(%error, "storage failure");
-            ApiError::internal()
-        }
-    }
 }
 
 /// An error as a run records it.

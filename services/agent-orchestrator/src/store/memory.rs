@@ -108,10 +108,8 @@ fn page<T>(items: Vec<T>, offset: u64, limit: u32, after: Option<Uuid>, id: impl
         Some(cursor) => items.iter().position(|item| id(item) < cursor).unwrap_or(items.len()),
         None => usize::try_from(offset).unwrap_or(usize::MAX).min(items.len()),
     };
-    let limit = limit as usize;
-    let has_more = items.len().saturating_sub(start) > limit;
-    let items = items.into_iter().skip(start).take(limit).collect();
-    Page { items, total, has_more }
+    let fetched = items.into_iter().skip(start).take(usize::try_from(limit).unwrap_or(usize::MAX).saturating_add(1));
+    Page::from_fetched(fetched.collect(), limit, total)
 }
 
 #[async_trait]

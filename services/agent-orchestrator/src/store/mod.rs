@@ -42,6 +42,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+/// One page of a listing (newest first, by id).
+pub use agentmesh_runtime::paging::Page;
+
 /// A JSON object (`metadata`).
 pub type JsonObject = Map<String, Value>;
 
@@ -481,17 +484,6 @@ pub struct RunQuery {
     pub offset: u64,
     /// Keyset cursor: only runs after this one in list order.
     pub after: Option<Uuid>,
-}
-
-/// One page of a list.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Page<T> {
-    /// The items.
-    pub items: Vec<T>,
-    /// Matching items across all pages.
-    pub total: u64,
-    /// Whether more follow.
-    pub has_more: bool,
 }
 
 /// Why a store operation failed.

@@ -38,22 +38,13 @@ pub struct Fixture {
 #[macro_export]
 macro_rules! conformance_tests {
     ($fixture:path) => {
-        $crate::conformance_tests!(@tests $fixture;
+        agentmesh_testkit::suite_tests!(conformance, $fixture;
             agents_round_trip_with_names_unique_per_owner, owners_are_isolated, agents_filter_search_and_page,
             admission_follows_the_session_policy, idempotency_keys_return_the_first_run,
             transitions_follow_the_lifecycle, finishing_promotes_the_next_queued_run, agent_status_follows_its_runs,
             session_runs_page_newest_first, leases_renew_and_abandoned_runs_are_claimed,
             concurrent_claimers_take_disjoint_runs, checkpoints_are_replaced, changes_emit_domain_events
         );
-    };
-    (@tests $fixture:path; $($name:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                let Some(fixture) = $fixture().await else { return };
-                conformance::$name(&fixture).await;
-            }
-        )*
     };
 }
 

@@ -1,5 +1,6 @@
 //! Agents: create, get, list, update, delete, each with its event.
 
+use agentmesh_postgres::listing::{Listed, listed};
 use sqlx::types::Json;
 use uuid::Uuid;
 
@@ -102,7 +103,6 @@ impl PostgresStore {
         query: &AgentQuery,
     ) -> Result<Page<AgentRecord>, StoreError> {
         let pattern = query.search.as_deref().map(contains_pattern);
-        let limit = usize::try_from(query.limit).unwrap_or(usize::MAX);
         self.run(|| async {
             let found = sqlx::query(LIST)
                 .bind(user_id)
@@ -114,10 +114,8 @@ impl PostgresStore {
                 .fetch_all(self.pool())
                 .await
                 .map_err(classify)?;
-            let (total, mut items) = rows::page(&found, rows::agent)?;
-            let has_more = items.len() > limit;
-            items.truncate(limit);
-            Ok(Page { items, total, has_more })
+            let Listed { items, total } = listed(&found, rows::agent)?;
+            Ok(Page::from_fetched(items, query.limit, total))
         })
         .await
     }

@@ -3,7 +3,7 @@
 //! ([`agentmesh_postgres::error`]); this module adds the orchestrator's domain outcomes.
 
 use agentmesh_postgres::Judge;
-use agentmesh_postgres::error::violated_constraint;
+use agentmesh_postgres::error::{Failure, attempt_error, violated_constraint};
 use agentmesh_resilience::{Outcome, ResilienceError};
 
 use super::super::{RunRecord, StoreError};
@@ -79,18 +79,22 @@ impl Judge for DbError {
 
 /// The caller's view of a failed call.
 pub(super) fn into_store_error(error: ResilienceError<DbError>) -> StoreError {
-    match error {
-        ResilienceError::Inner(DbError::NotFound) => StoreError::NotFound,
-        ResilienceError::Inner(DbError::NameTaken(name)) => StoreError::NameTaken(name),
-        ResilienceError::Inner(DbError::SessionBusy(run)) => StoreError::SessionBusy(run),
-        ResilienceError::Inner(DbError::InvalidTransition(run)) => StoreError::InvalidTransition(run),
-        ResilienceError::Inner(DbError::Db(error)) if error.is_unavailable() => {
-            StoreError::Unavailable(Box::new(error))
+    match attempt_error(error) {
+        Ok(DbError::NotFound) => StoreError::NotFound,
+        Ok(DbError::NameTaken(name)) => StoreError::NameTaken(name),
+        Ok(DbError::SessionBusy(run)) => StoreError::SessionBusy(run),
+        Ok(DbError::InvalidTransition(run)) => StoreError::InvalidTransition(run),
+        Ok(DbError::Db(error)) => Failure::from(error).into(),
+        Err(failure) => failure.into(),
+    }
+}
+
+impl From<Failure> for StoreError {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Unavailable(error) => StoreError::Unavailable(error),
+            Failure::Internal(error) => StoreError::Internal(error),
         }
-        ResilienceError::Inner(DbError::Db(error)) => StoreError::Internal(Box::new(error)),
-        other @ (ResilienceError::Timeout { .. }
-        | ResilienceError::CircuitOpen { .. }
-        | ResilienceError::BulkheadFull { .. }) => StoreError::Unavailable(Box::new(other)),
     }
 }
 

@@ -39,8 +39,9 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use agentmesh_events::Publisher;
+use agentmesh_postgres::Database;
+use agentmesh_postgres::error::Failure;
 use agentmesh_postgres::outbox::{self, Outbox};
-use agentmesh_postgres::{Database, SetupError};
 use agentmesh_resilience::Preset;
 use async_trait::async_trait;
 use serde_json::Value;
@@ -120,7 +121,7 @@ impl PostgresStore {
     /// Connects to `url` and prepares `schema` (created if missing, migrated under its
     /// advisory lock); operations run under `resilience`. Connecting again is a no-op.
     pub async fn connect(url: &str, schema: &str, pool: PoolSettings, resilience: &Preset) -> Result<Self, StoreError> {
-        let database = Database::connect(url, schema, pool, resilience, migrations()).await.map_err(setup_error)?;
+        let database = Database::connect(url, schema, pool, resilience, migrations()).await.map_err(Failure::from)?;
         let outbox = Outbox::new(database.schema());
         Ok(Self { inner: Arc::new(Inner { database, outbox }) })
     }
@@ -166,15 +167,6 @@ impl PostgresStore {
             self.inner.outbox.committed();
         }
         result
-    }
-}
-
-/// The caller's view of a failed connect.
-fn setup_error(error: SetupError) -> StoreError {
-    if error.is_unavailable() {
-        StoreError::Unavailable(Box::new(error))
-    } else {
-        StoreError::Internal(Box::new(error))
     }
 }
 

@@ -92,19 +92,3 @@ pub(super) fn run(row: &PgRow) -> Result<RunRecord, DbError> {
         holds_session: get(row, "holds_session")?,
     })
 }
-
-/// The rows of a page query (`total` on every row, the item's columns null when the
-/// page is empty) as the total and the items, decoded by `decode`.
-pub(super) fn page<T>(rows: &[PgRow], decode: impl Fn(&PgRow) -> Result<T, DbError>) -> Result<(u64, Vec<T>), DbError> {
-    let total: i64 = match rows.first() {
-        Some(row) => get(row, "total")?,
-        None => 0,
-    };
-    let mut items = Vec::with_capacity(rows.len());
-    for row in rows {
-        if get::<Option<uuid::Uuid>>(row, "id")?.is_some() {
-            items.push(decode(row)?);
-        }
-    }
-    Ok((u64::try_from(total).unwrap_or(0), items))
-}

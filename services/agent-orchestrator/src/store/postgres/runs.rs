@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use agentmesh_postgres::error::violated_constraint;
+use agentmesh_postgres::listing::{Listed, listed};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::postgres::{PgArguments, PgRow};
@@ -249,7 +250,6 @@ impl PostgresStore {
         session_id: Uuid,
         query: &RunQuery,
     ) -> Result<Page<RunRecord>, StoreError> {
-        let limit = usize::try_from(query.limit).unwrap_or(usize::MAX);
         self.run(|| async {
             let found = sqlx::query(LIST)
                 .bind(user_id)
@@ -260,10 +260,8 @@ impl PostgresStore {
                 .fetch_all(self.pool())
                 .await
                 .map_err(classify)?;
-            let (total, mut items) = rows::page(&found, rows::run)?;
-            let has_more = items.len() > limit;
-            items.truncate(limit);
-            Ok(Page { items, total, has_more })
+            let Listed { items, total } = listed(&found, rows::run)?;
+            Ok(Page::from_fetched(items, query.limit, total))
         })
         .await
     }
