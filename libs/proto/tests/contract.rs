@@ -55,6 +55,9 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("GET", "/api/v1/runs/{run_id}", "agentmesh.agent.v1.AgentService.GetRun"),
     ("GET", "/api/v1/sessions/{session_id}/runs", "agentmesh.agent.v1.AgentService.ListSessionRuns"),
     ("POST", "/api/v1/runs/{run_id}/cancel", "agentmesh.agent.v1.AgentService.CancelRun"),
+    ("POST", "/api/v1/runs/{run_id}/approve", "agentmesh.agent.v1.AgentService.ApproveRun"),
+    ("POST", "/api/v1/runs/{run_id}/reject", "agentmesh.agent.v1.AgentService.RejectRun"),
+    ("POST", "/api/v1/agents/{agent_id}/runs", "agentmesh.agent.v1.AgentService.CreateRun"),
     ("GET", "/api/v1/runs/{run_id}/stream", "agentmesh.agent.v1.AgentService.StreamRun"),
     // Tools.
     ("POST", "/api/v1/tools", "agentmesh.mcp.v1.McpService.CreateTool"),
@@ -326,6 +329,9 @@ fn wrapper_responses_unwrap_to_the_entity() {
         ("agentmesh.agent.v1.AgentService.ExecuteAgentStream", "event"),
         ("agentmesh.agent.v1.AgentService.GetRun", "run"),
         ("agentmesh.agent.v1.AgentService.CancelRun", "run"),
+        ("agentmesh.agent.v1.AgentService.CreateRun", "run"),
+        ("agentmesh.agent.v1.AgentService.ApproveRun", "run"),
+        ("agentmesh.agent.v1.AgentService.RejectRun", "run"),
         ("agentmesh.agent.v1.AgentService.StreamRun", "event"),
         ("agentmesh.mcp.v1.McpService.GetTool", "tool"),
         ("agentmesh.mcp.v1.McpService.GetMcpServer", "mcp_server"),
@@ -362,7 +368,18 @@ fn streaming_rpcs_are_server_streaming() {
     assert_eq!(
         kind,
         Some(
-            ["run_started", "token", "tool_call", "tool_result", "message", "usage", "error", "run_completed"]
+            [
+                "run_started",
+                "token",
+                "tool_call",
+                "tool_result",
+                "message",
+                "usage",
+                "error",
+                "run_completed",
+                "interrupt",
+                "step_restarted"
+            ]
                 .map(String::from)
                 .to_vec()
         )
@@ -379,7 +396,10 @@ fn success_statuses_follow_the_rest_conventions() {
         }
         let name = m.name();
         let status = method_rules(&m).map_or(0, |r| r.success_status);
-        if name.starts_with("Create") || name.starts_with("BulkCreate") {
+        if name == "CreateRun" {
+            // Starts work in the background: 202 Accepted with the run to follow.
+            assert_eq!(status, 202, "{} must answer 202", m.full_name());
+        } else if name.starts_with("Create") || name.starts_with("BulkCreate") {
             creates += 1;
             assert_eq!(status, 201, "{} must answer 201", m.full_name());
         } else if name.starts_with("Delete") || name.starts_with("BulkDelete") || name.starts_with("Revoke") {
@@ -599,7 +619,7 @@ fn seed_enums_render_to_the_seed_strings() {
     assert_eq!(rendered("agentmesh.common.v1.SortOrder"), strings(&["asc", "desc"]));
     assert_eq!(
         rendered("agentmesh.agent.v1.RunStatus"),
-        strings(&["queued", "running", "completed", "failed", "cancelled"])
+        strings(&["queued", "running", "completed", "failed", "cancelled", "requires_action"])
     );
 }
 
