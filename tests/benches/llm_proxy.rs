@@ -46,7 +46,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentmesh_e2e::free_port;
+use agentmesh_e2e::{free_port, serve_fake_provider};
 use agentmesh_proto::agentmesh::common::v1::MessageRole;
 use agentmesh_proto::agentmesh::llm::v1::llm_service_client::LlmServiceClient;
 use agentmesh_proto::agentmesh::llm::v1::{
@@ -153,25 +153,6 @@ async fn chat_completions(State(fake): State<Arc<Fake>>, body: Bytes) -> Respons
         ("application/json", Body::from(fake.completion.clone()))
     };
     Response::builder().header(CONTENT_TYPE, content_type).body(body).unwrap()
-}
-
-/// `GET /v1/models`: the one model.
-async fn models() -> axum::Json<Value> {
-    let model = json!({"id": "m", "object": "model", "created": 1_765_000_000, "owned_by": "bench"});
-    axum::Json(json!({"object": "list", "data": [model]}))
-}
-
-/// Serves the fake provider on a free loopback port; returns its base URL (`…/v1`).
-async fn serve_fake() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/v1", listener.local_addr().unwrap());
-    let app = axum::Router::new()
-        .route("/v1/chat/completions", axum::routing::post(chat_completions))
-        // Read once at start-up by llm-proxy versions that list compatible servers' models.
-        .route("/v1/models", axum::routing::get(models))
-        .with_state(Arc::new(Fake::new()));
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    base
 }
 
 // ---------------------------------------------------------------------------------------
@@ -365,7 +346,8 @@ struct Results {
 }
 
 async fn run(settings: &LoadSettings) -> Results {
-    let fake_base = serve_fake().await;
+    let chat = axum::routing::post(chat_completions).with_state(Arc::new(Fake::new()));
+    let fake_base = serve_fake_provider(chat, &["m"]).await.unwrap();
     let port = free_port().unwrap();
     let mut proxy = spawn_proxy(port, &fake_base, settings);
     wait_grpc_serving(&mut proxy, port).await;

@@ -15,6 +15,10 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+mod mesh;
+
+pub use mesh::{ALICE, BOB, Mesh, SseEvent, names, parse_sse, serve_fake_provider};
+
 /// How long a binary may take to start serving or to stop.
 pub const PROCESS_TIMEOUT: Duration = Duration::from_secs(30);
 

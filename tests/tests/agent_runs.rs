@@ -4,7 +4,8 @@
 //! session's messages in order, the run's SSE stream in sequence, reconnection by
 //! `Last-Event-ID` and by repeating the execute with its `Idempotency-Key` (no second run),
 //! approval and rejection of a tool call, cancel mid-stream, a tool server that is down,
-//! and isolation between users.
+//! isolation between users, the session concurrency policies, `stream: true` refused by
+//! `/execute`, and a stream asked for after its output expired.
 //!
 //! The MCP reference server is installed by `tests/mcp/install.sh`; without it each test
 //! skips with a one-line reason, unless `AGENTMESH_REQUIRE_SERVICES=1`.
@@ -15,14 +16,11 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use agentmesh_e2e::{Process, free_port, wait_http};
+use agentmesh_e2e::{ALICE, BOB, Mesh, free_port, names, parse_sse};
 use agentmesh_testkit::{REQUIRE_SERVICES_ENV, services_required};
-use reqwest::{Client, Method, Response};
+use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
-
-const ALICE: &str = "sk-e2e-alice-0123456789abcdefghijklmnopqrstuv";
-const BOB: &str = "sk-e2e-bob-0123456789abcdefghijklmnopqrstuvwxy";
 
 /// The reference server's entry point, or `None` (after a one-line reason) when missing.
 fn everything() -> Option<PathBuf> {
@@ -55,145 +53,36 @@ async fn start_everything(entry: &PathBuf) -> (Child, u16) {
     panic!("the MCP server did not listen on port {port}");
 }
 
-/// `agentmesh up` with the reference server registered as `everything`.
-struct Mesh {
-    base: String,
-    http: Client,
-    mcp: Option<Child>,
-    _process: Process,
-}
-
-impl Mesh {
-    async fn start() -> Option<Mesh> {
-        Self::start_with(&[]).await
-    }
-
-    /// The mesh with extra settings.
-    async fn start_with(settings: &[(&str, &str)]) -> Option<Mesh> {
-        let entry = everything()?;
-        let (mcp, mcp_port) = start_everything(&entry).await;
-        let port = free_port().unwrap();
-        let keys = format!("{ALICE}=alice:premium,{BOB}=bob:premium");
-        let mut env = vec![
-                ("SECURITY_API_KEYS", keys),
-                ("OBSERVABILITY_LOG_LEVEL", "WARNING".to_owned()),
-                ("LLM_SCRIPTED_DELAY", "0.02".to_owned()),
-                ("RATE_LIMIT_API_PREMIUM_LIMIT", "100000".to_owned()),
-                ("RATE_LIMIT_EXECUTE_AGENT_LIMIT", "100000".to_owned()),
-                ("RATE_LIMIT_CREATE_SESSION_LIMIT", "100000".to_owned()),
-                ("RATE_LIMIT_LLM_REQUESTS_PER_MINUTE", "100000".to_owned()),
-                ("RATE_LIMIT_LLM_TOKENS_PER_MINUTE", "100000000".to_owned()),
-        ];
-        env.extend(settings.iter().map(|(name, value)| (*name, (*value).to_owned())));
-        let mut process = Process::spawn("agentmesh", &["up", "--http", &format!("127.0.0.1:{port}")], &env).unwrap();
-        let base = format!("http://127.0.0.1:{port}");
-        wait_http(&mut process, &format!("{base}/api/v1/health")).await.unwrap();
-        let mesh = Mesh { base, http: Client::new(), mcp: Some(mcp), _process: process };
-        let server = json!({
-            "name": "everything",
-            "endpoint": format!("http://127.0.0.1:{mcp_port}/mcp"),
-            "transport": "streamable_http",
-        });
-        let (status, body) = mesh.json(ALICE, Method::POST, "/api/v1/mcp-servers", Some(server)).await;
-        assert_eq!(status, 201, "{body}");
-        // Discovery follows registration in the background.
-        for _ in 0..200 {
-            let (status, tools) = mesh.json(ALICE, Method::GET, "/api/v1/tools?search=get-sum", None).await;
-            assert_eq!(status, 200, "{tools}");
-            if tools[0]["name"] == "everything_get-sum" {
-                return Some(mesh);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+/// `agentmesh up` with the reference server registered as `everything`, and the server
+/// (killed when dropped).
+async fn start() -> Option<(Mesh, Child)> {
+    let entry = everything()?;
+    let (mcp, mcp_port) = start_everything(&entry).await;
+    let mesh = Mesh::up(&[("LLM_SCRIPTED_DELAY", "0.02".to_owned())]).await.unwrap();
+    let server = json!({
+        "name": "everything",
+        "endpoint": format!("http://127.0.0.1:{mcp_port}/mcp"),
+        "transport": "streamable_http",
+    });
+    let (status, body) = mesh.json(ALICE, Method::POST, "/api/v1/mcp-servers", Some(server)).await;
+    assert_eq!(status, 201, "{body}");
+    // Discovery follows registration in the background.
+    for _ in 0..200 {
+        let (status, tools) = mesh.json(ALICE, Method::GET, "/api/v1/tools?search=get-sum", None).await;
+        assert_eq!(status, 200, "{tools}");
+        if tools[0]["name"] == "everything_get-sum" {
+            return Some((mesh, mcp));
         }
-        panic!("the reference server's tools were not discovered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-
-    async fn call(&self, key: &str, method: Method, path: &str, body: Option<Value>) -> Response {
-        let mut request = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(key);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        request.send().await.unwrap()
-    }
-
-    async fn json(&self, key: &str, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let response = self.call(key, method, path, body).await;
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn session(&self, key: &str) -> String {
-        let (status, session) = self.json(key, Method::POST, "/api/v1/sessions", Some(json!({"title": "e2e"}))).await;
-        assert_eq!(status, 201, "{session}");
-        session["id"].as_str().unwrap().to_owned()
-    }
-
-    async fn agent(&self, key: &str, body: Value) -> String {
-        let (status, agent) = self.json(key, Method::POST, "/api/v1/agents", Some(body)).await;
-        assert_eq!(status, 201, "{agent}");
-        agent["id"].as_str().unwrap().to_owned()
-    }
-
-    /// POSTs `body` to `path` and reads the whole SSE stream.
-    async fn sse(&self, key: &str, path: &str, body: Option<Value>, headers: &[(&str, &str)]) -> Vec<SseEvent> {
-        let method = if body.is_some() { Method::POST } else { Method::GET };
-        let mut request = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(key);
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        assert_eq!(response.status(), 200);
-        parse_sse(&response.text().await.unwrap())
-    }
-
-    async fn messages(&self, key: &str, session: &str) -> Vec<Value> {
-        let (status, messages) =
-            self.json(key, Method::GET, &format!("/api/v1/sessions/{session}/messages?limit=200"), None).await;
-        assert_eq!(status, 200, "{messages}");
-        messages.as_array().unwrap().clone()
-    }
-}
-
-/// One server-sent event: its id, its name, its data.
-#[derive(Debug, Clone)]
-struct SseEvent {
-    id: Option<u64>,
-    name: String,
-    data: Value,
-}
-
-fn parse_sse(body: &str) -> Vec<SseEvent> {
-    body.split("\n\n")
-        .filter_map(|block| {
-            let mut event = SseEvent { id: None, name: "message".into(), data: Value::Null };
-            let mut seen = false;
-            for line in block.lines() {
-                if let Some(id) = line.strip_prefix("id:") {
-                    event.id = id.trim().parse().ok();
-                } else if let Some(name) = line.strip_prefix("event:") {
-                    event.name = name.trim().to_owned();
-                } else if let Some(data) = line.strip_prefix("data:") {
-                    event.data = serde_json::from_str(data.trim()).unwrap();
-                    seen = true;
-                }
-            }
-            seen.then_some(event)
-        })
-        .collect()
-}
-
-fn names(events: &[SseEvent]) -> Vec<&str> {
-    events.iter().map(|event| event.name.as_str()).collect()
+    panic!("the reference server's tools were not discovered");
 }
 
 const GET_SUM: &str = "/tool everything_get-sum {\"a\": 2, \"b\": 3}";
 
 #[tokio::test]
 async fn a_tool_round_trip_persists_in_order_streams_in_sequence_and_resumes_without_a_second_run() {
-    let Some(mesh) = Mesh::start().await else { return };
+    let Some((mesh, _server)) = start().await else { return };
     let session = mesh.session(ALICE).await;
     let agent =
         mesh.agent(ALICE, json!({"name": "adder", "system_prompt": "Add.", "tools": ["everything_get-sum"]})).await;
@@ -262,7 +151,7 @@ async fn a_tool_round_trip_persists_in_order_streams_in_sequence_and_resumes_wit
 
 #[tokio::test]
 async fn a_tool_needing_approval_waits_then_runs_when_approved_and_is_skipped_when_rejected() {
-    let Some(mesh) = Mesh::start().await else { return };
+    let Some((mesh, _server)) = start().await else { return };
     let agent = mesh
         .agent(
             ALICE,
@@ -307,7 +196,7 @@ async fn a_tool_needing_approval_waits_then_runs_when_approved_and_is_skipped_wh
 
 #[tokio::test]
 async fn cancel_mid_stream_stops_the_run_and_leaves_consistent_messages() {
-    let Some(mesh) = Mesh::start().await else { return };
+    let Some((mesh, _server)) = start().await else { return };
     let session = mesh.session(ALICE).await;
     let agent = mesh.agent(ALICE, json!({"name": "talker"})).await;
     let long = "word ".repeat(400);
@@ -347,10 +236,9 @@ async fn cancel_mid_stream_stops_the_run_and_leaves_consistent_messages() {
 
 #[tokio::test]
 async fn a_tool_server_that_is_down_becomes_a_tool_error_the_model_answers() {
-    let Some(mut mesh) = Mesh::start().await else { return };
+    let Some((mesh, mut server)) = start().await else { return };
     let session = mesh.session(ALICE).await;
     let agent = mesh.agent(ALICE, json!({"name": "resilient", "tools": ["everything_get-sum"]})).await;
-    let mut server = mesh.mcp.take().unwrap();
     server.kill().await.unwrap();
     let execute = json!({"session_id": session, "message": GET_SUM});
     let (status, answer) =
@@ -365,7 +253,7 @@ async fn a_tool_server_that_is_down_becomes_a_tool_error_the_model_answers() {
 
 #[tokio::test]
 async fn other_users_runs_and_agents_are_not_found_a_thousand_times() {
-    let Some(mesh) = Mesh::start().await else { return };
+    let Some((mesh, _server)) = start().await else { return };
     let session = mesh.session(ALICE).await;
     let agent = mesh.agent(ALICE, json!({"name": "private", "tools": ["everything_get-sum"]})).await;
     let (status, answer) = mesh
@@ -410,7 +298,8 @@ async fn other_users_runs_and_agents_are_not_found_a_thousand_times() {
 
 #[tokio::test]
 async fn execute_refuses_to_stream_and_an_expired_stream_is_a_clear_error() {
-    let Some(mesh) = Mesh::start_with(&[("AGENT_OUTPUT_RETENTION", "1")]).await else { return };
+    let settings = [("LLM_SCRIPTED_DELAY", "0.02".to_owned()), ("AGENT_OUTPUT_RETENTION", "1".to_owned())];
+    let mesh = Mesh::up(&settings).await.unwrap();
     let session = mesh.session(ALICE).await;
     let agent = mesh.agent(ALICE, json!({"name": "brief"})).await;
     let path = format!("/api/v1/agents/{agent}/execute");
@@ -433,7 +322,7 @@ async fn execute_refuses_to_stream_and_an_expired_stream_is_a_clear_error() {
 
 #[tokio::test]
 async fn a_busy_session_rejects_queues_or_interrupts_by_policy() {
-    let Some(mesh) = Mesh::start().await else { return };
+    let mesh = Mesh::up(&[("LLM_SCRIPTED_DELAY", "0.02".to_owned())]).await.unwrap();
     let session = mesh.session(ALICE).await;
     let agent = mesh.agent(ALICE, json!({"name": "one-at-a-time"})).await;
     let runs = format!("/api/v1/agents/{agent}/runs");

@@ -303,7 +303,8 @@ struct Failure {
     status: Status,
     /// The model that failed (empty when unknown).
     model: String,
-    /// Whether it failed after tokens had been streamed.
+    /// Whether it failed after the answer had started (text or tool-call fragments):
+    /// llm-proxy has then committed to that model and does not fall back.
     after_tokens: bool,
 }
 
@@ -354,7 +355,10 @@ async fn stream_answer(request: &ChatRequest, step: u32, context: &RunContext) -
                         };
                         return Attempt { result, usage };
                     }
-                    Some(stream_chat_response::Event::ToolCall(_)) | None => {}
+                    // Not announced until the answer is complete, but the answer has
+                    // started: llm-proxy no longer falls back.
+                    Some(stream_chat_response::Event::ToolCall(_)) => after_tokens = true,
+                    None => {}
                 }
             }
             Some(Err(status)) => return Attempt { result: Err(Failure { status, model, after_tokens }), usage },
