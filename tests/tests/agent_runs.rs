@@ -119,6 +119,7 @@ async fn a_tool_round_trip_persists_in_order_streams_in_sequence_and_resumes_wit
     assert_eq!(sequences, (1..=events.len() as u64).collect::<Vec<_>>());
     let kinds = names(&events);
     assert_eq!(kinds.first(), Some(&"run_started"));
+    assert_eq!(events[0].data["run_started"]["user_message_id"], messages[0]["id"], "the persisted user message");
     assert_eq!(kinds.last(), Some(&"run_completed"));
     for expected in ["tool_call", "tool_result", "message", "token", "usage"] {
         assert!(kinds.contains(&expected), "{expected} missing from {kinds:?}");
@@ -303,13 +304,15 @@ async fn execute_refuses_to_stream_and_an_expired_stream_is_a_clear_error() {
     let session = mesh.session(ALICE).await;
     let agent = mesh.agent(ALICE, json!({"name": "brief"})).await;
     let path = format!("/api/v1/agents/{agent}/execute");
-    let (status, refused) =
-        mesh.json(ALICE, Method::POST, &path, Some(json!({"session_id": session, "message": "hi", "stream": true}))).await;
+    let (status, refused) = mesh
+        .json(ALICE, Method::POST, &path, Some(json!({"session_id": session, "message": "hi", "stream": true})))
+        .await;
     assert_eq!((status, refused["code"].clone()), (422, json!("validation_error")), "{refused}");
     assert_eq!(refused["details"]["stream_endpoint"], format!("/api/v1/agents/{agent}/execute/stream"));
     assert!(mesh.messages(ALICE, &session).await.is_empty(), "a refused execute changes nothing");
 
-    let (status, answer) = mesh.json(ALICE, Method::POST, &path, Some(json!({"session_id": session, "message": "hi"}))).await;
+    let (status, answer) =
+        mesh.json(ALICE, Method::POST, &path, Some(json!({"session_id": session, "message": "hi"}))).await;
     assert_eq!(status, 200, "{answer}");
     let run = answer["run_id"].as_str().unwrap().to_owned();
     let (_, record) = mesh.json(ALICE, Method::GET, &format!("/api/v1/runs/{run}"), None).await;

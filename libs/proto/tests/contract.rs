@@ -380,8 +380,8 @@ fn streaming_rpcs_are_server_streaming() {
                 "interrupt",
                 "step_restarted"
             ]
-                .map(String::from)
-                .to_vec()
+            .map(String::from)
+            .to_vec()
         )
     );
 }

@@ -556,13 +556,6 @@ impl Runs {
         let user_message = if resuming {
             None
         } else {
-            if run.user_message_id.is_none() {
-                writer.event(Kind::RunStarted(RunStarted {
-                    agent_id: run.agent_id.to_string(),
-                    session_id: run.session_id.to_string(),
-                    user_message_id: String::new(),
-                }));
-            }
             let request = CreateMessageRequest {
                 session_id: run.session_id.to_string(),
                 content: run.request.message.clone(),
@@ -579,6 +572,11 @@ impl Runs {
                 .await
                 .map_err(|status| run_error(&ApiError::from_status(&status)))?;
             if run.user_message_id.is_none() {
+                writer.event(Kind::RunStarted(RunStarted {
+                    agent_id: run.agent_id.to_string(),
+                    session_id: run.session_id.to_string(),
+                    user_message_id: message.id.clone(),
+                }));
                 if let Ok(message_id) = message.id.parse() {
                     self.store
                         .transition_run(run.id, RunTransition::UserMessage { message_id })
