@@ -301,6 +301,8 @@ fn statuses_bodies_and_security_follow_the_contract() {
     let stream = operation(&doc, "/api/v1/agents/{agent_id}/execute/stream", "post");
     let events = &stream["responses"]["200"]["content"]["text/event-stream"];
     assert!(events["x-event-data"]["$ref"].is_string());
+    assert_eq!(events["schema"]["required"], json!(["data"]), "one schema per event");
+    assert_eq!(events["schema"]["properties"]["data"]["contentSchema"], events["x-event-data"]);
     assert!(stream["responses"]["200"]["description"].as_str().unwrap().contains("Last-Event-ID"));
 
     let responses = &doc["components"]["responses"];

@@ -210,14 +210,30 @@ fn success(route: &Route, schemas: &mut Schemas) -> Json {
             Some(Kind::Message(message)) => message,
             _ => output,
         };
+        let data = schemas.message(&event, Direction::Response);
         return json!({
             "description": stream_description(&event),
             "headers": headers,
             "content": {
                 "text/event-stream": {
-                    "schema": { "type": "string" },
-                    // Not interpreted by tools: the schema of each event's `data:` line.
-                    "x-event-data": schemas.message(&event, Direction::Response),
+                    // One server-sent event, as SSE-aware tools (and OpenAPI 3.2's `itemSchema`)
+                    // read the stream: its `data:` line holds the event as JSON.
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "data": {
+                                "type": "string",
+                                "contentMediaType": "application/json",
+                                "contentSchema": data.clone(),
+                            },
+                            "event": { "type": "string" },
+                            "id": { "type": "string" },
+                            "retry": { "type": "integer", "minimum": 0 },
+                        },
+                        "required": ["data"],
+                    },
+                    // The schema of each event's `data:` line, for tools that read only this.
+                    "x-event-data": data,
                 },
             },
         });
