@@ -4,6 +4,9 @@
 //! Binaries are looked up next to the test executable's directory (`target/<profile>/`);
 //! the test command builds them first (`cargo build --workspace --bins`).
 
+pub mod mcp;
+pub mod rest;
+
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -82,6 +85,15 @@ impl Process {
         let pid = self.child.id().ok_or_else(|| HarnessError::Timeout("a pid".into()))?;
         let status = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await?;
         if status.success() { Ok(()) } else { Err(HarnessError::Timeout(format!("kill -TERM {pid}"))) }
+    }
+
+    /// Sends SIGKILL, as a crash or an OOM kill does, and waits for the process to be gone.
+    pub async fn kill(mut self) -> Result<ExitStatus, HarnessError> {
+        self.child.start_kill()?;
+        tokio::time::timeout(PROCESS_TIMEOUT, self.child.wait())
+            .await
+            .map_err(|_| HarnessError::Timeout("the killed process to exit".into()))?
+            .map_err(HarnessError::from)
     }
 
     /// Waits for exit, returning the status and everything written to stderr.

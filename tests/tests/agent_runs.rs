@@ -11,56 +11,29 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
-use std::process::Stdio;
-use std::time::Duration;
-
+use agentmesh_e2e::mcp::{everything, register_everything, start_everything};
+use agentmesh_e2e::rest::{Rest, names, parse_sse};
 use agentmesh_e2e::{Process, free_port, wait_http};
-use agentmesh_testkit::{REQUIRE_SERVICES_ENV, services_required};
-use reqwest::{Client, Method, Response};
+use reqwest::Method;
 use serde_json::{Value, json};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 const ALICE: &str = "sk-e2e-alice-0123456789abcdefghijklmnopqrstuv";
 const BOB: &str = "sk-e2e-bob-0123456789abcdefghijklmnopqrstuvwxy";
 
-/// The reference server's entry point, or `None` (after a one-line reason) when missing.
-fn everything() -> Option<PathBuf> {
-    let tools = std::env::var_os("AGENTMESH_TOOLS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/agentmesh-tools"));
-    let path = tools.join("mcp-everything/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
-    if path.is_file() {
-        return Some(path);
-    }
-    let reason = format!("the MCP test servers are not installed under {} (run tests/mcp/install.sh)", tools.display());
-    assert!(!services_required(), "{reason} and {REQUIRE_SERVICES_ENV}=1");
-    eprintln!("skipped: {reason}");
-    None
-}
-
-/// The reference server over streamable HTTP on a free port.
-async fn start_everything(entry: &PathBuf) -> (Child, u16) {
-    let port = free_port().unwrap();
-    let mut command = Command::new("node");
-    command.arg(entry).arg("streamableHttp").env("PORT", port.to_string());
-    command.stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true);
-    let child = command.spawn().unwrap();
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return (child, port);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the MCP server did not listen on port {port}");
-}
-
 /// `agentmesh up` with the reference server registered as `everything`.
 struct Mesh {
-    base: String,
-    http: Client,
+    api: Rest,
     mcp: Option<Child>,
     _process: Process,
+}
+
+impl std::ops::Deref for Mesh {
+    type Target = Rest;
+
+    fn deref(&self) -> &Rest {
+        &self.api
+    }
 }
 
 impl Mesh {
@@ -84,107 +57,12 @@ impl Mesh {
             ],
         )
         .unwrap();
-        let base = format!("http://127.0.0.1:{port}");
-        wait_http(&mut process, &format!("{base}/api/v1/health")).await.unwrap();
-        let mesh = Mesh { base, http: Client::new(), mcp: Some(mcp), _process: process };
-        let server = json!({
-            "name": "everything",
-            "endpoint": format!("http://127.0.0.1:{mcp_port}/mcp"),
-            "transport": "streamable_http",
-        });
-        let (status, body) = mesh.json(ALICE, Method::POST, "/api/v1/mcp-servers", Some(server)).await;
-        assert_eq!(status, 201, "{body}");
-        // Discovery follows registration in the background.
-        for _ in 0..200 {
-            let (status, tools) = mesh.json(ALICE, Method::GET, "/api/v1/tools?search=get-sum", None).await;
-            assert_eq!(status, 200, "{tools}");
-            if tools[0]["name"] == "everything_get-sum" {
-                return Some(mesh);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the reference server's tools were not discovered");
+        let api = Rest::new(format!("http://127.0.0.1:{port}"));
+        wait_http(&mut process, &format!("{}/api/v1/health", api.base())).await.unwrap();
+        let mesh = Mesh { api, mcp: Some(mcp), _process: process };
+        register_everything(&mesh, ALICE, mcp_port, "get-sum").await;
+        Some(mesh)
     }
-
-    async fn call(&self, key: &str, method: Method, path: &str, body: Option<Value>) -> Response {
-        let mut request = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(key);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        request.send().await.unwrap()
-    }
-
-    async fn json(&self, key: &str, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let response = self.call(key, method, path, body).await;
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn session(&self, key: &str) -> String {
-        let (status, session) = self.json(key, Method::POST, "/api/v1/sessions", Some(json!({"title": "e2e"}))).await;
-        assert_eq!(status, 201, "{session}");
-        session["id"].as_str().unwrap().to_owned()
-    }
-
-    async fn agent(&self, key: &str, body: Value) -> String {
-        let (status, agent) = self.json(key, Method::POST, "/api/v1/agents", Some(body)).await;
-        assert_eq!(status, 201, "{agent}");
-        agent["id"].as_str().unwrap().to_owned()
-    }
-
-    /// POSTs `body` to `path` and reads the whole SSE stream.
-    async fn sse(&self, key: &str, path: &str, body: Option<Value>, headers: &[(&str, &str)]) -> Vec<SseEvent> {
-        let method = if body.is_some() { Method::POST } else { Method::GET };
-        let mut request = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(key);
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        assert_eq!(response.status(), 200);
-        parse_sse(&response.text().await.unwrap())
-    }
-
-    async fn messages(&self, key: &str, session: &str) -> Vec<Value> {
-        let (status, messages) =
-            self.json(key, Method::GET, &format!("/api/v1/sessions/{session}/messages?limit=200"), None).await;
-        assert_eq!(status, 200, "{messages}");
-        messages.as_array().unwrap().clone()
-    }
-}
-
-/// One server-sent event: its id, its name, its data.
-#[derive(Debug, Clone)]
-struct SseEvent {
-    id: Option<u64>,
-    name: String,
-    data: Value,
-}
-
-fn parse_sse(body: &str) -> Vec<SseEvent> {
-    body.split("\n\n")
-        .filter_map(|block| {
-            let mut event = SseEvent { id: None, name: "message".into(), data: Value::Null };
-            let mut seen = false;
-            for line in block.lines() {
-                if let Some(id) = line.strip_prefix("id:") {
-                    event.id = id.trim().parse().ok();
-                } else if let Some(name) = line.strip_prefix("event:") {
-                    event.name = name.trim().to_owned();
-                } else if let Some(data) = line.strip_prefix("data:") {
-                    event.data = serde_json::from_str(data.trim()).unwrap();
-                    seen = true;
-                }
-            }
-            seen.then_some(event)
-        })
-        .collect()
-}
-
-fn names(events: &[SseEvent]) -> Vec<&str> {
-    events.iter().map(|event| event.name.as_str()).collect()
 }
 
 const GET_SUM: &str = "/tool everything_get-sum {\"a\": 2, \"b\": 3}";
