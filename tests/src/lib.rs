@@ -43,6 +43,16 @@ pub enum HarnessError {
     },
 }
 
+/// Rate limits (gateway tiers and routes, llm-proxy per provider) that no end-to-end test
+/// reaches, for tests that are about something else.
+pub const NO_RATE_LIMITS: [(&str, &str); 5] = [
+    ("RATE_LIMIT_API_PREMIUM_LIMIT", "100000"),
+    ("RATE_LIMIT_EXECUTE_AGENT_LIMIT", "100000"),
+    ("RATE_LIMIT_CREATE_SESSION_LIMIT", "100000"),
+    ("RATE_LIMIT_LLM_REQUESTS_PER_MINUTE", "100000"),
+    ("RATE_LIMIT_LLM_TOKENS_PER_MINUTE", "100000000"),
+];
+
 /// The path of a workspace binary built into the same target directory as this test.
 pub fn binary(name: &str) -> Result<PathBuf, HarnessError> {
     let exe = std::env::current_exe()?;

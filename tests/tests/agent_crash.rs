@@ -21,7 +21,7 @@
 
 use agentmesh_e2e::mcp::{everything, register_everything, start_everything};
 use agentmesh_e2e::rest::{Rest, SseEvent, names, parse_sse};
-use agentmesh_e2e::{Process, free_port, wait_http, wait_serving};
+use agentmesh_e2e::{NO_RATE_LIMITS, Process, free_port, wait_http, wait_serving};
 use agentmesh_events::{NatsBus, NatsConfig};
 use agentmesh_testkit::postgres::PgDatabase;
 use agentmesh_testkit::{Service, require, unique_name};
@@ -79,7 +79,7 @@ impl Mesh {
         let [gateway, session_store, llm_proxy, mcp_broker, orchestrator] = [(); 5].map(|()| free_port().unwrap());
         let url = |port: u16| format!("http://127.0.0.1:{port}");
         let addr = |port: u16| format!("127.0.0.1:{port}");
-        let env = vec![
+        let mut env = vec![
             ("USE_DATABASE", "true".to_owned()),
             ("USE_MEMORY", "false".to_owned()),
             ("DB_URL", database.url().to_owned()),
@@ -100,12 +100,8 @@ impl Mesh {
             ("OBSERVABILITY_LOG_LEVEL", "WARNING".to_owned()),
             ("LLM_SCRIPTED_DELAY", "0.05".to_owned()),
             ("AGENT_RUN_LEASE", "2".to_owned()),
-            ("RATE_LIMIT_API_PREMIUM_LIMIT", "100000".to_owned()),
-            ("RATE_LIMIT_EXECUTE_AGENT_LIMIT", "100000".to_owned()),
-            ("RATE_LIMIT_CREATE_SESSION_LIMIT", "100000".to_owned()),
-            ("RATE_LIMIT_LLM_REQUESTS_PER_MINUTE", "100000".to_owned()),
-            ("RATE_LIMIT_LLM_TOKENS_PER_MINUTE", "100000000".to_owned()),
         ];
+        env.extend(NO_RATE_LIMITS.map(|(name, value)| (name, value.to_owned())));
         let mut services = Vec::new();
         for (binary, port) in [
             ("agentmesh-session-store", session_store),

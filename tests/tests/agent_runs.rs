@@ -13,7 +13,7 @@
 
 use agentmesh_e2e::mcp::{everything, register_everything, start_everything};
 use agentmesh_e2e::rest::{Rest, names, parse_sse};
-use agentmesh_e2e::{Process, free_port, wait_http};
+use agentmesh_e2e::{NO_RATE_LIMITS, Process, free_port, wait_http};
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::process::Child;
@@ -42,21 +42,13 @@ impl Mesh {
         let (mcp, mcp_port) = start_everything(&entry).await;
         let port = free_port().unwrap();
         let keys = format!("{ALICE}=alice:premium,{BOB}=bob:premium");
-        let mut process = Process::spawn(
-            "agentmesh",
-            &["up", "--http", &format!("127.0.0.1:{port}")],
-            &[
-                ("SECURITY_API_KEYS", keys),
-                ("OBSERVABILITY_LOG_LEVEL", "WARNING".to_owned()),
-                ("LLM_SCRIPTED_DELAY", "0.02".to_owned()),
-                ("RATE_LIMIT_API_PREMIUM_LIMIT", "100000".to_owned()),
-                ("RATE_LIMIT_EXECUTE_AGENT_LIMIT", "100000".to_owned()),
-                ("RATE_LIMIT_CREATE_SESSION_LIMIT", "100000".to_owned()),
-                ("RATE_LIMIT_LLM_REQUESTS_PER_MINUTE", "100000".to_owned()),
-                ("RATE_LIMIT_LLM_TOKENS_PER_MINUTE", "100000000".to_owned()),
-            ],
-        )
-        .unwrap();
+        let mut env = vec![
+            ("SECURITY_API_KEYS", keys),
+            ("OBSERVABILITY_LOG_LEVEL", "WARNING".to_owned()),
+            ("LLM_SCRIPTED_DELAY", "0.02".to_owned()),
+        ];
+        env.extend(NO_RATE_LIMITS.map(|(name, value)| (name, value.to_owned())));
+        let mut process = Process::spawn("agentmesh", &["up", "--http", &format!("127.0.0.1:{port}")], &env).unwrap();
         let api = Rest::new(format!("http://127.0.0.1:{port}"));
         wait_http(&mut process, &format!("{}/api/v1/health", api.base())).await.unwrap();
         let mesh = Mesh { api, mcp: Some(mcp), _process: process };

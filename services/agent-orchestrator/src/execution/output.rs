@@ -376,14 +376,14 @@ impl WriterTask {
             .build()
             .inspect_err(|error| tracing::error!(%error, run_id = %self.run_id, sequence, "run output event not built"))
             .ok();
-        let _ = publish.send(Publication::Event { event, envelope });
+        let _ = publish.send(Publication::Event { event: Box::new(event), envelope: envelope.map(Box::new) });
     }
 }
 
 /// What the writer hands to its publisher, in sequence order.
 enum Publication {
     /// An event for the bus (its envelope, when it could be built), then the live copy.
-    Event { event: RunEvent, envelope: Option<Event> },
+    Event { event: Box<RunEvent>, envelope: Option<Box<Event>> },
     /// Answer `last_sequence` once everything before it is published.
     Flush { answer: oneshot::Sender<u64>, last_sequence: u64 },
 }
@@ -406,9 +406,9 @@ async fn publish_in_order(
             }
         };
         if let Some(envelope) = envelope {
-            publish_with_retries(bus.as_ref(), envelope).await;
+            publish_with_retries(bus.as_ref(), *envelope).await;
         }
-        live.push(event);
+        live.push(*event);
     }
 }
 
