@@ -4,6 +4,13 @@
 //! Binaries are looked up next to the test executable's directory (`target/<profile>/`);
 //! the test command builds them first (`cargo build --workspace --bins`).
 
+pub mod mcp;
+mod mesh;
+pub mod rest;
+
+pub use mesh::{ALICE, BOB, Mesh, serve_fake_provider};
+pub use rest::{Rest, SseEvent, names, parse_sse};
+
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -14,10 +21,6 @@ use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-
-mod mesh;
-
-pub use mesh::{ALICE, BOB, Mesh, SseEvent, names, parse_sse, serve_fake_provider};
 
 /// How long a binary may take to start serving or to stop.
 pub const PROCESS_TIMEOUT: Duration = Duration::from_secs(30);
@@ -43,6 +46,16 @@ pub enum HarnessError {
         stderr: String,
     },
 }
+
+/// Rate limits (gateway tiers and routes, llm-proxy per provider) that no end-to-end test
+/// reaches, for tests that are about something else.
+pub const NO_RATE_LIMITS: [(&str, &str); 5] = [
+    ("RATE_LIMIT_API_PREMIUM_LIMIT", "100000"),
+    ("RATE_LIMIT_EXECUTE_AGENT_LIMIT", "100000"),
+    ("RATE_LIMIT_CREATE_SESSION_LIMIT", "100000"),
+    ("RATE_LIMIT_LLM_REQUESTS_PER_MINUTE", "100000"),
+    ("RATE_LIMIT_LLM_TOKENS_PER_MINUTE", "100000000"),
+];
 
 /// The path of a workspace binary built into the same target directory as this test.
 pub fn binary(name: &str) -> Result<PathBuf, HarnessError> {
@@ -86,6 +99,15 @@ impl Process {
         let pid = self.child.id().ok_or_else(|| HarnessError::Timeout("a pid".into()))?;
         let status = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await?;
         if status.success() { Ok(()) } else { Err(HarnessError::Timeout(format!("kill -TERM {pid}"))) }
+    }
+
+    /// Sends SIGKILL, as a crash or an OOM kill does, and waits for the process to be gone.
+    pub async fn kill(mut self) -> Result<ExitStatus, HarnessError> {
+        self.child.start_kill()?;
+        tokio::time::timeout(PROCESS_TIMEOUT, self.child.wait())
+            .await
+            .map_err(|_| HarnessError::Timeout("the killed process to exit".into()))?
+            .map_err(HarnessError::from)
     }
 
     /// Waits for exit, returning the status and everything written to stderr.

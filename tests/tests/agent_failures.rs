@@ -308,7 +308,7 @@ async fn stream_clients_that_stop_reading_do_not_hold_the_run_up() {
     let body = json!({"session_id": session, "message": message}).to_string();
 
     // Client 1 starts the run over a socket with a tiny receive buffer and never reads.
-    let address = mesh.base.trim_start_matches("http://").parse().unwrap();
+    let address = mesh.base().trim_start_matches("http://").parse().unwrap();
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(1024).unwrap();
     let mut silent = socket.connect(address).await.unwrap();

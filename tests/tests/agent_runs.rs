@@ -12,46 +12,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
-use agentmesh_e2e::{ALICE, BOB, Mesh, free_port, names, parse_sse};
-use agentmesh_testkit::{REQUIRE_SERVICES_ENV, services_required};
+use agentmesh_e2e::mcp::{everything, register_everything, start_everything};
+use agentmesh_e2e::{ALICE, BOB, Mesh, names, parse_sse};
 use reqwest::Method;
 use serde_json::{Value, json};
-use tokio::process::{Child, Command};
-
-/// The reference server's entry point, or `None` (after a one-line reason) when missing.
-fn everything() -> Option<PathBuf> {
-    let tools = std::env::var_os("AGENTMESH_TOOLS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/agentmesh-tools"));
-    let path = tools.join("mcp-everything/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
-    if path.is_file() {
-        return Some(path);
-    }
-    let reason = format!("the MCP test servers are not installed under {} (run tests/mcp/install.sh)", tools.display());
-    assert!(!services_required(), "{reason} and {REQUIRE_SERVICES_ENV}=1");
-    eprintln!("skipped: {reason}");
-    None
-}
-
-/// The reference server over streamable HTTP on a free port.
-async fn start_everything(entry: &PathBuf) -> (Child, u16) {
-    let port = free_port().unwrap();
-    let mut command = Command::new("node");
-    command.arg(entry).arg("streamableHttp").env("PORT", port.to_string());
-    command.stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true);
-    let child = command.spawn().unwrap();
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return (child, port);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the MCP server did not listen on port {port}");
-}
+use tokio::process::Child;
 
 /// `agentmesh up` with the reference server registered as `everything`, and the server
 /// (killed when dropped).
@@ -59,23 +26,8 @@ async fn start() -> Option<(Mesh, Child)> {
     let entry = everything()?;
     let (mcp, mcp_port) = start_everything(&entry).await;
     let mesh = Mesh::up(&[("LLM_SCRIPTED_DELAY", "0.02".to_owned())]).await.unwrap();
-    let server = json!({
-        "name": "everything",
-        "endpoint": format!("http://127.0.0.1:{mcp_port}/mcp"),
-        "transport": "streamable_http",
-    });
-    let (status, body) = mesh.json(ALICE, Method::POST, "/api/v1/mcp-servers", Some(server)).await;
-    assert_eq!(status, 201, "{body}");
-    // Discovery follows registration in the background.
-    for _ in 0..200 {
-        let (status, tools) = mesh.json(ALICE, Method::GET, "/api/v1/tools?search=get-sum", None).await;
-        assert_eq!(status, 200, "{tools}");
-        if tools[0]["name"] == "everything_get-sum" {
-            return Some((mesh, mcp));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the reference server's tools were not discovered");
+    register_everything(&mesh, ALICE, mcp_port, "get-sum").await;
+    Some((mesh, mcp))
 }
 
 const GET_SUM: &str = "/tool everything_get-sum {\"a\": 2, \"b\": 3}";

@@ -19,6 +19,7 @@
 //! drops the step in flight, which ends its model stream and tool calls.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -97,6 +98,9 @@ struct ActiveRun {
     finished: CancellationToken,
     /// Why it is being cancelled, for the record.
     reason: Arc<Mutex<Option<String>>>,
+    /// Whether this replica holds the run's lease yet: a queued run is leased only once
+    /// its task has started it, and until then it has no lease to renew (or to lose).
+    leased: Arc<AtomicBool>,
 }
 
 /// How long [`Runs::settled`] polls the record of a run another replica executes.
@@ -372,6 +376,11 @@ impl Runs {
         let runs = self.store.claim_abandoned_runs(&self.replica, self.settings.lease, CLAIM_BATCH).await?;
         let count = runs.len();
         for run in runs {
+            // Its lease ran out while this replica still executes it (renewals failed for
+            // a while): the claim renewed it, and a second task would double its output.
+            if self.active.lock().unwrap_or_else(PoisonError::into_inner).contains_key(&run.id) {
+                continue;
+            }
             if run.status == RunStatus::Queued {
                 self.spawn(run, Start::Fresh);
                 continue;
@@ -395,7 +404,14 @@ impl Runs {
     /// Renews the leases of this replica's runs; a run whose lease was lost (cancelled or
     /// taken over elsewhere) is stopped here.
     pub async fn renew_leases(&self) -> Result<(), StoreError> {
-        let ids: Vec<Uuid> = self.active.lock().unwrap_or_else(PoisonError::into_inner).keys().copied().collect();
+        let ids: Vec<Uuid> = self
+            .active
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(_, run)| run.leased.load(Ordering::Acquire))
+            .map(|(id, _)| *id)
+            .collect();
         if ids.is_empty() {
             return Ok(());
         }
@@ -453,17 +469,21 @@ impl Runs {
         let cancel = CancellationToken::new();
         let finished = CancellationToken::new();
         let reason = Arc::new(Mutex::new(None));
-        self.active
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(run.id, ActiveRun { cancel: cancel.clone(), finished: finished.clone(), reason: reason.clone() });
+        let leased = Arc::new(AtomicBool::new(run.status != RunStatus::Queued));
+        let active = ActiveRun {
+            cancel: cancel.clone(),
+            finished: finished.clone(),
+            reason: reason.clone(),
+            leased: leased.clone(),
+        };
+        self.active.lock().unwrap_or_else(PoisonError::into_inner).insert(run.id, active);
         // Only a run taken over may have published past what its record says; any other
         // run's output starts now, so that a reader arriving next finds it.
         let writer = (!matches!(start, Start::Recover(_))).then(|| self.outputs.writer(run.id, run.last_sequence));
         let runs = self.clone();
         self.tasks.spawn(async move {
             let run_id = run.id;
-            runs.drive(run, start, writer, cancel, reason).await;
+            runs.drive(run, start, writer, cancel, reason, leased).await;
             runs.active.lock().unwrap_or_else(PoisonError::into_inner).remove(&run_id);
             finished.cancel();
         });
@@ -476,6 +496,7 @@ impl Runs {
         writer: Option<OutputWriter>,
         cancel: CancellationToken,
         reason: Arc<Mutex<Option<String>>>,
+        leased: Arc<AtomicBool>,
     ) {
         let recovering = matches!(start, Start::Recover(_));
         let writer = match writer {
@@ -504,7 +525,7 @@ impl Runs {
             Start::Recover(Some(checkpoint)) => Some((checkpoint, None)),
             Start::Decided(checkpoint, node) => Some((checkpoint, Some(node))),
         };
-        let ending = match self.prepare(run, from.is_some(), &writer).await {
+        let ending = match self.prepare(run, from.is_some(), &writer, &leased).await {
             Ok(prepared) => self.execute_graph(prepared, from, &writer, &cancel).await,
             Err(error) => Ending::Failed(error, None),
         };
@@ -512,8 +533,15 @@ impl Runs {
         self.finish(run_id, created_at, ending, cancel_reason, &writer).await;
     }
 
-    /// Starts the run (unless it is being resumed) and builds what its graph needs.
-    async fn prepare(&self, run: RunRecord, resuming: bool, writer: &OutputWriter) -> Result<Prepared, RunError> {
+    /// Starts the run (unless it is being resumed), which leases it (`leased`), and builds
+    /// what its graph needs.
+    async fn prepare(
+        &self,
+        run: RunRecord,
+        resuming: bool,
+        writer: &OutputWriter,
+        leased: &AtomicBool,
+    ) -> Result<Prepared, RunError> {
         let mut run = run;
         if run.status == RunStatus::Queued {
             run = self
@@ -525,6 +553,7 @@ impl Runs {
                 .await
                 .map_err(|error| run_error(&store_error("Run")(error)))?
                 .run;
+            leased.store(true, Ordering::Release);
         }
         let principal = principal_of(&run.principal);
         let deadline = run

@@ -7,11 +7,17 @@
 //!   as one `token` event, and any other event first flushes the text before it;
 //! - **numbers events** with the run's gapless `sequence`, continuing from where the run's
 //!   output stopped (after a crash-resume, from the last sequence published);
-//! - appends each event to the run's **live copy** on this replica, which local readers
-//!   follow without ever blocking the writer (each reader keeps its own cursor);
 //! - publishes each event to the **event bus** on `run.<run_id>.output` (JetStream in
 //!   production), with the id `<run_id>:<sequence>` so a republished event is a
-//!   duplicate, not a second copy. Any replica serves any run's stream from there.
+//!   duplicate, not a second copy. Any replica serves any run's stream from there;
+//! - then appends it to the run's **live copy** on this replica, which local readers
+//!   follow without ever blocking the writer (each reader keeps its own cursor).
+//!
+//! An event reaches the live copy only once the bus has it, and a flush answers only once
+//! the bus has everything before it. So no reader ever sees an event that a crash could
+//! take back, and the sequence a run records at a checkpoint is always on the bus: a
+//! replica resuming the run after a crash numbers on from the bus's last event, without a
+//! gap and without reusing a number a client has already seen.
 //!
 //! [`RunOutputs::read`] serves a stream from the live copy when this replica has the events
 //! asked for, and from the bus otherwise.
@@ -252,7 +258,7 @@ enum Command {
     Token { step: u32, text: String },
     /// Any other event.
     Event(Box<Kind>),
-    /// Flush, then answer with the last sequence written.
+    /// Flush, then answer with the last sequence once the bus holds it.
     Flush(oneshot::Sender<u64>),
 }
 
@@ -277,8 +283,8 @@ impl OutputWriter {
         let _ = self.commands.send(Command::Event(Box::new(kind)));
     }
 
-    /// Waits until everything given so far is numbered and on the live copy (the bus copy
-    /// follows in order); returns the last sequence.
+    /// Waits until everything given so far is numbered, on the bus and on the live copy;
+    /// returns the last sequence.
     pub async fn flush(&self) -> u64 {
         let (answer, wait) = oneshot::channel();
         if self.commands.send(Command::Flush(answer)).is_err() {
@@ -307,7 +313,7 @@ struct WriterTask {
 impl WriterTask {
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         let (publish, published) = mpsc::unbounded_channel();
-        let publisher = tokio::spawn(publish_in_order(self.outputs.bus.clone(), published));
+        let publisher = tokio::spawn(publish_in_order(self.outputs.bus.clone(), self.live.clone(), published));
         loop {
             let due = self.pending.as_ref().map(|pending| pending.due);
             let command = match due {
@@ -334,7 +340,7 @@ impl WriterTask {
                 }
                 Some(Command::Flush(answer)) => {
                     self.flush_tokens(&publish);
-                    let _ = answer.send(self.next_sequence - 1);
+                    let _ = publish.send(Publication::Flush { answer, last_sequence: self.next_sequence - 1 });
                 }
                 None => break,
             }
@@ -346,13 +352,13 @@ impl WriterTask {
         self.outputs.forget_later(self.run_id, self.live.clone());
     }
 
-    fn flush_tokens(&mut self, publish: &mpsc::UnboundedSender<Event>) {
+    fn flush_tokens(&mut self, publish: &mpsc::UnboundedSender<Publication>) {
         if let Some(PendingTokens { step, text, .. }) = self.pending.take() {
             self.write(Kind::Token(TokenDelta { text, step }), publish);
         }
     }
 
-    fn write(&mut self, kind: Kind, publish: &mpsc::UnboundedSender<Event>) {
+    fn write(&mut self, kind: Kind, publish: &mpsc::UnboundedSender<Publication>) {
         let sequence = self.next_sequence;
         self.next_sequence += 1;
         let event = RunEvent {
@@ -362,39 +368,64 @@ impl WriterTask {
             kind: Some(kind),
         };
         let chunk = RunOutputChunk { run_id: event.run_id.clone(), sequence, event: Some(event.clone()) };
-        self.live.push(event);
-        match Event::builder(topic::run_output(&chunk.run_id), SOURCE, EVENT_TYPE)
+        let envelope = Event::builder(topic::run_output(&chunk.run_id), SOURCE, EVENT_TYPE)
             .id(format!("{}:{sequence}", chunk.run_id))
             .subject(chunk.run_id.clone())
             .data_schema("agentmesh.events.v1.RunOutputChunk")
             .data(chunk.encode_to_vec())
             .build()
-        {
-            Ok(envelope) => {
-                let _ = publish.send(envelope);
-            }
-            Err(error) => tracing::error!(%error, run_id = %self.run_id, sequence, "run output event not built"),
-        }
+            .inspect_err(|error| tracing::error!(%error, run_id = %self.run_id, sequence, "run output event not built"))
+            .ok();
+        let _ = publish.send(Publication::Event { event: Box::new(event), envelope: envelope.map(Box::new) });
     }
 }
 
+/// What the writer hands to its publisher, in sequence order.
+enum Publication {
+    /// An event for the bus (its envelope, when it could be built), then the live copy.
+    Event { event: Box<RunEvent>, envelope: Option<Box<Event>> },
+    /// Answer `last_sequence` once everything before it is published.
+    Flush { answer: oneshot::Sender<u64>, last_sequence: u64 },
+}
+
 /// Publishes the run's events to the bus one after another, so the bus holds them in
-/// sequence order; retries a failing publish a few times with a short backoff.
-async fn publish_in_order(bus: Arc<dyn EventBus>, mut events: mpsc::UnboundedReceiver<Event>) {
-    while let Some(event) = events.recv().await {
-        let mut attempt = 1;
-        loop {
-            match bus.publish(event.clone()).await {
-                Ok(_) => break,
-                Err(error) if attempt < PUBLISH_ATTEMPTS && error.is_retryable() => {
-                    tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
-                    attempt += 1;
-                }
-                Err(error) => {
-                    metrics::counter!("agentmesh_run_output_publish_failures_total").increment(1);
-                    tracing::error!(%error, event_id = event.id(), "run output event not published");
-                    break;
-                }
+/// sequence order, and appends each to the live copy once published; retries a failing
+/// publish a few times with a short backoff. An event the bus never took still goes to
+/// the live copy, so that local readers are not stalled by the bus.
+async fn publish_in_order(
+    bus: Arc<dyn EventBus>,
+    live: Arc<LiveOutput>,
+    mut publications: mpsc::UnboundedReceiver<Publication>,
+) {
+    while let Some(publication) = publications.recv().await {
+        let (event, envelope) = match publication {
+            Publication::Event { event, envelope } => (event, envelope),
+            Publication::Flush { answer, last_sequence } => {
+                let _ = answer.send(last_sequence);
+                continue;
+            }
+        };
+        if let Some(envelope) = envelope {
+            publish_with_retries(bus.as_ref(), *envelope).await;
+        }
+        live.push(*event);
+    }
+}
+
+/// Publishes `envelope`, retrying a retryable failure a few times.
+async fn publish_with_retries(bus: &dyn EventBus, envelope: Event) {
+    let mut attempt = 1;
+    loop {
+        match bus.publish(envelope.clone()).await {
+            Ok(_) => return,
+            Err(error) if attempt < PUBLISH_ATTEMPTS && error.is_retryable() => {
+                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                attempt += 1;
+            }
+            Err(error) => {
+                metrics::counter!("agentmesh_run_output_publish_failures_total").increment(1);
+                tracing::error!(%error, event_id = envelope.id(), "run output event not published");
+                return;
             }
         }
     }
