@@ -206,7 +206,8 @@ impl CpuSnapshot {
 }
 
 /// CPU time of every PostgreSQL backend connected to `database`, by pid: their process
-/// title is `postgres: <user> <database> <client> <state>` (the server runs on this machine).
+/// title is `postgres: <cluster>: <user> <database> <client> <state>` (the server runs on
+/// this machine).
 fn backend_cpu(database: &str) -> HashMap<u32, Duration> {
     let Ok(processes) = std::fs::read_dir("/proc") else { return HashMap::new() };
     processes
@@ -215,7 +216,7 @@ fn backend_cpu(database: &str) -> HashMap<u32, Duration> {
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|title| {
                 let title = String::from_utf8_lossy(&title);
-                title.starts_with("postgres: ") && title.split_whitespace().nth(2) == Some(database)
+                title.starts_with("postgres: ") && title.split_whitespace().any(|word| word == database)
             })
         })
         .map(|pid| (pid, cpu_time(&format!("/proc/{pid}/stat"))))
