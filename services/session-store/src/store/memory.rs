@@ -275,7 +275,8 @@ impl SessionStore for MemoryStore {
     ) -> Result<Page<MessageRecord>, StoreError> {
         let state = self.state();
         state.owned_session(owner, session_id)?;
-        let messages: Vec<MessageRecord> = state
+        // Paged before cloning: a listing clones the messages it returns, not the session.
+        let messages: Vec<&MessageRecord> = state
             .by_session
             .get(&session_id)
             .into_iter()
@@ -283,16 +284,16 @@ impl SessionStore for MemoryStore {
             .filter_map(|(_, id)| state.messages.get(id))
             .filter(|m| query.role.is_none_or(|role| m.role == role))
             .filter(|m| query.search.as_deref().is_none_or(|needle| contains_ignoring_case(&m.content, needle)))
-            .cloned()
             .collect();
-        Ok(page(
+        let found = page(
             messages,
             query.offset,
             query.limit,
             query.after,
             |m| Cursor { key: m.created_at, id: m.id },
             |item, cursor| (item.key, item.id) > (cursor.key, cursor.id),
-        ))
+        );
+        Ok(Page { items: found.items.into_iter().cloned().collect(), total: found.total, has_more: found.has_more })
     }
 
     async fn update_message(&self, owner: &Owner, id: Uuid, patch: MessagePatch) -> Result<MessageRecord, StoreError> {
