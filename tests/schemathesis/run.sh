@@ -65,11 +65,33 @@ fi
 if [ ! -x "$venv/bin/schemathesis" ] || [ ! -x "$venv/bin/openapi-spec-validator" ]; then
     log "installing schemathesis 4.x into $venv"
     python3 -m venv "$venv"
-    # hypothesis 6.170 describes lambdas by parsing their source deep inside recursion,
-    # which CPython 3.11 refuses ("AST constructor recursion depth mismatch").
-    "$venv/bin/pip" install --quiet --disable-pip-version-check 'schemathesis>=4,<5' 'hypothesis<6.170' \
+    "$venv/bin/pip" install --quiet --disable-pip-version-check 'schemathesis>=4,<5' \
         'openapi-spec-validator>=0.7,<1'
 fi
+# hypothesis names the lambdas in its strategies' descriptions by parsing their source; deep
+# inside schemathesis' recursion CPython 3.11 refuses that now and then ("AST constructor
+# recursion depth mismatch", a SystemError) and the operation is reported as an error. A
+# description is all that is lost, so such a lambda is described as `lambda: <unknown>`.
+"$venv/bin/python" - <<'PY'
+import pathlib, sysconfig
+hook = pathlib.Path(sysconfig.get_paths()["purelib"]) / "agentmesh_lambda_descriptions.pth"
+hook.write_text("import agentmesh_lambda_descriptions\n")
+(hook.parent / "agentmesh_lambda_descriptions.py").write_text('''"""Describes a lambda hypothesis cannot parse instead of failing the test (tests/schemathesis/run.sh)."""
+import hypothesis.internal.lambda_sources as sources
+
+_describe = sources._lambda_description
+
+
+def _lambda_description(f, *args, **kwargs):
+    try:
+        return _describe(f, *args, **kwargs)
+    except SystemError:
+        return "lambda: <unknown>"
+
+
+sources._lambda_description = _lambda_description
+''')
+PY
 
 backends="${SCHEMATHESIS_BACKENDS:-memory postgres}"
 read -r -a backend_list <<<"$backends"
