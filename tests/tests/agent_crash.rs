@@ -578,6 +578,7 @@ async fn failed_on_recovery(mesh: &Mesh, session: &str, message: &str, killed: &
     assert_eq!(error["code"], code, "{error}");
     assert_eq!(count(&after, "error"), 1, "{kinds:?}");
     assert_eq!(count(&after, "token"), 0, "the step never ran again: {kinds:?}");
+    assert_eq!(count(&after, "step_restarted"), 0, "no step is announced that will not run: {kinds:?}");
 
     let run = run_record(mesh, &killed.run_id, |run| run["status"] != "running").await;
     assert_eq!(run["status"], "failed", "{run}");
@@ -600,7 +601,7 @@ async fn a_run_taken_over_after_its_agent_was_deleted_fails_saying_so_and_leaves
     mesh.delete_agent_row(&agent).await;
     mesh.start_orchestrator().await;
     let reason = failed_on_recovery(&mesh, &session, &message, &killed, "not_found").await;
-    assert!(reason.contains("Agent"), "{reason}");
+    assert_eq!(reason, format!("the run's agent {agent} was deleted"));
 }
 
 #[tokio::test]

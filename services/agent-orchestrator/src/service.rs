@@ -29,6 +29,7 @@ use uuid::Uuid;
 
 use crate::agents::{AgentsApi, store_error};
 use crate::convert;
+use crate::execution::manager::Settled;
 use crate::execution::manager::to_api_error;
 use crate::execution::state::AgentState;
 use crate::execution::{ExecuteRequest, Runs};
@@ -131,50 +132,52 @@ impl AgentOrchestrator {
         }))
     }
 
-    /// The execution response of a run that completed or stopped for approval.
-    async fn execution_response(&self, run: &RunRecord) -> Result<pb::AgentExecutionResponse, Status> {
-        let state = match self.runs.store().load_checkpoint(run.id).await.map_err(store_error("Run"))? {
+    /// The graph state of a run as its last checkpoint holds it.
+    async fn last_state(&self, run: &RunRecord) -> Result<AgentState, Status> {
+        match self.runs.store().load_checkpoint(run.id).await.map_err(store_error("Run"))? {
             Some(stored) => serde_json::from_value::<Checkpoint<AgentState>>(stored.checkpoint)
                 .map(|checkpoint| checkpoint.state)
-                .map_err(|_| Status::from(ApiError::internal()))?,
-            None => AgentState::default(),
-        };
-        let mut tool_calls: Vec<prost_types::Struct> = state
-            .calls
-            .iter()
-            .map(|call| {
-                let mut object = call_object(&call.request.id, &call.request.name, &call.request.arguments_json);
-                object.insert("result".into(), Value::String(call.result.clone()));
-                object.insert("is_error".into(), Value::Bool(call.is_error));
-                object_to_struct(&object)
-            })
-            .collect();
-        tool_calls.extend(run.pending_tool_calls.iter().map(|call| {
-            let mut object = call_object(&call.id, &call.name, &call.arguments_json);
-            object.insert("status".into(), Value::String("pending".into()));
-            object_to_struct(&object)
-        }));
-        let mut metadata = Map::new();
-        if let Some(model) = &state.answered_by {
-            metadata.insert("model".into(), Value::String(model.clone()));
+                .map_err(|_| Status::from(ApiError::internal())),
+            None => Ok(AgentState::default()),
         }
-        metadata.insert("steps".into(), json!(run.step_count));
-        let status = if run.status == RunStatus::RequiresAction {
-            pb::RunStatus::RequiresAction
-        } else {
-            pb::RunStatus::Completed
-        };
-        Ok(pb::AgentExecutionResponse {
-            session_id: run.session_id.to_string(),
-            message_id: run.response_message_id.map(|id| id.to_string()).unwrap_or_default(),
-            content: state.answer().map(|turn| turn.content.clone()).unwrap_or_default(),
-            metadata: Some(object_to_struct(&metadata)),
-            tool_calls,
-            execution_time_ms: convert::execution_time_ms(run, Utc::now()),
-            run_id: run.id.to_string(),
-            usage: Some(convert::usage_to_proto(&run.usage)),
-            status: status as i32,
+    }
+}
+
+/// The execution response of a run that completed or stopped for approval, from its
+/// record and its graph's last `state`.
+fn execution_response(run: &RunRecord, state: &AgentState) -> pb::AgentExecutionResponse {
+    let mut tool_calls: Vec<prost_types::Struct> = state
+        .calls
+        .iter()
+        .map(|call| {
+            let mut object = call_object(&call.request.id, &call.request.name, &call.request.arguments_json);
+            object.insert("result".into(), Value::String(call.result.clone()));
+            object.insert("is_error".into(), Value::Bool(call.is_error));
+            object_to_struct(&object)
         })
+        .collect();
+    tool_calls.extend(run.pending_tool_calls.iter().map(|call| {
+        let mut object = call_object(&call.id, &call.name, &call.arguments_json);
+        object.insert("status".into(), Value::String("pending".into()));
+        object_to_struct(&object)
+    }));
+    let mut metadata = Map::new();
+    if let Some(model) = &state.answered_by {
+        metadata.insert("model".into(), Value::String(model.clone()));
+    }
+    metadata.insert("steps".into(), json!(run.step_count));
+    let status =
+        if run.status == RunStatus::RequiresAction { pb::RunStatus::RequiresAction } else { pb::RunStatus::Completed };
+    pb::AgentExecutionResponse {
+        session_id: run.session_id.to_string(),
+        message_id: run.response_message_id.map(|id| id.to_string()).unwrap_or_default(),
+        content: state.answer().map(|turn| turn.content.clone()).unwrap_or_default(),
+        metadata: Some(object_to_struct(&metadata)),
+        tool_calls,
+        execution_time_ms: convert::execution_time_ms(run, Utc::now()),
+        run_id: run.id.to_string(),
+        usage: Some(convert::usage_to_proto(&run.usage)),
+        status: status as i32,
     }
 }
 
@@ -297,21 +300,37 @@ impl AgentService for AgentOrchestrator {
             .into());
         }
         let (principal, started) = self.start(&request, &body.agent_id, body.execution.as_ref()).await?;
-        let run_id = started.run.id;
-        let mut events = self.runs.outputs().read(run_id, 0);
-        while let Some(event) = events.next().await {
-            let event = event.map_err(|_| Status::from(ApiError::external_service("run output", "event_bus", true)))?;
-            if matches!(event.kind, Some(Kind::RunCompleted(_) | Kind::Interrupt(_))) {
-                break;
+        // A run started here settles here: its end comes with its last state. Otherwise
+        // (attached, queued, or its end not recorded here) follow its output, then read it.
+        let settled = match started.settled {
+            Some(settled) => settled.await.ok(),
+            None => None,
+        };
+        let (run, state) = match settled {
+            Some(Settled { run, state }) if state.is_some() || run.status.is_final() => {
+                (run, state.unwrap_or_default())
             }
-        }
-        let run = self.runs.settled(&principal.user_id, run_id).await?;
+            _ => {
+                let run_id = started.run.id;
+                let mut events = self.runs.outputs().read(run_id, 0);
+                while let Some(event) = events.next().await {
+                    let event =
+                        event.map_err(|_| Status::from(ApiError::external_service("run output", "event_bus", true)))?;
+                    if matches!(event.kind, Some(Kind::RunCompleted(_) | Kind::Interrupt(_))) {
+                        break;
+                    }
+                }
+                let run = self.runs.settled(&principal.user_id, run_id).await?;
+                let state = self.last_state(&run).await?;
+                (run, state)
+            }
+        };
         match run.status {
             RunStatus::Failed | RunStatus::Cancelled => {
                 let error = run.error.as_ref().map(to_api_error).unwrap_or_else(ApiError::internal);
                 Err(error.with_detail("run_id", run.id.to_string()).into())
             }
-            _ => Ok(Response::new(pb::ExecuteAgentResponse { execution: Some(self.execution_response(&run).await?) })),
+            _ => Ok(Response::new(pb::ExecuteAgentResponse { execution: Some(execution_response(&run, &state)) })),
         }
     }
 

@@ -14,6 +14,9 @@
 //!    relay at once instead of at its next poll.
 //! 3. Runs [`Outbox::relay`] in the background until shutdown.
 //!
+//! [`OutboxDatabase`] does all three for a store: its database and outbox in one handle,
+//! with [`OutboxDatabase::write`] waking the relay after every successful write.
+//!
 //! # What the relay guarantees
 //!
 //! See [`relay`]: every committed event is published at least once, with the event id it
@@ -26,18 +29,21 @@ pub mod relay;
 mod rows;
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::sync::Arc;
 
 use agentmesh_events::{Event, Publisher};
+use agentmesh_resilience::{Preset, Resilience, ResilienceError};
 use sqlx::SqlSafeStr as _;
-use sqlx::migrate::{Migration, MigrationType};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::PgPool;
 use sqlx::{PgConnection, Postgres, Transaction};
 use tokio::sync::Notify;
 
 pub use self::relay::{BatchReport, OutboxRelay, RelayError, RelaySettings};
 pub use self::rows::{INSERT_ALL, OutboxRow, OutboxRows};
-use crate::database::Database;
-use crate::error::{DbError, classify};
+use crate::database::{Database, PoolSettings, SetupError};
+use crate::error::{DbError, Judge, classify};
 use crate::schema::Schema;
 
 /// The `outbox` table's DDL, applied into the owner's schema by [`migration`].
@@ -120,6 +126,84 @@ impl Outbox {
     /// for nor starves the request pool.
     pub fn relay(&self, database: &Database, publisher: Arc<dyn Publisher>) -> OutboxRelay {
         OutboxRelay::new(database.side_pool(2), publisher, Arc::clone(&self.wake), self.channel.clone())
+    }
+}
+
+/// A store's database together with the outbox in its schema: the handle a service's
+/// PostgreSQL store holds. Cheap to clone; clones share the pool, the policy state and the
+/// relay wake-up.
+#[derive(Debug, Clone)]
+pub struct OutboxDatabase {
+    inner: Arc<(Database, Outbox)>,
+}
+
+impl OutboxDatabase {
+    /// Connects to `url` and prepares `schema` with `migrations` (see
+    /// [`Database::connect`]); calls run under `resilience`.
+    pub async fn connect(
+        url: &str,
+        schema: &str,
+        pool: PoolSettings,
+        resilience: &Preset,
+        migrations: &Migrator,
+    ) -> Result<Self, SetupError> {
+        let database = Database::connect(url, schema, pool, resilience, migrations).await?;
+        let outbox = Outbox::new(database.schema());
+        Ok(Self { inner: Arc::new((database, outbox)) })
+    }
+
+    /// The database.
+    pub fn database(&self) -> &Database {
+        &self.inner.0
+    }
+
+    /// The outbox, to queue events in a write's transaction.
+    pub fn outbox(&self) -> &Outbox {
+        &self.inner.1
+    }
+
+    /// The schema's name.
+    pub fn schema(&self) -> &str {
+        self.database().schema().as_str()
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &PgPool {
+        self.database().pool()
+    }
+
+    /// The database policy's state (its breaker, for health output).
+    pub fn resilience(&self) -> &Resilience {
+        self.database().resilience()
+    }
+
+    /// A relay publishing the outbox to `publisher`; drive it with [`OutboxRelay::run`].
+    pub fn relay(&self, publisher: Arc<dyn Publisher>) -> OutboxRelay {
+        self.outbox().relay(self.database(), publisher)
+    }
+
+    /// Runs a read under the policy (see [`Database::run`]).
+    pub async fn run<T, E, F, Fut>(&self, op: F) -> Result<T, ResilienceError<E>>
+    where
+        E: Judge,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.database().run(op).await
+    }
+
+    /// Runs a write under the policy, then wakes the relay for the events it queued.
+    pub async fn write<T, E, F, Fut>(&self, op: F) -> Result<T, ResilienceError<E>>
+    where
+        E: Judge,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let result = self.run(op).await;
+        if result.is_ok() {
+            self.outbox().committed();
+        }
+        result
     }
 }
 

@@ -31,6 +31,7 @@ use agentmesh_proto::json::object_to_struct;
 use agentmesh_runtime::auth::{Principal, Tier};
 use agentmesh_runtime::{ApiError, ErrorCode};
 use async_trait::async_trait;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
@@ -42,8 +43,8 @@ use super::state::{AgentState, Decision, Speaker, Turn};
 use crate::agents::store_error;
 use crate::settings::RunSettings;
 use crate::store::{
-    Admission, Admitted, Concurrency, NewRun, OrchestratorStore, RunError, RunPrincipal, RunRecord, RunRequest,
-    RunStatus, RunTransition, RunUsage, StoreError,
+    Admission, Admitted, AgentRecord, Concurrency, NewRun, OrchestratorStore, RunError, RunPrincipal, RunRecord,
+    RunRequest, RunStatus, RunTransition, RunUsage, StoreError,
 };
 
 /// Runs abandoned by a dead replica taken over per pass.
@@ -71,18 +72,32 @@ pub struct ExecuteRequest {
 }
 
 /// A run an execute started or attached to.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Started {
     /// The run as it is now.
     pub run: RunRecord,
     /// Whether the execute attached to an existing run (same idempotency key).
     pub attached: bool,
+    /// How the run settles, when this execute started it on this replica: the unary
+    /// execute answers from it without reading the run back. `None` for a run attached
+    /// to or queued behind another (follow its output and record instead).
+    pub settled: Option<oneshot::Receiver<Settled>>,
+}
+
+/// A run executed on this replica, once its end (or its wait for approval) is recorded.
+#[derive(Debug)]
+pub struct Settled {
+    /// The record, as the final transition left it.
+    pub run: RunRecord,
+    /// The graph's last state, when the graph ran.
+    pub state: Option<AgentState>,
 }
 
 /// Where a run's execution starts.
 enum Start {
-    /// From the beginning: a new run, or a queued one whose turn came.
-    Fresh,
+    /// From the beginning: a new run (with its agent, when the admission just read it), or
+    /// a queued one whose turn came.
+    Fresh(Option<Box<AgentRecord>>),
     /// Taken over after its replica died: from its last checkpoint, or from the
     /// beginning when it had none (the step in flight is announced as restarted).
     Recover(Option<Checkpoint<AgentState>>),
@@ -169,7 +184,7 @@ impl Runs {
         if let Some(key) = &request.idempotency_key
             && let Some(run) = self.store.find_run_by_key(&principal.user_id, key).await.map_err(store_error("Run"))?
         {
-            return Ok(Started { run, attached: true });
+            return Ok(Started { run, attached: true, settled: None });
         }
         let agent = self.store.get_agent(&principal.user_id, request.agent_id).await.map_err(store_error("Agent"))?;
         let concurrency = request.concurrency.unwrap_or(agent.definition.concurrency);
@@ -195,15 +210,17 @@ impl Runs {
             Concurrency::Interrupt => Admission::Interrupt,
         };
         match self.store.admit_run(new_run, admission).await {
-            Ok(Admitted::Existing(run)) => Ok(Started { run, attached: true }),
+            Ok(Admitted::Existing(run)) => Ok(Started { run, attached: true, settled: None }),
             Ok(Admitted::Created { run, ready, preempted }) => {
                 if let Some(preempted) = preempted {
                     self.stop(&preempted, Some("interrupted by a newer run on the session".into())).await?;
                 }
-                if ready {
-                    self.spawn(run.clone(), Start::Fresh);
-                }
-                Ok(Started { run, attached: false })
+                let settled = ready.then(|| {
+                    let (settle, settled) = oneshot::channel();
+                    self.spawn(run.clone(), Start::Fresh(Some(Box::new(agent))), Some(settle));
+                    settled
+                });
+                Ok(Started { run, attached: false, settled })
             }
             Err(StoreError::SessionBusy(holder)) => Err(ApiError::new(
                 ErrorCode::Conflict,
@@ -366,7 +383,7 @@ impl Runs {
             Err(StoreError::InvalidTransition(run)) => return Err(not_waiting(&run)),
             Err(error) => return Err(store_error("Run")(error)),
         };
-        self.spawn(resumed.clone(), Start::Decided(checkpoint, agent_graph::TOOLS));
+        self.spawn(resumed.clone(), Start::Decided(checkpoint, agent_graph::TOOLS), None);
         Ok(resumed)
     }
 
@@ -382,12 +399,12 @@ impl Runs {
                 continue;
             }
             if run.status == RunStatus::Queued {
-                self.spawn(run, Start::Fresh);
+                self.spawn(run, Start::Fresh(None), None);
                 continue;
             }
             match self.store.load_checkpoint(run.id).await? {
                 Some(stored) => match serde_json::from_value::<Checkpoint<AgentState>>(stored.checkpoint) {
-                    Ok(checkpoint) => self.spawn(run, Start::Recover(Some(checkpoint))),
+                    Ok(checkpoint) => self.spawn(run, Start::Recover(Some(checkpoint)), None),
                     Err(error) => {
                         let reason = format!("its checkpoint could not be read: {error}");
                         self.fail_unresumable(run, reason).await;
@@ -395,7 +412,7 @@ impl Runs {
                 },
                 // No step was checkpointed: run it again from the start (appending the user
                 // message again is idempotent).
-                None => self.spawn(run, Start::Recover(None)),
+                None => self.spawn(run, Start::Recover(None), None),
             }
         }
         Ok(count)
@@ -460,12 +477,13 @@ impl Runs {
 
     fn start_next(self: &Arc<Self>, next: Option<RunRecord>) {
         if let Some(next) = next {
-            self.spawn(next, Start::Fresh);
+            self.spawn(next, Start::Fresh(None), None);
         }
     }
 
-    /// Executes `run` on a task of its own, from `start`. Its output can be read at once.
-    fn spawn(self: &Arc<Self>, run: RunRecord, start: Start) {
+    /// Executes `run` on a task of its own, from `start`. Its output can be read at once;
+    /// `settle` hears how it settled.
+    fn spawn(self: &Arc<Self>, run: RunRecord, start: Start, settle: Option<oneshot::Sender<Settled>>) {
         let cancel = CancellationToken::new();
         let finished = CancellationToken::new();
         let reason = Arc::new(Mutex::new(None));
@@ -483,7 +501,11 @@ impl Runs {
         let runs = self.clone();
         self.tasks.spawn(async move {
             let run_id = run.id;
-            runs.drive(run, start, writer, cancel, reason, leased).await;
+            let settled = runs.drive(run, start, writer, cancel, reason, leased).await;
+            if let (Some(settle), Some(settled)) = (settle, settled) {
+                // The execute that waited for it may have gone; the run is recorded anyway.
+                let _ = settle.send(settled);
+            }
             runs.active.lock().unwrap_or_else(PoisonError::into_inner).remove(&run_id);
             finished.cancel();
         });
@@ -497,7 +519,7 @@ impl Runs {
         cancel: CancellationToken,
         reason: Arc<Mutex<Option<String>>>,
         leased: Arc<AtomicBool>,
-    ) {
+    ) -> Option<Settled> {
         let recovering = matches!(start, Start::Recover(_));
         let writer = match writer {
             Some(writer) => writer,
@@ -507,37 +529,44 @@ impl Runs {
                     // Numbering cannot go on safely without the last published sequence:
                     // the lease runs out and the run is taken over again later.
                     tracing::warn!(%error, run_id = %run.id, "run output unreadable; the run waits for recovery");
-                    return;
+                    return None;
                 }
             },
         };
-        if recovering {
-            writer.event(Kind::StepRestarted(StepRestarted {
-                step: run.step_count + 1,
-                reason: "the orchestrator executing the run stopped; the step runs again".into(),
-                model: None,
-            }));
-        }
         let run_id = run.id;
+        let restarted_step = run.step_count + 1;
         let created_at = run.created_at;
-        let from = match start {
-            Start::Fresh | Start::Recover(None) => None,
-            Start::Recover(Some(checkpoint)) => Some((checkpoint, None)),
-            Start::Decided(checkpoint, node) => Some((checkpoint, Some(node))),
+        let (from, agent) = match start {
+            Start::Fresh(agent) => (None, agent),
+            Start::Recover(None) => (None, None),
+            Start::Recover(Some(checkpoint)) => (Some((checkpoint, None)), None),
+            Start::Decided(checkpoint, node) => (Some((checkpoint, Some(node))), None),
         };
-        let ending = match self.prepare(run, from.is_some(), &writer, &leased).await {
-            Ok(prepared) => self.execute_graph(prepared, from, &writer, &cancel).await,
+        let ending = match self.prepare(run, agent, from.is_some(), &writer, &leased).await {
+            Ok(prepared) => {
+                // Announced only once the step can run again: a run that cannot go on
+                // ends with its error instead.
+                if recovering {
+                    writer.event(Kind::StepRestarted(StepRestarted {
+                        step: restarted_step,
+                        reason: "the orchestrator executing the run stopped; the step runs again".into(),
+                        model: None,
+                    }));
+                }
+                self.execute_graph(prepared, from, &writer, &cancel).await
+            }
             Err(error) => Ending::Failed(error, None),
         };
         let cancel_reason = reason.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        self.finish(run_id, created_at, ending, cancel_reason, &writer).await;
+        self.finish(run_id, created_at, ending, cancel_reason, &writer).await
     }
 
     /// Starts the run (unless it is being resumed), which leases it (`leased`), and builds
-    /// what its graph needs.
+    /// what its graph needs; `agent` is the run's agent when the caller has just read it.
     async fn prepare(
         &self,
         run: RunRecord,
+        agent: Option<Box<AgentRecord>>,
         resuming: bool,
         writer: &OutputWriter,
         leased: &AtomicBool,
@@ -577,11 +606,23 @@ impl Runs {
                 .and_then(serde_json::Value::as_str)
                 .map_or_else(agentmesh_runtime::context::new_correlation_id, str::to_owned),
         };
-        let agent = self
-            .store
-            .get_agent(&run.principal.user_id, run.agent_id)
-            .await
-            .map_err(|error| run_error(&store_error("Agent")(error)))?;
+        let agent = match agent {
+            Some(agent) => *agent,
+            None => match self.store.get_agent(&run.principal.user_id, run.agent_id).await {
+                Ok(agent) => agent,
+                Err(StoreError::NotFound) => {
+                    return Err(RunError {
+                        code: ErrorCode::NotFound.as_str().into(),
+                        message: format!("the run's agent {} was deleted", run.agent_id),
+                        details: serde_json::Map::from_iter([(
+                            "agent_id".to_owned(),
+                            serde_json::Value::String(run.agent_id.to_string()),
+                        )]),
+                    });
+                }
+                Err(error) => return Err(run_error(&store_error("Agent")(error))),
+            },
+        };
         let user_message = if resuming {
             None
         } else {
@@ -669,7 +710,8 @@ impl Runs {
         Ending::from_outcome(outcome, context, &limits)
     }
 
-    /// Records how the run ended, with a consistent session and a `run_completed` event.
+    /// Records how the run ended, with a consistent session and a `run_completed` event;
+    /// returns the recorded end (`None` when it could not be recorded here).
     async fn finish(
         self: &Arc<Self>,
         run_id: Uuid,
@@ -677,7 +719,8 @@ impl Runs {
         ending: Ending,
         cancel_reason: Option<String>,
         writer: &OutputWriter,
-    ) {
+    ) -> Option<Settled> {
+        let mut last_state = None;
         let completed = |status, usage: &RunUsage, response_message_id, error: Option<&RunError>| {
             let elapsed = chrono::Utc::now().signed_duration_since(created_at).num_milliseconds().max(0);
             completed_event(writer, status, usage, elapsed, response_message_id, error);
@@ -688,9 +731,11 @@ impl Runs {
                     Ok(()) => {
                         let response_message_id = state.answer().and_then(|turn| turn.message_id);
                         completed(RunStatusOut::Completed, &state.usage, response_message_id, None);
+                        let usage = state.usage;
+                        last_state = Some(state);
                         RunTransition::Complete {
                             response_message_id,
-                            usage: state.usage,
+                            usage,
                             step_count: steps,
                             last_sequence: writer.flush().await,
                         }
@@ -732,6 +777,7 @@ impl Runs {
                         tool_calls: pending.iter().map(crate::convert::pending_call_to_proto).collect(),
                         reason: "the agent's policy asks for approval of these tool calls".into(),
                     }));
+                    last_state = Some(state);
                     RunTransition::RequireAction { pending, last_sequence: writer.flush().await }
                 }
             }
@@ -767,11 +813,18 @@ impl Runs {
             }
         };
         match self.store.transition_run(run_id, transition).await {
-            Ok(done) => self.start_next(done.next),
+            Ok(done) => {
+                self.start_next(done.next);
+                Some(Settled { run: done.run, state: last_state })
+            }
             Err(StoreError::InvalidTransition(run)) => {
                 tracing::info!(%run_id, status = ?run.status, "run ended elsewhere meanwhile");
+                None
             }
-            Err(error) => tracing::error!(%error, %run_id, "run's end not recorded; it will be recovered"),
+            Err(error) => {
+                tracing::error!(%error, %run_id, "run's end not recorded; it will be recovered");
+                None
+            }
         }
     }
 

@@ -94,6 +94,16 @@ pub fn apply(run: &RunRecord, transition: &RunTransition, at: DateTime<Utc>) -> 
     Some(next)
 }
 
+/// Whether `transition` changes only the run itself: neither its agent's derived status
+/// (queued and running are both "processing") nor which run holds the session. A store
+/// needs only the run's own record locked for it.
+pub fn changes_only_the_run(transition: &RunTransition) -> bool {
+    matches!(
+        transition,
+        RunTransition::Start { .. } | RunTransition::UserMessage { .. } | RunTransition::Progress { .. }
+    )
+}
+
 /// Whether another replica may take `run` over at `at` ([`claim_abandoned_runs`]): a
 /// running run whose lease ran out, or a queued run holding its session that nobody
 /// started within `lease` of `held_since` (when it got the session) and that no claimer

@@ -81,7 +81,7 @@ impl PostgresStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| classify_agent_write(e, &definition.name))?;
-            self.inner.outbox.enqueue(&mut tx, event.clone()).await?;
+            self.outbox().enqueue(&mut tx, event.clone()).await?;
             tx.commit().await.map_err(classify_commit)?;
             Ok(())
         })
@@ -145,7 +145,7 @@ impl PostgresStore {
                 .await
                 .map_err(|e| classify_agent_write(e, &agent.name))?;
             let record = rows::agent(&row.ok_or(DbError::NotFound)?)?;
-            self.inner.outbox.enqueue(&mut tx, events::agent_updated(&record)).await?;
+            self.outbox().enqueue(&mut tx, events::agent_updated(&record)).await?;
             tx.commit().await.map_err(classify_commit)?;
             Ok(record)
         })
@@ -157,7 +157,7 @@ impl PostgresStore {
             let mut tx = self.pool().begin().await.map_err(classify)?;
             let row = sqlx::query(DELETE).bind(id).bind(user_id).fetch_optional(&mut *tx).await.map_err(classify)?;
             let record = rows::agent(&row.ok_or(DbError::NotFound)?)?;
-            self.inner.outbox.enqueue(&mut tx, events::agent_deleted(&record)).await?;
+            self.outbox().enqueue(&mut tx, events::agent_deleted(&record)).await?;
             tx.commit().await.map_err(classify_commit)?;
             Ok(record)
         })

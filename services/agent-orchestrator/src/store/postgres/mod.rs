@@ -22,8 +22,11 @@
 //!   then the session (a transaction-scoped advisory lock), then the run rows — always in
 //!   that order, each transaction taking one agent and one session, so they cannot
 //!   deadlock. The partial unique index on the session's holder backs the lock up: a
-//!   violation is retried as a whole. What a transition does is [`lifecycle::apply`],
-//!   shared with the memory backend.
+//!   violation is retried as a whole. A transition that changes neither the agent's
+//!   derived status nor the session's holder (start, user message, progress: most of a
+//!   run's writes) locks only the run's row, so runs of one agent do not queue behind each
+//!   other for them; it waits for nothing else, so it cannot deadlock either. What a
+//!   transition does is [`lifecycle::apply`], shared with the memory backend.
 //! - **Claims skip locked rows** (`FOR UPDATE SKIP LOCKED`), so replicas claiming at once
 //!   take disjoint runs.
 //!
@@ -39,9 +42,8 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use agentmesh_events::Publisher;
-use agentmesh_postgres::Database;
 use agentmesh_postgres::error::Failure;
-use agentmesh_postgres::outbox::{self, Outbox};
+use agentmesh_postgres::outbox::{self, Outbox, OutboxDatabase};
 use agentmesh_resilience::Preset;
 use async_trait::async_trait;
 use serde_json::Value;
@@ -101,50 +103,44 @@ fn bigint(value: u64) -> i64 {
 
 /// The PostgreSQL store. Cheap to clone; clones share the pool, the policy state and the
 /// relay wake-up.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct PostgresStore {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    database: Database,
-    outbox: Outbox,
-}
-
-impl std::fmt::Debug for PostgresStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresStore").field("schema", &self.schema()).finish_non_exhaustive()
-    }
+    database: OutboxDatabase,
 }
 
 impl PostgresStore {
     /// Connects to `url` and prepares `schema` (created if missing, migrated under its
     /// advisory lock); operations run under `resilience`. Connecting again is a no-op.
     pub async fn connect(url: &str, schema: &str, pool: PoolSettings, resilience: &Preset) -> Result<Self, StoreError> {
-        let database = Database::connect(url, schema, pool, resilience, migrations()).await.map_err(Failure::from)?;
-        let outbox = Outbox::new(database.schema());
-        Ok(Self { inner: Arc::new(Inner { database, outbox }) })
+        let database =
+            OutboxDatabase::connect(url, schema, pool, resilience, migrations()).await.map_err(Failure::from)?;
+        Ok(Self { database })
     }
 
     /// The schema this store lives in.
     pub fn schema(&self) -> &str {
-        self.inner.database.schema().as_str()
+        self.database.schema()
     }
 
     /// The connection pool (tests and maintenance).
     pub fn pool(&self) -> &PgPool {
-        self.inner.database.pool()
+        self.database.pool()
     }
 
     /// The database policy's state (breaker for health output).
     pub fn resilience(&self) -> &agentmesh_resilience::Resilience {
-        self.inner.database.resilience()
+        self.database.resilience()
     }
 
     /// A relay publishing this store's outbox to `publisher`; drive it with
     /// [`OutboxRelay::run`].
     pub fn relay(&self, publisher: Arc<dyn Publisher>) -> OutboxRelay {
-        self.inner.outbox.relay(&self.inner.database, publisher)
+        self.database.relay(publisher)
+    }
+
+    /// The outbox, to queue a write's events in its transaction.
+    fn outbox(&self) -> &Outbox {
+        self.database.outbox()
     }
 
     /// Runs one operation under the database policy; `op` is one attempt.
@@ -153,7 +149,7 @@ impl PostgresStore {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, DbError>>,
     {
-        self.inner.database.run(op).await.map_err(into_store_error)
+        self.database.run(op).await.map_err(into_store_error)
     }
 
     /// Runs a write under the policy, then wakes the relay for the events it queued.
@@ -162,11 +158,7 @@ impl PostgresStore {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, DbError>>,
     {
-        let result = self.run(op).await;
-        if result.is_ok() {
-            self.inner.outbox.committed();
-        }
-        result
+        self.database.write(op).await.map_err(into_store_error)
     }
 }
 

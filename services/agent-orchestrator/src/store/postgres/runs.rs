@@ -155,6 +155,30 @@ async fn refresh_status(conn: &mut PgConnection, agent_id: Uuid) -> Result<(), D
     Ok(())
 }
 
+/// Writes everything a transition may change of `run`.
+async fn replace(conn: &mut PgConnection, run: &RunRecord) -> Result<(), DbError> {
+    sqlx::query(REPLACE)
+        .bind(run.id)
+        .bind(run.status.as_str())
+        .bind(run.user_message_id)
+        .bind(run.response_message_id)
+        .bind(Json(&run.usage))
+        .bind(run.error.as_ref().map(Json))
+        .bind(int(run.step_count))
+        .bind(Json(&run.pending_tool_calls))
+        .bind(bigint(run.last_sequence))
+        .bind(Json(&run.metadata))
+        .bind(run.started_at)
+        .bind(run.completed_at)
+        .bind(run.lease_owner.as_deref())
+        .bind(run.lease_expires_at)
+        .bind(run.holds_session)
+        .execute(conn)
+        .await
+        .map_err(classify)?;
+    Ok(())
+}
+
 fn decode_runs(found: &[PgRow]) -> Result<Vec<RunRecord>, DbError> {
     found.iter().map(rows::run).collect()
 }
@@ -283,6 +307,9 @@ impl PostgresStore {
         id: Uuid,
         transition: &RunTransition,
     ) -> Result<Transitioned, StoreError> {
+        if lifecycle::changes_only_the_run(transition) {
+            return self.transition_run_only(id, transition).await;
+        }
         self.write(|| async {
             let place = sqlx::query(PLACE).bind(id).fetch_optional(self.pool()).await.map_err(classify)?;
             let place = place.ok_or(DbError::NotFound)?;
@@ -295,25 +322,7 @@ impl PostgresStore {
             let at = now();
             let run = lifecycle::apply(&current, transition, at)
                 .ok_or_else(|| DbError::InvalidTransition(Box::new(current.clone())))?;
-            sqlx::query(REPLACE)
-                .bind(run.id)
-                .bind(run.status.as_str())
-                .bind(run.user_message_id)
-                .bind(run.response_message_id)
-                .bind(Json(&run.usage))
-                .bind(run.error.as_ref().map(Json))
-                .bind(int(run.step_count))
-                .bind(Json(&run.pending_tool_calls))
-                .bind(bigint(run.last_sequence))
-                .bind(Json(&run.metadata))
-                .bind(run.started_at)
-                .bind(run.completed_at)
-                .bind(run.lease_owner.as_deref())
-                .bind(run.lease_expires_at)
-                .bind(run.holds_session)
-                .execute(&mut *tx)
-                .await
-                .map_err(classify)?;
+            replace(&mut tx, &run).await?;
             let next = if current.holds_session && !run.holds_session {
                 let row =
                     sqlx::query(PROMOTE).bind(session_id).bind(at).fetch_optional(&mut *tx).await.map_err(classify)?;
@@ -325,10 +334,28 @@ impl PostgresStore {
                 refresh_status(&mut tx, agent_id).await?;
             }
             if let Some(event) = events::run_transitioned(transition, &run) {
-                self.inner.outbox.enqueue(&mut tx, event).await?;
+                self.outbox().enqueue(&mut tx, event).await?;
             }
             tx.commit().await.map_err(classify_commit)?;
             Ok(Transitioned { run, next })
+        })
+        .await
+    }
+
+    /// A transition of the run alone (see [`lifecycle::changes_only_the_run`]): its row
+    /// locked, changed, and its event queued; no agent or session lock.
+    async fn transition_run_only(&self, id: Uuid, transition: &RunTransition) -> Result<Transitioned, StoreError> {
+        self.write(|| async {
+            let mut tx = self.pool().begin().await.map_err(classify)?;
+            let current = fetch_run(&mut tx, LOCK_RUN, id).await?.ok_or(DbError::NotFound)?;
+            let run = lifecycle::apply(&current, transition, now())
+                .ok_or_else(|| DbError::InvalidTransition(Box::new(current.clone())))?;
+            replace(&mut tx, &run).await?;
+            if let Some(event) = events::run_transitioned(transition, &run) {
+                self.outbox().enqueue(&mut tx, event).await?;
+            }
+            tx.commit().await.map_err(classify_commit)?;
+            Ok(Transitioned { run, next: None })
         })
         .await
     }

@@ -30,9 +30,8 @@ use std::future::Future;
 use std::sync::{Arc, LazyLock};
 
 use agentmesh_events::Publisher;
-use agentmesh_postgres::Database;
 use agentmesh_postgres::error::Failure;
-use agentmesh_postgres::outbox::{self, Outbox};
+use agentmesh_postgres::outbox::{self, Outbox, OutboxDatabase};
 use agentmesh_resilience::Preset;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -91,50 +90,44 @@ fn bigint(value: u64) -> i64 {
 
 /// The PostgreSQL store. Cheap to clone; clones share the pool, the policy state and the
 /// relay wake-up.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct PostgresStore {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    database: Database,
-    outbox: Outbox,
-}
-
-impl std::fmt::Debug for PostgresStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresStore").field("schema", &self.schema()).finish_non_exhaustive()
-    }
+    database: OutboxDatabase,
 }
 
 impl PostgresStore {
     /// Connects to `url` and prepares `schema` (created if missing, migrated under its
     /// advisory lock); operations run under `resilience`. Connecting again is a no-op.
     pub async fn connect(url: &str, schema: &str, pool: PoolSettings, resilience: &Preset) -> Result<Self, StoreError> {
-        let database = Database::connect(url, schema, pool, resilience, migrations()).await.map_err(Failure::from)?;
-        let outbox = Outbox::new(database.schema());
-        Ok(Self { inner: Arc::new(Inner { database, outbox }) })
+        let database =
+            OutboxDatabase::connect(url, schema, pool, resilience, migrations()).await.map_err(Failure::from)?;
+        Ok(Self { database })
     }
 
     /// The schema this store lives in.
     pub fn schema(&self) -> &str {
-        self.inner.database.schema().as_str()
+        self.database.schema()
     }
 
     /// The connection pool (tests and maintenance).
     pub fn pool(&self) -> &PgPool {
-        self.inner.database.pool()
+        self.database.pool()
     }
 
     /// The database policy's state (breaker for health output).
     pub fn resilience(&self) -> &agentmesh_resilience::Resilience {
-        self.inner.database.resilience()
+        self.database.resilience()
     }
 
     /// A relay publishing this store's outbox to `publisher`; drive it with
     /// [`OutboxRelay::run`].
     pub fn relay(&self, publisher: Arc<dyn Publisher>) -> OutboxRelay {
-        self.inner.outbox.relay(&self.inner.database, publisher)
+        self.database.relay(publisher)
+    }
+
+    /// The outbox, to queue a write's events in its transaction.
+    fn outbox(&self) -> &Outbox {
+        self.database.outbox()
     }
 
     /// Runs one operation under the database policy; `op` is one attempt.
@@ -143,7 +136,7 @@ impl PostgresStore {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, DbError>>,
     {
-        self.inner.database.run(op).await.map_err(into_store_error)
+        self.database.run(op).await.map_err(into_store_error)
     }
 
     /// Runs a write under the policy, then wakes the relay for the events it queued.
@@ -152,11 +145,7 @@ impl PostgresStore {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, DbError>>,
     {
-        let result = self.run(op).await;
-        if result.is_ok() {
-            self.inner.outbox.committed();
-        }
-        result
+        self.database.write(op).await.map_err(into_store_error)
     }
 }
 

@@ -107,7 +107,7 @@ impl PostgresStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| classify_write(e, &record.config.name))?;
-            self.inner.outbox.enqueue(&mut tx, event.clone()).await?;
+            self.outbox().enqueue(&mut tx, event.clone()).await?;
             tx.commit().await.map_err(classify_commit)?;
             Ok(())
         })
@@ -155,7 +155,7 @@ impl PostgresStore {
                 .await
                 .map_err(|e| classify_write(e, &server.name))?;
             let record = rows::server(&row.ok_or(DbError::NotFound)?)?;
-            self.inner.outbox.enqueue(&mut tx, events::server_updated(&record)).await?;
+            self.outbox().enqueue(&mut tx, events::server_updated(&record)).await?;
             tx.commit().await.map_err(classify_commit)?;
             Ok(record)
         })
@@ -173,7 +173,7 @@ impl PostgresStore {
             let mut tools = deleted.iter().map(rows::tool).collect::<Result<Vec<_>, _>>()?;
             tools.sort_by(|a, b| a.name.cmp(&b.name));
             sqlx::query(DELETE).bind(id).execute(&mut *tx).await.map_err(classify)?;
-            self.inner.outbox.enqueue_all(&mut tx, events::server_and_tools_deleted(&server, &tools)).await?;
+            self.outbox().enqueue_all(&mut tx, events::server_and_tools_deleted(&server, &tools)).await?;
             tx.commit().await.map_err(classify_commit)?;
             Ok((server, tools))
         })
@@ -206,7 +206,7 @@ impl PostgresStore {
                 .await
                 .map_err(classify)?;
             let record = rows::server(&row)?;
-            self.inner.outbox.enqueue(&mut tx, events::server_updated(&record)).await?;
+            self.outbox().enqueue(&mut tx, events::server_updated(&record)).await?;
             tx.commit().await.map_err(classify_commit)?;
             Ok(record)
         })
@@ -235,7 +235,7 @@ impl PostgresStore {
             let server = rows::server(&row)?;
             if previous != status {
                 let event = events::server_health_changed(&server, previous, reason);
-                self.inner.outbox.enqueue(&mut tx, event).await?;
+                self.outbox().enqueue(&mut tx, event).await?;
             }
             tx.commit().await.map_err(classify_commit)?;
             Ok(HealthChange { server, previous })

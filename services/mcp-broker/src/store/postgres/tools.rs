@@ -123,7 +123,7 @@ impl PostgresStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| classify_write(e, &record.name))?;
-            self.inner.outbox.enqueue(&mut tx, event.clone()).await?;
+            self.outbox().enqueue(&mut tx, event.clone()).await?;
             tx.commit().await.map_err(classify_commit)?;
             Ok(())
         })
@@ -187,7 +187,7 @@ impl PostgresStore {
                 .await
                 .map_err(|e| classify_write(e, &tool.name))?;
             let record = rows::tool(&row.ok_or(DbError::NotFound)?)?;
-            self.inner.outbox.enqueue(&mut tx, events::tool_updated(&record)).await?;
+            self.outbox().enqueue(&mut tx, events::tool_updated(&record)).await?;
             tx.commit().await.map_err(classify_commit)?;
             Ok(record)
         })
@@ -199,7 +199,7 @@ impl PostgresStore {
             let mut tx = self.pool().begin().await.map_err(classify)?;
             let row = sqlx::query(DELETE).bind(id).fetch_optional(&mut *tx).await.map_err(classify)?;
             let record = rows::tool(&row.ok_or(DbError::NotFound)?)?;
-            self.inner.outbox.enqueue(&mut tx, events::tool_deleted(&record)).await?;
+            self.outbox().enqueue(&mut tx, events::tool_deleted(&record)).await?;
             tx.commit().await.map_err(classify_commit)?;
             Ok(record)
         })
@@ -238,7 +238,7 @@ impl PostgresStore {
             let changed = changed.chain(outcome.updated.iter().chain(&outcome.disabled).map(events::tool_updated));
             let changed: Vec<_> = changed.collect();
             if !changed.is_empty() {
-                self.inner.outbox.enqueue_all(&mut tx, changed).await?;
+                self.outbox().enqueue_all(&mut tx, changed).await?;
             }
             let after = sqlx::query(SERVER_TOOLS).bind(server_id).fetch_all(&mut *tx).await.map_err(classify)?;
             outcome.tools = after.iter().map(rows::tool).collect::<Result<_, _>>()?;
