@@ -22,8 +22,8 @@
 //! `BENCH_SECONDS` (10), `BENCH_CLIENTS` (8), `BENCH_STORES` (`memory,postgres`) and a hard
 //! overall timeout `BENCH_TIMEOUT_SECONDS` (600) after which every started process is killed
 //! and the bench exits non-zero. `BENCH_SERVICE_ENV` adds settings to every binary (A/B
-//! runs). PostgreSQL is `AGENTMESH_TEST_DATABASE_URL` (default the local `test` database's
-//! server).
+//! runs); `BENCH_KEEP_LOGS=1` keeps their logs. PostgreSQL is `AGENTMESH_TEST_DATABASE_URL`
+//! (default the local `test` database's server).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

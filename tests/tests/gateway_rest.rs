@@ -119,6 +119,11 @@ async fn every_session_and_message_endpoint_answers_in_the_seed_shape() {
     assert_eq!(response.headers()["x-total-count"], "1");
     let found: Value = response.json().await.unwrap();
     assert_eq!(found[0]["id"], answer["id"]);
+    let ids = |listed: &Value| listed.as_array().unwrap().iter().map(|m| m["id"].clone()).collect::<Vec<_>>();
+    let (status, oldest) = api.json(ALICE, Method::GET, &messages, None).await;
+    assert_eq!((status, ids(&oldest)), (200, vec![question["id"].clone(), answer["id"].clone()]));
+    let (status, newest) = api.json(ALICE, Method::GET, &format!("{messages}?sort_order=desc&limit=1"), None).await;
+    assert_eq!((status, ids(&newest)), (200, vec![answer["id"].clone()]), "newest first");
     let message_path = format!("/api/v1/messages/{}", question["id"].as_str().unwrap());
     let (status, got) = api.json(ALICE, Method::GET, &message_path, None).await;
     assert_eq!((status, got["content"].clone()), (200, json!("Where to?")));

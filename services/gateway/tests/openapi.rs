@@ -236,6 +236,8 @@ fn the_session_list_has_the_seed_bounds_and_is_a_bare_array() {
     assert_eq!(parameter(messages, "limit")["schema"]["maximum"], 200);
     assert_eq!(parameter(messages, "limit")["schema"]["default"], 50);
     assert_eq!(parameter(messages, "role")["schema"]["enum"], json!(["user", "assistant", "system", "tool"]));
+    let order = &parameter(messages, "sort_order")["schema"];
+    assert_eq!((order["enum"].clone(), order["default"].clone()), (json!(["asc", "desc"]), json!("asc")));
     let session_id = parameter(messages, "session_id");
     assert_eq!((session_id["in"].as_str(), session_id["required"].as_bool()), (Some("path"), Some(true)));
     assert_eq!(session_id["schema"]["format"], "uuid");

@@ -34,7 +34,9 @@ use std::time::{Duration, Instant};
 use agentmesh_events::{Event, EventsError, NatsBus, NatsConfig, PublishAck, Publisher};
 use agentmesh_resilience::Preset;
 use agentmesh_session_store::store::postgres::{PoolSettings, PostgresStore, RelaySettings};
-use agentmesh_session_store::store::{Cursor, MessageQuery, NewMessage, NewSession, Owner, Role, SessionStore};
+use agentmesh_session_store::store::{
+    Cursor, Direction, MessageQuery, NewMessage, NewSession, Owner, Role, SessionStore,
+};
 use agentmesh_testkit::{PgSchema, Service, unique_name};
 use async_trait::async_trait;
 use uuid::Uuid;
@@ -344,7 +346,7 @@ async fn main() {
     .fetch_one(store.pool())
     .await
     .unwrap();
-    let first = MessageQuery { role: None, search: None, limit: 50, offset: 0, after: None };
+    let first = MessageQuery { role: None, search: None, limit: 50, offset: 0, after: None, direction: Direction::Asc };
     let keyset = MessageQuery { after: Some(Cursor { key, id }), ..first.clone() };
     let offset = MessageQuery { offset: 90_000, ..first.clone() };
     let filtered = MessageQuery { search: Some("postgres".into()), ..first.clone() };

@@ -408,11 +408,16 @@ impl SessionRpc for SessionService {
         let session_id = uuid_field("session_id", &request.session_id)?;
         let role = request.role.and_then(role_from_proto);
         let search = request.search.filter(|s| !s.is_empty());
+        let direction = match SortOrder::try_from(request.sort_order) {
+            Ok(SortOrder::Desc) => Direction::Desc,
+            _ => Direction::Asc,
+        };
         let fingerprint = query_fingerprint(&[
             "messages",
             &session_id.to_string(),
             role.map_or("", Role::as_str),
             &format!("{}:{}", search.is_some(), search.as_deref().unwrap_or_default()),
+            &format!("{direction:?}"),
         ]);
         let PageRequest { limit, offset, after } = PageRequest::parse(
             request.limit,
@@ -421,7 +426,7 @@ impl SessionRpc for SessionService {
             &fingerprint,
             DEFAULT_MESSAGE_LIMIT,
         )?;
-        let query = MessageQuery { role, search, limit, offset, after };
+        let query = MessageQuery { role, search, limit, offset, after, direction };
         let page = self.store.list_messages(&owner, session_id, &query).await.map_err(not_found_as("Session"))?;
         Ok(Response::new(pb::ListMessagesResponse {
             messages: page.items.iter().map(message_to_proto).collect(),

@@ -24,7 +24,8 @@ use agentmesh_resilience::Preset;
 use agentmesh_session_store::idempotency::IdempotencyStore;
 use agentmesh_session_store::store::postgres::{PoolSettings, PostgresStore, RelaySettings};
 use agentmesh_session_store::store::{
-    MessagePatch, MessageQuery, NewMessage, NewSession, Owner, Role, SessionPatch, SessionStore, StoreError, ToolCall,
+    Direction, MessagePatch, MessageQuery, NewMessage, NewSession, Owner, Role, SessionPatch, SessionStore, StoreError,
+    ToolCall,
 };
 use agentmesh_testkit::outbox::{RunningRelay, quick_relay, test_pool};
 use agentmesh_testkit::{PgSchema, unique_name};
@@ -102,7 +103,7 @@ async fn session(store: &PostgresStore, who: &Owner) -> Uuid {
 }
 
 fn messages(limit: u32) -> MessageQuery {
-    MessageQuery { role: None, search: None, limit, offset: 0, after: None }
+    MessageQuery { role: None, search: None, limit, offset: 0, after: None, direction: Direction::Asc }
 }
 
 #[tokio::test]

@@ -178,7 +178,8 @@ async fn sessions_expire_with_their_messages_and_appends_refresh_every_key() {
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert!(matches!(store.get_session(&owner, kept).await, Err(StoreError::NotFound)));
     assert!(matches!(store.get_message(&owner, first).await, Err(StoreError::NotFound)), "messages vanish with it");
-    let everything = MessageQuery { role: None, search: None, limit: 10, offset: 0, after: None };
+    let everything =
+        MessageQuery { role: None, search: None, limit: 10, offset: 0, after: None, direction: Direction::Asc };
     assert!(matches!(store.list_messages(&owner, kept, &everything).await, Err(StoreError::NotFound)));
     assert_eq!(store.list_sessions(&owner, &all_sessions()).await.unwrap().total, 0);
 

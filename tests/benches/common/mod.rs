@@ -143,8 +143,18 @@ impl Drop for Service {
         if let Ok(mut pids) = STARTED.lock() {
             pids.retain(|(pid, _)| *pid != self.pid);
         }
-        let _ = std::fs::remove_file(&self.log);
+        if keep_logs() {
+            eprintln!("bench: {} log kept at {}", self.name, self.log.display());
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
+}
+
+/// `BENCH_KEEP_LOGS=1`: the services' logs stay in the temp directory after the bench
+/// (their paths are printed), to read what went wrong after an error.
+fn keep_logs() -> bool {
+    std::env::var("BENCH_KEEP_LOGS").is_ok_and(|value| value == "1")
 }
 
 /// User + system CPU time of a process, from a `/proc/<pid>/stat` path.

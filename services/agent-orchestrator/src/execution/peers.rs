@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use agentmesh_proto::agentmesh::common::v1::SortOrder;
 use agentmesh_proto::agentmesh::llm::v1::llm_service_client::LlmServiceClient;
 use agentmesh_proto::agentmesh::llm::v1::{ChatRequest, StreamChatRequest, StreamChatResponse};
 use agentmesh_proto::agentmesh::mcp::v1::mcp_service_client::McpServiceClient;
@@ -118,44 +119,37 @@ impl Peers {
         response.into_inner().message.ok_or_else(|| Status::internal("session-store answered without a message"))
     }
 
-    /// The session's latest `count` messages, oldest first.
+    /// The session's latest `count` messages, oldest first: asked newest first (one call
+    /// for a window of up to a page), then put back in conversation order.
     pub async fn recent_messages(
         &self,
         acting: &ActingFor,
         session_id: &str,
         count: u32,
     ) -> Result<Vec<Message>, Status> {
-        if count == 0 {
-            return Ok(Vec::new());
-        }
         let context = self.context(acting)?;
-        let page = |offset: u64, limit: u32| {
-            let mut client = self.sessions.clone();
+        let mut messages = Vec::new();
+        let mut page_token = String::new();
+        while messages.len() < count as usize {
+            let wanted = count - u32::try_from(messages.len()).unwrap_or(count);
             let request = ListMessagesRequest {
                 session_id: session_id.to_owned(),
-                limit: Some(i32::try_from(limit).unwrap_or(i32::MAX)),
-                offset: Some(i32::try_from(offset).unwrap_or(i32::MAX)),
+                limit: Some(i32::try_from(wanted.min(MESSAGES_PAGE)).unwrap_or(1)),
+                sort_order: SortOrder::Desc as i32,
+                page_token,
                 ..ListMessagesRequest::default()
             };
-            let context = context.clone();
-            async move { context.scope(client.list_messages(request)).await.map(tonic::Response::into_inner) }
-        };
-        let first = page(0, count.min(MESSAGES_PAGE)).await?;
-        let total = u64::try_from(first.total_count).unwrap_or(0);
-        if total <= u64::from(count.min(MESSAGES_PAGE)) {
-            return Ok(first.messages);
-        }
-        let mut messages = Vec::new();
-        let mut offset = total.saturating_sub(u64::from(count));
-        while offset < total {
-            let limit = u32::try_from((total - offset).min(u64::from(MESSAGES_PAGE))).unwrap_or(MESSAGES_PAGE);
-            let next = page(offset, limit).await?;
-            if next.messages.is_empty() {
+            let mut client = self.sessions.clone();
+            let page = context.clone().scope(client.list_messages(request)).await?.into_inner();
+            let done = page.messages.is_empty() || page.next_page_token.is_empty();
+            messages.extend(page.messages);
+            if done {
                 break;
             }
-            offset += next.messages.len() as u64;
-            messages.extend(next.messages);
+            page_token = page.next_page_token;
         }
+        messages.truncate(count as usize);
+        messages.reverse();
         Ok(messages)
     }
 

@@ -276,7 +276,7 @@ impl SessionStore for MemoryStore {
         let state = self.state();
         state.owned_session(owner, session_id)?;
         // Paged before cloning: a listing clones the messages it returns, not the session.
-        let messages: Vec<&MessageRecord> = state
+        let mut messages: Vec<&MessageRecord> = state
             .by_session
             .get(&session_id)
             .into_iter()
@@ -285,13 +285,20 @@ impl SessionStore for MemoryStore {
             .filter(|m| query.role.is_none_or(|role| m.role == role))
             .filter(|m| query.search.as_deref().is_none_or(|needle| contains_ignoring_case(&m.content, needle)))
             .collect();
+        let direction = query.direction;
+        if direction == Direction::Desc {
+            messages.reverse();
+        }
         let found = page(
             messages,
             query.offset,
             query.limit,
             query.after,
             |m| Cursor { key: m.created_at, id: m.id },
-            |item, cursor| (item.key, item.id) > (cursor.key, cursor.id),
+            |item, cursor| match direction {
+                Direction::Asc => (item.key, item.id) > (cursor.key, cursor.id),
+                Direction::Desc => (item.key, item.id) < (cursor.key, cursor.id),
+            },
         );
         Ok(Page { items: found.items.into_iter().cloned().collect(), total: found.total, has_more: found.has_more })
     }

@@ -277,6 +277,8 @@ pub struct MessageQuery {
     pub offset: u64,
     /// Continue after this position.
     pub after: Option<Cursor>,
+    /// Oldest first (the conversation as it happened) or newest first.
+    pub direction: Direction,
 }
 
 /// Why a store call failed.

@@ -15,8 +15,8 @@ use agentmesh_events::{MemoryBus, Subscriber, SubscriptionSpec};
 use agentmesh_proto::agentmesh::events::v1 as pb;
 use agentmesh_session_store::idempotency::{Claim, IdempotencyStore};
 use agentmesh_session_store::store::{
-    Cursor, Direction, JsonObject, MessagePatch, MessageQuery, NewMessage, NewSession, Owner, Role, SessionPatch,
-    SessionQuery, SessionSort, SessionStore, StoreError,
+    Cursor, Direction, JsonObject, MessagePatch, MessageQuery, MessageRecord, NewMessage, NewSession, Owner, Page,
+    Role, SessionPatch, SessionQuery, SessionSort, SessionStore, StoreError,
 };
 use futures::StreamExt;
 use prost::Message as _;
@@ -45,7 +45,8 @@ macro_rules! conformance_tests {
             session_round_trip, other_owners_see_nothing, sessions_sort_filter_and_page,
             session_cursor_walks_every_item_once, session_updates_and_activity, deleting_sessions_cascades,
             bulk_create_and_delete, messages_round_trip_with_parents, invalid_parents_are_refused,
-            messages_filter_search_and_page, message_cursor_walks_every_item_once, message_updates_and_deletes,
+            messages_filter_search_and_page, message_cursor_walks_every_item_once,
+            messages_newest_first_page_and_walk_back, message_updates_and_deletes,
             concurrent_appends_count_exactly, idempotency_keys, writes_emit_domain_events,
             tool_calls_and_links_round_trip, message_updates_keep_or_replace_tool_fields,
             message_shape_rules_through_the_service, nul_characters_are_refused_before_storage,
@@ -93,7 +94,7 @@ fn sessions(limit: u32) -> SessionQuery {
 }
 
 fn messages(limit: u32) -> MessageQuery {
-    MessageQuery { role: None, search: None, limit, offset: 0, after: None }
+    MessageQuery { role: None, search: None, limit, offset: 0, after: None, direction: Direction::Asc }
 }
 
 async fn one_session(f: &Fixture, who: &Owner, title: &str) -> Uuid {
@@ -429,6 +430,49 @@ pub async fn message_cursor_walks_every_item_once(f: &Fixture) {
         }
     }
     assert_eq!(seen, ids);
+}
+
+pub async fn messages_newest_first_page_and_walk_back(f: &Fixture) {
+    let alice = owner("alice");
+    let session = one_session(f, &alice, "newest first").await;
+    let mut ids = Vec::new();
+    for i in 0..11 {
+        let role = if i % 2 == 0 { Role::User } else { Role::Assistant };
+        ids.push(f.store.create_message(&alice, session, new_message(role, &format!("m{i}"))).await.unwrap().id);
+    }
+    let newest = |query: MessageQuery| MessageQuery { direction: Direction::Desc, ..query };
+    let ids_of = |page: &Page<MessageRecord>| page.items.iter().map(|m| m.id).collect::<Vec<_>>();
+
+    // The latest window in one call, then the rest by offset.
+    let latest = f.store.list_messages(&alice, session, &newest(messages(3))).await.unwrap();
+    assert_eq!(ids_of(&latest), vec![ids[10], ids[9], ids[8]]);
+    assert_eq!((latest.total, latest.has_more), (11, true));
+    let skipped = f.store.list_messages(&alice, session, &newest(MessageQuery { offset: 9, ..messages(3) })).await;
+    let skipped = skipped.unwrap();
+    assert_eq!((ids_of(&skipped), skipped.has_more), (vec![ids[1], ids[0]], false));
+
+    // A cursor walks back through every message once, filtered or not.
+    for (role, expected) in [
+        (None, ids.iter().rev().copied().collect::<Vec<_>>()),
+        (Some(Role::User), ids.iter().step_by(2).rev().copied().collect()),
+    ] {
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let query = newest(MessageQuery { role, after, ..messages(4) });
+            let page = f.store.list_messages(&alice, session, &query).await.unwrap();
+            seen.extend(ids_of(&page));
+            let Some(last) = page.items.last() else { break };
+            after = Some(Cursor { key: last.created_at, id: last.id });
+            if !page.has_more {
+                break;
+            }
+        }
+        assert_eq!(seen, expected, "role {role:?}");
+    }
+    let searched = newest(MessageQuery { search: Some("M1".into()), ..messages(200) });
+    let searched = f.store.list_messages(&alice, session, &searched).await.unwrap();
+    assert_eq!((ids_of(&searched), searched.total), (vec![ids[10], ids[1]], 2));
 }
 
 pub async fn message_updates_and_deletes(f: &Fixture) {

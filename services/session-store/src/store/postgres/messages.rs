@@ -13,7 +13,7 @@ use super::error::{DbError, classify, classify_commit, violated_constraint};
 use super::rows::{self, message_columns};
 use super::sessions::bigint;
 use crate::events;
-use crate::store::{MessagePatch, MessageQuery, MessageRecord, Owner, Page, StoreError};
+use crate::store::{Direction, MessagePatch, MessageQuery, MessageRecord, Owner, Page, StoreError};
 use agentmesh_postgres::outbox::{INSERT_ALL, OutboxRows};
 
 const GET: &str = concat!(
@@ -93,8 +93,12 @@ fn list_sql(query: &MessageQuery) -> String {
     } else {
         format!("(SELECT count(*) FROM messages m WHERE m.session_id = s.id{filters})")
     };
+    let (order, past) = match query.direction {
+        Direction::Asc => ("", ">"),
+        Direction::Desc => (" DESC", "<"),
+    };
     let after = if query.after.is_some() {
-        format!(" AND (m.created_at, m.id) > (${next}, ${})", next + 1)
+        format!(" AND (m.created_at, m.id) {past} (${next}, ${})", next + 1)
     } else {
         String::new()
     };
@@ -103,8 +107,8 @@ fn list_sql(query: &MessageQuery) -> String {
          SELECT s.id, {total} AS total FROM sessions s WHERE s.id = $1 AND s.tenant_id = $2 AND s.owner_id = $3) \
          SELECT target.total, page.* FROM target LEFT JOIN LATERAL (\
          SELECT {columns} FROM messages m WHERE m.session_id = target.id{filters}{after} \
-         ORDER BY m.created_at, m.id LIMIT $4 OFFSET $5) page ON true \
-         ORDER BY page.created_at, page.id",
+         ORDER BY m.created_at{order}, m.id{order} LIMIT $4 OFFSET $5) page ON true \
+         ORDER BY page.created_at{order}, page.id{order}",
         columns = message_columns!(),
     )
 }
@@ -262,7 +266,7 @@ mod tests {
     use crate::store::{Cursor, Role};
 
     fn query() -> MessageQuery {
-        MessageQuery { role: None, search: None, limit: 50, offset: 0, after: None }
+        MessageQuery { role: None, search: None, limit: 50, offset: 0, after: None, direction: Direction::Asc }
     }
 
     #[test]

@@ -167,6 +167,14 @@ fn message(fields: &Fields) -> Result<MessageRecord, StoreError> {
 }
 
 /// The paging arguments shared by both listings: limit, offset, cursor key, cursor id.
+/// A listing's direction as the scripts take it.
+fn direction(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Asc => "asc",
+        Direction::Desc => "desc",
+    }
+}
+
 fn paging(limit: u32, offset: u64, after: Option<Cursor>) -> [Value; 4] {
     let (key, id) =
         after.map_or_else(|| (String::new(), String::new()), |c| (micros(c.key).to_string(), c.id.to_string()));
@@ -225,11 +233,7 @@ impl SessionStore for RedisStore {
             SessionSort::UpdatedAt => "updated_at",
             SessionSort::LastActivity => "last_activity",
         };
-        let direction = match query.direction {
-            Direction::Asc => "asc",
-            Direction::Desc => "desc",
-        };
-        let mut args = vec![text(optional(query.user_id.as_deref())), text(sort), text(direction)];
+        let mut args = vec![text(optional(query.user_id.as_deref())), text(sort), text(direction(query.direction))];
         args.extend(paging(query.limit, query.offset, query.after));
         let reply = self.client.script(&self.client.scripts().list_sessions, owner, args, Retry::Transient).await?;
         page(reply, session)
@@ -314,6 +318,7 @@ impl SessionStore for RedisStore {
             text(optional(query.search.as_deref().map(str::to_lowercase).as_deref())),
         ];
         args.extend(paging(query.limit, query.offset, query.after));
+        args.push(text(direction(query.direction)));
         let reply = self.client.script(&self.client.scripts().list_messages, owner, args, Retry::Transient).await?;
         page(reply, message)
     }
