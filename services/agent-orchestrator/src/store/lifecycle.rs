@@ -1,7 +1,7 @@
 //! The rules of a run's life, written once for every backend: which transition applies
 //! to which status and what it changes ([`apply`]), when a lease or a session hold counts
 //! as abandoned ([`lease_until`], [`is_abandoned`]), and how an agent's status follows from
-//! its runs ([`derive_status`]). Backends only decide how to read and write atomically.
+//! its runs ([`RunSummary`]). Backends only decide how to read and write atomically.
 
 use std::time::Duration;
 
@@ -121,31 +121,59 @@ pub fn is_abandoned(run: &RunRecord, held_since: Option<DateTime<Utc>>, lease: D
     }
 }
 
-/// An agent's status from its runs (see `Agent.status` in the contract): `processing`
-/// while a run is queued or running, else `waiting` while one waits for approval, else
-/// the outcome of the last finished run (`completed`, `error`, or `idle` when cancelled),
-/// else `idle`.
-pub fn derive_status<'a>(runs: impl IntoIterator<Item = &'a RunRecord>) -> AgentStatus {
-    let mut waiting = false;
-    let mut last: Option<&RunRecord> = None;
-    for run in runs {
+/// What an agent's derived status is computed from, kept up to date as its runs change
+/// (so a backend need not look at every run of the agent for each change).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Runs queued or running.
+    active: usize,
+    /// Runs waiting for approval.
+    waiting: usize,
+    /// The last finished run: when, which, and how it ended.
+    last_finished: Option<(DateTime<Utc>, uuid::Uuid, RunStatus)>,
+}
+
+impl RunSummary {
+    /// Counts `run` in.
+    pub fn add(&mut self, run: &RunRecord) {
         match run.status {
-            RunStatus::Queued | RunStatus::Running => return AgentStatus::Processing,
-            RunStatus::RequiresAction => waiting = true,
+            RunStatus::Queued | RunStatus::Running => self.active += 1,
+            RunStatus::RequiresAction => self.waiting += 1,
             RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled => {
-                if last.is_none_or(|seen| (run.completed_at, run.id) > (seen.completed_at, seen.id)) {
-                    last = Some(run);
+                let finished = (run.completed_at.unwrap_or(DateTime::<Utc>::MIN_UTC), run.id, run.status);
+                if self.last_finished.is_none_or(|last| (finished.0, finished.1) > (last.0, last.1)) {
+                    self.last_finished = Some(finished);
                 }
             }
         }
     }
-    if waiting {
-        return AgentStatus::Waiting;
+
+    /// Counts `run` out, before it changes. A finished run never changes, so only
+    /// unfinished ones are ever removed.
+    pub fn remove(&mut self, run: &RunRecord) {
+        match run.status {
+            RunStatus::Queued | RunStatus::Running => self.active = self.active.saturating_sub(1),
+            RunStatus::RequiresAction => self.waiting = self.waiting.saturating_sub(1),
+            RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled => {}
+        }
     }
-    match last.map(|run| run.status) {
-        Some(RunStatus::Completed) => AgentStatus::Completed,
-        Some(RunStatus::Failed) => AgentStatus::Error,
-        _ => AgentStatus::Idle,
+
+    /// The agent's status (see `Agent.status` in the contract): `processing` while a run
+    /// is queued or running, else `waiting` while one waits for approval, else the outcome
+    /// of the last finished run (`completed`, `error`, or `idle` when cancelled), else
+    /// `idle`.
+    pub fn status(&self) -> AgentStatus {
+        if self.active > 0 {
+            return AgentStatus::Processing;
+        }
+        if self.waiting > 0 {
+            return AgentStatus::Waiting;
+        }
+        match self.last_finished.map(|(_, _, status)| status) {
+            Some(RunStatus::Completed) => AgentStatus::Completed,
+            Some(RunStatus::Failed) => AgentStatus::Error,
+            _ => AgentStatus::Idle,
+        }
     }
 }
 
@@ -182,6 +210,14 @@ mod tests {
         }
     }
 
+    fn derive_status<'a>(runs: impl IntoIterator<Item = &'a RunRecord>) -> AgentStatus {
+        let mut summary = RunSummary::default();
+        for run in runs {
+            summary.add(run);
+        }
+        summary.status()
+    }
+
     #[test]
     fn status_ranks_processing_then_waiting_then_the_last_outcome() {
         let at = now();
@@ -197,6 +233,20 @@ mod tests {
         assert_eq!(derive_status([&failed, &waiting]), AgentStatus::Waiting);
         let queued = run(RunStatus::Queued, None);
         assert_eq!(derive_status([&waiting, &queued, &failed]), AgentStatus::Processing);
+
+        // Kept up to date: a run counted out as it was, and in as it is now.
+        let mut summary = RunSummary::default();
+        summary.add(&failed);
+        summary.add(&queued);
+        assert_eq!(summary.status(), AgentStatus::Processing);
+        summary.remove(&queued);
+        let done = RunRecord {
+            status: RunStatus::Completed,
+            completed_at: Some(later + chrono::Duration::seconds(1)),
+            ..queued.clone()
+        };
+        summary.add(&done);
+        assert_eq!(summary.status(), AgentStatus::Completed);
     }
 
     #[test]

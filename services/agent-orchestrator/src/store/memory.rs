@@ -4,8 +4,12 @@
 //! One lock guards all state, so every operation is atomic (an admission and the session
 //! check it depends on cannot interleave); the lock is never held across an `.await`.
 //! Data is lost on restart, which is why production refuses this backend.
+//!
+//! Runs are indexed as they change ([`State::put_run`]): each agent's [`RunSummary`] and
+//! each session's runs, holder and queue, so executing a run costs the same however many
+//! runs the store already holds.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -14,7 +18,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::lifecycle::{self, lease_until};
+use super::lifecycle::{self, RunSummary, lease_until};
 use super::{
     Admission, Admitted, AgentDefinition, AgentQuery, AgentRecord, AgentStatus, NewRun, OrchestratorStore, Page,
     RunQuery, RunRecord, RunStatus, RunTransition, RunUsage, StoreError, StoredCheckpoint, Transitioned,
@@ -35,16 +39,30 @@ struct StoredRun {
     held_since: Option<DateTime<Utc>>,
 }
 
+/// A session's runs, as far as this store knows it.
+#[derive(Default)]
+struct SessionRuns {
+    /// Every run of the session (ids ascend with creation).
+    runs: BTreeSet<Uuid>,
+    /// The run holding the session.
+    holder: Option<Uuid>,
+    /// Queued runs waiting for the session, oldest first.
+    queue: BTreeSet<(DateTime<Utc>, Uuid)>,
+}
+
 #[derive(Default)]
 struct State {
     agents: HashMap<Uuid, AgentRecord>,
     /// Agent ids by owner and name: uniqueness per owner.
     agent_names: HashMap<(String, String), Uuid>,
-    /// Runs by id.
-    runs: BTreeMap<Uuid, StoredRun>,
+    /// Runs by id; every change goes through [`State::put_run`].
+    runs: HashMap<Uuid, StoredRun>,
     /// Run ids by owner and idempotency key.
     run_keys: HashMap<(String, String), Uuid>,
     checkpoints: HashMap<Uuid, StoredCheckpoint>,
+    /// What each agent's derived status is computed from (agents deleted or not).
+    summaries: HashMap<Uuid, RunSummary>,
+    sessions: HashMap<Uuid, SessionRuns>,
 }
 
 impl MemoryStore {
@@ -72,32 +90,45 @@ impl State {
         }
     }
 
-    /// Recomputes the agent's derived status from its runs (a deleted agent has none).
-    fn refresh_status(&mut self, agent_id: Uuid) {
-        let status =
-            lifecycle::derive_status(self.runs.values().map(|run| &run.record).filter(|run| run.agent_id == agent_id));
-        if let Some(agent) = self.agents.get_mut(&agent_id) {
+    /// Stores `run` (new or changed) and keeps the indexes in step, the agent's status
+    /// included.
+    fn put_run(&mut self, run: StoredRun) {
+        let record = &run.record;
+        let summary = self.summaries.entry(record.agent_id).or_default();
+        let session = self.sessions.entry(record.session_id).or_default();
+        if let Some(old) = self.runs.get(&record.id).map(|old| &old.record) {
+            summary.remove(old);
+            if session.holder == Some(old.id) {
+                session.holder = None;
+            }
+            session.queue.remove(&(old.created_at, old.id));
+        }
+        summary.add(record);
+        let status = summary.status();
+        session.runs.insert(record.id);
+        if record.holds_session {
+            session.holder = Some(record.id);
+        } else if record.status == RunStatus::Queued {
+            session.queue.insert((record.created_at, record.id));
+        }
+        if let Some(agent) = self.agents.get_mut(&record.agent_id) {
             agent.status = status;
         }
+        self.runs.insert(record.id, run);
     }
 
     fn session_holder(&self, session_id: Uuid) -> Option<&RunRecord> {
-        self.runs.values().map(|run| &run.record).find(|run| run.session_id == session_id && run.holds_session)
+        let holder = self.sessions.get(&session_id)?.holder?;
+        self.runs.get(&holder).map(|run| &run.record)
     }
 
     /// Gives the session to its oldest queued run, if any; returns that run.
     fn promote_next(&mut self, session_id: Uuid, at: DateTime<Utc>) -> Option<RunRecord> {
-        let next = self
-            .runs
-            .values()
-            .map(|run| &run.record)
-            .filter(|run| run.session_id == session_id && run.status == RunStatus::Queued && !run.holds_session)
-            .min_by_key(|run| (run.created_at, run.id))?
-            .id;
-        let stored = self.runs.get_mut(&next)?;
-        stored.record.holds_session = true;
-        stored.held_since = Some(at);
-        Some(stored.record.clone())
+        let (_, next) = *self.sessions.get(&session_id)?.queue.first()?;
+        let mut record = self.runs.get(&next)?.record.clone();
+        record.holds_session = true;
+        self.put_run(StoredRun { record: record.clone(), held_since: Some(at) });
+        Some(record)
     }
 }
 
@@ -206,14 +237,14 @@ impl OrchestratorStore for MemoryStore {
             (Some(holder), Admission::Interrupt) => (true, Some(holder.id)),
         };
         let at = now();
-        let preempted = match preempted.and_then(|id| state.runs.get_mut(&id)) {
-            Some(stored) => {
-                stored.record.holds_session = false;
-                stored.held_since = None;
-                Some(stored.record.clone())
-            }
-            None => None,
-        };
+        let preempted = preempted.and_then(|id| state.runs.get(&id)).map(|stored| {
+            let mut record = stored.record.clone();
+            record.holds_session = false;
+            record
+        });
+        if let Some(record) = &preempted {
+            state.put_run(StoredRun { record: record.clone(), held_since: None });
+        }
         let record = RunRecord {
             id: run.id,
             agent_id: run.agent_id,
@@ -241,8 +272,7 @@ impl OrchestratorStore for MemoryStore {
             state.run_keys.insert((user_id, key.clone()), record.id);
         }
         let held_since = holds_session.then_some(at);
-        state.runs.insert(record.id, StoredRun { record: record.clone(), held_since });
-        state.refresh_status(record.agent_id);
+        state.put_run(StoredRun { record: record.clone(), held_since });
         Ok(Admitted::Created { run: record, ready: holds_session, preempted: preempted.map(Box::new) })
     }
 
@@ -270,11 +300,13 @@ impl OrchestratorStore for MemoryStore {
     ) -> Result<Page<RunRecord>, StoreError> {
         let state = self.state();
         let runs: Vec<RunRecord> = state
-            .runs
-            .values()
-            .rev()
+            .sessions
+            .get(&session_id)
+            .into_iter()
+            .flat_map(|session| session.runs.iter().rev())
+            .filter_map(|id| state.runs.get(id))
             .map(|run| &run.record)
-            .filter(|run| run.session_id == session_id && run.principal.user_id == user_id)
+            .filter(|run| run.principal.user_id == user_id)
             .cloned()
             .collect();
         Ok(page(runs, query.offset, query.limit, query.after, |run| run.id))
@@ -300,17 +332,10 @@ impl OrchestratorStore for MemoryStore {
             let at = now();
             let run = lifecycle::apply(&current, &transition, at)
                 .ok_or_else(|| StoreError::InvalidTransition(Box::new(current.clone())))?;
-            if let Some(stored) = state.runs.get_mut(&id) {
-                stored.record = run.clone();
-                if !run.holds_session {
-                    stored.held_since = None;
-                }
-            }
+            let held_since = state.runs.get(&id).and_then(|stored| stored.held_since).filter(|_| run.holds_session);
+            state.put_run(StoredRun { record: run.clone(), held_since });
             let next =
                 if current.holds_session && !run.holds_session { state.promote_next(run.session_id, at) } else { None };
-            if current.status != run.status {
-                state.refresh_status(run.agent_id);
-            }
             let event = events::run_transitioned(&transition, &run);
             (Transitioned { run, next }, event)
         };

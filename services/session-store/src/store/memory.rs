@@ -38,7 +38,13 @@ struct State {
     /// Replies of each message, to clear their parent when it is deleted.
     replies: HashMap<Uuid, HashSet<Uuid>>,
     idempotency: HashMap<(Owner, String), IdempotencyEntry>,
+    /// When expired idempotency entries were last dropped.
+    idempotency_swept: Option<Instant>,
 }
+
+/// How often expired idempotency entries are dropped. Between sweeps an expired entry is
+/// only memory: every lookup checks the expiry itself.
+const IDEMPOTENCY_SWEEP: Duration = Duration::from_secs(1);
 
 struct IdempotencyEntry {
     fingerprint: [u8; 32],
@@ -395,7 +401,10 @@ impl IdempotencyStore for MemoryStore {
                 (true, None) => Claim::InProgress,
             });
         }
-        state.idempotency.retain(|_, entry| entry.until > now);
+        if state.idempotency_swept.is_none_or(|swept| now.duration_since(swept) >= IDEMPOTENCY_SWEEP) {
+            state.idempotency.retain(|_, entry| entry.until > now);
+            state.idempotency_swept = Some(now);
+        }
         state
             .idempotency
             .insert(slot, IdempotencyEntry { fingerprint: *fingerprint, response: None, until: now + lease });
