@@ -623,53 +623,30 @@ impl Runs {
                 Err(error) => return Err(run_error(&store_error("Agent")(error))),
             },
         };
-        let user_message = if resuming {
-            None
-        } else {
-            let request = CreateMessageRequest {
-                session_id: run.session_id.to_string(),
-                content: run.request.message.clone(),
-                role: MessageRole::User as i32,
-                metadata: Some(object_to_struct(&serde_json::Map::from_iter([(
-                    "run_id".to_owned(),
-                    serde_json::Value::String(run.id.to_string()),
-                )]))),
-                ..CreateMessageRequest::default()
-            };
-            let message = self
-                .peers
-                .append_message(&acting, request, &format!("run:{}:user", run.id))
-                .await
-                .map_err(|status| run_error(&ApiError::from_status(&status)))?;
-            if run.user_message_id.is_none() {
-                writer.event(Kind::RunStarted(RunStarted {
-                    agent_id: run.agent_id.to_string(),
-                    session_id: run.session_id.to_string(),
-                    user_message_id: message.id.clone(),
-                }));
-                if let Ok(message_id) = message.id.parse() {
-                    self.store
-                        .transition_run(run.id, RunTransition::UserMessage { message_id })
-                        .await
-                        .map_err(|error| run_error(&store_error("Run")(error)))?;
-                }
-                writer.event(Kind::Message(message.clone()));
-            }
-            Some(message)
-        };
-        let tools = self
-            .peers
-            .tools(&acting, &agent.definition.tools)
-            .await
-            .map_err(|status| run_error(&ApiError::from_status(&status)))?;
         let window = agent.definition.model.history_messages.unwrap_or(self.settings.default_history_messages);
-        let history = match user_message {
-            Some(_) => self
-                .peers
-                .recent_messages(&acting, &run.session_id.to_string(), window.max(1))
-                .await
-                .map_err(|status| run_error(&ApiError::from_status(&status)))?,
-            None => Vec::new(),
+        // The user's message, the tools and the history window are independent calls, made
+        // together. The history listed may or may not hold the new message yet; it is
+        // dropped there and added last, so the window is the same either way.
+        let (history, tools) = if resuming {
+            let tools = self.peers.tools(&acting, &agent.definition.tools).await;
+            (Vec::new(), tools.map_err(|status| run_error(&ApiError::from_status(&status)))?)
+        } else {
+            let session_id = run.session_id.to_string();
+            let (message, earlier, tools) = tokio::join!(
+                self.append_user_message(&run, &acting, writer),
+                self.peers.recent_messages(&acting, &session_id, window.max(1)),
+                self.peers.tools(&acting, &agent.definition.tools),
+            );
+            let message = message?;
+            let mut history: Vec<Message> = earlier
+                .map_err(|status| run_error(&ApiError::from_status(&status)))?
+                .into_iter()
+                .filter(|earlier| earlier.id != message.id)
+                .collect();
+            let keep = usize::try_from(window.saturating_sub(1)).unwrap_or(usize::MAX);
+            history.drain(..history.len().saturating_sub(keep));
+            history.push(message);
+            (history, tools.map_err(|status| run_error(&ApiError::from_status(&status)))?)
         };
         let limits = Limits {
             max_steps: agent.definition.model.max_steps.unwrap_or(self.settings.default_max_steps),
@@ -686,6 +663,46 @@ impl Runs {
             tool_timeout: self.settings.tool_timeout,
         };
         Ok(Prepared { context, limits, history: history_turns(history) })
+    }
+
+    /// Appends the run's user message (idempotently: a run started again appends it with
+    /// the same key) and, the first time, announces the run and records the message.
+    async fn append_user_message(
+        &self,
+        run: &RunRecord,
+        acting: &ActingFor,
+        writer: &OutputWriter,
+    ) -> Result<Message, RunError> {
+        let request = CreateMessageRequest {
+            session_id: run.session_id.to_string(),
+            content: run.request.message.clone(),
+            role: MessageRole::User as i32,
+            metadata: Some(object_to_struct(&serde_json::Map::from_iter([(
+                "run_id".to_owned(),
+                serde_json::Value::String(run.id.to_string()),
+            )]))),
+            ..CreateMessageRequest::default()
+        };
+        let message = self
+            .peers
+            .append_message(acting, request, &format!("run:{}:user", run.id))
+            .await
+            .map_err(|status| run_error(&ApiError::from_status(&status)))?;
+        if run.user_message_id.is_none() {
+            writer.event(Kind::RunStarted(RunStarted {
+                agent_id: run.agent_id.to_string(),
+                session_id: run.session_id.to_string(),
+                user_message_id: message.id.clone(),
+            }));
+            if let Ok(message_id) = message.id.parse() {
+                self.store
+                    .transition_run(run.id, RunTransition::UserMessage { message_id })
+                    .await
+                    .map_err(|error| run_error(&store_error("Run")(error)))?;
+            }
+            writer.event(Kind::Message(message.clone()));
+        }
+        Ok(message)
     }
 
     async fn execute_graph(
