@@ -44,7 +44,7 @@ use crate::agents::store_error;
 use crate::settings::RunSettings;
 use crate::store::{
     Admission, Admitted, AgentRecord, Concurrency, NewRun, OrchestratorStore, RunError, RunPrincipal, RunRecord,
-    RunRequest, RunStatus, RunTransition, RunUsage, StoreError,
+    RunRequest, RunStatus, RunTransition, RunUsage, SavedStep, StoreError,
 };
 
 /// Runs abandoned by a dead replica taken over per pass.
@@ -928,13 +928,13 @@ impl Checkpointer<AgentState> for StoreCheckpoints {
     type Error = StoreError;
 
     async fn save(&self, checkpoint: &Checkpoint<AgentState>) -> Result<(), StoreError> {
-        save_checkpoint(self.store.as_ref(), self.run_id, checkpoint).await?;
-        let progress = RunTransition::Progress {
+        let step = SavedStep {
             step_count: checkpoint.step,
             usage: checkpoint.state.usage,
             last_sequence: self.writer.flush().await,
+            checkpoint: serde_json::to_value(checkpoint).map_err(|error| StoreError::Internal(Box::new(error)))?,
         };
-        self.store.transition_run(self.run_id, progress).await.map(|_| ())
+        self.store.save_step(self.run_id, step).await
     }
 }
 

@@ -21,7 +21,7 @@ use uuid::Uuid;
 use super::lifecycle::{self, RunSummary, lease_until};
 use super::{
     Admission, Admitted, AgentDefinition, AgentQuery, AgentRecord, AgentStatus, NewRun, OrchestratorStore, Page,
-    RunQuery, RunRecord, RunStatus, RunTransition, RunUsage, StoreError, StoredCheckpoint, Transitioned,
+    RunQuery, RunRecord, RunStatus, RunTransition, RunUsage, SavedStep, StoreError, StoredCheckpoint, Transitioned,
     contains_ignoring_case, now,
 };
 use crate::events::{self, EventSink};
@@ -115,6 +115,20 @@ impl State {
             agent.status = status;
         }
         self.runs.insert(record.id, run);
+    }
+
+    /// Applies `transition` to run `id`, starting the session's next queued run when the
+    /// run lets its session go.
+    fn transition(&mut self, id: Uuid, transition: &RunTransition) -> Result<Transitioned, StoreError> {
+        let current = self.runs.get(&id).ok_or(StoreError::NotFound)?;
+        let at = now();
+        let run = lifecycle::apply(&current.record, transition, at)
+            .ok_or_else(|| StoreError::InvalidTransition(Box::new(current.record.clone())))?;
+        let released = current.record.holds_session && !run.holds_session;
+        let held_since = current.held_since.filter(|_| run.holds_session);
+        self.put_run(StoredRun { record: run.clone(), held_since });
+        let next = if released { self.promote_next(run.session_id, at) } else { None };
+        Ok(Transitioned { run, next })
     }
 
     fn session_holder(&self, session_id: Uuid) -> Option<&RunRecord> {
@@ -326,20 +340,8 @@ impl OrchestratorStore for MemoryStore {
     }
 
     async fn transition_run(&self, id: Uuid, transition: RunTransition) -> Result<Transitioned, StoreError> {
-        let (transitioned, event) = {
-            let mut state = self.state();
-            let current = state.runs.get(&id).map(|run| run.record.clone()).ok_or(StoreError::NotFound)?;
-            let at = now();
-            let run = lifecycle::apply(&current, &transition, at)
-                .ok_or_else(|| StoreError::InvalidTransition(Box::new(current.clone())))?;
-            let held_since = state.runs.get(&id).and_then(|stored| stored.held_since).filter(|_| run.holds_session);
-            state.put_run(StoredRun { record: run.clone(), held_since });
-            let next =
-                if current.holds_session && !run.holds_session { state.promote_next(run.session_id, at) } else { None };
-            let event = events::run_transitioned(&transition, &run);
-            (Transitioned { run, next }, event)
-        };
-        if let Some(event) = event {
+        let transitioned = self.state().transition(id, &transition)?;
+        if let Some(event) = events::run_transitioned(&transition, &transitioned.run) {
             self.sink.emit(vec![event]).await;
         }
         Ok(transitioned)
@@ -394,6 +396,15 @@ impl OrchestratorStore for MemoryStore {
             return Err(StoreError::NotFound);
         }
         state.checkpoints.insert(run_id, StoredCheckpoint { step, checkpoint, saved_at: now() });
+        Ok(())
+    }
+
+    async fn save_step(&self, run_id: Uuid, step: SavedStep) -> Result<(), StoreError> {
+        let mut state = self.state();
+        // Progress emits no event.
+        state.transition(run_id, &step.progress())?;
+        let saved = StoredCheckpoint { step: step.step_count, checkpoint: step.checkpoint, saved_at: now() };
+        state.checkpoints.insert(run_id, saved);
         Ok(())
     }
 

@@ -464,6 +464,26 @@ pub struct Transitioned {
     pub next: Option<RunRecord>,
 }
 
+/// A finished step as [`OrchestratorStore::save_step`] records it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SavedStep {
+    /// Graph steps done (the checkpoint's step).
+    pub step_count: u32,
+    /// Usage so far.
+    pub usage: RunUsage,
+    /// Sequence of the last event published.
+    pub last_sequence: u64,
+    /// The engine's checkpoint after the step.
+    pub checkpoint: Value,
+}
+
+impl SavedStep {
+    /// The progress it records.
+    pub fn progress(&self) -> RunTransition {
+        RunTransition::Progress { step_count: self.step_count, usage: self.usage, last_sequence: self.last_sequence }
+    }
+}
+
 /// The latest checkpoint of a run: the graph engine's serialised checkpoint.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredCheckpoint {
@@ -577,6 +597,11 @@ pub trait OrchestratorStore: Send + Sync + 'static {
 
     /// Saves the run's latest checkpoint (replacing the previous one).
     async fn save_checkpoint(&self, run_id: Uuid, step: u32, checkpoint: Value) -> Result<(), StoreError>;
+
+    /// A step finished: saves its checkpoint and the run's [`RunTransition::Progress`]
+    /// together (one write, where the backend allows). Like the transition, only a running
+    /// run progresses.
+    async fn save_step(&self, run_id: Uuid, step: SavedStep) -> Result<(), StoreError>;
 
     /// The run's latest checkpoint.
     async fn load_checkpoint(&self, run_id: Uuid) -> Result<Option<StoredCheckpoint>, StoreError>;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use agentmesh_agent_orchestrator::store::{
     Admission, Admitted, AgentDefinition, AgentQuery, AgentStatus, Approval, Concurrency, JsonObject, ModelSettings,
     NewRun, OrchestratorStore, PendingToolCall, RunError, RunPrincipal, RunQuery, RunRecord, RunRequest, RunStatus,
-    RunTransition, RunUsage, StoreError,
+    RunTransition, RunUsage, SavedStep, StoreError,
 };
 use agentmesh_events::{MemoryBus, Subscriber, SubscriptionSpec};
 use agentmesh_proto::agentmesh::events::v1 as pb;
@@ -43,7 +43,8 @@ macro_rules! conformance_tests {
             admission_follows_the_session_policy, idempotency_keys_return_the_first_run,
             transitions_follow_the_lifecycle, finishing_promotes_the_next_queued_run, agent_status_follows_its_runs,
             session_runs_page_newest_first, leases_renew_and_abandoned_runs_are_claimed,
-            concurrent_claimers_take_disjoint_runs, checkpoints_are_replaced, changes_emit_domain_events
+            concurrent_claimers_take_disjoint_runs, checkpoints_are_replaced,
+            a_step_saves_progress_and_checkpoint_together, changes_emit_domain_events
         );
     };
 }
@@ -591,6 +592,34 @@ pub async fn checkpoints_are_replaced(f: &Fixture) {
     assert_eq!((saved.step, saved.checkpoint), (2, serde_json::json!({"step": 2, "messages": ["a", "b"]})));
     let unknown = f.store.save_checkpoint(Uuid::now_v7(), 1, serde_json::json!({})).await;
     assert!(matches!(unknown, Err(StoreError::NotFound)), "{unknown:?}");
+}
+
+pub async fn a_step_saves_progress_and_checkpoint_together(f: &Fixture) {
+    let run = running(f, ALICE, LONG).await;
+    let step = |n: u32| SavedStep {
+        step_count: n,
+        usage: usage(u64::from(n) * 10),
+        last_sequence: u64::from(n) * 3,
+        checkpoint: serde_json::json!({"step": n}),
+    };
+    f.store.save_step(run.id, step(1)).await.unwrap();
+    f.store.save_step(run.id, step(2)).await.unwrap();
+    let now = f.store.load_run(run.id).await.unwrap();
+    assert_eq!((now.step_count, now.usage, now.last_sequence), (2, usage(20), 6));
+    let saved = f.store.load_checkpoint(run.id).await.unwrap().expect("saved");
+    assert_eq!((saved.step, saved.checkpoint), (2, serde_json::json!({"step": 2})));
+
+    // Only a running run progresses; then nothing is saved.
+    f.store.transition_run(run.id, RunTransition::Cancel { reason: None, last_sequence: 6 }).await.unwrap();
+    invalid(f.store.save_step(run.id, step(3)).await);
+    assert_eq!(f.store.load_checkpoint(run.id).await.unwrap().expect("kept").step, 2);
+    assert_eq!(f.store.load_run(run.id).await.unwrap().step_count, 2);
+    let unknown = f.store.save_step(Uuid::now_v7(), step(1)).await;
+    assert!(matches!(unknown, Err(StoreError::NotFound)), "{unknown:?}");
+    // Nor does a finished run take a user message.
+    invalid(f.store.transition_run(run.id, RunTransition::UserMessage { message_id: Uuid::now_v7() }).await);
+    let unknown = f.store.transition_run(Uuid::now_v7(), RunTransition::UserMessage { message_id: Uuid::now_v7() });
+    assert!(matches!(unknown.await, Err(StoreError::NotFound)));
 }
 
 pub async fn changes_emit_domain_events(f: &Fixture) {

@@ -57,7 +57,7 @@ pub use agentmesh_postgres::outbox::{OutboxRelay, RelaySettings};
 use self::error::{DbError, classify, into_store_error};
 use super::{
     Admission, Admitted, AgentDefinition, AgentQuery, AgentRecord, NewRun, OrchestratorStore, Page, RunQuery,
-    RunRecord, RunTransition, StoreError, StoredCheckpoint, Transitioned,
+    RunRecord, RunTransition, SavedStep, StoreError, StoredCheckpoint, Transitioned,
 };
 
 /// The migrations in `services/agent-orchestrator/migrations`.
@@ -232,6 +232,10 @@ impl OrchestratorStore for PostgresStore {
 
     async fn save_checkpoint(&self, run_id: Uuid, step: u32, checkpoint: Value) -> Result<(), StoreError> {
         self.save_checkpoint_impl(run_id, step, &checkpoint).await
+    }
+
+    async fn save_step(&self, run_id: Uuid, step: SavedStep) -> Result<(), StoreError> {
+        self.save_step_impl(run_id, &step).await
     }
 
     async fn load_checkpoint(&self, run_id: Uuid) -> Result<Option<StoredCheckpoint>, StoreError> {

@@ -19,7 +19,7 @@ use super::{PostgresStore, bigint};
 use crate::events;
 use crate::store::lifecycle::{self, lease_until};
 use crate::store::{
-    Admission, Admitted, NewRun, Page, RunQuery, RunRecord, RunStatus, RunTransition, RunUsage, StoreError,
+    Admission, Admitted, NewRun, Page, RunQuery, RunRecord, RunStatus, RunTransition, RunUsage, SavedStep, StoreError,
     StoredCheckpoint, Transitioned, now,
 };
 
@@ -36,6 +36,14 @@ const REPLACE: &str = "UPDATE runs SET status = $2, user_message_id = $3, respon
                        error = $6, step_count = $7, pending_tool_calls = $8, last_sequence = $9, metadata = $10, \
                        started_at = $11, completed_at = $12, lease_owner = $13, lease_expires_at = $14, \
                        holds_session = $15, held_since = CASE WHEN $15 THEN held_since END WHERE id = $1";
+
+/// The user message of an unfinished run, in one statement (mirrors `lifecycle::apply` for
+/// `UserMessage`). No row: the run is missing or finished.
+const NOTE_USER_MESSAGE: &str = concat!(
+    "UPDATE runs SET user_message_id = $2 WHERE id = $1 AND status NOT IN ('completed', 'failed', 'cancelled') ",
+    "RETURNING ",
+    run_columns!()
+);
 
 /// `$2` is the owner, or NULL for the executing replica's reads.
 const GET: &str = concat!("SELECT ", run_columns!(), " FROM runs WHERE id = $1 AND ($2::text IS NULL OR user_id = $2)");
@@ -102,6 +110,16 @@ const CLAIM: &str = concat!(
 const SAVE_CHECKPOINT: &str = "INSERT INTO run_checkpoints (run_id, step, checkpoint, saved_at) \
                                VALUES ($1, $2, $3, $4) ON CONFLICT (run_id) DO UPDATE \
                                SET step = EXCLUDED.step, checkpoint = EXCLUDED.checkpoint, saved_at = EXCLUDED.saved_at";
+/// A step's progress and checkpoint in one statement: only a running run progresses (as
+/// `lifecycle::apply` says for `Progress`, which this mirrors), and only then is the
+/// checkpoint saved. `$1` run, `$2` step, `$3` usage, `$4` last sequence, `$5` checkpoint,
+/// `$6` now. No row: the run is missing or not running.
+const SAVE_STEP: &str = "WITH progressed AS (UPDATE runs SET step_count = $2, usage = $3, last_sequence = $4 \
+                         WHERE id = $1 AND status = 'running' RETURNING id) \
+                         INSERT INTO run_checkpoints (run_id, step, checkpoint, saved_at) \
+                         SELECT id, $2, $5, $6 FROM progressed ON CONFLICT (run_id) DO UPDATE \
+                         SET step = EXCLUDED.step, checkpoint = EXCLUDED.checkpoint, saved_at = EXCLUDED.saved_at \
+                         RETURNING run_id";
 const LOAD_CHECKPOINT: &str = "SELECT step, checkpoint, saved_at FROM run_checkpoints WHERE run_id = $1";
 
 fn int(value: u32) -> i32 {
@@ -307,6 +325,9 @@ impl PostgresStore {
         id: Uuid,
         transition: &RunTransition,
     ) -> Result<Transitioned, StoreError> {
+        if let RunTransition::UserMessage { message_id } = transition {
+            return self.note_user_message(id, *message_id).await;
+        }
         if lifecycle::changes_only_the_run(transition) {
             return self.transition_run_only(id, transition).await;
         }
@@ -340,6 +361,32 @@ impl PostgresStore {
             Ok(Transitioned { run, next })
         })
         .await
+    }
+
+    /// [`RunTransition::UserMessage`]: one statement, no event.
+    async fn note_user_message(&self, id: Uuid, message_id: Uuid) -> Result<Transitioned, StoreError> {
+        self.run(|| async {
+            let noted = sqlx::query(NOTE_USER_MESSAGE).bind(id).bind(message_id).fetch_optional(self.pool()).await;
+            if let Some(row) = noted.map_err(classify)? {
+                return Ok(Transitioned { run: rows::run(&row)?, next: None });
+            }
+            Err(self.refusal(id).await)
+        })
+        .await
+    }
+
+    /// Why a change guarded by the run's status found no row: the run is missing, or its
+    /// status does not allow the change.
+    async fn refusal(&self, id: Uuid) -> DbError {
+        let current = sqlx::query(GET).bind(id).bind(None::<&str>).fetch_optional(self.pool()).await;
+        match current.map_err(classify) {
+            Ok(Some(row)) => match rows::run(&row) {
+                Ok(run) => DbError::InvalidTransition(Box::new(run)),
+                Err(error) => error,
+            },
+            Ok(None) => DbError::NotFound,
+            Err(error) => error,
+        }
     }
 
     /// A transition of the run alone (see [`lifecycle::changes_only_the_run`]): its row
@@ -422,6 +469,27 @@ impl PostgresStore {
                 Ok(_) => Ok(()),
                 Err(error) if matches!(violated_constraint(&error), Some(("foreign_key", _))) => Err(DbError::NotFound),
                 Err(error) => Err(classify(error)),
+            }
+        })
+        .await
+    }
+
+    pub(super) async fn save_step_impl(&self, run_id: Uuid, step: &SavedStep) -> Result<(), StoreError> {
+        let at = now();
+        self.run(|| async {
+            let saved = sqlx::query(SAVE_STEP)
+                .bind(run_id)
+                .bind(int(step.step_count))
+                .bind(Json(&step.usage))
+                .bind(bigint(step.last_sequence))
+                .bind(Json(&step.checkpoint))
+                .bind(at)
+                .fetch_optional(self.pool())
+                .await
+                .map_err(classify)?;
+            match saved {
+                Some(_) => Ok(()),
+                None => Err(self.refusal(run_id).await),
             }
         })
         .await
