@@ -3,7 +3,9 @@
 //! through the gateway → agent-orchestrator → llm-proxy + session-store, each a release
 //! binary in a process of its own (mcp-broker too, as the orchestrator's peer), so the CPU
 //! of every hop can be read from `/proc/<pid>/stat`. Memory stores first, then PostgreSQL
-//! (a database created for the bench and dropped after it).
+//! (a database created for the bench and dropped after it), then memory stores again with
+//! the same services in one `agentmesh up` process (the single-binary deployment; no
+//! per-hop split there).
 //!
 //! 1. One client, closed loop, `BENCH_RUNS` runs: p50/p90/p99/max.
 //! 2. `BENCH_CLIENTS` clients, closed loop, `BENCH_SECONDS`: runs/s, p50/p99.
@@ -13,13 +15,14 @@
 //! policy answers 409 to a second concurrent execute on one session.
 //!
 //! ```text
-//! cargo build --release -p agentmesh-gateway -p agentmesh-session-store \
+//! cargo build --release -p agentmesh -p agentmesh-gateway -p agentmesh-session-store \
 //!   -p agentmesh-agent-orchestrator -p agentmesh-llm-proxy -p agentmesh-mcp-broker --bins
 //! cargo bench -p agentmesh-e2e --bench agent_runs
 //! ```
 //!
 //! Bounded: `BENCH_WARMUP_RUNS` (200) per client before measuring, `BENCH_RUNS` (2,000),
-//! `BENCH_SECONDS` (10), `BENCH_CLIENTS` (8), `BENCH_STORES` (`memory,postgres`) and a hard
+//! `BENCH_SECONDS` (10), `BENCH_CLIENTS` (8), `BENCH_STORES` (`memory,postgres,memory-up`;
+//! also `postgres-up`) and a hard
 //! overall timeout `BENCH_TIMEOUT_SECONDS` (600) after which every started process is killed
 //! and the bench exits non-zero. `BENCH_SERVICE_ENV` adds settings to every binary (A/B
 //! runs); `BENCH_KEEP_LOGS=1` keeps their logs. PostgreSQL is `AGENTMESH_TEST_DATABASE_URL`
@@ -59,31 +62,54 @@ enum Store {
     Postgres,
 }
 
+/// What is measured: the stores, and whether the services run as five processes (each
+/// hop's CPU read apart) or as one `agentmesh up` process (the single-binary deployment:
+/// the same services and gRPC calls over loopback, one runtime).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Setup {
+    store: Store,
+    one_process: bool,
+}
+
+impl Setup {
+    fn label(self) -> String {
+        let store = format!("{:?}", self.store).to_lowercase();
+        if self.one_process { format!("{store} (agentmesh up)") } else { store }
+    }
+}
+
 struct Settings {
     warmup_runs: usize,
     runs: usize,
     clients: usize,
     measure: Duration,
     timeout: Duration,
-    stores: Vec<Store>,
+    setups: Vec<Setup>,
     machine_cpus: usize,
 }
 
 impl Settings {
     fn from_env() -> Self {
-        let stores = std::env::var("BENCH_STORES").unwrap_or_else(|_| "memory,postgres".to_owned());
+        let stores = std::env::var("BENCH_STORES").unwrap_or_else(|_| "memory,postgres,memory-up".to_owned());
         Self {
             warmup_runs: env_number("BENCH_WARMUP_RUNS", 200) as usize,
             runs: env_number("BENCH_RUNS", 2_000).max(1) as usize,
             clients: env_number("BENCH_CLIENTS", 8).max(1) as usize,
             measure: Duration::from_secs(env_number("BENCH_SECONDS", 10).max(1)),
             timeout: Duration::from_secs(env_number("BENCH_TIMEOUT_SECONDS", 600).max(10)),
-            stores: stores
+            setups: stores
                 .split(',')
-                .map(|store| match store.trim() {
-                    "memory" => Store::Memory,
-                    "postgres" => Store::Postgres,
-                    other => panic!("BENCH_STORES: {other:?} is neither memory nor postgres"),
+                .map(|setup| {
+                    let (store, one_process) = match setup.trim().strip_suffix("-up") {
+                        Some(store) => (store, true),
+                        None => (setup.trim(), false),
+                    };
+                    let store = match store {
+                        "memory" => Store::Memory,
+                        "postgres" => Store::Postgres,
+                        other => panic!("BENCH_STORES: {other:?} is not memory, postgres, memory-up or postgres-up"),
+                    };
+                    Setup { store, one_process }
                 })
                 .collect(),
             machine_cpus: std::thread::available_parallelism().map_or(0, usize::from),
@@ -98,7 +124,7 @@ impl Settings {
 const HOPS: [&str; 5] = ["gateway", "agent-orchestrator", "session-store", "llm-proxy", "mcp-broker"];
 
 struct Mesh {
-    /// In the order of [`HOPS`].
+    /// In the order of [`HOPS`]; the one `agentmesh up` process in that setup.
     services: Vec<Service>,
     base: String,
     /// The bench's own database (PostgreSQL only), dropped after the services.
@@ -106,8 +132,8 @@ struct Mesh {
 }
 
 impl Mesh {
-    async fn start(store: Store) -> Self {
-        let database = match store {
+    async fn start(setup: Setup) -> Self {
+        let database = match setup.store {
             Store::Memory => None,
             Store::Postgres => {
                 Some(PgDatabase::create("bench_agent_runs").await.expect("PostgreSQL for the PostgreSQL half"))
@@ -139,6 +165,13 @@ impl Mesh {
         if let Some(database) = &database {
             env.push(("USE_DATABASE", "true".to_owned()));
             env.push(("DB_URL", database.url().to_owned()));
+        }
+        if setup.one_process {
+            let base = format!("http://127.0.0.1:{}", ports[0]);
+            let address = format!("127.0.0.1:{}", ports[0]);
+            let mut up = Service::spawn_with_args("agentmesh", &["up", "--http", &address], &env, 0);
+            wait_http_ok(&mut up, &format!("{base}/api/v1/health")).await;
+            return Self { services: vec![up], base, database };
         }
         // Peers first, so that each binary finds the ones it calls serving.
         let mut services: Vec<Option<Service>> = HOPS.iter().map(|_| None).collect();
@@ -289,14 +322,15 @@ struct Phase {
 }
 
 struct StoreResults {
-    store: Store,
+    setup: Setup,
     single: Phase,
     concurrent: Phase,
 }
 
-async fn measure(settings: &Settings, store: Store) -> StoreResults {
-    eprintln!("bench: {store:?} stores: starting the mesh ...");
-    let mut mesh = Mesh::start(store).await;
+async fn measure(settings: &Settings, setup: Setup) -> StoreResults {
+    let store = setup.label();
+    eprintln!("bench: {store}: starting the mesh ...");
+    let mut mesh = Mesh::start(setup).await;
     let http = http_client(settings.clients);
     let agent = create(
         &http,
@@ -313,7 +347,7 @@ async fn measure(settings: &Settings, store: Store) -> StoreResults {
     let call = execute_call(&http, &mesh.base, &agent, &sessions);
     timed(&call, 0).await.unwrap_or_else(|error| panic!("the first run failed: {error}"));
 
-    eprintln!("bench: {store:?}: warm-up, {} runs on each of {} clients ...", settings.warmup_runs, settings.clients);
+    eprintln!("bench: {store}: warm-up, {} runs on each of {} clients ...", settings.warmup_runs, settings.clients);
     let warm = futures::future::join_all((0..settings.clients).map(|client| {
         let call = call.clone();
         async move {
@@ -330,7 +364,7 @@ async fn measure(settings: &Settings, store: Store) -> StoreResults {
     }
     mesh.check_alive();
 
-    eprintln!("bench: {store:?}: one client, {} runs ...", settings.runs);
+    eprintln!("bench: {store}: one client, {} runs ...", settings.runs);
     let before = mesh.cpu();
     let started = Instant::now();
     let mut samples = Samples::default();
@@ -341,13 +375,13 @@ async fn measure(settings: &Settings, store: Store) -> StoreResults {
     let single = Phase { cpu: mesh.cpu().since(&before), samples, load_average: load_average() };
     mesh.check_alive();
 
-    eprintln!("bench: {store:?}: {} clients for {:?} ...", settings.clients, settings.measure);
+    eprintln!("bench: {store}: {} clients for {:?} ...", settings.clients, settings.measure);
     let before = mesh.cpu();
     let samples = closed_loop(settings.clients, settings.measure, &call).await;
     let concurrent = Phase { cpu: mesh.cpu().since(&before), samples, load_average: load_average() };
     mesh.check_alive();
 
-    let mut results = StoreResults { store, single, concurrent };
+    let mut results = StoreResults { setup, single, concurrent };
     results.single.samples.sort();
     results.concurrent.samples.sort();
     results
@@ -373,16 +407,22 @@ fn latency_row(label: &str, phase: &Phase) -> String {
     )
 }
 
-fn cpu_rows(out: &mut String, label: &str, phase: &Phase, store: Store) {
+fn cpu_rows(out: &mut String, label: &str, phase: &Phase, setup: Setup) {
     let runs = phase.samples.calls();
     let us = |cpu: Duration| per_call_us(cpu, runs);
     let mut total = Duration::ZERO;
     let _ = write!(out, "| {label} |");
-    for cpu in &phase.cpu.hops {
-        total += *cpu;
-        let _ = write!(out, " {:.0} |", us(*cpu));
+    if setup.one_process {
+        // One process: no per-hop split.
+        total = phase.cpu.hops.iter().sum();
+        out.push_str(&" – |".repeat(HOPS.len()));
+    } else {
+        for cpu in &phase.cpu.hops {
+            total += *cpu;
+            let _ = write!(out, " {:.0} |", us(*cpu));
+        }
     }
-    if store == Store::Postgres {
+    if setup.store == Store::Postgres {
         total += phase.cpu.backends;
         let _ = write!(out, " {:.0} |", us(phase.cpu.backends));
     } else {
@@ -405,7 +445,7 @@ fn report(settings: &Settings, results: &[StoreResults], load_before: &str) -> S
     out.push_str("| stores, clients | runs | errors | runs/s | p50 ms | p90 ms | p99 ms | max ms | load avg after |\n");
     out.push_str("|---|---|---|---|---|---|---|---|---|\n");
     for result in results {
-        let store = format!("{:?}", result.store).to_lowercase();
+        let store = result.setup.label();
         out.push_str(&latency_row(&format!("{store}, 1"), &result.single));
         out.push_str(&latency_row(&format!("{store}, {}", settings.clients), &result.concurrent));
     }
@@ -417,14 +457,14 @@ fn report(settings: &Settings, results: &[StoreResults], load_before: &str) -> S
     out.push_str(&"---|".repeat(HOPS.len() + 3));
     out.push('\n');
     for result in results {
-        let store = format!("{:?}", result.store).to_lowercase();
-        cpu_rows(&mut out, &format!("{store}, 1"), &result.single, result.store);
-        cpu_rows(&mut out, &format!("{store}, {}", settings.clients), &result.concurrent, result.store);
+        let store = result.setup.label();
+        cpu_rows(&mut out, &format!("{store}, 1"), &result.single, result.setup);
+        cpu_rows(&mut out, &format!("{store}, {}", settings.clients), &result.concurrent, result.setup);
     }
     for result in results {
         for phase in [&result.single, &result.concurrent] {
             if let Some(error) = &phase.samples.first_error {
-                let _ = writeln!(out, "\nFirst error ({:?} stores): {error}", result.store);
+                let _ = writeln!(out, "\nFirst error ({}): {error}", result.setup.label());
             }
         }
     }
@@ -438,7 +478,7 @@ fn main() {
     install_guards(settings.timeout);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let results: Vec<StoreResults> =
-        settings.stores.iter().map(|&store| runtime.block_on(measure(&settings, store))).collect();
+        settings.setups.iter().map(|&setup| runtime.block_on(measure(&settings, setup))).collect();
     println!("{}", report(&settings, &results, &load_before));
     let failed = results.iter().map(|r| r.single.samples.errors + r.concurrent.samples.errors).sum::<usize>() > 0;
     runtime.shutdown_timeout(Duration::from_secs(1));

@@ -4,9 +4,10 @@
 //! Execute, stream and background runs share one admission path
 //! ([`Runs::execute`]): the `Idempotency-Key` header attaches a repeat to the run the key
 //! started, and a stream resumes after `from_sequence` (the SSE `Last-Event-ID`). The
-//! unary execute follows the run's output until it completes or stops for approval, then
-//! answers from the run's record and last checkpoint, so it answers the same whichever
-//! replica executed the run.
+//! unary execute answers once the run completes or stops for approval: from what the run's
+//! task hands over (its recorded end and last graph state) when the execute started it on
+//! this replica, else by following the run's output and reading its record and last
+//! checkpoint, so it answers the same whichever replica executed the run.
 
 use std::collections::HashMap;
 use std::pin::Pin;

@@ -83,6 +83,11 @@ impl Service {
     /// Starts `name`; with `BENCH_PIN=1`, on `cpu` only (through `taskset`, which execs the
     /// binary, so the pid is the binary's).
     pub fn spawn(name: &'static str, env: &[(&str, String)], cpu: usize) -> Self {
+        Self::spawn_with_args(name, &[], env, cpu)
+    }
+
+    /// [`Service::spawn`] with command-line arguments.
+    pub fn spawn_with_args(name: &'static str, args: &[&str], env: &[(&str, String)], cpu: usize) -> Self {
         let path = binary(name).unwrap_or_else(|error| {
             panic!("{error}\n(for the benches: `cargo build --release --bins` first)");
         });
@@ -96,6 +101,7 @@ impl Service {
             tokio::process::Command::new(path)
         };
         command
+            .args(args)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
