@@ -136,7 +136,7 @@ impl AgentOrchestrator {
     /// The graph state of a run as its last checkpoint holds it.
     async fn last_state(&self, run: &RunRecord) -> Result<AgentState, Status> {
         match self.runs.store().load_checkpoint(run.id).await.map_err(store_error("Run"))? {
-            Some(stored) => serde_json::from_value::<Checkpoint<AgentState>>(stored.checkpoint)
+            Some(stored) => serde_json::from_str::<Checkpoint<AgentState>>(&stored.checkpoint)
                 .map(|checkpoint| checkpoint.state)
                 .map_err(|_| Status::from(ApiError::internal())),
             None => Ok(AgentState::default()),

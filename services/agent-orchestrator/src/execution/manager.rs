@@ -368,7 +368,7 @@ impl Runs {
             .map_err(store_error("Run"))?
             .ok_or_else(|| ApiError::internal().with_detail("run_id", run_id.to_string()))?;
         let mut checkpoint: Checkpoint<AgentState> =
-            serde_json::from_value(stored.checkpoint).map_err(|_| ApiError::internal())?;
+            serde_json::from_str(&stored.checkpoint).map_err(|_| ApiError::internal())?;
         for call in &mut checkpoint.state.pending {
             if call.is_undecided() {
                 call.decision = Some(decide(&call.request.id, &call.request.arguments_json));
@@ -403,7 +403,7 @@ impl Runs {
                 continue;
             }
             match self.store.load_checkpoint(run.id).await? {
-                Some(stored) => match serde_json::from_value::<Checkpoint<AgentState>>(stored.checkpoint) {
+                Some(stored) => match serde_json::from_str::<Checkpoint<AgentState>>(&stored.checkpoint) {
                     Ok(checkpoint) => self.spawn(run, Start::Recover(Some(checkpoint)), None),
                     Err(error) => {
                         let reason = format!("its checkpoint could not be read: {error}");
@@ -932,7 +932,7 @@ impl Checkpointer<AgentState> for StoreCheckpoints {
             step_count: checkpoint.step,
             usage: checkpoint.state.usage,
             last_sequence: self.writer.flush().await,
-            checkpoint: serde_json::to_value(checkpoint).map_err(|error| StoreError::Internal(Box::new(error)))?,
+            checkpoint: serde_json::to_string(checkpoint).map_err(|error| StoreError::Internal(Box::new(error)))?,
         };
         self.store.save_step(self.run_id, step).await
     }
@@ -944,8 +944,8 @@ async fn save_checkpoint(
     run_id: Uuid,
     checkpoint: &Checkpoint<AgentState>,
 ) -> Result<(), StoreError> {
-    let value = serde_json::to_value(checkpoint).map_err(|error| StoreError::Internal(Box::new(error)))?;
-    store.save_checkpoint(run_id, checkpoint.step, value).await
+    let text = serde_json::to_string(checkpoint).map_err(|error| StoreError::Internal(Box::new(error)))?;
+    store.save_checkpoint(run_id, checkpoint.step, text).await
 }
 
 /// The final status as the stream shows it.

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 use uuid::Uuid;
 
 use super::lifecycle::{self, RunSummary, lease_until};
@@ -390,7 +389,7 @@ impl OrchestratorStore for MemoryStore {
         Ok(claimed)
     }
 
-    async fn save_checkpoint(&self, run_id: Uuid, step: u32, checkpoint: Value) -> Result<(), StoreError> {
+    async fn save_checkpoint(&self, run_id: Uuid, step: u32, checkpoint: String) -> Result<(), StoreError> {
         let mut state = self.state();
         if !state.runs.contains_key(&run_id) {
             return Err(StoreError::NotFound);

@@ -473,8 +473,8 @@ pub struct SavedStep {
     pub usage: RunUsage,
     /// Sequence of the last event published.
     pub last_sequence: u64,
-    /// The engine's checkpoint after the step.
-    pub checkpoint: Value,
+    /// The engine's checkpoint after the step, as JSON text.
+    pub checkpoint: String,
 }
 
 impl SavedStep {
@@ -489,8 +489,9 @@ impl SavedStep {
 pub struct StoredCheckpoint {
     /// The last completed step.
     pub step: u32,
-    /// The engine's checkpoint (`agentmesh_graph::Checkpoint<AgentState>` as JSON).
-    pub checkpoint: Value,
+    /// The engine's checkpoint (`agentmesh_graph::Checkpoint<AgentState>`) as JSON text:
+    /// written and read whole, so kept as text rather than as a tree of values.
+    pub checkpoint: String,
     /// When it was saved.
     pub saved_at: DateTime<Utc>,
 }
@@ -596,7 +597,7 @@ pub trait OrchestratorStore: Send + Sync + 'static {
     ) -> Result<Vec<RunRecord>, StoreError>;
 
     /// Saves the run's latest checkpoint (replacing the previous one).
-    async fn save_checkpoint(&self, run_id: Uuid, step: u32, checkpoint: Value) -> Result<(), StoreError>;
+    async fn save_checkpoint(&self, run_id: Uuid, step: u32, checkpoint: String) -> Result<(), StoreError>;
 
     /// A step finished: saves its checkpoint and the run's [`RunTransition::Progress`]
     /// together (one write, where the backend allows). Like the transition, only a running

@@ -46,7 +46,6 @@ use agentmesh_postgres::error::Failure;
 use agentmesh_postgres::outbox::{self, Outbox, OutboxDatabase};
 use agentmesh_resilience::Preset;
 use async_trait::async_trait;
-use serde_json::Value;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPool;
 use uuid::Uuid;
@@ -230,7 +229,7 @@ impl OrchestratorStore for PostgresStore {
         self.claim_abandoned_runs_impl(owner, lease, limit).await
     }
 
-    async fn save_checkpoint(&self, run_id: Uuid, step: u32, checkpoint: Value) -> Result<(), StoreError> {
+    async fn save_checkpoint(&self, run_id: Uuid, step: u32, checkpoint: String) -> Result<(), StoreError> {
         self.save_checkpoint_impl(run_id, step, &checkpoint).await
     }
 

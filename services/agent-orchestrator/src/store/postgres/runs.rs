@@ -6,7 +6,6 @@ use std::time::Duration;
 use agentmesh_postgres::error::violated_constraint;
 use agentmesh_postgres::listing::{Listed, listed};
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::query::Query;
 use sqlx::types::Json;
@@ -108,7 +107,7 @@ const CLAIM: &str = concat!(
 );
 
 const SAVE_CHECKPOINT: &str = "INSERT INTO run_checkpoints (run_id, step, checkpoint, saved_at) \
-                               VALUES ($1, $2, $3, $4) ON CONFLICT (run_id) DO UPDATE \
+                               VALUES ($1, $2, $3::jsonb, $4) ON CONFLICT (run_id) DO UPDATE \
                                SET step = EXCLUDED.step, checkpoint = EXCLUDED.checkpoint, saved_at = EXCLUDED.saved_at";
 /// A step's progress and checkpoint in one statement: only a running run progresses (as
 /// `lifecycle::apply` says for `Progress`, which this mirrors), and only then is the
@@ -117,10 +116,11 @@ const SAVE_CHECKPOINT: &str = "INSERT INTO run_checkpoints (run_id, step, checkp
 const SAVE_STEP: &str = "WITH progressed AS (UPDATE runs SET step_count = $2, usage = $3, last_sequence = $4 \
                          WHERE id = $1 AND status = 'running' RETURNING id) \
                          INSERT INTO run_checkpoints (run_id, step, checkpoint, saved_at) \
-                         SELECT id, $2, $5, $6 FROM progressed ON CONFLICT (run_id) DO UPDATE \
+                         SELECT id, $2, $5::jsonb, $6 FROM progressed ON CONFLICT (run_id) DO UPDATE \
                          SET step = EXCLUDED.step, checkpoint = EXCLUDED.checkpoint, saved_at = EXCLUDED.saved_at \
                          RETURNING run_id";
-const LOAD_CHECKPOINT: &str = "SELECT step, checkpoint, saved_at FROM run_checkpoints WHERE run_id = $1";
+const LOAD_CHECKPOINT: &str =
+    "SELECT step, checkpoint::text AS checkpoint, saved_at FROM run_checkpoints WHERE run_id = $1";
 
 fn int(value: u32) -> i32 {
     i32::try_from(value).unwrap_or(i32::MAX)
@@ -454,14 +454,14 @@ impl PostgresStore {
         &self,
         run_id: Uuid,
         step: u32,
-        checkpoint: &Value,
+        checkpoint: &str,
     ) -> Result<(), StoreError> {
         let at = now();
         self.run(|| async {
             let saved = sqlx::query(SAVE_CHECKPOINT)
                 .bind(run_id)
                 .bind(int(step))
-                .bind(Json(checkpoint))
+                .bind(checkpoint)
                 .bind(at)
                 .execute(self.pool())
                 .await;
@@ -482,7 +482,7 @@ impl PostgresStore {
                 .bind(int(step.step_count))
                 .bind(Json(&step.usage))
                 .bind(bigint(step.last_sequence))
-                .bind(Json(&step.checkpoint))
+                .bind(step.checkpoint.as_str())
                 .bind(at)
                 .fetch_optional(self.pool())
                 .await
@@ -502,7 +502,7 @@ impl PostgresStore {
             let step: i32 = sqlx::Row::try_get(&row, "step").map_err(classify)?;
             Ok(Some(StoredCheckpoint {
                 step: u32::try_from(step).map_err(|_| DbError::corrupt("negative checkpoint step"))?,
-                checkpoint: sqlx::Row::try_get::<Json<Value>, _>(&row, "checkpoint").map_err(classify)?.0,
+                checkpoint: sqlx::Row::try_get(&row, "checkpoint").map_err(classify)?,
                 saved_at: sqlx::Row::try_get(&row, "saved_at").map_err(classify)?,
             }))
         })
