@@ -932,10 +932,37 @@ impl Checkpointer<AgentState> for StoreCheckpoints {
             step_count: checkpoint.step,
             usage: checkpoint.state.usage,
             last_sequence: self.writer.flush().await,
-            checkpoint: serde_json::to_string(checkpoint).map_err(|error| StoreError::Internal(Box::new(error)))?,
+            checkpoint: step_text(checkpoint)?,
         };
         self.store.save_step(self.run_id, step).await
     }
+}
+
+/// A step's checkpoint as the store keeps it. The checkpoint of a run's last step keeps
+/// only the last turn of the history window: after the end nothing reads the window again
+/// (resuming there goes straight to persisting the run's turns, which only need the
+/// message they reply to), and most runs are one step, so most checkpoints would
+/// otherwise copy the whole window once more.
+fn step_text(checkpoint: &Checkpoint<AgentState>) -> Result<String, StoreError> {
+    let state = &checkpoint.state;
+    let text = if checkpoint.next == Next::End && state.history.len() > 1 {
+        let last = Checkpoint {
+            step: checkpoint.step,
+            next: Next::End,
+            state: AgentState {
+                history: state.history[state.history.len() - 1..].to_vec(),
+                turns: state.turns.clone(),
+                pending: state.pending.clone(),
+                calls: state.calls.clone(),
+                usage: state.usage,
+                answered_by: state.answered_by.clone(),
+            },
+        };
+        serde_json::to_string(&last)
+    } else {
+        serde_json::to_string(checkpoint)
+    };
+    text.map_err(|error| StoreError::Internal(Box::new(error)))
 }
 
 /// Stores `checkpoint` as the run's latest.
@@ -1062,5 +1089,38 @@ pub fn to_api_error(error: &RunError) -> ApiError {
 impl std::fmt::Debug for Runs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runs").field("replica", &self.replica).finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn history(count: usize) -> Vec<Turn> {
+        (0..count)
+            .map(|n| Turn { message_id: Some(Uuid::now_v7()), ..Turn::new(Speaker::User, format!("m{n}")) })
+            .collect()
+    }
+
+    fn saved(text: &str) -> Checkpoint<AgentState> {
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn a_last_step_keeps_only_the_message_it_replies_to() {
+        let state = AgentState {
+            history: history(50),
+            turns: vec![Turn::new(Speaker::Assistant, "done")],
+            ..AgentState::default()
+        };
+        let last = Checkpoint { step: 1, next: Next::End, state: state.clone() };
+        let kept = saved(&step_text(&last).unwrap());
+        assert_eq!(kept.state.history, state.history[49..]);
+        assert_eq!(kept.state.last_message_id(), state.last_message_id(), "the parent of the next message");
+        assert_eq!(kept.state.turns, state.turns);
+
+        // Any other step keeps the window: the model reads it again.
+        let middle = Checkpoint { step: 1, next: Next::Node("tools".into()), state: state.clone() };
+        assert_eq!(saved(&step_text(&middle).unwrap()).state, state);
     }
 }
