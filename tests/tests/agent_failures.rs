@@ -9,6 +9,8 @@
 //!   `fake/cutcall`: half a tool call and no text, then the connection drops. llm-proxy
 //!   reports each as a `finish` with an error after the answer started, and the
 //!   orchestrator reruns the step on the fallback model after a `step_restarted` event;
+//! - `fake/nul`: answers with NUL characters in its text, which the run keeps as U+FFFD
+//!   (session-store refuses NUL, PostgreSQL cannot store it), in its stream and session alike;
 //! - `fake/loop`: asks for a tool on every call (the tool does not exist, so each call
 //!   comes back as a tool error and the model asks again), reporting 50 tokens per call,
 //!   so only `max_steps` or `token_budget` stops the run.
@@ -40,6 +42,8 @@ const FALLBACK: &str = "scripted/echo";
 const PARTIAL: [&str; 3] = ["This partial ", "answer never ", "ends"];
 /// The fake's pause before each stream frame.
 const FRAME_PAUSE: Duration = Duration::from_millis(5);
+/// What `fake/nul` answers, in two frames: text with NUL characters in it.
+const NUL_ANSWER: [&str; 2] = ["before\u{0}", "\u{0}after"];
 /// The tokens `fake/loop` reports per call (prompt, completion).
 const LOOP_USAGE: (u64, u64) = (40, 10);
 
@@ -130,6 +134,12 @@ async fn chat_completions(State(fake): State<Arc<Fake>>, body: axum::Json<Value>
                 Ok(Bytes::from_static(b"data: [DONE]\n\n")),
             ])
         }
+        "nul" => event_stream(vec![
+            chunk(delta(json!({"role": "assistant", "content": NUL_ANSWER[0]}), Value::Null), Value::Null),
+            chunk(delta(json!({"content": NUL_ANSWER[1]}), Value::Null), Value::Null),
+            chunk(delta(json!({}), json!("stop")), Value::Null),
+            Ok(Bytes::from_static(b"data: [DONE]\n\n")),
+        ]),
         other => failure(if other.is_empty() { StatusCode::BAD_REQUEST } else { StatusCode::NOT_FOUND }),
     }
 }
@@ -142,7 +152,7 @@ async fn chat_completions(State(fake): State<Arc<Fake>>, body: axum::Json<Value>
 /// required and it cannot start.
 async fn start() -> Option<Mesh> {
     let chat = axum::routing::post(chat_completions).with_state(Arc::new(Fake::default()));
-    let models = ["down500", "down503", "cut", "cutcall", "broken", "loop"];
+    let models = ["down500", "down503", "cut", "cutcall", "broken", "loop", "nul"];
     let fake = serve_fake_provider(chat, &models).await.unwrap();
     let env = [
         ("LLM_OPENAI_COMPATIBLE", format!("fake={fake}")),
@@ -385,4 +395,23 @@ async fn a_run_that_loops_on_tools_fails_at_its_step_limit_or_its_token_budget()
         assert_eq!(roles[0], "user");
         assert!(roles.len() > 2, "{settings}: {roles:?}");
     }
+}
+
+#[tokio::test]
+async fn a_model_answering_with_nul_characters_still_completes_with_them_replaced() {
+    let Some(mesh) = start().await else { return };
+    let agent = agent_on(&mesh, "fake/nul", json!({})).await;
+    let session = mesh.session(ALICE).await;
+    let expected = NUL_ANSWER.concat().replace('\0', "\u{FFFD}");
+
+    let execute = json!({"session_id": session, "message": "say something odd"});
+    let (status, answer) =
+        mesh.json(ALICE, Method::POST, &format!("/api/v1/agents/{agent}/execute"), Some(execute)).await;
+    assert_eq!((status, answer["content"].as_str()), (200, Some(expected.as_str())), "{answer}");
+
+    let (events, run_id) = execute_stream(&mesh, &agent, &session, "again").await;
+    assert_eq!(shown_text(&events), expected);
+    assert_eq!(final_run(&mesh, &run_id).await["status"], "completed");
+    let contents: Vec<Value> = answers(&mesh, &session).await.iter().map(|m| m["content"].clone()).collect();
+    assert_eq!(contents, [json!(expected), json!(expected)]);
 }

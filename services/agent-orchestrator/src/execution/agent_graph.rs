@@ -336,7 +336,7 @@ async fn stream_answer(request: &ChatRequest, step: u32, context: &RunContext) -
                 match event.event {
                     Some(stream_chat_response::Event::Content(delta)) => {
                         after_tokens |= !delta.text.is_empty();
-                        context.output.token(step, delta.text);
+                        context.output.token(step, storable(delta.text));
                     }
                     Some(stream_chat_response::Event::Usage(reported)) => usage = Some(reported),
                     Some(stream_chat_response::Event::Finish(finish)) => {
@@ -384,7 +384,7 @@ fn record_answer(state: &mut AgentState, message: ChatMessage, step: u32, contex
     let calls: Vec<CallRequest> = message
         .tool_calls
         .into_iter()
-        .map(|call| CallRequest { id: call.id, name: call.name, arguments_json: call.arguments_json })
+        .map(|call| CallRequest { id: call.id, name: call.name, arguments_json: storable(call.arguments_json) })
         .collect();
     state.pending = calls
         .iter()
@@ -404,7 +404,14 @@ fn record_answer(state: &mut AgentState, message: ChatMessage, step: u32, contex
             requires_approval: call.needs_approval,
         }));
     }
-    state.turns.push(Turn { tool_calls: calls, ..Turn::new(Speaker::Assistant, message.content) });
+    state.turns.push(Turn { tool_calls: calls, ..Turn::new(Speaker::Assistant, storable(message.content)) });
+}
+
+/// A model's text as the run can keep it: NUL characters, which session-store refuses and
+/// PostgreSQL cannot hold in text or JSON, become U+FFFD (the replacement character), in
+/// the streamed tokens as in the stored answer, so both say the same.
+fn storable(text: String) -> String {
+    if text.contains('\0') { text.replace('\0', "\u{FFFD}") } else { text }
 }
 
 /// The tool calls.
