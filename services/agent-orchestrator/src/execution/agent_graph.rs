@@ -407,9 +407,10 @@ fn record_answer(state: &mut AgentState, message: ChatMessage, step: u32, contex
     state.turns.push(Turn { tool_calls: calls, ..Turn::new(Speaker::Assistant, storable(message.content)) });
 }
 
-/// A model's text as the run can keep it: NUL characters, which session-store refuses and
-/// PostgreSQL cannot hold in text or JSON, become U+FFFD (the replacement character), in
-/// the streamed tokens as in the stored answer, so both say the same.
+/// A model's (or a tool's) text as the run can keep it: NUL characters, which
+/// session-store refuses and PostgreSQL cannot hold in text or JSON, become U+FFFD (the
+/// replacement character), in the streamed events as in the stored messages, so both say
+/// the same.
 fn storable(text: String) -> String {
     if text.contains('\0') { text.replace('\0', "\u{FFFD}") } else { text }
 }
@@ -475,7 +476,7 @@ async fn invoke(call: &CallRequest, context: &RunContext) -> (String, Option<pro
         timeout_ms: i64::try_from(context.tool_timeout.as_millis()).ok(),
     };
     match context.peers.invoke_tool(&context.acting, request).await {
-        Ok(response) => (result_text(&response.content), response.structured_content, response.is_error),
+        Ok(response) => (storable(result_text(&response.content)), response.structured_content, response.is_error),
         Err(status) => (format!("The tool {} failed: {}", call.name, status.message()), None, true),
     }
 }
@@ -496,4 +497,15 @@ fn result_text(content: &[agentmesh_proto::agentmesh::common::v1::ContentPart]) 
         })
         .collect();
     parts.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_characters_become_replacement_characters_and_other_text_stays() {
+        assert_eq!(storable("a\0b\0".to_owned()), "a\u{FFFD}b\u{FFFD}");
+        assert_eq!(storable("plain ünïcode".to_owned()), "plain ünïcode");
+    }
 }
