@@ -617,6 +617,8 @@ fn seed_enums_render_to_the_seed_strings() {
         strings(&["created_at", "updated_at", "last_activity"])
     );
     assert_eq!(rendered("agentmesh.common.v1.SortOrder"), strings(&["asc", "desc"]));
+    assert_eq!(rendered("agentmesh.secrets.v1.SecretProvider"), strings(&["local", "aws", "azure", "gcp"]));
+    assert_eq!(rendered("agentmesh.secrets.v1.SecretChangeKind"), strings(&["created", "rotated", "deleted"]));
     assert_eq!(
         rendered("agentmesh.agent.v1.RunStatus"),
         strings(&["queued", "running", "completed", "failed", "cancelled", "requires_action"])
@@ -779,6 +781,7 @@ fn events_document_their_subjects() {
         ("McpServerUpdated", "agentmesh.mcp_server.updated"),
         ("McpServerDeleted", "agentmesh.mcp_server.deleted"),
         ("McpServerHealthChanged", "agentmesh.mcp_server.health_changed"),
+        ("SecretRotated", "agentmesh.secret.rotated"),
         ("CircuitBreakerStateChanged", "agentmesh.breaker.state_changed"),
     ];
     let mut subjects = BTreeSet::new();

@@ -61,7 +61,7 @@ impl fmt::Debug for SecretsBroker {
 #[async_trait::async_trait]
 impl SecretReader for SecretsBroker {
     async fn read(&self, name: &str) -> Result<Option<Secret>, SecretReadError> {
-        let request = GetSecretRequest { name: name.to_owned(), version: None };
+        let request = GetSecretRequest { name: name.to_owned(), ..GetSecretRequest::default() };
         match self.client.clone().get_secret(request).await {
             Ok(response) => {
                 let value = response.into_inner().secret.map(|secret| secret.value).unwrap_or_default();
