@@ -23,6 +23,26 @@ use uuid::Uuid;
 
 use crate::error::{DbError, classify};
 
+/// `search` as an `ILIKE` pattern matching it anywhere, with `\`, `%` and `_` taken
+/// literally (the default `ESCAPE` character is `\`).
+pub fn contains_pattern(search: &str) -> String {
+    let mut pattern = String::with_capacity(search.len() + 2);
+    pattern.push('%');
+    for c in search.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// A page size, offset or count as a `bigint` bind parameter, clamped.
+pub fn bigint(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
 /// The records of a listing's rows and the number of matches in all.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed<T> {
@@ -49,4 +69,21 @@ where
         }
     }
     Ok(Listed { items, total: u64::try_from(total).unwrap_or(0) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_patterns_take_wildcards_literally() {
+        assert_eq!(contains_pattern("a%b_c\\"), "%a\\%b\\_c\\\\%");
+        assert_eq!(contains_pattern("100%"), "%100\\%%");
+        assert_eq!(contains_pattern("École"), "%École%");
+    }
+
+    #[test]
+    fn counts_beyond_i64_are_clamped() {
+        assert_eq!((bigint(42), bigint(u64::MAX)), (42, i64::MAX));
+    }
 }

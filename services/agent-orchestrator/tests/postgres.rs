@@ -39,7 +39,7 @@ async fn fixture() -> Option<Fixture> {
     let store = connect(&schema).await;
     let twin = connect(&schema).await;
     let bus = MemoryBus::default();
-    let relay = RunningRelay::start(store.relay(Arc::new(bus.clone())).with_settings(quick_relay()));
+    let relay = RunningRelay::start(store.database().relay(Arc::new(bus.clone())).with_settings(quick_relay()));
     Some(Fixture {
         store: Arc::new(store),
         twin: Arc::new(twin),
@@ -69,7 +69,7 @@ async fn migrations_are_idempotent_and_live_in_the_schema() {
         &format!(
             "SELECT count(*) FROM information_schema.tables WHERE table_schema = '{}' \
              AND table_name IN ('agents', 'runs', 'run_checkpoints', 'outbox')",
-            store.schema()
+            store.database().schema()
         ),
     )
     .await;

@@ -183,9 +183,10 @@ async fn open_backend(config: &Config, publisher: Arc<dyn Publisher>) -> Result<
             let url = db.url();
             let store =
                 PostgresStore::connect(url.expose(), POSTGRES_SCHEMA, pool, &config.resilience.database).await?;
-            let relay = store.relay(publisher);
+            let relay = store.database().relay(publisher);
             let store = Arc::new(store);
-            let dependency = store_dependency("postgresql", store.clone()).with_resilience(store.resilience());
+            let dependency =
+                store_dependency("postgresql", store.clone()).with_resilience(store.database().resilience());
             Backend { store, relay: Some(relay), dependency }
         }
         StorageBackend::Memory | StorageBackend::Redis => {

@@ -31,7 +31,7 @@ async fn fixture() -> Option<Fixture> {
     let schema = PgSchema::start("mcp").await?;
     let store = PostgresStore::connect(schema.url(), schema.name(), test_pool(), &Preset::database()).await.unwrap();
     let bus = MemoryBus::default();
-    let relay = RunningRelay::start(store.relay(Arc::new(bus.clone())).with_settings(quick_relay()));
+    let relay = RunningRelay::start(store.database().relay(Arc::new(bus.clone())).with_settings(quick_relay()));
     Some(Fixture { store: Arc::new(store), bus, guard: Box::new(FixtureGuard { _relay: relay, _schema: schema }) })
 }
 
@@ -57,7 +57,7 @@ async fn migrations_are_idempotent_and_live_in_the_schema() {
         &format!(
             "SELECT count(*) FROM information_schema.tables WHERE table_schema = '{}' \
              AND table_name IN ('tools', 'mcp_servers', 'outbox')",
-            store.schema()
+            store.database().schema()
         ),
     )
     .await;

@@ -1,12 +1,12 @@
 //! Agents: create, get, list, update, delete, each with its event.
 
-use agentmesh_postgres::listing::{Listed, listed};
+use agentmesh_postgres::listing::{Listed, bigint, contains_pattern, listed};
 use sqlx::types::Json;
 use uuid::Uuid;
 
+use super::PostgresStore;
 use super::error::{DbError, classify, classify_agent_write, classify_commit};
 use super::rows::{self, agent_columns};
-use super::{PostgresStore, bigint, contains_pattern};
 use crate::events;
 use crate::store::{AgentDefinition, AgentQuery, AgentRecord, AgentStatus, Page, StoreError, now};
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use agentmesh_postgres::error::violated_constraint;
-use agentmesh_postgres::listing::{Listed, listed};
+use agentmesh_postgres::listing::{Listed, bigint, listed};
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::query::Query;
@@ -12,9 +12,9 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, Postgres};
 use uuid::Uuid;
 
+use super::PostgresStore;
 use super::error::{DbError, classify, classify_commit, classify_run_insert};
 use super::rows::{self, run_columns};
-use super::{PostgresStore, bigint};
 use crate::events;
 use crate::store::lifecycle::{self, lease_until};
 use crate::store::{

@@ -27,9 +27,8 @@ mod servers;
 mod tools;
 
 use std::future::Future;
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 
-use agentmesh_events::Publisher;
 use agentmesh_postgres::error::Failure;
 use agentmesh_postgres::outbox::{self, Outbox, OutboxDatabase};
 use agentmesh_resilience::Preset;
@@ -69,25 +68,6 @@ pub fn migrations() -> &'static Migrator {
     &MIGRATIONS
 }
 
-/// `search` as an ILIKE pattern matching it anywhere, with `\`, `%` and `_` literal.
-fn contains_pattern(search: &str) -> String {
-    let mut pattern = String::with_capacity(search.len() + 2);
-    pattern.push('%');
-    for c in search.chars() {
-        if matches!(c, '\\' | '%' | '_') {
-            pattern.push('\\');
-        }
-        pattern.push(c);
-    }
-    pattern.push('%');
-    pattern
-}
-
-/// Clamps a page size or offset into a bind parameter.
-fn bigint(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
 /// The PostgreSQL store. Cheap to clone; clones share the pool, the policy state and the
 /// relay wake-up.
 #[derive(Debug, Clone)]
@@ -104,25 +84,15 @@ impl PostgresStore {
         Ok(Self { database })
     }
 
-    /// The schema this store lives in.
-    pub fn schema(&self) -> &str {
-        self.database.schema()
+    /// The database and its outbox: schema, pool, policy state (for health output) and
+    /// the relay publishing this store's events.
+    pub fn database(&self) -> &OutboxDatabase {
+        &self.database
     }
 
-    /// The connection pool (tests and maintenance).
+    /// The connection pool.
     pub fn pool(&self) -> &PgPool {
         self.database.pool()
-    }
-
-    /// The database policy's state (breaker for health output).
-    pub fn resilience(&self) -> &agentmesh_resilience::Resilience {
-        self.database.resilience()
-    }
-
-    /// A relay publishing this store's outbox to `publisher`; drive it with
-    /// [`OutboxRelay::run`].
-    pub fn relay(&self, publisher: Arc<dyn Publisher>) -> OutboxRelay {
-        self.database.relay(publisher)
     }
 
     /// The outbox, to queue a write's events in its transaction.
@@ -230,10 +200,5 @@ mod tests {
     fn migrations_include_the_outbox_once() {
         let versions: Vec<i64> = migrations().iter().map(|m| m.version).collect();
         assert_eq!(versions, [1, 2, 3]);
-    }
-
-    #[test]
-    fn search_patterns_take_wildcards_literally() {
-        assert_eq!(contains_pattern("a%b_c\\"), "%a\\%b\\_c\\\\%");
     }
 }

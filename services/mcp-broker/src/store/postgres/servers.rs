@@ -1,7 +1,7 @@
 //! MCP servers: create, get, list, update, delete (with their tools), and what discovery
 //! and health checks record, each with its events.
 
-use agentmesh_postgres::listing::{Listed, listed};
+use agentmesh_postgres::listing::{Listed, bigint, contains_pattern, listed};
 use chrono::{DateTime, Utc};
 use sqlx::Postgres;
 use sqlx::postgres::PgArguments;
@@ -9,9 +9,9 @@ use sqlx::query::Query;
 use sqlx::types::Json;
 use uuid::Uuid;
 
+use super::PostgresStore;
 use super::error::{DbError, classify, classify_commit, classify_write};
 use super::rows::{self, server_columns, tool_columns};
-use super::{PostgresStore, bigint, contains_pattern};
 use crate::events;
 use crate::store::{
     Handshake, HealthChange, McpServerRecord, Page, ServerConfig, ServerQuery, ServerStatus, StoreError, ToolRecord,

@@ -1,6 +1,6 @@
 //! Tools: create, get, list, update, delete, and discovery's sync, each with its events.
 
-use agentmesh_postgres::listing::{Listed, listed};
+use agentmesh_postgres::listing::{Listed, bigint, contains_pattern, listed};
 use std::collections::BTreeMap;
 
 use agentmesh_postgres::error::violated_constraint;
@@ -10,9 +10,9 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, Postgres};
 use uuid::Uuid;
 
+use super::PostgresStore;
 use super::error::{DbError, classify, classify_commit, classify_write};
 use super::rows::{self, server_columns, tool_columns};
-use super::{PostgresStore, bigint, contains_pattern};
 use crate::events;
 use crate::store::{DiscoveredTool, Page, StoreError, SyncOutcome, ToolDefinition, ToolQuery, ToolRecord, now, sync};
 

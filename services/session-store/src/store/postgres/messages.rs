@@ -4,14 +4,14 @@
 //! A delete locks the session row first, then deletes and decrements, so it takes locks
 //! in the same order as an append and the two cannot deadlock.
 
-use agentmesh_postgres::listing::{Listed, listed};
+use agentmesh_postgres::listing::{Listed, bigint, contains_pattern, listed};
 use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::PostgresStore;
 use super::error::{DbError, classify, classify_commit, violated_constraint};
 use super::rows::{self, message_columns};
-use super::sessions::bigint;
+
 use crate::events;
 use crate::store::{Direction, MessagePatch, MessageQuery, MessageRecord, Owner, Page, StoreError};
 use agentmesh_postgres::outbox::{INSERT_ALL, OutboxRows};
@@ -55,20 +55,6 @@ const DELETE: &str = concat!(
     "WHERE id = $2 AND EXISTS (SELECT 1 FROM deleted)) ",
     "SELECT * FROM deleted"
 );
-
-/// `search` as an ILIKE pattern matching it anywhere, with `\`, `%` and `_` literal.
-fn contains_pattern(search: &str) -> String {
-    let mut pattern = String::with_capacity(search.len() + 2);
-    pattern.push('%');
-    for c in search.chars() {
-        if matches!(c, '\\' | '%' | '_') {
-            pattern.push('\\');
-        }
-        pattern.push(c);
-    }
-    pattern.push('%');
-    pattern
-}
 
 /// The listing statement for one combination of filters and cursor. Parameters: `$1`
 /// session, `$2` tenant, `$3` owner, `$4` limit + 1, `$5` offset, then role, search
@@ -267,13 +253,6 @@ mod tests {
 
     fn query() -> MessageQuery {
         MessageQuery { role: None, search: None, limit: 50, offset: 0, after: None, direction: Direction::Asc }
-    }
-
-    #[test]
-    fn search_patterns_take_wildcards_literally() {
-        assert_eq!(contains_pattern("100%"), "%100\\%%");
-        assert_eq!(contains_pattern("a_b\\c"), "%a\\_b\\\\c%");
-        assert_eq!(contains_pattern("École"), "%École%");
     }
 
     #[test]

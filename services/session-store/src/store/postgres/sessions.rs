@@ -4,7 +4,7 @@
 //! transaction); an update needs the stored row to build its event, so it updates,
 //! queues the event and commits in a short transaction.
 
-use agentmesh_postgres::listing::{Listed, listed};
+use agentmesh_postgres::listing::{Listed, bigint, listed};
 use std::collections::HashSet;
 
 use sqlx::types::Json;
@@ -90,11 +90,6 @@ fn list_sql(query: &SessionQuery) -> String {
          ORDER BY page.{column} {order}, page.id {order}",
         columns = session_columns!(),
     )
-}
-
-/// Clamps a page size or offset into a bind parameter.
-pub(super) fn bigint(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 impl PostgresStore {
