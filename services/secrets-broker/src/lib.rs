@@ -6,6 +6,11 @@
 //! Like every service it serves only calls carrying a signed principal and an actor it
 //! serves: llm-proxy, mcp-broker and the agent-orchestrator (`agentmesh_runtime::auth::actors`).
 
+pub mod cache;
+pub mod policy;
+pub mod provider;
+pub mod settings;
+
 use std::future::Future;
 use std::sync::Arc;
 
