@@ -170,7 +170,7 @@ async fn run_service(
             agentmesh_mcp_broker::serve(config, bus, listener, shutdown).await.map_err(Into::into)
         }
         ServiceName::SecretsBroker => {
-            agentmesh_secrets_broker::run(config, listener, shutdown).await.map_err(Into::into)
+            agentmesh_secrets_broker::serve(config, bus, listener, shutdown).await.map_err(Into::into)
         }
     };
     result.map_err(|source| UpError::Service { service, source })

@@ -24,6 +24,10 @@ pub struct ActorPolicy {
     /// Actors served only on the public RPCs (those with a REST route, which the gateway
     /// passes through); internal RPCs stay closed to them.
     pub public_rpcs: &'static [ServiceName],
+    /// Whether every call must carry a signed principal (the user it is made for). Only
+    /// secrets-broker takes calls without one: credentials belong to the calling service,
+    /// which also reads them when no user is involved (a key rotated in the background).
+    pub needs_principal: bool,
 }
 
 /// The actors `service` serves. The gateway serves end users (its own authenticator), no
@@ -31,12 +35,16 @@ pub struct ActorPolicy {
 pub const fn served_actors(service: ServiceName) -> ActorPolicy {
     use ServiceName::*;
     match service {
-        SessionStore => ActorPolicy { any_rpc: &[Gateway, AgentOrchestrator], public_rpcs: &[] },
-        AgentOrchestrator => ActorPolicy { any_rpc: &[Gateway], public_rpcs: &[] },
-        LlmProxy => ActorPolicy { any_rpc: &[AgentOrchestrator], public_rpcs: &[] },
-        McpBroker => ActorPolicy { any_rpc: &[AgentOrchestrator], public_rpcs: &[Gateway] },
-        SecretsBroker => ActorPolicy { any_rpc: &[LlmProxy, McpBroker, AgentOrchestrator], public_rpcs: &[] },
-        Gateway => ActorPolicy { any_rpc: &[], public_rpcs: &[] },
+        SessionStore => ActorPolicy { any_rpc: &[Gateway, AgentOrchestrator], public_rpcs: &[], needs_principal: true },
+        AgentOrchestrator => ActorPolicy { any_rpc: &[Gateway], public_rpcs: &[], needs_principal: true },
+        LlmProxy => ActorPolicy { any_rpc: &[AgentOrchestrator], public_rpcs: &[], needs_principal: true },
+        McpBroker => ActorPolicy { any_rpc: &[AgentOrchestrator], public_rpcs: &[Gateway], needs_principal: true },
+        SecretsBroker => ActorPolicy {
+            any_rpc: &[Gateway, LlmProxy, McpBroker, AgentOrchestrator],
+            public_rpcs: &[],
+            needs_principal: false,
+        },
+        Gateway => ActorPolicy { any_rpc: &[], public_rpcs: &[], needs_principal: true },
     }
 }
 
@@ -83,7 +91,13 @@ mod tests {
         assert!(!served_actors(ServiceName::LlmProxy).serves(ServiceName::Gateway));
         assert!(!served_actors(ServiceName::LlmProxy).serves(ServiceName::SessionStore));
         assert!(served_actors(ServiceName::SecretsBroker).serves(ServiceName::McpBroker));
-        assert!(!served_actors(ServiceName::SecretsBroker).serves(ServiceName::Gateway));
+        // The gateway reads its signing keys there.
+        assert!(served_actors(ServiceName::SecretsBroker).serves(ServiceName::Gateway));
+        assert!(!served_actors(ServiceName::SecretsBroker).serves(ServiceName::SessionStore));
+        let needing_principal: Vec<_> =
+            ServiceName::ALL.into_iter().filter(|service| served_actors(*service).needs_principal).collect();
+        assert_eq!(needing_principal.len(), ServiceName::ALL.len() - 1);
+        assert!(!served_actors(ServiceName::SecretsBroker).needs_principal);
     }
 
     #[test]

@@ -196,6 +196,20 @@ fn a_call_needs_both_tokens_and_yields_the_caller() {
 }
 
 #[test]
+fn secrets_broker_serves_a_service_acting_on_its_own_without_a_principal() {
+    let broker = MeshVerifier::new(ServiceName::SecretsBroker, Arc::new(TrustedKeys::development()));
+    let get_secret = "/agentmesh.secrets.v1.SecretsService/GetSecret";
+    let mut headers = HeaderMap::new();
+    assert_eq!(broker.authenticate_headers(get_secret, &headers), Err(Refusal::MissingActor));
+    headers.insert(ACTOR_HEADER, actor_token(ServiceName::LlmProxy, ServiceName::SecretsBroker).parse().unwrap());
+    let caller = broker.authenticate_headers(get_secret, &headers).unwrap();
+    assert_eq!((caller.actor, caller.principal), (Some(ServiceName::LlmProxy), None));
+    // The actor still has to be one it serves.
+    headers.insert(ACTOR_HEADER, actor_token(ServiceName::SessionStore, ServiceName::SecretsBroker).parse().unwrap());
+    assert!(matches!(broker.authenticate_headers(get_secret, &headers), Err(Refusal::ActorNotServed { .. })));
+}
+
+#[test]
 fn verified_tokens_are_cached_and_only_valid_ones_enter_the_cache() {
     let verifier = MeshVerifier::new(ServiceName::SessionStore, Arc::new(TrustedKeys::development()));
     let token = principal_signed_by(ServiceName::Gateway);

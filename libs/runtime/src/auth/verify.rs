@@ -203,7 +203,12 @@ impl MeshVerifier {
     pub fn authenticate_headers(&self, path: &str, headers: &HeaderMap) -> Result<Caller, Refusal> {
         let actor = headers.get(ACTOR_HEADER).ok_or(Refusal::MissingActor)?;
         let actor = self.verify_actor(actor.to_str().map_err(|_| Refusal::Malformed("actor token"))?, path)?;
-        let token = headers.get(PRINCIPAL_HEADER).ok_or(Refusal::MissingPrincipal)?;
+        let Some(token) = headers.get(PRINCIPAL_HEADER) else {
+            if served_actors(self.service).needs_principal {
+                return Err(Refusal::MissingPrincipal);
+            }
+            return Ok(Caller { principal: None, actor: Some(actor), principal_token: None, run: None });
+        };
         let verified = self.verify_principal(token.to_str().map_err(|_| Refusal::Malformed("principal"))?)?;
         Ok(Caller {
             principal: Some(verified.principal.clone()),
