@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use agentmesh_events::{NatsBus, NatsConfig};
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;
@@ -175,5 +176,42 @@ pub async fn wait_http(process: &mut Process, url: &str) -> Result<(), HarnessEr
             return Err(HarnessError::Timeout(format!("{url} to answer 200")));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A JetStream stream and subject root of one test, deleted when dropped (also when the
+/// test panics), so tests on the real NATS run in parallel and leave nothing behind.
+pub struct TestStream(NatsConfig);
+
+impl TestStream {
+    /// A stream on the NATS server at `url`, named after `prefix`.
+    pub fn new(url: &str, prefix: &str) -> Self {
+        Self(NatsConfig {
+            url: url.to_owned(),
+            stream_name: agentmesh_testkit::unique_name(prefix),
+            subject_root: agentmesh_testkit::unique_name(prefix),
+            ..NatsConfig::default()
+        })
+    }
+
+    /// Its configuration (`NATS_STREAM` is `stream_name`, `NATS_SUBJECT_ROOT` is `subject_root`).
+    pub fn config(&self) -> &NatsConfig {
+        &self.0
+    }
+}
+
+impl Drop for TestStream {
+    fn drop(&mut self) {
+        let config = self.0.clone();
+        let deleted = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime
+                .block_on(async { NatsBus::connect(config).await?.delete_stream().await })
+                .map_err(std::io::Error::other)
+        })
+        .join();
+        if !matches!(deleted, Ok(Ok(()))) {
+            eprintln!("warning: could not delete the test stream {}: {deleted:?}", self.0.stream_name);
+        }
     }
 }

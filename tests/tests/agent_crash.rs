@@ -36,10 +36,9 @@ use std::time::Duration;
 
 use agentmesh_e2e::mcp::{everything, register_everything, start_everything};
 use agentmesh_e2e::rest::{Rest, SseEvent, names, parse_sse};
-use agentmesh_e2e::{NO_RATE_LIMITS, Process, free_port, wait_http, wait_serving};
-use agentmesh_events::{NatsBus, NatsConfig};
+use agentmesh_e2e::{NO_RATE_LIMITS, Process, TestStream, free_port, wait_http, wait_serving};
 use agentmesh_testkit::postgres::PgDatabase;
-use agentmesh_testkit::{Service, require, unique_name};
+use agentmesh_testkit::{Service, require};
 use reqwest::{Method, Response};
 use serde_json::{Value, json};
 use sqlx::Connection as _;
@@ -50,23 +49,6 @@ const ALICE: &str = "sk-e2e-crash-0123456789abcdefghijklmnopqrstuvw";
 const LEASE: Duration = Duration::from_secs(2);
 /// How many times a run's record is read while waiting for it to change, 50 ms apart.
 const RECORD_POLLS: u32 = 200;
-
-/// The JetStream stream of one test, deleted when dropped (also when the test panics).
-struct TestStream(NatsConfig);
-
-impl Drop for TestStream {
-    fn drop(&mut self) {
-        let config = self.0.clone();
-        let deleted = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async { NatsBus::connect(config).await?.delete_stream().await })
-        })
-        .join();
-        if !matches!(deleted, Ok(Ok(()))) {
-            eprintln!("warning: could not delete the test stream {}: {deleted:?}", self.0.stream_name);
-        }
-    }
-}
 
 /// The mesh as separate processes; the orchestrator can be killed and started again, and
 /// more replicas of it started beside it.
@@ -100,20 +82,15 @@ impl Mesh {
     async fn start() -> Option<Mesh> {
         let nats_url = require(Service::Nats).await?;
         let database = PgDatabase::create("agent_crash").await?;
-        let stream = TestStream(NatsConfig {
-            url: nats_url.clone(),
-            stream_name: unique_name("agent_crash"),
-            subject_root: unique_name("crash"),
-            ..NatsConfig::default()
-        });
+        let stream = TestStream::new(&nats_url, "agent_crash");
         let [gateway, session_store, llm_proxy, mcp_broker, orchestrator] = [(); 5].map(|()| free_port().unwrap());
         let mut env = vec![
             ("USE_DATABASE", "true".to_owned()),
             ("USE_MEMORY", "false".to_owned()),
             ("DB_URL", database.url().to_owned()),
             ("NATS_URL", nats_url),
-            ("NATS_STREAM", stream.0.stream_name.clone()),
-            ("NATS_SUBJECT_ROOT", stream.0.subject_root.clone()),
+            ("NATS_STREAM", stream.config().stream_name.clone()),
+            ("NATS_SUBJECT_ROOT", stream.config().subject_root.clone()),
             ("HOST", "127.0.0.1".to_owned()),
             ("PORT", gateway.to_string()),
             ("SESSION_STORE_ADDR", addr(session_store)),

@@ -32,11 +32,13 @@ use agentmesh_proto::agentmesh::common::v1::ExternalServiceType;
 use agentmesh_proto::agentmesh::health::v1::health_service_server::HealthServiceServer;
 use agentmesh_resilience::Preset;
 use agentmesh_runtime::auth::{Authenticate, MintError, ServiceIdentity};
+use agentmesh_runtime::background::BackgroundTasks;
 use agentmesh_runtime::balance::Discovery;
 use agentmesh_runtime::client::{ClientError, ServiceChannel};
-use agentmesh_runtime::config::{ServiceSettings, SettingsSpec, StorageBackend};
+use agentmesh_runtime::config::{ConfigError, ServiceSettings, SettingsSpec, StorageBackend};
 use agentmesh_runtime::context::new_correlation_id;
 use agentmesh_runtime::deadlines::MethodDeadlines;
+use agentmesh_runtime::secrets::SecretsBroker;
 use agentmesh_runtime::{Config, Dependency, DependencyHealth, GrpcServer, ServerError, ServiceName};
 use axum::extract::ws::WebSocketUpgrade;
 use tokio::net::TcpListener;
@@ -46,11 +48,13 @@ use tower::util::BoxCloneSyncService;
 
 use crate::auth::GatewayAuth;
 use crate::auth::service::AuthApi;
+use crate::auth::signing::SigningKeys;
 use crate::client_addr::ClientAddresses;
 use crate::health::MeshHealth;
 use crate::ratelimit::{MemoryRateLimiter, RateLimitPolicy, RateLimiter, RedisRateLimiter, RedisRateLimiterOptions};
 use crate::rest::RestGateway;
 use crate::routes::{RouteError, RouteTable};
+use crate::settings::{GatewaySettings, JwtKeySource};
 use crate::upstream::Upstreams;
 use crate::ws::WsLimits;
 
@@ -94,6 +98,12 @@ pub enum StartError {
     /// The shared rate limiter could not be set up.
     #[error("rate limiter: {0}")]
     RateLimit(#[from] ratelimit::RateLimitError),
+    /// The gateway's settings are invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The token-signing key could not be read from secrets-broker.
+    #[error(transparent)]
+    SigningKey(#[from] auth::signing::SigningKeyError),
 }
 
 /// Runs the gateway as its own process.
@@ -137,6 +147,16 @@ pub async fn serve(
         check_timeout: config.observability.health_check_timeout,
     });
     let authenticator = Arc::new(GatewayAuth::connect(&config).await?);
+    // Lives while serving: the token-signing key followed as it rotates.
+    let background = BackgroundTasks::new();
+    let settings = config.settings::<GatewaySettings>()?;
+    if settings.jwt_key_source == JwtKeySource::SecretsBroker {
+        let reader = SecretsBroker::connect(&config, ServiceName::Gateway)?;
+        let overlap = settings.jwt_key_overlap.unwrap_or(config.security.access_token_expire);
+        let keys = SigningKeys::new(authenticator.jwt().clone(), reader, overlap);
+        keys.load(settings.jwt_key_wait).await?;
+        background.spawn(keys.follow());
+    }
     if config.storage == StorageBackend::Postgres {
         let keys = authenticator.store().clone();
         // A point lookup of an id no key has: one indexed read of the key table.

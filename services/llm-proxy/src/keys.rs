@@ -1,15 +1,20 @@
 //! Provider API keys: read from secrets-broker by the seed's secret names
 //! (`openai-api-key`, …), or in development from the providers' own environment variables,
-//! cached for a while and read again after a 401 — so a rotated key is used without a
-//! restart. Keys are [`Secret`]s: their `Debug` never shows them.
+//! cached for a while, dropped as soon as secrets-broker announces a new version
+//! ([`Keys::follow_changes`]) and read again after a 401 — so a rotated key is used without
+//! a restart, and the old one is not sent once the change is known. Keys are [`Secret`]s:
+//! their `Debug` never shows them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use agentmesh_runtime::config::Secret;
-use agentmesh_runtime::secrets::SecretReader;
+use agentmesh_runtime::secrets::{SecretNotice, SecretReader};
+use futures::StreamExt as _;
 use tokio::time::Instant;
 
 use crate::provider::{BUILT_IN, Provider, ProviderError};
@@ -29,7 +34,28 @@ pub struct Keys {
     environment: BTreeMap<String, Secret>,
     broker: Option<Arc<dyn SecretReader>>,
     refresh: Duration,
-    cache: Mutex<HashMap<String, Cached>>,
+    cache: Arc<KeyCache>,
+}
+
+/// Keys read from secrets-broker, shared with the task following their changes.
+#[derive(Default)]
+struct KeyCache {
+    keys: Mutex<HashMap<String, Cached>>,
+    /// Bumped by every change heard: a read that started before one is not cached.
+    epoch: AtomicU64,
+}
+
+impl KeyCache {
+    fn forget(&self, secret: Option<&str>) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        match secret {
+            Some(secret) => {
+                keys.remove(secret);
+            }
+            None => keys.clear(),
+        }
+    }
 }
 
 impl fmt::Debug for Keys {
@@ -64,7 +90,7 @@ impl Keys {
             environment,
             broker,
             refresh: settings.key_refresh_interval,
-            cache: Mutex::default(),
+            cache: Arc::default(),
         }
     }
 
@@ -75,7 +101,7 @@ impl Keys {
             environment: keys,
             broker: None,
             refresh: Duration::MAX,
-            cache: Mutex::default(),
+            cache: Arc::default(),
         }
     }
 
@@ -106,29 +132,57 @@ impl Keys {
         if self.environment.contains_key(provider.name()) || self.broker.is_none() {
             return false;
         }
-        self.cache.lock().unwrap_or_else(PoisonError::into_inner).remove(secret).is_some()
+        self.cache.keys.lock().unwrap_or_else(PoisonError::into_inner).remove(secret).is_some()
+    }
+
+    /// The task that drops a cached key as soon as secrets-broker announces a change to
+    /// it (and every key when the watch was re-established); `None` when keys do not come
+    /// from secrets-broker. Runs for as long as it is polled.
+    pub fn follow_changes(&self) -> Option<impl Future<Output = ()> + Send + 'static> {
+        let mut notices = self.broker.as_ref()?.watch("")?;
+        let cache = self.cache.clone();
+        Some(async move {
+            while let Some(notice) = notices.next().await {
+                match notice {
+                    SecretNotice::Changed(secret) => {
+                        tracing::info!(secret, "provider key changed; the next call reads it");
+                        cache.forget(Some(&secret));
+                    }
+                    SecretNotice::Resync => cache.forget(None),
+                }
+            }
+        })
     }
 
     /// The cached key while fresh, else a new read. A failed read keeps the last key known
     /// (or none) for another interval, so an unreachable secrets-broker is not asked on
     /// every call.
     async fn read_from_broker(&self, broker: &dyn SecretReader, secret: &str) -> Option<Secret> {
-        let cached = self.cache.lock().unwrap_or_else(PoisonError::into_inner).get(secret).cloned();
+        let cached = self.cache.keys.lock().unwrap_or_else(PoisonError::into_inner).get(secret).cloned();
         if let Some(cached) = &cached
             && cached.read_at.elapsed() < self.refresh
         {
             return cached.key.clone();
         }
-        let key = match broker.read(secret).await {
-            // A key file's trailing newline is not part of the key.
-            Ok(key) => key.map(|key| Secret::new(key.expose().trim())),
-            Err(error) => {
-                tracing::warn!(%error, secret, "provider key not read; using the last one known");
-                cached.and_then(|cached| cached.key)
+        // A change heard while reading may mean the value read is already the old one:
+        // read once more, and cache only a read no change overtook.
+        let mut key = None;
+        for _ in 0..2 {
+            let epoch = self.cache.epoch.load(Ordering::SeqCst);
+            key = match broker.read(secret).await {
+                // A key file's trailing newline is not part of the key.
+                Ok(key) => key.map(|key| Secret::new(key.expose().trim())),
+                Err(error) => {
+                    tracing::warn!(%error, secret, "provider key not read; using the last one known");
+                    cached.as_ref().and_then(|cached| cached.key.clone())
+                }
+            };
+            if self.cache.epoch.load(Ordering::SeqCst) == epoch {
+                let entry = Cached { key: key.clone(), read_at: Instant::now() };
+                self.cache.keys.lock().unwrap_or_else(PoisonError::into_inner).insert(secret.to_owned(), entry);
+                break;
             }
-        };
-        let entry = Cached { key: key.clone(), read_at: Instant::now() };
-        self.cache.lock().unwrap_or_else(PoisonError::into_inner).insert(secret.to_owned(), entry);
+        }
         key
     }
 }

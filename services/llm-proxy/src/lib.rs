@@ -28,6 +28,7 @@ use agentmesh_events::{EventBus, Publisher};
 use agentmesh_proto::agentmesh::common::v1::ExternalServiceType;
 use agentmesh_proto::agentmesh::llm::v1::llm_service_server::LlmServiceServer;
 use agentmesh_ratelimit::{MemoryRateLimiter, RateLimitError, RateLimiter, RedisRateLimiter, RedisRateLimiterOptions};
+use agentmesh_runtime::background::BackgroundTasks;
 use agentmesh_runtime::client::ClientError;
 use agentmesh_runtime::config::{ConfigError, ServiceSettings, SettingsSpec};
 use agentmesh_runtime::{Config, Dependency, DependencyHealth, GrpcServer, ServerError, ServiceName};
@@ -89,6 +90,11 @@ pub async fn serve(
     agentmesh_runtime::bus::attach(&dependencies, &bus);
     let publisher: Arc<dyn Publisher> = bus;
     let proxy = build(&config, Some(publisher), &dependencies).await?;
+    // Lives while serving: rotated provider keys are dropped as secrets-broker announces them.
+    let background = BackgroundTasks::new();
+    if let Some(follow) = proxy.keys().follow_changes() {
+        background.spawn(follow);
+    }
     for line in proxy.catalog().notice().lines().filter(|line| !line.is_empty()) {
         tracing::warn!("{line}");
     }

@@ -79,6 +79,11 @@ impl Proxy {
         &self.catalog
     }
 
+    /// The providers' keys.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
     /// The breaker state of `target` (`provider/model`), for tests and health output.
     pub fn policy(&self, target: &str) -> Resilience {
         self.policies.get(target)

@@ -1,6 +1,6 @@
 //! The audit trail of secret access: every read, listing and rotation, allowed or refused,
 //! becomes one `agentmesh.secret.accessed` event (caller, name, version, outcome, whether
-//! the cache answered; never a value) and one log line under the `audit` target, so an
+//! the cache answered; never a value) and one log line under the `agentmesh::audit` target, so an
 //! operator can answer "who read the OpenAI key last week" from either.
 //!
 //! Publishing is off the request path: a caller does not wait for the bus, and a bus that
@@ -63,7 +63,7 @@ impl Audit {
         let caller = access.caller.map_or("", ServiceName::as_str);
         let version = access.version.unwrap_or_default();
         tracing::info!(
-            target: "audit",
+            target: "agentmesh::audit",
             operation = access.operation.as_str_name(),
             secret = access.name,
             caller,

@@ -11,10 +11,13 @@
 //!
 //! # Key
 //!
-//! The signing key is HMAC-SHA256(`SECURITY_SECRET_KEY`, `"agentmesh jwt hs256 v1"`) and
-//! only the gateway holds it; principals between services are Ed25519-signed with other
-//! keys (`agentmesh_runtime::auth`), so a token can never pass as a principal or the
-//! reverse. Rotating `SECURITY_SECRET_KEY` invalidates every token.
+//! The signing key is HMAC-SHA256(secret, `"agentmesh jwt hs256 v1"`) and only the gateway
+//! holds it; principals between services are Ed25519-signed with other keys
+//! (`agentmesh_runtime::auth`), so a token can never pass as a principal or the reverse.
+//! The secret is `SECURITY_SECRET_KEY`, or secrets-broker's `jwt-secret-key`
+//! (`GATEWAY_JWT_KEY_SOURCE`). When it is rotated ([`JwtCodec::rotate`]), new tokens are
+//! signed with the new key and the previous key still verifies for an overlap window, so
+//! tokens already handed out keep working while the rotation spreads over the replicas.
 //!
 //! # Verification
 //!
@@ -26,7 +29,7 @@
 //! token and vice versa.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use agentmesh_runtime::auth::{Principal, Tier};
@@ -156,10 +159,18 @@ struct Header {
     crit: Option<serde_json::Value>,
 }
 
-/// Issues and verifies HS256 tokens. Cheap to clone.
+/// The signing key and, during a rotation's overlap, the one before it.
+struct KeyRing {
+    current: Arc<[u8]>,
+    /// The previous key and when it stops verifying.
+    previous: Option<(Arc<[u8]>, DateTime<Utc>)>,
+}
+
+/// Issues and verifies HS256 tokens. Cheap to clone; clones share the keys, so a rotation
+/// reaches every clone.
 #[derive(Clone)]
 pub struct JwtCodec {
-    key: Arc<[u8]>,
+    keys: Arc<RwLock<KeyRing>>,
     access_ttl: Duration,
     refresh_ttl: Duration,
     clock: Arc<dyn Clock>,
@@ -178,7 +189,33 @@ impl fmt::Debug for JwtCodec {
 impl JwtCodec {
     /// A codec keyed from `secret_key` issuing tokens valid for the given lifetimes.
     pub fn new(secret_key: &str, access_ttl: Duration, refresh_ttl: Duration, clock: Arc<dyn Clock>) -> Self {
-        Self { key: mac(secret_key.as_bytes(), KEY_CONTEXT).into(), access_ttl, refresh_ttl, clock }
+        let keys = KeyRing { current: mac(secret_key.as_bytes(), KEY_CONTEXT).into(), previous: None };
+        Self { keys: Arc::new(RwLock::new(keys)), access_ttl, refresh_ttl, clock }
+    }
+
+    /// Signs with the key derived from `secret_key` from now on; the key used until now
+    /// keeps verifying for `overlap` (none at all with a zero overlap). Rotating to the
+    /// key already in use changes nothing.
+    pub fn rotate(&self, secret_key: &str, overlap: Duration) {
+        let key: Arc<[u8]> = mac(secret_key.as_bytes(), KEY_CONTEXT).into();
+        let overlap_chrono = chrono::Duration::from_std(overlap).unwrap_or(chrono::Duration::MAX);
+        let until = self.clock.now().checked_add_signed(overlap_chrono).unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let mut keys = self.keys.write().unwrap_or_else(PoisonError::into_inner);
+        if keys.current == key {
+            return;
+        }
+        let previous = std::mem::replace(&mut keys.current, key);
+        keys.previous = (!overlap.is_zero()).then_some((previous, until));
+    }
+
+    fn current_key(&self) -> Arc<[u8]> {
+        self.keys.read().unwrap_or_else(PoisonError::into_inner).current.clone()
+    }
+
+    /// The previous key while it still verifies.
+    fn previous_key(&self) -> Option<Arc<[u8]>> {
+        let keys = self.keys.read().unwrap_or_else(PoisonError::into_inner);
+        keys.previous.as_ref().filter(|(_, until)| self.clock.now() < *until).map(|(key, _)| key.clone())
     }
 
     /// A codec from `SECURITY_SECRET_KEY` and the `SECURITY_*_EXPIRE_*` lifetimes.
@@ -232,7 +269,7 @@ impl JwtCodec {
         // Serializing plain strings, numbers and enums cannot fail.
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
         let signing_input = format!("{header}.{payload}");
-        let signature = URL_SAFE_NO_PAD.encode(mac(&self.key, signing_input.as_bytes()));
+        let signature = URL_SAFE_NO_PAD.encode(mac(&self.current_key(), signing_input.as_bytes()));
         format!("{signing_input}.{signature}")
     }
 
@@ -253,12 +290,16 @@ impl JwtCodec {
             return Err(JwtError::UnsupportedAlgorithm);
         }
         let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| JwtError::Malformed)?;
-        let mut verifier = HmacSha256::new_from_slice(&self.key).map_err(|_| JwtError::Malformed)?;
-        verifier.update(header.as_bytes());
-        verifier.update(b".");
-        verifier.update(payload.as_bytes());
-        // `verify_slice` compares in constant time.
-        verifier.verify_slice(&signature).map_err(|_| JwtError::BadSignature)?;
+        let signed_by = |key: &[u8]| {
+            let mut verifier = HmacSha256::new_from_slice(key).map_err(|_| JwtError::Malformed)?;
+            verifier.update(header.as_bytes());
+            verifier.update(b".");
+            verifier.update(payload.as_bytes());
+            // `verify_slice` compares in constant time.
+            verifier.verify_slice(&signature).map_err(|_| JwtError::BadSignature)
+        };
+        signed_by(&self.current_key())
+            .or_else(|error| self.previous_key().map_or(Err(error), |previous| signed_by(&previous)))?;
         let claims_json = URL_SAFE_NO_PAD.decode(payload).map_err(|_| JwtError::Malformed)?;
         let claims: Claims = serde_json::from_slice(&claims_json).map_err(|_| JwtError::Malformed)?;
         let now = self.clock.now().timestamp();
@@ -327,6 +368,33 @@ mod tests {
     }
 
     #[test]
+    fn after_a_rotation_the_previous_key_verifies_only_during_the_overlap() {
+        let (codec, clock) = setup();
+        let before = codec.issue(&alice(), TokenType::Access);
+        let verifier = codec.clone();
+        codec.rotate("the-next-secret-the-next-secret-0001", Duration::from_secs(600));
+        let after = codec.issue(&alice(), TokenType::Access);
+        assert_ne!(before.token.rsplit('.').next(), after.token.rsplit('.').next());
+        // Clones share the keys: every replica's handler sees the rotation.
+        assert!(verifier.verify(&before.token, TokenType::Access).is_ok());
+        assert!(verifier.verify(&after.token, TokenType::Access).is_ok());
+        // Rotating to the key in use is no rotation: the overlap is not cut short.
+        codec.rotate("the-next-secret-the-next-secret-0001", Duration::ZERO);
+        assert!(codec.verify(&before.token, TokenType::Access).is_ok());
+
+        clock.advance(Duration::from_secs(601));
+        assert_eq!(codec.verify(&before.token, TokenType::Access), Err(JwtError::BadSignature));
+        assert!(codec.verify(&after.token, TokenType::Access).is_ok());
+
+        // Without an overlap the old key stops at once; a key older than the previous
+        // one never verifies.
+        codec.rotate("a-third-secret-a-third-secret-a-0003", Duration::ZERO);
+        assert_eq!(codec.verify(&after.token, TokenType::Access), Err(JwtError::BadSignature));
+        codec.rotate("a-fourth-secret-a-fourth-secret-004", Duration::from_secs(600));
+        assert_eq!(codec.verify(&before.token, TokenType::Access), Err(JwtError::BadSignature));
+    }
+
+    #[test]
     fn tampered_tokens_and_other_keys_are_refused() {
         let (codec, clock) = setup();
         let token = codec.issue(&alice(), TokenType::Access).token;
@@ -389,7 +457,7 @@ mod tests {
         let not_claims = URL_SAFE_NO_PAD.encode(b"{\"sub\":1}");
         let signed = {
             let input = format!("{}.{not_claims}", parts[0]);
-            format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac(&codec.key, input.as_bytes())))
+            format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac(&codec.current_key(), input.as_bytes())))
         };
         assert_eq!(codec.verify(&signed, TokenType::Access), Err(JwtError::Malformed));
     }
@@ -429,8 +497,8 @@ mod tests {
     #[test]
     fn the_signing_key_differs_from_the_secret_and_the_principal_key() {
         let (codec, _) = setup();
-        assert_ne!(&*codec.key, SECRET.as_bytes());
-        assert_ne!(&*codec.key, mac(SECRET.as_bytes(), b"agentmesh principal v1").as_slice());
+        assert_ne!(&*codec.current_key(), SECRET.as_bytes());
+        assert_ne!(&*codec.current_key(), mac(SECRET.as_bytes(), b"agentmesh principal v1").as_slice());
         assert!(!format!("{codec:?}").contains(SECRET));
     }
 }

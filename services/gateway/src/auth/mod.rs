@@ -33,6 +33,7 @@ pub mod clock;
 pub mod jwt;
 pub mod keys;
 pub mod service;
+pub mod signing;
 pub mod store;
 
 use std::sync::Arc;
