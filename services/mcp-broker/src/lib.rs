@@ -155,6 +155,7 @@ pub async fn serve_with_secrets(
         config.observability.health_check_interval,
     ));
     background.spawn(server_health::watch(backend.store, sessions.clone(), check_interval));
+    background.spawn(sessions.clone().follow_secret_changes());
     if let Some(relay) = backend.relay {
         tokio::spawn(relay.run(background.stopped()));
     }

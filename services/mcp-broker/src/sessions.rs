@@ -3,6 +3,9 @@
 //!
 //! A session is built from the stored server: secret names are resolved through a
 //! [`SecretReader`] into a [`ServerSpec`] here, so the connection layer only sees values.
+//! A session remembers which secrets it was opened with (names and digests, never values):
+//! when secrets-broker announces a change to one of them, the session is closed and the
+//! next call opens one with the rotated credential ([`Sessions::follow_secret_changes`]).
 //! A stdio server that exits on its own is started again in the background, after a
 //! delay that grows while it keeps exiting ([`crate::restart`]); until it is back, calls
 //! are refused at once with [`SessionError::Restarting`], and its health is recorded
@@ -25,6 +28,8 @@ use agentmesh_proto::agentmesh::common::v1::ExternalServiceType;
 use agentmesh_resilience::{Preset, Resilience};
 use agentmesh_runtime::config::Secret;
 use agentmesh_runtime::{Dependency, DependencyHealth};
+use futures::StreamExt as _;
+use sha2::{Digest as _, Sha256};
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -37,7 +42,7 @@ use crate::store::{
     DiscoveredTool, EnvValue, Handshake, McpServerRecord, McpStore, ServerStatus, StoreError, ToolAnnotations,
     ToolRecord, Transport,
 };
-use agentmesh_runtime::secrets::{SecretReadError, SecretReader};
+use agentmesh_runtime::secrets::{SecretNotice, SecretReadError, SecretReader};
 
 /// The placeholder of the user's id in the secret names of a per-user server.
 const USER_PLACEHOLDER: &str = "{user_id}";
@@ -117,6 +122,16 @@ pub struct Sessions {
     restart_runs: AtomicU64,
     /// Set on shutdown: nothing is restarted any more.
     stopping: AtomicBool,
+    /// The secrets each session using any was opened with.
+    credentials: Mutex<HashMap<SessionKey, (Weak<Connection>, UsedSecrets)>>,
+}
+
+/// The secrets a session was opened with: resolved names and SHA-256 digests of the
+/// values, to tell whether a rotation changed what it uses without keeping the values.
+type UsedSecrets = Vec<(String, [u8; 32])>;
+
+fn digest(value: &Secret) -> [u8; 32] {
+    Sha256::digest(value.expose().as_bytes()).into()
 }
 
 impl std::fmt::Debug for Sessions {
@@ -151,6 +166,7 @@ impl Sessions {
             restarting: Mutex::default(),
             restart_runs: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
+            credentials: Mutex::default(),
         })
     }
 
@@ -189,7 +205,7 @@ impl Sessions {
 
     /// Opens a new session for `key` and makes it the one in use.
     async fn open_new(&self, server: &McpServerRecord, key: SessionKey) -> Result<Arc<Connection>, SessionError> {
-        let spec = self.spec(server, key.user_id.as_deref()).await?;
+        let (spec, used) = self.spec(server, key.user_id.as_deref()).await?;
         let connection = Connection::open_with(&spec, &self.launcher).await?;
         // The server may have been deleted or disabled while this session was opening;
         // its sessions were closed then, so this one must not stay.
@@ -205,6 +221,7 @@ impl Sessions {
             }
         }
         let connection = Arc::new(connection);
+        self.remember_credentials(&key, &connection, used);
         // In the map before it is supervised, so that its supervisor finds it there.
         let stale = lock(&self.open).insert(key.clone(), connection.clone());
         self.supervise(key, &connection, Backoff::default());
@@ -419,8 +436,9 @@ impl Sessions {
             }
             Err(error) => return Err(error.into()),
         };
-        let spec = self.spec(&server, key.user_id.as_deref()).await?;
+        let (spec, used) = self.spec(&server, key.user_id.as_deref()).await?;
         let connection = Arc::new(Connection::open_with(&spec, &self.launcher).await?);
+        self.remember_credentials(key, &connection, used);
         let (installed, stale) = {
             let mut restarting = lock(&self.restarting);
             let current = restarting.get(key).is_some_and(|current| current.run == run);
@@ -451,9 +469,14 @@ impl Sessions {
         }
     }
 
-    /// The resolved specification of a session with `server`.
-    async fn spec(&self, server: &McpServerRecord, user_id: Option<&str>) -> Result<ServerSpec, SessionError> {
+    /// The resolved specification of a session with `server`, and the secrets it uses.
+    async fn spec(
+        &self,
+        server: &McpServerRecord,
+        user_id: Option<&str>,
+    ) -> Result<(ServerSpec, UsedSecrets), SessionError> {
         let config = &server.config;
+        let mut used = UsedSecrets::new();
         let transport = match config.transport {
             Transport::Stdio => {
                 if !self.settings.stdio_enabled {
@@ -464,7 +487,7 @@ impl Sessions {
                 for variable in &stdio.env {
                     let value = match &variable.value {
                         EnvValue::Literal(value) => value.clone(),
-                        EnvValue::Secret(name) => self.secret(name, user_id).await?.expose().to_owned(),
+                        EnvValue::Secret(name) => self.secret(name, user_id, &mut used).await?.expose().to_owned(),
                     };
                     env.push((variable.name.clone(), value));
                 }
@@ -479,17 +502,17 @@ impl Sessions {
                 let authentication = &config.authentication;
                 let mut headers = Vec::new();
                 if let Some(name) = &authentication.bearer_secret {
-                    let token = self.secret(name, user_id).await?;
+                    let token = self.secret(name, user_id, &mut used).await?;
                     headers.push(("Authorization".to_owned(), format!("Bearer {}", token.expose())));
                 }
                 for (header, name) in &authentication.header_secrets {
-                    headers.push((header.clone(), self.secret(name, user_id).await?.expose().to_owned()));
+                    headers.push((header.clone(), self.secret(name, user_id, &mut used).await?.expose().to_owned()));
                 }
                 TransportSpec::StreamableHttp(HttpSpec { url: config.endpoint.clone(), headers })
             }
             Transport::Sse => return Err(SessionError::UnsupportedTransport("sse")),
         };
-        Ok(ServerSpec {
+        let spec = ServerSpec {
             label: config.name.clone(),
             transport,
             timeouts: Timeouts {
@@ -497,17 +520,81 @@ impl Sessions {
                 request: self.settings.request_timeout,
                 shutdown_grace: self.settings.shutdown_grace,
             },
-        })
+        };
+        Ok((spec, used))
     }
 
-    /// The value of secret `name`, `{user_id}` replaced for per-user servers.
-    async fn secret(&self, name: &str, user_id: Option<&str>) -> Result<Secret, SessionError> {
+    /// The value of secret `name`, `{user_id}` replaced for per-user servers; noted in `used`.
+    async fn secret(&self, name: &str, user_id: Option<&str>, used: &mut UsedSecrets) -> Result<Secret, SessionError> {
         let name = match user_id {
             Some(user_id) => name.replace(USER_PLACEHOLDER, user_id),
             None => name.to_owned(),
         };
         let reader = self.secrets.as_ref().ok_or_else(|| SessionError::MissingSecret(name.clone()))?;
-        reader.read(&name).await?.ok_or(SessionError::MissingSecret(name))
+        let value = reader.read(&name).await?.ok_or_else(|| SessionError::MissingSecret(name.clone()))?;
+        used.push((name, digest(&value)));
+        Ok(value)
+    }
+
+    /// Notes that `connection` (the session of `key`) was opened with `used`.
+    fn remember_credentials(&self, key: &SessionKey, connection: &Arc<Connection>, used: UsedSecrets) {
+        let mut credentials = lock(&self.credentials);
+        // Sessions that have ended are forgotten here rather than wherever they end.
+        credentials.retain(|_, (session, _)| session.strong_count() > 0);
+        if !used.is_empty() {
+            credentials.insert(key.clone(), (Arc::downgrade(connection), used));
+        }
+    }
+
+    /// Closes the sessions opened with a credential that secrets-broker announces as
+    /// changed (every session with credentials is checked after the watch reconnects), for
+    /// as long as it runs; their next use opens them with the current credential.
+    pub async fn follow_secret_changes(self: Arc<Self>) {
+        let Some(mut notices) = self.secrets.as_ref().and_then(|secrets| secrets.watch("")) else { return };
+        while let Some(notice) = notices.next().await {
+            let changed = match &notice {
+                SecretNotice::Changed(name) => Some(name.as_str()),
+                SecretNotice::Resync => None,
+            };
+            self.close_outdated(changed).await;
+        }
+    }
+
+    /// Closes the sessions using secret `changed` (any secret, when `None`) whose value is
+    /// no longer the one they were opened with.
+    async fn close_outdated(&self, changed: Option<&str>) {
+        let Some(reader) = &self.secrets else { return };
+        let uses = |name: &String| changed.is_none_or(|changed| changed == name);
+        let candidates: Vec<(SessionKey, Weak<Connection>, UsedSecrets)> = lock(&self.credentials)
+            .iter()
+            .filter(|(_, (_, used))| used.iter().any(|(name, _)| uses(name)))
+            .map(|(key, (session, used))| (key.clone(), session.clone(), used.clone()))
+            .collect();
+        for (key, session, used) in candidates {
+            let mut outdated = false;
+            for (name, opened_with) in used.iter().filter(|(name, _)| uses(name)) {
+                match reader.read(name).await {
+                    Ok(Some(value)) => outdated |= digest(&value) != *opened_with,
+                    Ok(None) => outdated = true,
+                    Err(error) => {
+                        tracing::warn!(%error, secret = %name, "changed MCP credential not read; the session keeps its own");
+                    }
+                }
+            }
+            let Some(session) = session.upgrade().filter(|_| outdated) else { continue };
+            let removed = {
+                let mut open = lock(&self.open);
+                match open.get(&key) {
+                    Some(current) if Arc::ptr_eq(current, &session) => open.remove(&key),
+                    _ => None,
+                }
+            };
+            lock(&self.credentials).remove(&key);
+            if let Some(removed) = removed {
+                tracing::info!(server_id = %key.server_id, "MCP credential changed; the next call opens a new session");
+                close(removed).await;
+            }
+        }
     }
 }
 

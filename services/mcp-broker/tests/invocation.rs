@@ -2,8 +2,9 @@
 //! against the real reference MCP server (`@modelcontextprotocol/server-everything`) over
 //! streamable HTTP and over stdio: prefixed tool names, results with text, structured
 //! content and images, argument validation before anything is sent, timeouts and the
-//! per-server circuit breaker, secrets in a stdio server's environment, no child left after
-//! a delete, and `agentmesh.tool.invoked` events without argument values.
+//! per-server circuit breaker, secrets in a stdio server's environment (and a rotated one
+//! used without a restart of the broker), no child left after a delete, and
+//! `agentmesh.tool.invoked` events without argument values.
 //!
 //! The servers are installed by `tests/mcp/install.sh`; without them each test skips with a
 //! one-line reason, unless `AGENTMESH_REQUIRE_SERVICES=1`.
@@ -27,7 +28,7 @@ use agentmesh_proto::agentmesh::events::v1::ToolInvoked;
 use agentmesh_proto::agentmesh::mcp::v1 as pb;
 use agentmesh_runtime::auth::Principal;
 use agentmesh_runtime::config::Secret;
-use agentmesh_runtime::secrets::{SecretReadError, SecretReader};
+use agentmesh_runtime::secrets::{SecretNotice, SecretReadError, SecretReader};
 use agentmesh_runtime::{ApiError, ErrorCode};
 use agentmesh_testkit::{REQUIRE_SERVICES_ENV, identity, services_required};
 use common::{Mesh, call, eventually, orchestrator_call, running, scripts_dir};
@@ -59,14 +60,37 @@ fn python() -> Option<PathBuf> {
     Some(tools.join("mcp-python-venv/bin/python")).filter(|path| path.is_file())
 }
 
-/// Secrets by name.
-#[derive(Debug, Default)]
-struct FakeSecrets(HashMap<String, String>);
+/// Secrets by name, rotated by the test, which announces each change as secrets-broker does.
+#[derive(Debug)]
+struct FakeSecrets {
+    values: std::sync::Mutex<HashMap<String, String>>,
+    notices: tokio::sync::broadcast::Sender<SecretNotice>,
+}
+
+impl FakeSecrets {
+    fn new(pairs: &[(&str, &str)]) -> Arc<Self> {
+        let values = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        Arc::new(Self { values: std::sync::Mutex::new(values), notices: tokio::sync::broadcast::channel(16).0 })
+    }
+
+    fn rotate(&self, name: &str, value: &str) {
+        self.values.lock().unwrap().insert(name.to_owned(), value.to_owned());
+        // No watcher (the broker has not subscribed yet) is not an error.
+        let _unheard = self.notices.send(SecretNotice::Changed(name.to_owned()));
+    }
+}
 
 #[async_trait::async_trait]
 impl SecretReader for FakeSecrets {
     async fn read(&self, name: &str) -> Result<Option<Secret>, SecretReadError> {
-        Ok(self.0.get(name).map(|value| Secret::new(value.clone())))
+        Ok(self.values.lock().unwrap().get(name).map(|value| Secret::new(value.clone())))
+    }
+
+    fn watch(&self, _prefix: &str) -> Option<futures::stream::BoxStream<'static, SecretNotice>> {
+        let notices = self.notices.subscribe();
+        Some(Box::pin(futures::stream::unfold(notices, |mut notices| async move {
+            notices.recv().await.ok().map(|notice| (notice, notices))
+        })))
     }
 }
 
@@ -80,9 +104,12 @@ const TEST_ENV: &[(&str, &str)] = &[
 ];
 
 async fn start(secrets: &[(&str, &str)], extra_env: &[(&str, &str)]) -> Mesh {
+    start_with(FakeSecrets::new(secrets), extra_env).await
+}
+
+async fn start_with(secrets: Arc<FakeSecrets>, extra_env: &[(&str, &str)]) -> Mesh {
     let env: Vec<(&str, &str)> = TEST_ENV.iter().chain(extra_env).copied().collect();
-    let secrets = FakeSecrets(secrets.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect());
-    common::start(&env, Some(Arc::new(secrets))).await
+    common::start(&env, Some(secrets)).await
 }
 
 fn admin() -> Principal {
@@ -516,4 +543,43 @@ async fn shutting_down_leaves_no_stdio_child() {
     assert_eq!(processes_with(&marker_var).len(), 1);
     drop(mesh);
     eventually("the stdio server ended with the broker", || async { processes_with(&marker_var).is_empty() }).await;
+}
+
+#[tokio::test]
+async fn a_rotated_credential_is_used_by_the_next_call_without_restarting_the_broker() {
+    let Some(entry) = everything() else { return };
+    let secrets = FakeSecrets::new(&[("mcp-api-token", "token-v1")]);
+    let mut mesh = start_with(secrets.clone(), &[]).await;
+    let name = unique("evr");
+    let mut request = stdio_server(&name, "node", vec![entry.display().to_string(), "stdio".into()], &unique("m-"));
+    if let Some(stdio) = request.stdio.as_mut() {
+        stdio.env.push(pb::EnvironmentVariable {
+            name: "API_TOKEN".into(),
+            value: Some(pb::environment_variable::Value::Secret("mcp-api-token".into())),
+        });
+    }
+    let server = mesh.create(request).await;
+    mesh.refresh(&server).await;
+    let tool = format!("{name}_get-env");
+    let token = |response: pb::InvokeToolResponse| {
+        let environment: Value = serde_json::from_str(texts(&response)[0]).unwrap();
+        environment["API_TOKEN"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(token(mesh.invoke(&tool, json!({}), None).await.unwrap()), "token-v1");
+
+    secrets.rotate("mcp-api-token", "token-v2");
+    for _ in 0..100 {
+        let seen = token(mesh.invoke(&tool, json!({}), None).await.unwrap());
+        if seen == "token-v2" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Every call from now on uses the new credential.
+    for _ in 0..3 {
+        assert_eq!(token(mesh.invoke(&tool, json!({}), None).await.unwrap()), "token-v2");
+    }
+    // A change to a secret the session does not use leaves it open.
+    secrets.rotate("unrelated-secret", "x");
+    assert_eq!(token(mesh.invoke(&tool, json!({}), None).await.unwrap()), "token-v2");
 }

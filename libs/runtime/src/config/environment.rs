@@ -60,9 +60,16 @@ impl Environment {
     }
 }
 
-/// A string that must not be printed: `Debug` shows `***`.
+/// A string that must not be printed: `Debug` shows `***`, and the memory holding it is
+/// wiped when it is dropped.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
 
 impl Secret {
     /// Wraps a secret value.

@@ -28,8 +28,23 @@ impl fmt::Display for ConfigIssue {
 }
 
 /// Variables whose values must never appear in messages or logs.
-const SECRET_VARIABLES: &[&str] =
-    &["SECURITY_SECRET_KEY", "SECURITY_SERVICE_KEY", "DB_PASSWORD", "REDIS_PASSWORD", "DB_URL", "REDIS_URL"];
+const SECRET_VARIABLES: &[&str] = &[
+    "SECURITY_SECRET_KEY",
+    "SECURITY_SERVICE_KEY",
+    "DB_PASSWORD",
+    "REDIS_PASSWORD",
+    "DB_URL",
+    "REDIS_URL",
+    // secrets-broker's local fallback values and cloud credentials.
+    "SECRET_OPENAI_API_KEY",
+    "SECRET_ANTHROPIC_API_KEY",
+    "SECRET_GOOGLE_API_KEY",
+    "SECRET_DATABASE_PASSWORD",
+    "SECRET_REDIS_PASSWORD",
+    "SECRET_JWT_SECRET",
+    "SECRET_AWS_SECRET_ACCESS_KEY",
+    "SECRET_AZURE_CLIENT_SECRET",
+];
 
 /// A merged view of the file and the environment, with the issues found so far.
 #[derive(Debug, Default)]
