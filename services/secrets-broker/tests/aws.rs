@@ -4,7 +4,7 @@
 //! binary values, listing by prefix, missing secrets and versions; throttling (a loopback
 //! proxy in front of moto answers AWS's throttling error once) retried by the broker's
 //! resilience stack, not by the SDK; refused credentials (AWS's answer from a wiremock
-//! server) not retried. No error text and no trace log line shows a value.
+//! server) not retried. No error text shows a value (tests/aws_logs.rs checks the logs).
 //!
 //! moto is installed by `tests/cloud/install.sh` (`$MOTO_SERVER`, that venv, or `PATH`);
 //! without it each test skips with a one-line reason, unless `AGENTMESH_REQUIRE_SERVICES=1`.
@@ -12,114 +12,24 @@
 #![cfg(feature = "aws")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Write;
+mod moto;
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use agentmesh_resilience::{Preset, Resilience, ResilienceError};
-use agentmesh_runtime::config::Secret;
 use agentmesh_secrets_broker::provider::aws::AwsProvider;
 use agentmesh_secrets_broker::provider::{
     OpenError, Provider, ProviderClassifier, ProviderError, ProviderKind, SecretValue,
 };
 use agentmesh_secrets_broker::settings::AwsSettings;
-use agentmesh_testkit::{REQUIRE_SERVICES_ENV, services_required, unique_name};
+use agentmesh_testkit::unique_name;
+use moto::{Moto, provider, settings, text, value};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
-
-/// `moto_server`: `$MOTO_SERVER`, the venv of tests/cloud/install.sh, or one on `PATH`.
-fn moto_server() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("MOTO_SERVER") {
-        return Some(PathBuf::from(path));
-    }
-    let tools = std::env::var_os("AGENTMESH_TOOLS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/agentmesh-tools"));
-    let venv = tools.join("moto/bin/moto_server");
-    if venv.is_file() {
-        return Some(venv);
-    }
-    let on_path = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .map(|dir| dir.join("moto_server"))
-        .find(|path| path.is_file());
-    if on_path.is_none() {
-        let reason = "moto_server is not installed (run tests/cloud/install.sh, or set MOTO_SERVER)";
-        assert!(!services_required(), "{reason} and {REQUIRE_SERVICES_ENV}=1");
-        eprintln!("skipped: {reason}");
-    }
-    on_path
-}
-
-/// A moto server of this test's own, killed when dropped.
-struct Moto {
-    child: Child,
-    address: SocketAddr,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Moto {
-    async fn start() -> Option<Self> {
-        let program = moto_server()?;
-        let address = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let child = Command::new(&program)
-            .args(["-H", "127.0.0.1", "-p", &address.port().to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|error| panic!("{} does not start: {error}", program.display()));
-        let mut moto = Self { child, address };
-        for _ in 0..400 {
-            if TcpStream::connect(address).await.is_ok() {
-                return Some(moto);
-            }
-            if let Some(status) = moto.child.try_wait().unwrap() {
-                panic!("{} exited with {status} before listening on {address}", program.display());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("{} did not listen on {address} within 20 s", program.display());
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://{}", self.address)
-    }
-}
-
-/// moto's dummy credentials, in `region`, at `endpoint`.
-fn settings(endpoint: &str) -> AwsSettings {
-    AwsSettings {
-        region: "us-east-1".to_owned(),
-        access_key_id: Some("testing".to_owned()),
-        secret_access_key: Some(Secret::new("testing")),
-        endpoint_url: Some(endpoint.to_owned()),
-    }
-}
-
-async fn provider(endpoint: &str) -> AwsProvider {
-    AwsProvider::open(&settings(endpoint)).await.unwrap()
-}
-
-/// A value no other text contains, so that finding it anywhere is a leak.
-fn value(label: &str) -> SecretValue {
-    SecretValue::from(format!("{label}-{}", uuid::Uuid::new_v4().simple()))
-}
-
-fn text(value: &SecretValue) -> &str {
-    value.as_text().unwrap()
-}
 
 /// Asserts that neither the error's text nor its `Debug` shows `value`.
 fn assert_hides(error: &impl std::fmt::Debug, shown: &str, value: &SecretValue) {
@@ -468,45 +378,6 @@ async fn an_unreachable_endpoint_is_unavailable() {
     let error = aws.get("anything", None).await.unwrap_err();
     assert!(matches!(error, ProviderError::Unavailable { .. }), "{error:?}");
     assert!(error.outcome().is_retryable());
-}
-
-/// A `tracing` writer into a shared buffer.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-#[tokio::test]
-async fn trace_logs_show_no_value() {
-    let Some(moto) = Moto::start().await else { return };
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-
-    let aws = provider(&moto.endpoint()).await;
-    let name = unique_name("logged");
-    let secret = value("logged");
-    aws.put(&name, secret.clone()).await.unwrap();
-    assert_eq!(aws.get(&name, None).await.unwrap().value, secret);
-
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    assert!(logs.contains("transmitting request"), "the SDK's trace log was captured");
-    assert!(logs.contains(&name), "requests were logged");
-    assert!(!logs.contains(text(&secret)), "a trace log line shows the value");
 }
 
 #[tokio::test]
