@@ -9,6 +9,8 @@
 
 // The cloud providers' modules (`aws`, `azure`, `gcp`), each behind its feature, are
 // declared here as they arrive; `open` already selects them.
+#[cfg(feature = "azure")]
+pub mod azure;
 pub mod local;
 
 use std::fmt;
