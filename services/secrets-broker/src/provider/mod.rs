@@ -11,6 +11,8 @@
 // declared here as they arrive; `open` already selects them.
 #[cfg(feature = "azure")]
 pub mod azure;
+#[cfg(feature = "gcp")]
+pub mod gcp;
 pub mod local;
 
 use std::fmt;
