@@ -26,7 +26,6 @@ mod entra;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
-use agentmesh_runtime::config::Secret;
 use async_trait::async_trait;
 use bytes::Bytes;
 use reqwest::{Response, StatusCode, Url};
@@ -156,7 +155,7 @@ impl AzureProvider {
             .build()
             .map_err(|error| setup(format!("HTTP client: {error}")))?;
         let scope = scope(&vault);
-        let entra = Entra::new(http.clone(), token_url, client_id.clone(), Secret::clone(client_secret), scope);
+        let entra = Entra::new(http.clone(), token_url, client_id.clone(), client_secret.clone(), scope);
         Ok(Self { http, vault, entra })
     }
 
@@ -194,7 +193,7 @@ impl AzureProvider {
             return Ok(body);
         }
         let reason = match serde_json::from_slice::<ErrorBody>(&body) {
-            Ok(ErrorBody { error }) => format!("Key Vault answered {status}: {}: {}", error.code, cut(&error.message)),
+            Ok(ErrorBody { error }) => format!("Key Vault answered {status}: {}: {}", error.code, tidy(&error.message)),
             Err(_) => format!("Key Vault answered {status}"),
         };
         Err(match (status, subject) {
@@ -377,16 +376,18 @@ fn transport(service: &str, error: &reqwest::Error) -> ProviderError {
     ProviderError::Unavailable { reason: format!("{service} {what}") }
 }
 
-/// `text` cut to [`MAX_MESSAGE`] bytes on a character boundary.
-fn cut(text: &str) -> &str {
-    if text.len() <= MAX_MESSAGE {
-        return text;
+/// `text` on one line, cut to [`MAX_MESSAGE`] bytes on a character boundary (Key Vault's
+/// 403 messages run over several lines).
+fn tidy(text: &str) -> String {
+    let mut text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if text.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
     }
-    let mut end = MAX_MESSAGE;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
+    text
 }
 
 #[cfg(test)]
@@ -425,5 +426,12 @@ mod tests {
         assert_eq!(info.version, "4387e9f3d6e14c459867679a90fd0f79");
         assert_eq!(info.created_at, Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)));
         assert!(version_info("x", "https://my-vault.vault.azure.net/secrets/x", &Attributes::default()).is_err());
+    }
+
+    #[test]
+    fn messages_are_kept_on_one_short_line() {
+        assert_eq!(tidy("Caller is not authorized.\r\nAction: 'get'\r\n"), "Caller is not authorized. Action: 'get'");
+        let long = tidy(&"é".repeat(400));
+        assert!(long.len() <= MAX_MESSAGE && long.starts_with('é'));
     }
 }
