@@ -7,10 +7,12 @@
 //! which is wiped from memory when dropped and never shows in `Debug` output; errors carry
 //! names, versions and the provider's reason, never a value.
 
-// The cloud providers' modules (`aws`, `azure`, `gcp`), each behind its feature, are
-// declared here as they arrive; `open` already selects them.
 #[cfg(feature = "aws")]
 pub mod aws;
+#[cfg(feature = "azure")]
+pub mod azure;
+#[cfg(feature = "gcp")]
+pub mod gcp;
 pub mod local;
 
 use std::fmt;
