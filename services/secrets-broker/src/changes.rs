@@ -10,7 +10,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use agentmesh_events::{StartPosition, Subscriber, SubscriptionSpec};
 use agentmesh_proto::agentmesh::events::v1::SecretRotated;
@@ -28,6 +28,12 @@ pub const ROTATED_TOPIC: &str = "secret.rotated";
 
 /// Changes buffered for slow watchers before they are told they missed some.
 const WATCH_BUFFER: usize = 1024;
+
+/// First pause before subscribing to the bus again.
+const RESUBSCRIBE_FIRST: Duration = Duration::from_millis(500);
+
+/// Longest pause between subscriptions to the bus.
+const RESUBSCRIBE_MAX: Duration = Duration::from_secs(30);
 
 /// Recent changes remembered to drop repeats.
 const REMEMBERED: usize = 1024;
@@ -133,26 +139,31 @@ impl ChangeHub {
         }
     }
 
-    /// Follows other replicas' rotations on `bus` until the subscription ends.
+    /// Follows other replicas' rotations on `bus` for as long as it runs, subscribing again
+    /// (with backoff) when the subscription cannot be made or ends.
     pub async fn follow_bus(self, bus: Arc<dyn Subscriber>) {
-        // From now on: rotations before this replica started are already in the provider.
-        let spec = SubscriptionSpec::ephemeral(vec![ROTATED_TOPIC.to_owned()]).start(StartPosition::New);
-        let mut deliveries = match bus.subscribe(spec).await {
-            Ok(deliveries) => deliveries,
-            Err(error) => {
-                tracing::warn!(%error, "not following secret rotations of other replicas");
-                return;
+        let mut pause = RESUBSCRIBE_FIRST;
+        loop {
+            // From now on: rotations before this replica started are already in the provider.
+            let spec = SubscriptionSpec::ephemeral(vec![ROTATED_TOPIC.to_owned()]).start(StartPosition::New);
+            match bus.subscribe(spec).await {
+                Ok(mut deliveries) => {
+                    pause = RESUBSCRIBE_FIRST;
+                    while let Some(delivery) = deliveries.next().await {
+                        let Ok(delivery) = delivery else { continue };
+                        match SecretRotated::decode(delivery.event().data().clone()) {
+                            Ok(rotated) => self.rotated(&rotated),
+                            Err(error) => tracing::warn!(%error, "malformed secret.rotated event skipped"),
+                        }
+                        if let Err(error) = delivery.ack().await {
+                            tracing::debug!(%error, "secret.rotated not acknowledged");
+                        }
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "not following other replicas' secret rotations; retrying"),
             }
-        };
-        while let Some(delivery) = deliveries.next().await {
-            let Ok(delivery) = delivery else { continue };
-            match SecretRotated::decode(delivery.event().data().clone()) {
-                Ok(rotated) => self.rotated(&rotated),
-                Err(error) => tracing::warn!(%error, "malformed secret.rotated event skipped"),
-            }
-            if let Err(error) = delivery.ack().await {
-                tracing::debug!(%error, "secret.rotated not acknowledged");
-            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(RESUBSCRIBE_MAX);
         }
     }
 }

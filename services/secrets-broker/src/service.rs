@@ -118,7 +118,7 @@ fn denied(caller: Option<ServiceName>, operation: &str, name: &str) -> ApiError 
 
 /// What a failed provider read means to the caller (no provider detail beyond its kind).
 fn fetch_error(name: &str, version: Option<&str>, error: &FetchError) -> ApiError {
-    match error {
+    let error = match error {
         FetchError::Provider(ProviderError::NotFound { .. }) => ApiError::not_found(&format!("Secret {name}")),
         FetchError::Provider(ProviderError::VersionNotFound { version, .. }) => {
             ApiError::not_found(&format!("Version {version} of secret {name}"))
@@ -129,8 +129,11 @@ fn fetch_error(name: &str, version: Option<&str>, error: &FetchError) -> ApiErro
         FetchError::Overloaded => {
             ApiError::external_service(PROVIDER_TARGET, "secret_manager", true).with_retry_after(Duration::from_secs(1))
         }
+    };
+    match version {
+        Some(version) => error.with_detail("version", version),
+        None => error,
     }
-    .with_detail("version", version.unwrap_or_default())
 }
 
 fn provider_error(error: &ProviderError) -> ApiError {
@@ -207,8 +210,14 @@ impl SecretsService for SecretsBroker {
         validate(&request)?;
         let caller = caller();
         let provider = self.cache.provider().clone();
-        let listed =
-            self.cache.resilience().call(&ProviderClassifier, || provider.list("")).await.map_err(FetchError::from);
+        // With names mapped to the provider's own, the prefix is matched on the seed's names.
+        let provider_prefix = if self.settings.names.is_empty() { request.prefix.as_str() } else { "" };
+        let listed = self
+            .cache
+            .resilience()
+            .call(&ProviderClassifier, || provider.list(provider_prefix))
+            .await
+            .map_err(FetchError::from);
         let mut access = Access {
             operation: SecretOperation::List,
             name: &request.prefix,
