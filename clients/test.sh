@@ -49,13 +49,15 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.requirements.sha256" 2>/dev/n
     "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
     echo "$stamp" >"$venv/.requirements.sha256"
 fi
-if [ ! -d "$npm_dir/node_modules" ] ||
-    ! cmp -s "$repo/clients/typescript/package-lock.json" "$npm_dir/package-lock.json"; then
+# (.installed-lock is written last: an install that failed half-way is redone next time.)
+lock="$repo/clients/typescript/package-lock.json"
+if ! cmp -s "$lock" "$npm_dir/.installed-lock"; then
     log "installing clients/typescript's packages (npm ci) into $npm_dir"
     rm -rf "$npm_dir"
     mkdir -p "$npm_dir"
-    cp "$repo/clients/typescript/package.json" "$repo/clients/typescript/package-lock.json" "$npm_dir/"
+    cp "$repo/clients/typescript/package.json" "$lock" "$npm_dir/"
     npm ci --silent --no-audit --no-fund --prefix "$npm_dir" >/dev/null
+    cp "$lock" "$npm_dir/.installed-lock"
 fi
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/agentmesh-clients.XXXXXX")"

@@ -78,7 +78,7 @@ async def main() -> None:
             elif kind == "step_restarted":
                 streamed = ""
             elif kind == "error":
-                print(f"\nrun error: {value.code}: {value.message}", file=sys.stderr)
+                print(f"\nrun error: {value.code.name}: {value.message}", file=sys.stderr)
             elif kind == "run_completed":
                 completed = value.status == RunStatus.COMPLETED
                 print(f"\nrun {response.event.run_id}: {value.status.name}")

@@ -12,6 +12,7 @@ import { AgentService } from "./gen/agentmesh/agent/v1/agent_service_pb.js";
 import { ModelConfigSchema } from "./gen/agentmesh/agent/v1/agent_pb.js";
 import { RunStatus } from "./gen/agentmesh/agent/v1/run_pb.js";
 import { MessageRole } from "./gen/agentmesh/common/v1/enums_pb.js";
+import { ErrorCode } from "./gen/agentmesh/common/v1/errors_pb.js";
 import { SessionService } from "./gen/agentmesh/session/v1/session_service_pb.js";
 
 function fail(why: string): never {
@@ -64,7 +65,7 @@ async function main(): Promise<void> {
         streamed = "";
         break;
       case "error":
-        console.error(`\nrun error: ${event.kind.value.code}: ${event.kind.value.message}`);
+        console.error(`\nrun error: ${ErrorCode[event.kind.value.code]}: ${event.kind.value.message}`);
         break;
       case "runCompleted":
         completed = event.kind.value.status === RunStatus.COMPLETED;
