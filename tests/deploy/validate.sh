@@ -20,6 +20,9 @@
 #                                                     set `buf build` makes from proto/
 #   workflow     .github/workflows/ci.yml             `check-jsonschema --builtin-schema
 #                                                     vendor.github-workflows` (PyPI)
+#   keys         deploy/README.md "Identity keys"     keys made by its openssl commands are
+#                                                     accepted as *_FILE by a service binary;
+#                                                     the committed placeholders are refused
 #
 # Tools are installed once (apt: docker-compose, prometheus; a venv and buf under
 # ~/.cache/agentmesh-tools) and found quietly afterwards. kubectl must be on PATH.
@@ -206,6 +209,41 @@ envoy() {
     "$venv/bin/python" tests/deploy/check.py envoy deploy/envoy/envoy.yaml "$tmp/agentmesh.pb"
 }
 
+# A service started with the keys deploy/README.md makes: still running after 2 s means
+# its configuration (keys included) was accepted; a refused one exits 2 at once.
+run_with_keys() { # key file, trusted keys file
+    local status=0
+    env -u NATS_URL -u DATABASE_URL ENVIRONMENT=development USE_MEMORY=true USE_DATABASE=false USE_REDIS=false \
+        SESSION_STORE_ADDR=127.0.0.1:0 SECURITY_SERVICE_KEY_FILE="$1" \
+        SECURITY_TRUSTED_KEYS_FILE="$2" timeout 2 "$(dirname "$bin")/agentmesh-session-store" \
+        > "$tmp/keys.log" 2>&1 || status=$?
+    return "$status"
+}
+
+keys() {
+    local s status
+    [ -x "$(dirname "$bin")/agentmesh-session-store" ] || { echo "no agentmesh-session-store beside $bin"; return 1; }
+    mkdir -p "$tmp/keys"
+    : > "$tmp/keys/trusted-keys.txt"
+    for s in gateway session-store agent-orchestrator llm-proxy mcp-broker secrets-broker; do
+        openssl genpkey -algorithm ed25519 -out "$tmp/keys/$s.pem" 2>/dev/null
+        echo "$s:$(openssl pkey -in "$tmp/keys/$s.pem" -pubout | sed '1d;$d')" >> "$tmp/keys/trusted-keys.txt"
+    done
+    status=0; run_with_keys "$tmp/keys/session-store.pem" "$tmp/keys/trusted-keys.txt" || status=$?
+    [ "$status" -eq 124 ] || { echo "generated keys refused (exit $status):"; cat "$tmp/keys.log"; return 1; }
+    status=0; run_with_keys "$tmp/keys/session-store.pem" k8s/overlays/prod/trusted-keys.txt || status=$?
+    [ "$status" -eq 2 ] && grep -q SECURITY_TRUSTED_KEYS "$tmp/keys.log" \
+        || { echo "the placeholder trusted-keys.txt was not refused (exit $status):"; cat "$tmp/keys.log"; return 1; }
+    "$venv/bin/python" -c 'import sys, yaml
+for d in yaml.safe_load_all(open("k8s/base/secret.example.yaml")):
+    if d["metadata"]["name"].startswith("agentmesh-identity-"):
+        open(sys.argv[1], "w").write(d["stringData"]["service.pem"])' "$tmp/keys/placeholder.pem"
+    status=0; run_with_keys "$tmp/keys/placeholder.pem" "$tmp/keys/trusted-keys.txt" || status=$?
+    [ "$status" -eq 2 ] && grep -q SECURITY_SERVICE_KEY "$tmp/keys.log" \
+        || { echo "the placeholder in secret.example.yaml was not refused (exit $status):"; cat "$tmp/keys.log"; return 1; }
+    echo "openssl-made keys accepted as *_FILE; both committed placeholders refused"
+}
+
 workflow() {
     "$venv/bin/check-jsonschema" --builtin-schema vendor.github-workflows .github/workflows/ci.yml
 }
@@ -221,6 +259,7 @@ check prometheus prometheus
 check dashboards dashboards
 check envoy envoy
 check workflow workflow
+check keys keys
 
 if [ ${#failed[@]} -gt 0 ]; then
     echo "deployment kit: ${#failed[@]} check(s) failed: ${failed[*]}"
