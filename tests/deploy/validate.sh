@@ -162,8 +162,9 @@ free_port() {
     "$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# Runs the mesh with the metrics listener on, makes a few authenticated calls (a session,
-# an agent, a run through the scripted model, a 404), and scrapes /metrics.
+# Runs the mesh with the metrics listener on (the scripted model priced, so spend is
+# counted), makes a few authenticated calls (a session, an agent, a run through the
+# scripted model and a streamed one, a 404), and scrapes /metrics.
 scrape() {
     [ -x "$bin" ] || { echo "no binary at $bin: build it first (cargo build -p agentmesh), or set AGENTMESH_BIN"; return 1; }
     local port metrics_port key url session agent status i
@@ -174,7 +175,7 @@ scrape() {
     env -u NATS_URL -u DATABASE_URL ENVIRONMENT=development USE_MEMORY=true USE_DATABASE=false \
         USE_REDIS=false SECURITY_API_KEYS="$key=deploy-check:premium" \
         OBSERVABILITY_METRICS_ENABLED=true OBSERVABILITY_METRICS_PORT="$metrics_port" \
-        OBSERVABILITY_LOG_FORMAT=json OBSERVABILITY_LOG_LEVEL=WARN \
+        OBSERVABILITY_LOG_FORMAT=json OBSERVABILITY_LOG_LEVEL=WARN LLM_PRICES="scripted/echo=1:2" \
         "$bin" up --http "127.0.0.1:$port" > "$tmp/up.log" 2>&1 &
     mesh_pid=$!
     for i in $(seq 1 100); do
@@ -190,6 +191,10 @@ scrape() {
     status="$(curl -sf "${auth[@]}" -X POST "$url/api/v1/agents/$agent/execute" \
         -d '{"session_id": "'"$session"'", "message": "Hello"}' | "${field[@]}" status)"
     [ "$status" = completed ] || { echo "the run ended '$status', not completed"; cat "$tmp/up.log"; return 1; }
+    # A streamed run: its output reaches the gateway through the bus (event lag).
+    curl -sfN "${auth[@]}" -X POST "$url/api/v1/agents/$agent/execute/stream" \
+        -d '{"session_id": "'"$session"'", "message": "Again"}' -o "$tmp/stream.txt"
+    grep -q '^event: run_completed' "$tmp/stream.txt" || { echo "the streamed run did not complete:"; cat "$tmp/stream.txt"; return 1; }
     curl -s "${auth[@]}" "$url/api/v1/sessions/00000000-0000-7000-8000-000000000000" -o /dev/null
     curl -sf "${auth[@]}" "$url/api/v1/sessions?limit=5" -o /dev/null
     curl -sf "http://127.0.0.1:$metrics_port/metrics" > "$tmp/metrics.txt"

@@ -176,6 +176,7 @@ pub struct Delivery {
 
 impl Delivery {
     pub(crate) fn new(event: Event, sequence: u64, deliveries: u64, settle: Box<dyn Settle>) -> Self {
+        crate::telemetry::record_delivery(&event);
         Delivery { event, sequence, deliveries, settle }
     }
 

@@ -52,3 +52,4 @@ pub use envelope::{DEFAULT_DATA_CONTENT_TYPE, Event, EventBuilder};
 pub use error::{BoxError, DecodeError, EventsError, ValidationError};
 pub use memory::{MemoryBus, MemoryConfig};
 pub use nats::{NatsBus, NatsConfig};
+pub use telemetry::{DELIVERY_LAG_HISTOGRAM, record_delivery_lag};

@@ -28,8 +28,8 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{LogFormat, ObservabilityConfig};
 
-/// Latency buckets (seconds) for every `*_duration_seconds` histogram: 1 ms to 60 s,
-/// covering both storage calls and LLM completions.
+/// Latency buckets (seconds) for every `*_duration_seconds` and `*_lag_seconds` histogram:
+/// 1 ms to 60 s, covering storage calls, LLM completions and event delivery.
 const DURATION_BUCKETS: &[f64] =
     &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
@@ -194,6 +194,9 @@ pub fn prometheus_handle() -> &'static PrometheusHandle {
     PROMETHEUS.get_or_init(|| {
         let builder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("duration_seconds".to_owned()), DURATION_BUCKETS)
+            .and_then(|builder| {
+                builder.set_buckets_for_metric(Matcher::Suffix("lag_seconds".to_owned()), DURATION_BUCKETS)
+            })
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
         let handle = recorder.handle();

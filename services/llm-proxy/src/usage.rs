@@ -24,6 +24,9 @@ pub const TOKENS_COUNTER: &str = "agentmesh_llm_tokens_total";
 pub const LATENCY_HISTOGRAM: &str = "agentmesh_llm_request_duration_seconds";
 /// Histogram of time to the first streamed delta in seconds, labels `provider`, `model`.
 pub const FIRST_TOKEN_HISTOGRAM: &str = "agentmesh_llm_time_to_first_token_seconds";
+/// Histogram of each priced call's cost in USD, labels `provider`, `model`: its `_sum` is
+/// the money spent (`LLM_PRICES`).
+pub const COST_HISTOGRAM: &str = "agentmesh_llm_cost_usd";
 /// Counter of failed calls, labels `provider`, `model`, `reason` (an error code).
 pub const ERRORS_COUNTER: &str = "agentmesh_llm_errors_total";
 /// Counter of fallbacks, labels `from`, `to` (`provider/model`).
@@ -127,6 +130,10 @@ impl UsageRecorder {
         metrics::histogram!(LATENCY_HISTOGRAM, &with_outcome).record(record.latency.as_secs_f64());
         if let Some(first) = record.first_token {
             metrics::histogram!(FIRST_TOKEN_HISTOGRAM, &labels).record(first.as_secs_f64());
+        }
+        // A histogram, so that its `_sum` is the money spent in USD (counters are integers).
+        if let Some(cost) = usage.cost_usd {
+            metrics::histogram!(COST_HISTOGRAM, &labels).record(cost);
         }
         if record.outcome != "ok" {
             let mut with_reason = labels.to_vec();

@@ -31,6 +31,7 @@ use agentmesh_proto::json::object_to_struct;
 use agentmesh_runtime::auth::{Principal, Tier};
 use agentmesh_runtime::{ApiError, ErrorCode};
 use async_trait::async_trait;
+use chrono::Utc;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -49,6 +50,9 @@ use crate::store::{
 
 /// Runs abandoned by a dead replica taken over per pass.
 const CLAIM_BATCH: u32 = 32;
+
+/// How long runs took, accepted to final status, by status.
+pub const RUN_DURATION_HISTOGRAM: &str = "agentmesh_run_duration_seconds";
 /// What a rejected call's result says when the human gave no message.
 const DEFAULT_REJECTION: &str = "The user rejected this tool call.";
 
@@ -831,6 +835,7 @@ impl Runs {
         };
         match self.store.transition_run(run_id, transition).await {
             Ok(done) => {
+                record_run_duration(&done.run);
                 self.start_next(done.next);
                 Some(Settled { run: done.run, state: last_state })
             }
@@ -1089,6 +1094,16 @@ pub fn to_api_error(error: &RunError) -> ApiError {
 impl std::fmt::Debug for Runs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runs").field("replica", &self.replica).finish_non_exhaustive()
+    }
+}
+
+/// Times a run that reached its final status, from acceptance (queueing included) to its
+/// end, by status: `agentmesh_run_duration_seconds{status}`, whichever way it was started
+/// (unary, streamed or in the background).
+fn record_run_duration(run: &RunRecord) {
+    let ended = run.completed_at.unwrap_or_else(Utc::now);
+    if let Ok(duration) = (ended - run.created_at).to_std() {
+        metrics::histogram!(RUN_DURATION_HISTOGRAM, "status" => run.status.as_str()).record(duration.as_secs_f64());
     }
 }
 

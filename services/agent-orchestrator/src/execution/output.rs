@@ -29,6 +29,7 @@ use std::time::Duration;
 use agentmesh_events::{Event, EventBus, EventsError, SubscriptionSpec, topic};
 use agentmesh_proto::agentmesh::agent::v1::{RunEvent, TokenDelta, run_event::Kind};
 use agentmesh_proto::agentmesh::events::v1::RunOutputChunk;
+use chrono::DateTime;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use prost::Message;
@@ -231,13 +232,20 @@ fn is_last(event: &RunEvent) -> bool {
     matches!(event.kind, Some(Kind::RunCompleted(_)))
 }
 
-/// Follows a live copy from after `after` to its end.
+/// Follows a live copy from after `after` to its end, recording each event's age as the
+/// bus' deliveries do.
 fn read_live(live: Arc<LiveOutput>, after: u64) -> BoxStream<'static, RunEvent> {
     let start = usize::try_from((after + 1).saturating_sub(live.first_sequence)).unwrap_or(usize::MAX);
     let progress = live.progress.subscribe();
     futures::stream::unfold((live, progress, start), |(live, mut progress, index)| async move {
         loop {
             if let Some(event) = live.get(index) {
+                if let Some(created) = event
+                    .time
+                    .and_then(|time| DateTime::from_timestamp(time.seconds, u32::try_from(time.nanos).unwrap_or(0)))
+                {
+                    agentmesh_events::record_delivery_lag(EVENT_TYPE, created);
+                }
                 return Some((event, (live, progress, index + 1)));
             }
             let (len, finished) = *progress.borrow_and_update();
