@@ -303,7 +303,7 @@ fn parse_yes_no(answer: &str) -> Option<bool> {
 /// Asks the gateway to cancel `run` without waiting: the stream shows the run end, and a
 /// second Ctrl-C can still quit meanwhile.
 fn cancel(api: &Api, run: &str, renderer: &mut Renderer) {
-    print!("{}", renderer.note("  [cancelling… Ctrl-C again quits]"));
+    print!("{}", renderer.note("  [cancelling; Ctrl-C again quits]"));
     let _ = std::io::stdout().flush();
     let (api, run) = (api.clone(), run.to_owned());
     tokio::spawn(async move {
