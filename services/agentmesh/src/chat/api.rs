@@ -203,6 +203,8 @@ pub fn describe_error_body(body: &Value) -> String {
             let message = violation["message"].as_str().unwrap_or_default();
             if field.is_empty() { message.to_owned() } else { format!("{field}: {message}") }
         })
+        // The message often names the failures already.
+        .filter(|failure| !line.contains(failure.as_str()))
         .collect();
     if !fields.is_empty() {
         line = format!("{line}: {}", fields.join("; "));
@@ -258,6 +260,14 @@ mod tests {
         assert_eq!(
             describe_error(StatusCode::UNPROCESSABLE_ENTITY, &invalid),
             "Validation failed: message: must not be empty (validation_error)"
+        );
+        let named = json!({
+            "code": "validation_error", "message": "Validation failed: limit: must be at least 1",
+            "validation_errors": [{"field": "limit", "message": "must be at least 1"}],
+        });
+        assert_eq!(
+            describe_error(StatusCode::UNPROCESSABLE_ENTITY, &named),
+            "Validation failed: limit: must be at least 1 (validation_error)"
         );
         assert_eq!(describe_error(StatusCode::BAD_GATEWAY, &Value::Null), "the gateway answered 502 Bad Gateway");
     }

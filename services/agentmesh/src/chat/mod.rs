@@ -13,12 +13,14 @@
 //!
 //! Lines are read on a thread of their own (a blocking read cannot be cancelled) and
 //! Ctrl-C is caught as a signal; both arrive on one channel as [`Input`]s, so the chat
-//! is one loop that waits for either the person or the run.
+//! is one loop that waits for either the person or the run. Lines typed while an answer
+//! streams are sent after it, in order.
 
 pub mod api;
 pub mod events;
 
-use std::io::{BufRead as _, Write as _};
+use std::collections::VecDeque;
+use std::io::{BufRead as _, Write};
 use std::process::ExitCode;
 
 use futures::StreamExt as _;
@@ -130,8 +132,59 @@ async fn forward_interrupts(inputs: mpsc::UnboundedSender<Input>) {
     }
 }
 
+/// The person's inputs as the chat takes them: lines typed while a run streams wait their
+/// turn (so `printf 'a\nb\n' | agentmesh chat` asks both), Ctrl-C and the end of input
+/// are seen at once.
+struct Inputs {
+    /// What the reading thread and the signal task send.
+    receiver: mpsc::UnboundedReceiver<Input>,
+    /// Lines that came while a run was streaming, oldest first.
+    queued: VecDeque<String>,
+    /// The input has ended: nothing more will be read.
+    closed: bool,
+}
+
+impl Inputs {
+    fn new(receiver: mpsc::UnboundedReceiver<Input>) -> Self {
+        Inputs { receiver, queued: VecDeque::new(), closed: false }
+    }
+
+    /// The next line (a queued one first, echoed to `out`), Ctrl-C, or the end.
+    async fn next(&mut self, out: &mut impl Write) -> std::io::Result<Input> {
+        if let Some(line) = self.queued.pop_front() {
+            writeln!(out, "{line}")?;
+            return Ok(Input::Line(line));
+        }
+        if self.closed {
+            return Ok(Input::End);
+        }
+        Ok(match self.receiver.recv().await {
+            Some(Input::End) | None => {
+                self.closed = true;
+                Input::End
+            }
+            Some(input) => input,
+        })
+    }
+
+    /// The next Ctrl-C or end of input while a run goes on, queueing the lines before it.
+    /// Cancel-safe: a line is queued as soon as it is received.
+    async fn signal(&mut self) -> Input {
+        loop {
+            match self.receiver.recv().await {
+                Some(Input::Line(line)) => self.queued.push_back(line),
+                Some(Input::Interrupt) => return Input::Interrupt,
+                Some(Input::End) | None => {
+                    self.closed = true;
+                    return Input::End;
+                }
+            }
+        }
+    }
+}
+
 /// The chat: picks the agent and session, then one turn per line until the person quits.
-pub async fn chat(args: &ChatArgs, mut inputs: mpsc::UnboundedReceiver<Input>) -> Result<(), ChatError> {
+pub async fn chat(args: &ChatArgs, inputs: mpsc::UnboundedReceiver<Input>) -> Result<(), ChatError> {
     let api = Api::new(&args.url, &args.key);
     let agent = match &args.agent {
         Some(name_or_id) => api.agent(name_or_id).await?,
@@ -143,18 +196,19 @@ pub async fn chat(args: &ChatArgs, mut inputs: mpsc::UnboundedReceiver<Input>) -
     };
     let mut out = std::io::stdout();
     writeln!(out, "{}", greeting(&agent, &session, api.base()))?;
+    let mut inputs = Inputs::new(inputs);
     let mut interrupts = 0;
     loop {
         write!(out, "you> ")?;
         out.flush()?;
-        match inputs.recv().await {
-            Some(Input::Line(line)) if line.trim().is_empty() => {}
-            Some(Input::Line(line)) => match turn(&api, &agent, &session, &line, &mut inputs).await? {
+        match inputs.next(&mut out).await? {
+            Input::Line(line) if line.trim().is_empty() => {}
+            Input::Line(line) => match turn(&api, &agent, &session, &line, &mut inputs).await? {
                 Turn::Next => interrupts = 0,
                 Turn::Cancelled => interrupts = 1,
                 Turn::Quit => break,
             },
-            Some(Input::Interrupt) => {
+            Input::Interrupt => {
                 interrupts += 1;
                 if interrupts >= 2 {
                     writeln!(out)?;
@@ -162,7 +216,7 @@ pub async fn chat(args: &ChatArgs, mut inputs: mpsc::UnboundedReceiver<Input>) -
                 }
                 writeln!(out, "\n(Ctrl-C again, or Ctrl-D, to quit)")?;
             }
-            Some(Input::End) | None => {
+            Input::End => {
                 writeln!(out)?;
                 break;
             }
@@ -182,28 +236,63 @@ fn greeting(agent: &Agent, session: &str, url: &str) -> String {
     )
 }
 
+/// What happened during one turn, besides the run's events.
+#[derive(Debug, Default)]
+struct TurnState {
+    /// The run, once its first event named it.
+    run_id: Option<String>,
+    /// Ctrl-C asked for the run to be cancelled.
+    cancelling: bool,
+}
+
+impl TurnState {
+    /// How the turn ends once its run has.
+    fn outcome(&self) -> Turn {
+        if self.cancelling { Turn::Cancelled } else { Turn::Next }
+    }
+
+    /// A Ctrl-C (the first cancels the run, as soon as it has an id; the second quits) or
+    /// the end of input (the run goes on; the chat ends after it); `Some` ends the turn.
+    fn signal(&mut self, signal: Input, api: &Api, renderer: &mut Renderer) -> Option<Turn> {
+        if signal != Input::Interrupt {
+            return None;
+        }
+        if self.cancelling {
+            println!();
+            return Some(Turn::Quit);
+        }
+        self.cancelling = true;
+        match self.run_id.as_deref() {
+            Some(run) => cancel(api, run, renderer),
+            None => print!("{}", renderer.note("  [cancelling as soon as the run starts]")),
+        }
+        None
+    }
+}
+
 /// One message and its run, shown as it streams; Ctrl-C cancels the run, a second quits.
-async fn turn(
-    api: &Api,
-    agent: &Agent,
-    session: &str,
-    message: &str,
-    inputs: &mut mpsc::UnboundedReceiver<Input>,
-) -> Result<Turn, ChatError> {
+async fn turn(api: &Api, agent: &Agent, session: &str, message: &str, inputs: &mut Inputs) -> Result<Turn, ChatError> {
     let mut out = std::io::stdout();
     let mut renderer = Renderer::new();
-    let mut stream = tokio::select! {
-        stream = api.execute_stream(&agent.id, session, message) => match stream {
-            Ok(stream) => stream,
-            Err(error) => {
-                write!(out, "{}", renderer.note(&format!("  [error] {error}")))?;
-                return Ok(Turn::Next);
+    let mut state = TurnState::default();
+    let request = api.execute_stream(&agent.id, session, message);
+    tokio::pin!(request);
+    let mut stream = loop {
+        tokio::select! {
+            stream = &mut request => match stream {
+                Ok(stream) => break stream,
+                Err(error) => {
+                    write!(out, "{}", renderer.note(&format!("  [error] {error}")))?;
+                    return Ok(state.outcome());
+                }
+            },
+            signal = inputs.signal(), if !inputs.closed => {
+                if let Some(end) = state.signal(signal, api, &mut renderer) {
+                    return Ok(end);
+                }
             }
-        },
-        Some(Input::Interrupt) = inputs.recv() => return Ok(Turn::Cancelled),
+        }
     };
-    let mut run_id = None;
-    let mut cancelling = false;
     loop {
         tokio::select! {
             event = stream.next() => {
@@ -211,82 +300,72 @@ async fn turn(
                     Some(Ok(event)) => event,
                     Some(Err(error)) => {
                         write!(out, "{}", renderer.note(&format!("  [error] {error}")))?;
-                        return Ok(ended(cancelling));
+                        return Ok(state.outcome());
                     }
                     None => {
                         write!(out, "{}", renderer.note("  [the stream ended before the run did]"))?;
-                        return Ok(ended(cancelling));
+                        return Ok(state.outcome());
                     }
                 };
                 write!(out, "{}", renderer.render(&event))?;
                 out.flush()?;
                 match &event {
-                    RunEvent::Started { run_id: id } => {
+                    RunEvent::Started { run_id } => {
                         // A Ctrl-C that came before the run had an id cancels it now.
-                        if cancelling {
-                            cancel(api, id, &mut renderer);
+                        if state.cancelling {
+                            cancel(api, run_id, &mut renderer);
                         }
-                        run_id = Some(id.clone());
+                        state.run_id = Some(run_id.clone());
                     }
                     RunEvent::Interrupt { calls, .. } => {
-                        let Some(run) = run_id.as_deref() else { continue };
+                        let Some(run) = state.run_id.clone() else { continue };
                         for call in calls {
                             writeln!(out, "  - {}", call.summary())?;
                         }
                         match ask_approval(inputs).await? {
-                            Some(approve) => {
-                                if let Err(error) = api.decide(run, approve).await {
+                            Ok(approve) => {
+                                if let Err(error) = api.decide(&run, approve).await {
                                     write!(out, "{}", renderer.note(&format!("  [error] {error}")))?;
                                 }
                             }
-                            None => {
-                                cancelling = true;
-                                cancel(api, run, &mut renderer);
+                            Err(Input::Interrupt) => {
+                                if let Some(end) = state.signal(Input::Interrupt, api, &mut renderer) {
+                                    return Ok(end);
+                                }
+                            }
+                            // No one is left to answer: the run is cancelled, the chat ends after it.
+                            Err(_) => {
+                                state.cancelling = true;
+                                cancel(api, &run, &mut renderer);
                             }
                         }
                     }
-                    RunEvent::Completed { .. } | RunEvent::StreamFailed(_) => return Ok(ended(cancelling)),
+                    RunEvent::Completed { .. } | RunEvent::StreamFailed(_) => return Ok(state.outcome()),
                     _ => {}
                 }
             }
-            input = inputs.recv() => match input {
-                Some(Input::Interrupt) if cancelling => {
-                    writeln!(out)?;
-                    return Ok(Turn::Quit);
+            signal = inputs.signal(), if !inputs.closed => {
+                if let Some(end) = state.signal(signal, api, &mut renderer) {
+                    return Ok(end);
                 }
-                Some(Input::Interrupt) => {
-                    cancelling = true;
-                    match run_id.as_deref() {
-                        Some(run) => cancel(api, run, &mut renderer),
-                        None => write!(out, "{}", renderer.note("  [cancelling as soon as the run starts]"))?,
-                    }
-                }
-                // Lines typed while the answer streams are not messages: the run has the floor.
-                Some(Input::Line(_)) => {}
-                Some(Input::End) | None => return Ok(Turn::Quit),
-            },
+            }
         }
     }
 }
 
-/// How a turn whose run has ended ended: cancelled by Ctrl-C or not.
-fn ended(cancelling: bool) -> Turn {
-    if cancelling { Turn::Cancelled } else { Turn::Next }
-}
-
-/// Asks whether to run the calls waiting: `Some(true)` to approve, `Some(false)` to
-/// reject, `None` on Ctrl-C or the end of input (cancel the run).
-async fn ask_approval(inputs: &mut mpsc::UnboundedReceiver<Input>) -> Result<Option<bool>, ChatError> {
+/// Asks whether to run the calls waiting: `Ok(true)` to approve, `Ok(false)` to reject,
+/// or the Ctrl-C or end of input that came instead of an answer.
+async fn ask_approval(inputs: &mut Inputs) -> Result<Result<bool, Input>, ChatError> {
     let mut out = std::io::stdout();
     loop {
         write!(out, "Run it? [y/n] ")?;
         out.flush()?;
-        match inputs.recv().await {
-            Some(Input::Line(answer)) => match parse_yes_no(&answer) {
-                Some(approve) => return Ok(Some(approve)),
+        match inputs.next(&mut out).await? {
+            Input::Line(answer) => match parse_yes_no(&answer) {
+                Some(approve) => return Ok(Ok(approve)),
                 None => writeln!(out, "Please answer y or n.")?,
             },
-            Some(Input::Interrupt | Input::End) | None => return Ok(None),
+            other => return Ok(Err(other)),
         }
     }
 }
@@ -342,6 +421,25 @@ mod tests {
             let missing = parse(&[]).unwrap_err().to_string();
             assert!(missing.contains("--key"), "{missing}");
         }
+    }
+
+    #[tokio::test]
+    async fn lines_typed_during_a_run_wait_their_turn_and_signals_come_at_once() {
+        let (send, receive) = mpsc::unbounded_channel();
+        let mut inputs = Inputs::new(receive);
+        for input in [Input::Line("a".into()), Input::Line("b".into()), Input::Interrupt, Input::End] {
+            send.send(input).unwrap();
+        }
+        assert_eq!(inputs.signal().await, Input::Interrupt);
+        assert_eq!(inputs.signal().await, Input::End);
+        assert!(inputs.closed);
+        let mut echoed = Vec::new();
+        let mut next = Vec::new();
+        for _ in 0..3 {
+            next.push(inputs.next(&mut echoed).await.unwrap());
+        }
+        assert_eq!(next, [Input::Line("a".into()), Input::Line("b".into()), Input::End]);
+        assert_eq!(String::from_utf8(echoed).unwrap(), "a\nb\n", "queued lines are shown as they are sent");
     }
 
     #[test]
