@@ -5,8 +5,8 @@
 //! registered: keys go in with `send-keys`, the screen comes back with `capture-pane`. A
 //! message makes the scripted model call the tool; the call, its result and the streamed
 //! answer appear inline. Ctrl-C cancels a streaming answer, a second Ctrl-C quits; a tool
-//! that needs approval asks y/n. And `agentmesh up` without a key prints a development key
-//! and a curl line that, run as printed, streams an answer.
+//! that needs approval asks y/n. And `agentmesh up` without a key prints a development key,
+//! a curl line that streams an answer and a chat command that answers, both run as printed.
 //!
 //! tmux and the reference server (`tests/mcp/install.sh`) are needed; without them each
 //! test skips with one line, unless `AGENTMESH_REQUIRE_SERVICES=1`.
@@ -251,4 +251,27 @@ async fn up_without_a_key_prints_a_development_key_and_a_curl_line_that_streams_
     assert!(output.status.success(), "{curl}: {}", String::from_utf8_lossy(&output.stderr));
     assert!(stream.contains("event: token") && stream.contains("You said: Hello!"), "{stream}");
     assert!(stream.contains("event: run_completed"), "{stream}");
+
+    // So does the chat command it prints, fed two lines on stdin.
+    let chat = banner.lines().map(str::trim).find(|line| line.starts_with("agentmesh chat ")).unwrap();
+    let bin = binary("agentmesh").unwrap().parent().unwrap().to_owned();
+    let path =
+        std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap())));
+    let mut chat = Command::new("sh")
+        .arg("-c")
+        .arg(chat)
+        .env("PATH", path.unwrap())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = chat.stdin.take().unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, b"hi\nbye\n").await.unwrap();
+    drop(stdin);
+    let output = tokio::time::timeout(Duration::from_secs(30), chat.wait_with_output()).await.unwrap().unwrap();
+    let transcript = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{transcript}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(transcript.contains("you> hi\nagent> You said: hi\nyou> bye\nagent> You said: bye\n"), "{transcript}");
 }

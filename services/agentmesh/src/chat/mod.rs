@@ -20,7 +20,7 @@ pub mod api;
 pub mod events;
 
 use std::collections::VecDeque;
-use std::io::{BufRead as _, Write};
+use std::io::{BufRead as _, IsTerminal as _, Write};
 use std::process::ExitCode;
 
 use futures::StreamExt as _;
@@ -142,11 +142,13 @@ struct Inputs {
     queued: VecDeque<String>,
     /// The input has ended: nothing more will be read.
     closed: bool,
+    /// Show every line after its prompt: input that is not a terminal is not echoed by one.
+    echo: bool,
 }
 
 impl Inputs {
-    fn new(receiver: mpsc::UnboundedReceiver<Input>) -> Self {
-        Inputs { receiver, queued: VecDeque::new(), closed: false }
+    fn new(receiver: mpsc::UnboundedReceiver<Input>, echo: bool) -> Self {
+        Inputs { receiver, queued: VecDeque::new(), closed: false, echo }
     }
 
     /// The next line (a queued one first, echoed to `out`), Ctrl-C, or the end.
@@ -163,7 +165,13 @@ impl Inputs {
                 self.closed = true;
                 Input::End
             }
-            Some(input) => input,
+            Some(Input::Line(line)) => {
+                if self.echo {
+                    writeln!(out, "{line}")?;
+                }
+                Input::Line(line)
+            }
+            Some(Input::Interrupt) => Input::Interrupt,
         })
     }
 
@@ -196,7 +204,7 @@ pub async fn chat(args: &ChatArgs, inputs: mpsc::UnboundedReceiver<Input>) -> Re
     };
     let mut out = std::io::stdout();
     writeln!(out, "{}", greeting(&agent, &session, api.base()))?;
-    let mut inputs = Inputs::new(inputs);
+    let mut inputs = Inputs::new(inputs, !std::io::stdin().is_terminal());
     let mut interrupts = 0;
     loop {
         write!(out, "you> ")?;
@@ -426,7 +434,7 @@ mod tests {
     #[tokio::test]
     async fn lines_typed_during_a_run_wait_their_turn_and_signals_come_at_once() {
         let (send, receive) = mpsc::unbounded_channel();
-        let mut inputs = Inputs::new(receive);
+        let mut inputs = Inputs::new(receive, false);
         for input in [Input::Line("a".into()), Input::Line("b".into()), Input::Interrupt, Input::End] {
             send.send(input).unwrap();
         }
