@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use crate::config::{Config, ServiceName, ServiceSettings};
+use crate::config::{Config, LogFormat, ServiceName, ServiceSettings};
 use crate::server::{ServerError, bind, serve_metrics, shutdown_signal};
 use crate::telemetry;
 
@@ -42,14 +42,32 @@ where
 /// with the settings of the `services` it runs (exit code 2 listing every bad variable),
 /// starts the tokio runtime with `WORKERS` threads, installs telemetry for
 /// `telemetry_name`, logs the configuration's warnings, starts the optional metrics
-/// listener, then awaits `body`; an error from it is logged and exits 1.
+/// listener, then awaits `body`; an error from it is printed (and logged, when logs are
+/// JSON for a shipper) and exits 1.
 pub fn run_process<F, Fut, E>(program: &str, telemetry_name: &str, services: &[ServiceSettings], body: F) -> ExitCode
 where
     F: FnOnce(Config) -> Fut,
     Fut: Future<Output = Result<(), E>>,
     E: Display + From<ServerError>,
 {
-    let config = match Config::from_env_with(services) {
+    run_process_with(program, telemetry_name, services, &[], body)
+}
+
+/// [`run_process`] with `overrides` set on top of the environment (command-line flags that
+/// stand for variables).
+pub fn run_process_with<F, Fut, E>(
+    program: &str,
+    telemetry_name: &str,
+    services: &[ServiceSettings],
+    overrides: &[(String, String)],
+    body: F,
+) -> ExitCode
+where
+    F: FnOnce(Config) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Display + From<ServerError>,
+{
+    let config = match Config::from_env_overridden(services, overrides) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("{program}: {error}");
@@ -74,6 +92,8 @@ where
         for warning in &config.warnings {
             tracing::warn!(variable = %warning.variable, "configuration: {}", warning.message);
         }
+        // Text logs are for a person at a terminal, who needs the error once, plainly.
+        let log_shipped = telemetry::log_format(&config.observability) == LogFormat::Json;
         let result = match spawn_metrics_listener(&config).await {
             Ok(()) => body(config).await,
             Err(error) => Err(E::from(error)),
@@ -81,7 +101,9 @@ where
         match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
-                tracing::error!(%error, "stopped with an error");
+                if log_shipped {
+                    tracing::error!(%error, "stopped with an error");
+                }
                 eprintln!("{program}: {error}");
                 ExitCode::FAILURE
             }

@@ -1,6 +1,7 @@
 //! Logs, metrics and traces, set up once per process.
 //!
-//! Logs are JSON lines (or text for a terminal) from `tracing`; every line inside a request
+//! Logs are JSON lines from `tracing`, or text when stderr is a terminal and no format is
+//! chosen ([`log_format`]); every line inside a request
 //! carries the request span's `correlation_id`. Metrics go to one Prometheus recorder
 //! that every service in the process shares, rendered by [`render_metrics`]. Traces use
 //! OpenTelemetry and are exported over OTLP/gRPC when an endpoint is configured; only then
@@ -79,14 +80,14 @@ pub fn init(service_name: &str, config: &ObservabilityConfig) -> Result<Telemetr
         .as_deref()
         .and_then(|directive| EnvFilter::try_new(directive).ok())
         .unwrap_or_else(|| EnvFilter::new(log_directive(&config.log_level)));
-    let log_layer = match config.log_format {
+    let log_layer = match log_format(config) {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .json()
             .with_current_span(true)
             .with_span_list(false)
             .boxed(),
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Text | LogFormat::Auto => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
     };
 
     let tracer_provider = match &config.otlp_endpoint {
@@ -104,6 +105,13 @@ pub fn init(service_name: &str, config: &ObservabilityConfig) -> Result<Telemetr
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     }
     Ok(TelemetryGuard { tracer_provider })
+}
+
+/// The log format this process writes: `OBSERVABILITY_LOG_FORMAT` when chosen, else text
+/// when stderr is a terminal and JSON otherwise.
+pub fn log_format(config: &ObservabilityConfig) -> LogFormat {
+    use std::io::IsTerminal as _;
+    config.log_format.resolve(std::io::stderr().is_terminal())
 }
 
 /// The layer that turns `tracing` spans at INFO and above into OpenTelemetry spans of

@@ -1,10 +1,9 @@
-//! The command line: `agentmesh up [--http ADDR]`, `agentmesh keys create|list|revoke` and
-//! `agentmesh migrate [--check]`.
+//! The command line: `agentmesh up [--http ADDR] [--postgres URL] [--redis URL] [--nats URL]`,
+//! `agentmesh chat`, `agentmesh keys create|list|revoke` and `agentmesh migrate [--check]`.
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use agentmesh_runtime::binary::run_process;
+use agentmesh_runtime::binary::{run_process, run_process_with};
 use agentmesh_runtime::shutdown_signal;
 use clap::{Parser, Subcommand};
 
@@ -22,11 +21,9 @@ pub struct Cli {
 pub enum Command {
     /// Run all six services in this process (embedded defaults: memory storage, in-process
     /// events). Configuration comes from the environment, as for the separate binaries.
-    Up {
-        /// Gateway listen address [default: HOST:PORT, i.e. 127.0.0.1:8080].
-        #[arg(long, value_name = "ADDR")]
-        http: Option<SocketAddr>,
-    },
+    Up(crate::up::UpArgs),
+    /// Chat with an agent through the gateway.
+    Chat(crate::chat::ChatArgs),
     /// Manage API keys in the gateway's PostgreSQL key store (`USE_DATABASE`, `DB_*`).
     #[command(subcommand)]
     Keys(crate::keys::KeysCommand),
@@ -41,9 +38,12 @@ pub enum Command {
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Up { http } => run_process("agentmesh", "agentmesh", &crate::SERVICES, |config| {
-            crate::up::up(config, http, shutdown_signal())
-        }),
+        Command::Up(args) => {
+            run_process_with("agentmesh", "agentmesh", &crate::SERVICES, &args.overrides(), |config| {
+                crate::up::up(config, args.http, shutdown_signal())
+            })
+        }
+        Command::Chat(args) => crate::chat::main(args),
         Command::Keys(command) => {
             run_process("agentmesh", "agentmesh", &crate::SERVICES, |config| crate::keys::run(config, command))
         }

@@ -2,9 +2,13 @@
 //!
 //! `agentmesh up` runs the six services of the mesh in one process, the first thing a new
 //! user runs; each service is the same library code its own binary runs, so the
-//! all-in-one process behaves like the deployed mesh.
+//! all-in-one process behaves like the deployed mesh. `agentmesh chat` talks to an agent
+//! through the gateway's REST API, as a person at a terminal.
 
+pub mod backends;
+pub mod chat;
 pub mod cli;
+pub mod first_run;
 pub mod keys;
 pub mod migrate;
 pub mod up;

@@ -3,7 +3,9 @@
 //! The five internal services bind ephemeral loopback ports and the gateway learns their
 //! URLs, so nothing but the gateway's address is exposed and two instances never collide.
 //! All six share one shutdown: a signal, or any service stopping on its own (an error),
-//! stops the rest, each draining as it would in its own process.
+//! stops the rest, each draining as it would in its own process. Real backends are checked
+//! first, with progress ([`crate::backends`]); a banner says where to go once the gateway
+//! serves ([`crate::first_run`]).
 
 use std::collections::HashMap;
 use std::error::Error;
@@ -11,12 +13,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use agentmesh_events::{EventBus, EventsError};
-use agentmesh_runtime::bus::connect_bus;
+use agentmesh_events::EventBus;
 use agentmesh_runtime::{Config, ServerError, ServiceName, bind};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+use crate::first_run;
 
 /// Why `agentmesh up` stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -24,9 +27,12 @@ pub enum UpError {
     /// A listener could not be bound.
     #[error(transparent)]
     Bind(#[from] ServerError),
-    /// The event bus could not be reached.
-    #[error("event bus: {0}")]
-    Events(#[from] EventsError),
+    /// A backend (PostgreSQL, Redis, NATS) could not be reached.
+    #[error(transparent)]
+    Backend(#[from] crate::backends::BackendError),
+    /// The development API key could not be made.
+    #[error("cannot make a development API key: {0}")]
+    Key(#[from] agentmesh_gateway::auth::keys::KeyError),
     /// A service failed while running.
     #[error("{service} failed: {source}")]
     Service {
@@ -57,21 +63,54 @@ impl MeshAddresses {
     }
 }
 
+/// `agentmesh up`'s arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpArgs {
+    /// Gateway listen address [default: HOST:PORT, i.e. 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+    /// Keep data in PostgreSQL at URL (sets USE_DATABASE=true and DB_URL); its migrations
+    /// are applied at start.
+    #[arg(long, value_name = "URL")]
+    pub postgres: Option<String>,
+    /// Use Redis at URL (sets USE_REDIS=true and REDIS_URL): shared rate limits, and
+    /// sessions when PostgreSQL is not used.
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+    /// Carry events and run output over NATS JetStream at URL (sets NATS_URL).
+    #[arg(long, value_name = "URL")]
+    pub nats: Option<String>,
+}
+
+impl UpArgs {
+    /// The variables the backend flags set, on top of the environment.
+    pub fn overrides(&self) -> Vec<(String, String)> {
+        crate::backends::flag_overrides(self.postgres.as_deref(), self.redis.as_deref(), self.nats.as_deref())
+    }
+}
+
 /// Binds every service (internal ones on `127.0.0.1:0`, the gateway on `http` or
-/// `HOST:PORT`), then runs them until `shutdown` resolves.
+/// `HOST:PORT`), checks the configured backends, then runs the services until `shutdown`
+/// resolves; once the gateway serves, the first-run banner is printed
+/// ([`crate::first_run`]), with a development key when none is configured.
 pub async fn up(
-    config: Config,
+    mut config: Config,
     http: Option<SocketAddr>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), UpError> {
+    let key = first_run::development_key(&mut config)?;
+    let model = first_run::default_model(&config);
     let (config, listeners) = bind_all(config, http).await?;
+    crate::backends::check(&config).await?;
+    let bus = crate::backends::connect_events(&config).await?;
     let gateway = listeners.iter().find(|(s, _)| *s == ServiceName::Gateway).and_then(|(_, l)| l.local_addr().ok());
-    if let Some(address) = gateway {
-        tracing::info!(%address, "agentmesh is up: gateway on http://{address}");
-        eprintln!("agentmesh is up: gateway on http://{address} (Ctrl-C to stop)");
-    }
-    let bus = connect_bus(&config).await?;
-    run_all(config, bus, listeners, shutdown, |_| {}).await
+    run_all(config, bus, listeners, shutdown, |_| {
+        if let Some(address) = gateway {
+            tracing::info!(%address, "agentmesh is up: gateway on http://{address}");
+            tokio::spawn(first_run::announce(first_run::gateway_url(address), model, key));
+        }
+    })
+    .await
 }
 
 /// Binds the listeners and points the configuration's peer URLs at them.

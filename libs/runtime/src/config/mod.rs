@@ -135,11 +135,20 @@ impl Config {
     /// Loads from the process environment and the file named by `AGENTMESH_CONFIG_FILE`,
     /// validating the settings of `services` (those the binary runs) as well.
     pub fn from_env_with(services: &[ServiceSettings]) -> Result<Self, ConfigError> {
+        Self::from_env_overridden(services, &[])
+    }
+
+    /// Like [`Config::from_env_with`], with `overrides` set on top of the environment: what
+    /// a command-line flag sets (`agentmesh up --postgres URL`) wins over the variable.
+    pub fn from_env_overridden(
+        services: &[ServiceSettings],
+        overrides: &[(String, String)],
+    ) -> Result<Self, ConfigError> {
         let file = std::env::var_os(CONFIG_FILE_ENV);
         // `vars()` panics on a variable that is not UTF-8; such variables are skipped.
         let env =
             std::env::vars_os().filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)));
-        Self::load_with(file.as_deref().map(Path::new), env, services)
+        Self::load_with(file.as_deref().map(Path::new), env.chain(overrides.iter().cloned()), services)
     }
 
     /// Loads the runtime's settings from explicit sources: `file` first, then `env` on

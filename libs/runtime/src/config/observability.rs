@@ -14,6 +14,21 @@ pub enum LogFormat {
     Json,
     /// Human-readable lines, for a terminal.
     Text,
+    /// Not chosen (the default, or `auto`): text when stderr is a terminal, JSON otherwise,
+    /// so a person running a binary reads its logs and a log shipper still gets JSON.
+    Auto,
+}
+
+impl LogFormat {
+    /// The format to write: [`LogFormat::Auto`] becomes text when stderr `is_terminal`,
+    /// JSON otherwise; an explicit choice stays.
+    pub fn resolve(self, is_terminal: bool) -> LogFormat {
+        match self {
+            LogFormat::Auto if is_terminal => LogFormat::Text,
+            LogFormat::Auto => LogFormat::Json,
+            chosen => chosen,
+        }
+    }
 }
 
 /// Observability settings (`OBSERVABILITY_*`).
@@ -25,7 +40,8 @@ pub struct ObservabilityConfig {
     /// `RUST_LOG`: a full `tracing` filter directive (e.g. `info,agentmesh_gateway=trace`)
     /// that replaces `OBSERVABILITY_LOG_LEVEL`.
     pub log_filter: Option<String>,
-    /// `OBSERVABILITY_LOG_FORMAT`: `json` or `text`.
+    /// `OBSERVABILITY_LOG_FORMAT`: `json`, `text`, or `auto` (the default: text on a
+    /// terminal, JSON elsewhere).
     pub log_format: LogFormat,
     /// `OBSERVABILITY_METRICS_ENABLED`: serve Prometheus metrics.
     pub metrics_enabled: bool,
@@ -53,12 +69,13 @@ pub struct ObservabilityConfig {
 impl ObservabilityConfig {
     pub(super) fn read(v: &mut Vars, environment: Environment, features: &FeatureFlags) -> Self {
         let development = environment == Environment::Development;
-        let log_format = match v.get("OBSERVABILITY_LOG_FORMAT", "json".to_owned()).to_ascii_lowercase().as_str() {
+        let log_format = match v.get("OBSERVABILITY_LOG_FORMAT", "auto".to_owned()).to_ascii_lowercase().as_str() {
             "json" => LogFormat::Json,
             "text" | "pretty" => LogFormat::Text,
+            "auto" => LogFormat::Auto,
             other => {
-                v.issue("OBSERVABILITY_LOG_FORMAT", format!("invalid value {other:?}: expected json or text"));
-                LogFormat::Json
+                v.issue("OBSERVABILITY_LOG_FORMAT", format!("invalid value {other:?}: expected json, text or auto"));
+                LogFormat::Auto
             }
         };
         // Both names are read, so neither is reported as unknown when the other is set.

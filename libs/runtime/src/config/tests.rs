@@ -288,3 +288,18 @@ fn production_refuses_missing_or_development_service_keys_and_reads_key_files() 
     );
     assert!(!bad.to_string().contains("not a key"), "{bad}");
 }
+
+#[test]
+fn logs_are_text_on_a_terminal_and_json_elsewhere_unless_chosen() {
+    let unset = load(&[]).unwrap().observability.log_format;
+    assert_eq!(unset, LogFormat::Auto);
+    assert_eq!((unset.resolve(true), unset.resolve(false)), (LogFormat::Text, LogFormat::Json));
+    for (value, expected) in [("json", LogFormat::Json), ("text", LogFormat::Text), ("auto", LogFormat::Auto)] {
+        let chosen = load(&[("OBSERVABILITY_LOG_FORMAT", value)]).unwrap().observability.log_format;
+        assert_eq!(chosen, expected, "{value}");
+    }
+    let json = LogFormat::Json;
+    assert_eq!((json.resolve(true), LogFormat::Text.resolve(false)), (LogFormat::Json, LogFormat::Text));
+    let error = load(&[("OBSERVABILITY_LOG_FORMAT", "xml")]).unwrap_err();
+    assert_eq!(issue_variables(error), ["OBSERVABILITY_LOG_FORMAT"]);
+}
