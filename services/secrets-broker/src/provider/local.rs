@@ -122,9 +122,11 @@ impl LocalProvider {
     /// every secret); the error says why.
     pub async fn reload(&self) -> Result<(), LocalFileError> {
         let Some(path) = &self.file else { return Ok(()) };
+        // Read under the lock: a reload that read the file before a rotation rewrote it
+        // must not apply those older bytes after the rotation's own reload.
+        let mut state = self.state.lock().await;
         let bytes = tokio::fs::read(path).await.map_err(|source| LocalFileError::Io { path: path.clone(), source })?;
         let digest: [u8; 32] = Sha256::digest(&bytes).into();
-        let mut state = self.state.lock().await;
         if state.file_digest == Some(digest) {
             return Ok(());
         }
