@@ -32,7 +32,9 @@ use reqwest::{Response, StatusCode, Url};
 use serde::{Deserialize, Serialize};
 
 use self::entra::Entra;
-use super::{OpenError, Provider, ProviderError, ProviderKind, Rotation, SecretValue, SecretVersion, VersionInfo};
+use super::{
+    OpenError, Provider, ProviderError, ProviderKind, Rotation, SecretValue, SecretVersion, Subject, VersionInfo,
+};
 use crate::settings::AzureSettings;
 
 /// The Key Vault REST API version spoken.
@@ -116,14 +118,6 @@ struct ErrorDetail {
     message: String,
 }
 
-/// What a request was about, to name a 404 precisely.
-#[derive(Clone, Copy)]
-enum Subject<'a> {
-    Secret(&'a str),
-    Version(&'a str, &'a str),
-    List,
-}
-
 impl AzureProvider {
     /// The vault `settings` name, with their client credentials. Nothing is sent yet: a
     /// wrong secret shows on the first call as [`ProviderError::Unauthorized`].
@@ -196,16 +190,7 @@ impl AzureProvider {
             Ok(ErrorBody { error }) => format!("Key Vault answered {status}: {}: {}", error.code, tidy(&error.message)),
             Err(_) => format!("Key Vault answered {status}"),
         };
-        Err(match (status, subject) {
-            (StatusCode::NOT_FOUND, Subject::Secret(name)) => ProviderError::NotFound { name: name.to_owned() },
-            (StatusCode::NOT_FOUND, Subject::Version(name, version)) => {
-                ProviderError::VersionNotFound { name: name.to_owned(), version: version.to_owned() }
-            }
-            (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, _) => ProviderError::Unauthorized { reason },
-            (StatusCode::TOO_MANY_REQUESTS, _) => ProviderError::Throttled { retry_after },
-            (status, _) if status.is_server_error() => ProviderError::Unavailable { reason },
-            _ => ProviderError::Rejected { reason },
-        })
+        Err(ProviderError::from_http_status(status.as_u16(), subject, reason, retry_after))
     }
 
     /// A list page's `nextLink`, when it points into this vault (the bearer token goes

@@ -40,7 +40,9 @@ use google_cloud_secretmanager_v1::model::{
 };
 use zeroize::Zeroizing;
 
-use super::{OpenError, Provider, ProviderError, ProviderKind, Rotation, SecretValue, SecretVersion, VersionInfo};
+use super::{
+    OpenError, Provider, ProviderError, ProviderKind, Rotation, SecretValue, SecretVersion, Subject, VersionInfo,
+};
 use crate::settings::GcpSettings;
 
 /// Secrets per list page.
@@ -74,14 +76,6 @@ impl fmt::Debug for GcpProvider {
             .field("credentials_path", &self.settings.credentials_path)
             .finish_non_exhaustive()
     }
-}
-
-/// What a request was about, to name a 404 precisely.
-#[derive(Clone, Copy)]
-enum Subject<'a> {
-    Secret(&'a str),
-    Version(&'a str, &'a str),
-    List,
 }
 
 impl GcpProvider {
@@ -313,16 +307,7 @@ fn failure(error: &Error, subject: Subject<'_>) -> ProviderError {
     };
     // The HTTP status decides, as for every provider; the RPC code when there is none.
     let http = error.http_status_code().unwrap_or_else(|| status.map_or(500, |status| http_status(status.code)));
-    match (http, subject) {
-        (404, Subject::Secret(name)) => ProviderError::NotFound { name: name.to_owned() },
-        (404, Subject::Version(name, version)) => {
-            ProviderError::VersionNotFound { name: name.to_owned(), version: version.to_owned() }
-        }
-        (401 | 403, _) => ProviderError::Unauthorized { reason },
-        (429, _) => ProviderError::Throttled { retry_after: retry_after(error) },
-        (500.., _) => ProviderError::Unavailable { reason },
-        _ => ProviderError::Rejected { reason },
-    }
+    ProviderError::from_http_status(http, subject, reason, retry_after(error))
 }
 
 /// The HTTP status Google maps an RPC code to.

@@ -233,6 +233,42 @@ impl ProviderError {
     }
 }
 
+/// What a provider request was about, so that a 404 names the secret or the version.
+#[cfg(any(feature = "azure", feature = "gcp"))]
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Subject<'a> {
+    /// A secret's current value or its metadata.
+    Secret(&'a str),
+    /// One version of a secret.
+    Version(&'a str, &'a str),
+    /// A listing.
+    List,
+}
+
+#[cfg(any(feature = "azure", feature = "gcp"))]
+impl ProviderError {
+    /// The error an HTTP status of a provider's REST API stands for, about `subject`:
+    /// `reason` says what the provider answered (never a value), `retry_after` is its hint
+    /// for a 429.
+    pub(crate) fn from_http_status(
+        status: u16,
+        subject: Subject<'_>,
+        reason: String,
+        retry_after: Option<Duration>,
+    ) -> Self {
+        match (status, subject) {
+            (404, Subject::Secret(name)) => Self::NotFound { name: name.to_owned() },
+            (404, Subject::Version(name, version)) => {
+                Self::VersionNotFound { name: name.to_owned(), version: version.to_owned() }
+            }
+            (401 | 403, _) => Self::Unauthorized { reason },
+            (429, _) => Self::Throttled { retry_after },
+            (500.., _) => Self::Unavailable { reason },
+            _ => Self::Rejected { reason },
+        }
+    }
+}
+
 /// Judges provider results for the resilience stack.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProviderClassifier;
