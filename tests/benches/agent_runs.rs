@@ -22,7 +22,7 @@
 //!
 //! Bounded: `BENCH_WARMUP_RUNS` (200) per client before measuring, `BENCH_RUNS` (2,000),
 //! `BENCH_SECONDS` (10), `BENCH_CLIENTS` (8), `BENCH_STORES` (`memory,postgres,memory-up`;
-//! also `postgres-up`) and a hard
+//! also `postgres-up`, and `-up-loopback` for `agentmesh up --loopback-peers`) and a hard
 //! overall timeout `BENCH_TIMEOUT_SECONDS` (600) after which every started process is killed
 //! and the bench exits non-zero. `BENCH_SERVICE_ENV` adds settings to every binary (A/B
 //! runs); `BENCH_KEEP_LOGS=1` keeps their logs. PostgreSQL is `AGENTMESH_TEST_DATABASE_URL`
@@ -62,19 +62,38 @@ enum Store {
     Postgres,
 }
 
-/// What is measured: the stores, and whether the services run as five processes (each
-/// hop's CPU read apart) or as one `agentmesh up` process (the single-binary deployment:
-/// the same services and gRPC calls over loopback, one runtime).
+/// How the services run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deployment {
+    /// Five processes, each hop's CPU read apart.
+    Processes,
+    /// One `agentmesh up` process (the single-binary deployment): the same services and
+    /// gRPC calls, served within the process.
+    Up,
+    /// One `agentmesh up --loopback-peers` process: the services call each other over
+    /// their loopback ports, as separate processes do.
+    UpLoopback,
+}
+
+/// What is measured: the stores, and how the services run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Setup {
     store: Store,
-    one_process: bool,
+    deployment: Deployment,
 }
 
 impl Setup {
     fn label(self) -> String {
         let store = format!("{:?}", self.store).to_lowercase();
-        if self.one_process { format!("{store} (agentmesh up)") } else { store }
+        match self.deployment {
+            Deployment::Processes => store,
+            Deployment::Up => format!("{store} (agentmesh up)"),
+            Deployment::UpLoopback => format!("{store} (agentmesh up --loopback-peers)"),
+        }
+    }
+
+    fn one_process(self) -> bool {
+        self.deployment != Deployment::Processes
     }
 }
 
@@ -100,16 +119,20 @@ impl Settings {
             setups: stores
                 .split(',')
                 .map(|setup| {
-                    let (store, one_process) = match setup.trim().strip_suffix("-up") {
-                        Some(store) => (store, true),
-                        None => (setup.trim(), false),
+                    let setup = setup.trim();
+                    let (store, deployment) = if let Some(store) = setup.strip_suffix("-up-loopback") {
+                        (store, Deployment::UpLoopback)
+                    } else if let Some(store) = setup.strip_suffix("-up") {
+                        (store, Deployment::Up)
+                    } else {
+                        (setup, Deployment::Processes)
                     };
                     let store = match store {
                         "memory" => Store::Memory,
                         "postgres" => Store::Postgres,
-                        other => panic!("BENCH_STORES: {other:?} is not memory, postgres, memory-up or postgres-up"),
+                        other => panic!("BENCH_STORES: {other:?} is not memory or postgres (with -up or -up-loopback)"),
                     };
-                    Setup { store, one_process }
+                    Setup { store, deployment }
                 })
                 .collect(),
             machine_cpus: std::thread::available_parallelism().map_or(0, usize::from),
@@ -166,10 +189,14 @@ impl Mesh {
             env.push(("USE_DATABASE", "true".to_owned()));
             env.push(("DB_URL", database.url().to_owned()));
         }
-        if setup.one_process {
+        if setup.one_process() {
             let base = format!("http://127.0.0.1:{}", ports[0]);
             let address = format!("127.0.0.1:{}", ports[0]);
-            let mut up = Service::spawn_with_args("agentmesh", &["up", "--http", &address], &env, 0);
+            let mut args = vec!["up", "--http", &address];
+            if setup.deployment == Deployment::UpLoopback {
+                args.push("--loopback-peers");
+            }
+            let mut up = Service::spawn_with_args("agentmesh", &args, &env, 0);
             wait_http_ok(&mut up, &format!("{base}/api/v1/health")).await;
             return Self { services: vec![up], base, database };
         }
@@ -412,7 +439,7 @@ fn cpu_rows(out: &mut String, label: &str, phase: &Phase, setup: Setup) {
     let us = |cpu: Duration| per_call_us(cpu, runs);
     let mut total = Duration::ZERO;
     let _ = write!(out, "| {label} |");
-    if setup.one_process {
+    if setup.one_process() {
         // One process: no per-hop split.
         total = phase.cpu.hops.iter().sum();
         out.push_str(&" – |".repeat(HOPS.len()));

@@ -13,7 +13,8 @@
 //! is left out for one refresh interval. The peer's breaker above therefore only sees a
 //! failure when no replica could be reached. Literal IP URLs and `PEER_BALANCING=mesh`
 //! keep one channel to the URL as given. `agentmesh_client_peer_replicas{peer}` counts the
-//! replicas a client currently knows.
+//! replicas a client currently knows. A replica served by this very process takes its
+//! calls without a socket ([`crate::in_process`]).
 
 use std::collections::BTreeSet;
 use std::error::Error as _;
@@ -130,13 +131,22 @@ struct ResolvedName {
 struct Replica {
     /// `None` for the fixed channel.
     address: Option<SocketAddr>,
+    /// The socket address calls go to, when the URL names one: where a server of this
+    /// process may be listening ([`crate::in_process`]).
+    socket: Option<SocketAddr>,
     channel: Channel,
     ejected_until: Mutex<Option<Instant>>,
 }
 
 impl Replica {
     fn new(address: Option<SocketAddr>, endpoint: &Endpoint) -> Arc<Self> {
-        Arc::new(Self { address, channel: endpoint.connect_lazy(), ejected_until: Mutex::new(None) })
+        let socket = address.or_else(|| endpoint.uri().authority()?.as_str().parse().ok());
+        Arc::new(Self { address, socket, channel: endpoint.connect_lazy(), ejected_until: Mutex::new(None) })
+    }
+
+    /// The server of this process listening where this replica's calls go, if any.
+    fn in_process_server(&self) -> Option<axum::Router> {
+        self.socket.and_then(crate::in_process::server_at)
     }
 
     fn is_ejected(&self, now: Instant) -> bool {
@@ -308,6 +318,9 @@ impl Service<Request<Bytes>> for Balanced {
         Box::pin(async move {
             let mut last_error = None;
             for replica in shared.candidates().await {
+                if let Some(server) = replica.in_process_server() {
+                    return Ok(crate::in_process::call(server, &request).await);
+                }
                 let attempt = request.clone().map(|bytes| Body::new(http_body_util::Full::new(bytes)));
                 match replica.channel.clone().oneshot(attempt).await {
                     Ok(response) => return Ok(response),

@@ -5,7 +5,8 @@
 //! - [`server`]: serve a tonic service with health, reflection, metrics, auth and drain.
 //! - [`client`]: channels to other services behind the resilience stack, forwarding
 //!   correlation id, trace context and deadline; [`balance`] spreads their calls over
-//!   every replica of a peer.
+//!   every replica of a peer, or hands them to a server of the same process without a
+//!   socket (`agentmesh up`).
 //! - [`error`]: the seed's error codes ↔ `tonic::Status` ↔ the REST error body.
 //! - [`validate`]: the contract's field rules, enforced for every request.
 //! - [`request`]: the prologue of every RPC handler (caller, field rules, ids).
@@ -30,6 +31,7 @@ pub mod deadlines;
 pub mod dependencies;
 pub mod domain_events;
 pub mod error;
+mod in_process;
 pub mod paging;
 pub mod request;
 pub mod secrets;

@@ -18,7 +18,7 @@ use std::sync::{LazyLock, PoisonError, RwLock};
 use agentmesh_proto::agentmesh::common::v1::FieldRules;
 use agentmesh_proto::descriptor_pool;
 use agentmesh_proto::options::field_rules;
-use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MapKey, ReflectMessage, Value};
+use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor, ReflectMessage, Value};
 use regex::Regex;
 use serde_json::Value as Json;
 
@@ -39,35 +39,86 @@ pub fn validate<M: prost::Message + prost::Name>(message: &M) -> Result<(), ApiE
 /// Checks a message already in dynamic form (what the gateway holds after transcoding).
 pub fn validate_dynamic(message: &DynamicMessage) -> Result<(), ApiError> {
     let mut violations = Vec::new();
-    check_message(message, "", &mut violations);
+    check_message(message, &Path::Root, &mut violations);
     if violations.is_empty() { Ok(()) } else { Err(ApiError::validation(violations)) }
 }
 
-/// The rules of every annotated field of the contract, by full field name, decoded once:
-/// descriptors keep options encoded, and decoding them on every request was a measurable
-/// share of a gateway call.
-static CONTRACT_RULES: LazyLock<HashMap<String, FieldRules>> = LazyLock::new(|| {
-    let fields = descriptor_pool().all_messages().flat_map(|message| message.fields().collect::<Vec<_>>());
-    fields.filter_map(|field| Some((field.full_name().to_owned(), field_rules(&field)?))).collect()
+/// The rules of every field of every contract message, by message full name and field
+/// position, decoded once: descriptors keep options encoded, and decoding them (or even
+/// looking each field up by name) on every request was a measurable share of a call.
+static CONTRACT_RULES: LazyLock<HashMap<String, Vec<Option<FieldRules>>>> = LazyLock::new(|| {
+    let messages = descriptor_pool().all_messages();
+    messages
+        .map(|message| (message.full_name().to_owned(), message.fields().map(|f| field_rules(&f)).collect()))
+        .collect()
 });
 
-/// The rules of `field`: from the cache for the contract's own descriptors, decoded for
-/// any other pool.
-fn rules_of(field: &FieldDescriptor) -> Cow<'static, FieldRules> {
-    if field.parent_pool() == descriptor_pool() {
-        CONTRACT_RULES.get(field.full_name()).map_or_else(|| Cow::Owned(FieldRules::default()), Cow::Borrowed)
-    } else {
-        Cow::Owned(field_rules(field).unwrap_or_default())
+/// What a field without rules is checked against.
+static NO_RULES: LazyLock<FieldRules> = LazyLock::new(FieldRules::default);
+
+/// The rules of `message`'s fields in declaration order: from the cache for the
+/// contract's own descriptors, decoded for any other pool.
+fn rules_of(message: &MessageDescriptor) -> Cow<'static, [Option<FieldRules>]> {
+    if message.parent_pool() == descriptor_pool()
+        && let Some(rules) = CONTRACT_RULES.get(message.full_name())
+    {
+        return Cow::Borrowed(rules.as_slice());
+    }
+    Cow::Owned(message.fields().map(|field| field_rules(&field)).collect())
+}
+
+/// Where a value sits in the request, as a client names it (`sessions[3].title`); written
+/// out only when a violation needs it.
+#[derive(Clone, Copy)]
+enum Path<'a> {
+    Root,
+    Field(&'a Path<'a>, &'a str),
+    Index(&'a Path<'a>, usize),
+    Key(&'a Path<'a>, &'a str),
+}
+
+impl Path<'_> {
+    fn render(&self) -> String {
+        let mut out = String::new();
+        self.write(&mut out);
+        out
+    }
+
+    fn write(&self, out: &mut String) {
+        match self {
+            Path::Root => {}
+            Path::Field(parent, name) => {
+                parent.write(out);
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(name);
+            }
+            Path::Index(parent, index) => {
+                parent.write(out);
+                out.push('[');
+                out.push_str(&index.to_string());
+                out.push(']');
+            }
+            Path::Key(parent, key) => {
+                parent.write(out);
+                out.push('.');
+                out.push_str(&shown_key(key));
+            }
+        }
     }
 }
 
-fn check_message(message: &DynamicMessage, prefix: &str, out: &mut Vec<FieldViolation>) {
-    for field in message.descriptor().fields() {
-        let path = if prefix.is_empty() { field.name().to_owned() } else { format!("{prefix}.{}", field.name()) };
-        let rules = rules_of(&field);
+fn check_message(message: &DynamicMessage, at: &Path<'_>, out: &mut Vec<FieldViolation>) {
+    let descriptor = message.descriptor();
+    let all_rules = rules_of(&descriptor);
+    for (position, field) in descriptor.fields().enumerate() {
+        let path = Path::Field(at, field.name());
+        let declared = all_rules.get(position).and_then(Option::as_ref);
+        let rules = declared.unwrap_or(&NO_RULES);
         let present = message.has_field(&field);
-        let value = message.get_field(&field);
         if field.is_list() {
+            let value = message.get_field(&field);
             let items = value.as_list().unwrap_or_default();
             if rules.required && items.is_empty() {
                 out.push(violation(&path, "is required and must not be empty", Json::Array(vec![])));
@@ -77,30 +128,38 @@ fn check_message(message: &DynamicMessage, prefix: &str, out: &mut Vec<FieldViol
                 out.push(violation(&path, &message, Json::from(items.len())));
             }
             for (index, item) in items.iter().enumerate() {
-                check_value(&field, &rules, item, &format!("{path}[{index}]"), out);
+                check_value(&field, rules, item, &Path::Index(&path, index), out);
             }
         } else if field.is_map() {
             let value_field = match field.kind() {
                 Kind::Message(entry) => entry.map_entry_value_field(),
                 _ => continue,
             };
+            let value = message.get_field(&field);
             for (key, item) in value.as_map().into_iter().flatten() {
                 let key = key_text(key);
-                let entry = format!("{path}.{}", shown_key(&key));
+                let entry = Path::Key(&path, &key);
                 check_nul_key(&key, &entry, out);
-                check_value(&value_field, &FieldRules::default(), item, &entry, out);
+                check_value(&value_field, &NO_RULES, item, &entry, out);
             }
         } else if !present && field.supports_presence() {
             if rules.required {
                 out.push(violation(&path, "is required", Json::Null));
             }
-        } else {
-            check_value(&field, &rules, &value, &path, out);
+        } else if present || declared.is_some() {
+            // An unset field without rules holds its default, which breaks no rule.
+            check_value(&field, rules, &message.get_field(&field), &path, out);
         }
     }
 }
 
-fn check_value(field: &FieldDescriptor, rules: &FieldRules, value: &Value, path: &str, out: &mut Vec<FieldViolation>) {
+fn check_value(
+    field: &FieldDescriptor,
+    rules: &FieldRules,
+    value: &Value,
+    path: &Path<'_>,
+    out: &mut Vec<FieldViolation>,
+) {
     match value {
         Value::String(text) => check_string(rules, text, path, out),
         Value::I32(_) | Value::I64(_) | Value::U32(_) | Value::U64(_) => check_integer(rules, value, path, out),
@@ -123,13 +182,13 @@ fn check_value(field: &FieldDescriptor, rules: &FieldRules, value: &Value, path:
 
 /// The NUL rule inside a `Struct`, `Value` or `ListValue`: object keys and string values,
 /// named by their JSON path (`metadata.tags[2]`).
-fn check_json_strings(message: &DynamicMessage, path: &str, out: &mut Vec<FieldViolation>) {
+fn check_json_strings(message: &DynamicMessage, path: &Path<'_>, out: &mut Vec<FieldViolation>) {
     for (field, value) in message.fields() {
         match (field.name(), value) {
             ("fields", Value::Map(entries)) => {
                 for (key, item) in entries {
                     let key = key_text(key);
-                    let entry = format!("{path}.{}", shown_key(&key));
+                    let entry = Path::Key(path, &key);
                     check_nul_key(&key, &entry, out);
                     if let Value::Message(inner) = item {
                         check_json_strings(inner, &entry, out);
@@ -139,7 +198,7 @@ fn check_json_strings(message: &DynamicMessage, path: &str, out: &mut Vec<FieldV
             ("values", Value::List(items)) => {
                 for (index, item) in items.iter().enumerate() {
                     if let Value::Message(inner) = item {
-                        check_json_strings(inner, &format!("{path}[{index}]"), out);
+                        check_json_strings(inner, &Path::Index(path, index), out);
                     }
                 }
             }
@@ -151,14 +210,14 @@ fn check_json_strings(message: &DynamicMessage, path: &str, out: &mut Vec<FieldV
 }
 
 /// A map key as text, as JSON objects and field paths name it.
-pub fn key_text(key: &MapKey) -> String {
+pub fn key_text(key: &MapKey) -> Cow<'_, str> {
     match key {
-        MapKey::Bool(b) => b.to_string(),
-        MapKey::I32(n) => n.to_string(),
-        MapKey::I64(n) => n.to_string(),
-        MapKey::U32(n) => n.to_string(),
-        MapKey::U64(n) => n.to_string(),
-        MapKey::String(text) => text.clone(),
+        MapKey::Bool(b) => Cow::Owned(b.to_string()),
+        MapKey::I32(n) => Cow::Owned(n.to_string()),
+        MapKey::I64(n) => Cow::Owned(n.to_string()),
+        MapKey::U32(n) => Cow::Owned(n.to_string()),
+        MapKey::U64(n) => Cow::Owned(n.to_string()),
+        MapKey::String(text) => Cow::Borrowed(text),
     }
 }
 
@@ -167,17 +226,17 @@ fn shown_key(key: &str) -> Cow<'_, str> {
     if key.contains('\0') { Cow::Owned(key.replace('\0', "\\u0000")) } else { Cow::Borrowed(key) }
 }
 
-fn check_nul_key(key: &str, path: &str, out: &mut Vec<FieldViolation>) {
+fn check_nul_key(key: &str, path: &Path<'_>, out: &mut Vec<FieldViolation>) {
     if key.contains('\0') {
         out.push(violation(path, "must not contain the NUL character (U+0000) in its key", Json::Null));
     }
 }
 
-fn nul_violation(path: &str) -> FieldViolation {
+fn nul_violation(path: &Path<'_>) -> FieldViolation {
     violation(path, "must not contain the NUL character (U+0000)", Json::Null)
 }
 
-fn check_string(rules: &FieldRules, text: &str, path: &str, out: &mut Vec<FieldViolation>) {
+fn check_string(rules: &FieldRules, text: &str, path: &Path<'_>, out: &mut Vec<FieldViolation>) {
     if text.contains('\0') {
         out.push(nul_violation(path));
         return;
@@ -222,7 +281,7 @@ fn matches_pattern(pattern: &str, text: &str) -> bool {
     matched
 }
 
-fn check_integer(rules: &FieldRules, value: &Value, path: &str, out: &mut Vec<FieldViolation>) {
+fn check_integer(rules: &FieldRules, value: &Value, path: &Path<'_>, out: &mut Vec<FieldViolation>) {
     let number = match value {
         Value::I32(n) => i128::from(*n),
         Value::I64(n) => i128::from(*n),
@@ -241,8 +300,8 @@ fn check_integer(rules: &FieldRules, value: &Value, path: &str, out: &mut Vec<Fi
     out.push(violation(path, &message, Json::from(i64::try_from(number).unwrap_or(i64::MAX))));
 }
 
-fn violation(field: &str, message: &str, value: Json) -> FieldViolation {
-    FieldViolation { field: field.to_owned(), message: message.to_owned(), value }
+fn violation(path: &Path<'_>, message: &str, value: Json) -> FieldViolation {
+    FieldViolation { field: path.render(), message: message.to_owned(), value }
 }
 
 #[cfg(test)]

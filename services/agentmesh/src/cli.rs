@@ -1,4 +1,5 @@
-//! The command line: `agentmesh up [--http ADDR] [--postgres URL] [--redis URL] [--nats URL]`,
+//! The command line: `agentmesh up [--http ADDR] [--postgres URL] [--redis URL] [--nats URL]
+//! [--loopback-peers]`,
 //! `agentmesh chat`, `agentmesh keys create|list|revoke` and `agentmesh migrate [--check]`.
 
 use std::process::ExitCode;
@@ -40,7 +41,7 @@ pub fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Up(args) => {
             run_process_with("agentmesh", "agentmesh", &crate::SERVICES, &args.overrides(), |config| {
-                crate::up::up(config, args.http, shutdown_signal())
+                crate::up::up(config, &args, shutdown_signal())
             })
         }
         Command::Chat(args) => crate::chat::main(args),

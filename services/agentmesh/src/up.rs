@@ -80,6 +80,10 @@ pub struct UpArgs {
     /// Carry events and run output over NATS JetStream at URL (sets NATS_URL).
     #[arg(long, value_name = "URL")]
     pub nats: Option<String>,
+    /// Services call each other over their loopback gRPC ports, as separate processes
+    /// would, instead of within the process (to watch or capture the internal traffic).
+    #[arg(long)]
+    pub loopback_peers: bool,
 }
 
 impl UpArgs {
@@ -89,18 +93,17 @@ impl UpArgs {
     }
 }
 
-/// Binds every service (internal ones on `127.0.0.1:0`, the gateway on `http` or
+/// Binds every service (internal ones on `127.0.0.1:0`, the gateway on `--http` or
 /// `HOST:PORT`), checks the configured backends, then runs the services until `shutdown`
 /// resolves; once the gateway serves, the first-run banner is printed
-/// ([`crate::first_run`]), with a development key when none is configured.
-pub async fn up(
-    mut config: Config,
-    http: Option<SocketAddr>,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), UpError> {
+/// ([`crate::first_run`]), with a development key when none is configured. The services
+/// call each other within the process unless `--loopback-peers` says otherwise: the same
+/// server stack serves those calls without the socket (`agentmesh_runtime`'s `in_process`).
+pub async fn up(mut config: Config, args: &UpArgs, shutdown: impl Future<Output = ()> + Send) -> Result<(), UpError> {
     let key = first_run::development_key(&mut config)?;
     let model = first_run::default_model(&config);
-    let (config, listeners) = bind_all(config, http).await?;
+    config.server.in_process_calls = !args.loopback_peers;
+    let (config, listeners) = bind_all(config, args.http).await?;
     crate::backends::check(&config).await?;
     let bus = crate::backends::connect_events(&config).await?;
     let gateway = listeners.iter().find(|(s, _)| *s == ServiceName::Gateway).and_then(|(_, l)| l.local_addr().ok());

@@ -53,7 +53,9 @@ const KEY: &str = "sk-up-test-0123456789abcdefghijklmnopqrstu";
 #[tokio::test]
 async fn the_gateway_and_session_store_share_the_bus_of_agentmesh_up() {
     let env = [("SECURITY_API_KEYS".to_owned(), format!("{KEY}=upper"))];
-    let config = Config::load_with(None, env, &agentmesh::SERVICES).unwrap();
+    let mut config = Config::load_with(None, env, &agentmesh::SERVICES).unwrap();
+    // As `agentmesh up` runs them: the services call each other within the process.
+    config.server.in_process_calls = true;
     let (config, listeners) = bind_all(config, Some(SocketAddr::from(([127, 0, 0, 1], 0)))).await.unwrap();
     let bus = Arc::new(WatchedBus::default());
     let (addresses, started) = oneshot::channel();

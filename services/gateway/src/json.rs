@@ -55,7 +55,9 @@ pub fn field_to_json(field: &FieldDescriptor, value: &Value) -> Json {
                 Kind::Message(entry) => entry.map_entry_value_field().kind(),
                 other => other,
             };
-            Json::Object(entries.iter().map(|(k, v)| (key_text(k), value_to_json(&value_kind, v))).collect())
+            Json::Object(
+                entries.iter().map(|(k, v)| (key_text(k).into_owned(), value_to_json(&value_kind, v))).collect(),
+            )
         }
         single => value_to_json(&field.kind(), single),
     }
@@ -146,7 +148,7 @@ fn well_known_to_json(message: &DynamicMessage, descriptor: &MessageDescriptor) 
             Some(Value::Map(entries)) => Json::Object(
                 entries
                     .iter()
-                    .map(|(k, v)| (key_text(k), v.as_message().map_or(Json::Null, message_to_json)))
+                    .map(|(k, v)| (key_text(k).into_owned(), v.as_message().map_or(Json::Null, message_to_json)))
                     .collect(),
             ),
             _ => Json::Object(Map::new()),

@@ -96,7 +96,9 @@ impl PrincipalMinter {
             exp,
             run: run.map(str::to_owned),
         };
-        let token = header_value(sign(&self.key, PRINCIPAL_TYPE, &claims));
+        let signed = sign(&self.key, PRINCIPAL_TYPE, &claims);
+        super::signed_here::record(&signed, &self.key.verifying_key(), exp);
+        let token = header_value(signed);
         if minted.len() >= MINT_CACHE_CAPACITY {
             minted.retain(|_, (_, expires)| *expires > now.saturating_add(REMINT_MARGIN.as_secs()));
             if minted.len() >= MINT_CACHE_CAPACITY {

@@ -14,13 +14,15 @@
 //! - [`mint`]: signing, once per lifetime window ([`PrincipalMinter`], [`RunPrincipals`], [`ActorSigner`]).
 //! - [`verify`]: checking, once per token ([`MeshVerifier`]).
 //! - [`actors`]: who may mint, and which actors each service serves.
-//! - [`cache`]: the bounded cache of verified tokens.
+//! - [`cache`]: the bounded cache of verified tokens; `signed_here`: the tokens this
+//!   process signed, which its own verifiers need not check again (`agentmesh up`).
 
 pub mod actors;
 pub mod cache;
 pub mod claims;
 pub mod keys;
 pub mod mint;
+mod signed_here;
 pub mod verify;
 
 use std::fmt;

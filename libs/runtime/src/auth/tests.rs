@@ -85,6 +85,35 @@ fn a_forged_or_tampered_principal_is_refused() {
 }
 
 #[test]
+fn a_principal_minted_in_this_process_is_trusted_as_signed_but_not_once_altered() {
+    let minter = ServiceIdentity::development(ServiceName::AgentOrchestrator).principal_minter().unwrap();
+    let minted = minter.mint(&alice());
+    let minted = minted.to_str().unwrap();
+    assert_eq!(store().verify_principal(minted).unwrap().principal, alice());
+
+    let (signed, signature) = minted.rsplit_once('.').unwrap();
+    let (header, _) = signed.split_once('.').unwrap();
+    let mut mallory = claims(ServiceName::AgentOrchestrator, unix_now() + 60, None);
+    mallory.sub = "mallory".into();
+    let payload = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&mallory).unwrap())
+    };
+    assert_eq!(
+        store().verify_principal(&format!("{header}.{payload}.{signature}")),
+        Err(Refusal::BadSignature("principal")),
+        "only the exact token signed here skips the signature check"
+    );
+    let mut gateway_only = TrustedKeys::default();
+    gateway_only.insert(ServiceName::Gateway, dev_key(ServiceName::Gateway).verifying_key());
+    assert_eq!(
+        MeshVerifier::new(ServiceName::SessionStore, Arc::new(gateway_only)).verify_principal(minted),
+        Err(Refusal::UnknownKey { kind: "principal", issuer: ServiceName::AgentOrchestrator }),
+        "a key the verifier does not trust stays untrusted"
+    );
+}
+
+#[test]
 fn principals_from_services_that_may_not_mint_are_refused() {
     for service in
         [ServiceName::McpBroker, ServiceName::LlmProxy, ServiceName::SessionStore, ServiceName::SecretsBroker]

@@ -137,7 +137,7 @@ impl MeshVerifier {
         if unverified.claims.run.is_some() && issuer != RUN_PRINCIPAL_MINTER {
             return Err(Refusal::RunNotAllowed(issuer));
         }
-        let claims = self.check(KIND, issuer, unverified, PRINCIPAL_TTL.as_secs())?;
+        let claims = self.check(KIND, issuer, unverified, &key, PRINCIPAL_TTL.as_secs())?;
         let verified = Arc::new(VerifiedPrincipal {
             principal: Principal { user_id: claims.sub, tenant_id: claims.ten, tier: claims.tier, scopes: claims.scp },
             issuer,
@@ -166,7 +166,7 @@ impl MeshVerifier {
                 if !self.policy.serves(actor) {
                     return Err(Refusal::ActorNotServed { actor, service: self.service });
                 }
-                let claims = self.check(KIND, actor, unverified, ACTOR_TTL.as_secs())?;
+                let claims = self.check(KIND, actor, unverified, &key, ACTOR_TTL.as_secs())?;
                 self.actors.insert(key, actor, claims.exp);
                 actor
             }
@@ -177,16 +177,20 @@ impl MeshVerifier {
         Ok(actor)
     }
 
-    /// Checks key, signature and lifetime; returns the claims once they can be trusted.
+    /// Checks key, signature (unless this process signed `digest`'s token with that very
+    /// key, see `signed_here`) and lifetime; returns the claims once they can be trusted.
     fn check<C: DeserializeOwned + Expiring>(
         &self,
         kind: &'static str,
         issuer: ServiceName,
         token: Unverified<'_, C>,
+        digest: &[u8; 32],
         max_ttl: u64,
     ) -> Result<C, Refusal> {
         let key = self.trusted.get(issuer, &token.header.kid).ok_or(Refusal::UnknownKey { kind, issuer })?;
-        key.verify_strict(token.signed, &token.signature).map_err(|_| Refusal::BadSignature(kind))?;
+        if !super::signed_here::signed_with(digest, key) {
+            key.verify_strict(token.signed, &token.signature).map_err(|_| Refusal::BadSignature(kind))?;
+        }
         let now = unix_now();
         let exp = token.claims.exp();
         if exp < now {

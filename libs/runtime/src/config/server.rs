@@ -14,6 +14,10 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// `SERVER_REQUEST_TIMEOUT`: upper bound for one unary call when the client sets none.
     pub request_timeout: Duration,
+    /// Whether clients in this process may call this server without its socket (see
+    /// `agentmesh_runtime::in_process`). No variable sets it: `agentmesh up`, which runs every
+    /// service in one process, turns it on.
+    pub in_process_calls: bool,
 }
 
 impl ServerConfig {
@@ -22,6 +26,7 @@ impl ServerConfig {
             drain_delay: v.get("SERVER_DRAIN_DELAY", Duration::ZERO),
             shutdown_grace: v.get("SERVER_SHUTDOWN_GRACE_PERIOD", Duration::from_secs(30)),
             request_timeout: v.get("SERVER_REQUEST_TIMEOUT", Duration::from_secs(60)),
+            in_process_calls: false,
         }
     }
 }

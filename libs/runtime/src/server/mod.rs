@@ -249,6 +249,11 @@ impl GrpcServer {
             // Outermost: a preflight is answered before authentication could refuse it.
             app = app.layer(cors);
         }
+        // Until it stops accepting, this process's clients may call it without the socket.
+        let in_process = match listener.local_addr() {
+            Ok(address) if self.settings.in_process_calls => Some(crate::in_process::register(address, app.clone())),
+            _ => None,
+        };
         // One hyper server per port for gRPC (h2c), REST (HTTP/1.1 and 2) and WebSocket
         // upgrades, which tonic's own server does not support.
         let listener = listener.tap_io(|tcp| {
@@ -281,6 +286,7 @@ impl GrpcServer {
             () = tokio::time::sleep(self.settings.drain_delay) => {}
         }
 
+        drop(in_process);
         let _ = stop_accepting.send(());
         match tokio::time::timeout(self.settings.shutdown_grace, &mut server).await {
             Ok(result) => {

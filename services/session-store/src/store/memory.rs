@@ -6,6 +6,7 @@
 //! why production refuses this backend.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -123,6 +124,29 @@ fn page<T>(
     let has_more = items.len().saturating_sub(start) > limit;
     let items = items.into_iter().skip(start).take(limit).collect();
     Page { items, total, has_more }
+}
+
+/// A page of a session's messages with no filter: walked from the right end of the
+/// session's ordered positions (or from the cursor), so a listing costs its page, not the
+/// session's length; the total is the number of positions.
+fn unfiltered_page(
+    messages: &HashMap<Uuid, MessageRecord>,
+    ordered: Option<&BTreeSet<(DateTime<Utc>, Uuid)>>,
+    query: &MessageQuery,
+) -> Page<MessageRecord> {
+    let Some(ordered) = ordered else { return Page { items: Vec::new(), total: 0, has_more: false } };
+    let offset = usize::try_from(query.offset).unwrap_or(usize::MAX);
+    let mut positions: Box<dyn Iterator<Item = &(DateTime<Utc>, Uuid)>> = match (query.direction, query.after) {
+        (Direction::Asc, Some(after)) => {
+            Box::new(ordered.range((Bound::Excluded((after.key, after.id)), Bound::Unbounded)))
+        }
+        (Direction::Desc, Some(after)) => Box::new(ordered.range(..(after.key, after.id)).rev()),
+        (Direction::Asc, None) => Box::new(ordered.iter().skip(offset)),
+        (Direction::Desc, None) => Box::new(ordered.iter().rev().skip(offset)),
+    };
+    let items: Vec<MessageRecord> =
+        positions.by_ref().take(query.limit as usize).filter_map(|(_, id)| messages.get(id).cloned()).collect();
+    Page { items, total: ordered.len() as u64, has_more: positions.next().is_some() }
 }
 
 #[async_trait]
@@ -281,10 +305,12 @@ impl SessionStore for MemoryStore {
     ) -> Result<Page<MessageRecord>, StoreError> {
         let state = self.state();
         state.owned_session(owner, session_id)?;
+        let ordered = state.by_session.get(&session_id);
+        if query.role.is_none() && query.search.is_none() {
+            return Ok(unfiltered_page(&state.messages, ordered, query));
+        }
         // Paged before cloning: a listing clones the messages it returns, not the session.
-        let mut messages: Vec<&MessageRecord> = state
-            .by_session
-            .get(&session_id)
+        let mut messages: Vec<&MessageRecord> = ordered
             .into_iter()
             .flatten()
             .filter_map(|(_, id)| state.messages.get(id))
