@@ -63,7 +63,7 @@ async fn migrations_are_idempotent_and_live_in_the_schema() {
     let store = connect(&schema).await;
     connect(&schema).await.ping().await.unwrap();
     let applied: i64 = scalar(&store, "SELECT count(*) FROM _sqlx_migrations WHERE success").await;
-    assert_eq!(applied, 3);
+    assert_eq!(applied, 4);
     let tables: i64 = scalar(
         &store,
         &format!(

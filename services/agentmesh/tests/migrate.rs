@@ -38,7 +38,7 @@ async fn check_lists_pending_migrations_until_migrate_applies_them() {
     assert!(listed.contains("  0002 outbox"), "{listed}");
     assert!(listed.contains("mcp-broker (schema mcp_broker): 3 pending"), "{listed}");
     assert!(listed.contains("  0001 registry"), "{listed}");
-    assert!(listed.contains("agent-orchestrator (schema agent_orchestrator): 3 pending"), "{listed}");
+    assert!(listed.contains("agent-orchestrator (schema agent_orchestrator): 4 pending"), "{listed}");
     assert!(listed.contains("  0001 agents runs"), "{listed}");
     assert!(listed.contains("gateway (schema gateway): 1 pending"), "{listed}");
     assert!(listed.contains("  0001 api keys"), "{listed}");
@@ -58,7 +58,7 @@ async fn check_lists_pending_migrations_until_migrate_applies_them() {
     let out = text(&applied.stdout);
     assert!(out.contains("session-store (schema session_store): applied 5"), "{out}");
     assert!(out.contains("mcp-broker (schema mcp_broker): applied 3"), "{out}");
-    assert!(out.contains("agent-orchestrator (schema agent_orchestrator): applied 3"), "{out}");
+    assert!(out.contains("agent-orchestrator (schema agent_orchestrator): applied 4"), "{out}");
     assert!(out.contains("gateway (schema gateway): applied 1"), "{out}");
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT table_schema || '.' || table_name FROM information_schema.tables \

@@ -58,6 +58,11 @@ pub const FAILURES_COUNTER: &str = "agentmesh_outbox_publish_failures_total";
 /// Counter: rows set aside because they no longer form a valid event.
 pub const DEAD_COUNTER: &str = "agentmesh_outbox_dead_total";
 
+// The relay's statements are planned on every execution (`persistent(false)`): a prepared
+// statement keeps the generic plan it settled on after five runs, and a relay that starts
+// with an empty outbox settles on sequential scans, which then read every row kept for
+// the retention period on every batch, until something invalidates the plan (the agent
+// run benchmark in docs/benchmarks.md, round 4, found them there).
 const SELECT_BATCH: &str = "SELECT seq, event_id, topic, event_type, source, subject, tenant, correlation_id, \
      data_content_type, data_schema, data, time, actor FROM outbox \
      WHERE published_at IS NULL AND dead_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED";
@@ -269,8 +274,12 @@ impl OutboxRelay {
     /// before it are still marked, and the failure is returned.
     pub async fn publish_batch(&self) -> Result<BatchReport, RelayError> {
         let mut tx = self.db(self.pool.begin()).await?;
-        let rows =
-            self.db(sqlx::query(SELECT_BATCH).bind(i64::from(self.settings.batch_size)).fetch_all(&mut *tx)).await?;
+        let rows = self
+            .db(sqlx::query(SELECT_BATCH)
+                .persistent(false)
+                .bind(i64::from(self.settings.batch_size))
+                .fetch_all(&mut *tx))
+            .await?;
         let mut report = BatchReport { fetched: rows.len(), ..BatchReport::default() };
         let mut published: Vec<i64> = Vec::with_capacity(rows.len());
         let mut dead: (Vec<i64>, Vec<String>) = (Vec::new(), Vec::new());
@@ -315,7 +324,7 @@ impl OutboxRelay {
             }
         }
         if !published.is_empty() {
-            self.db(sqlx::query(MARK_PUBLISHED).bind(&published).execute(&mut *tx)).await?;
+            self.db(sqlx::query(MARK_PUBLISHED).persistent(false).bind(&published).execute(&mut *tx)).await?;
         }
         if !dead.0.is_empty() {
             self.db(sqlx::query(MARK_DEAD).bind(&dead.0).bind(&dead.1).execute(&mut *tx)).await?;
@@ -336,7 +345,7 @@ impl OutboxRelay {
 
     /// Live rows waiting to be published.
     pub async fn pending(&self) -> Result<u64, RelayError> {
-        let count: i64 = self.db(sqlx::query_scalar(COUNT_PENDING).fetch_one(&self.pool)).await?;
+        let count: i64 = self.db(sqlx::query_scalar(COUNT_PENDING).persistent(false).fetch_one(&self.pool)).await?;
         Ok(u64::try_from(count).unwrap_or(0))
     }
 

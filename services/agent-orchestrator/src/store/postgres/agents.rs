@@ -6,15 +6,12 @@ use uuid::Uuid;
 
 use super::PostgresStore;
 use super::error::{DbError, classify, classify_agent_write, classify_commit};
-use super::rows::{self, agent_columns};
+use super::rows::{self, agent_columns, agent_status};
 use crate::events;
 use crate::store::{AgentDefinition, AgentQuery, AgentRecord, AgentStatus, Page, StoreError, now};
 
-const INSERT: &str = concat!(
-    "INSERT INTO agents (",
-    agent_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-);
+const INSERT: &str = "INSERT INTO agents (id, user_id, name, description, system_prompt, model, tools, approval, \
+     concurrency, metadata, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
 
 /// A client's update: the definition (`$3`-`$10`) and the update time, for the owner only.
 const UPDATE: &str = concat!(
@@ -29,8 +26,12 @@ const DELETE: &str = concat!("DELETE FROM agents WHERE id = $1 AND user_id = $2 
 /// `$1` owner, `$2` status, `$3` search pattern.
 macro_rules! list_filter {
     () => {
-        "user_id = $1 AND ($2::text IS NULL OR status = $2) \
-         AND ($3::text IS NULL OR (name COLLATE \"default\") ILIKE $3 ESCAPE '\\' OR description ILIKE $3 ESCAPE '\\')"
+        concat!(
+            "user_id = $1 AND ($2::text IS NULL OR (",
+            agent_status!(),
+            ") = $2) AND ($3::text IS NULL OR (name COLLATE \"default\") ILIKE $3 ESCAPE '\\' \
+             OR description ILIKE $3 ESCAPE '\\')"
+        )
     };
 }
 
@@ -75,7 +76,6 @@ impl PostgresStore {
                 .bind(Json(&definition.approval))
                 .bind(definition.concurrency.as_str())
                 .bind(Json(&definition.metadata))
-                .bind(record.status.as_str())
                 .bind(record.created_at)
                 .bind(record.updated_at)
                 .execute(&mut *tx)

@@ -17,16 +17,17 @@
 //! - **Writes are short transactions** that change the rows and queue their events in the
 //!   outbox together ([`agentmesh_postgres::outbox`]); the [`OutboxRelay`] publishes them
 //!   after the commit.
-//! - **Run changes serialise per agent, then per session.** Admissions and transitions
-//!   lock the agent's row first (so its derived status is computed from committed runs),
-//!   then the session (a transaction-scoped advisory lock), then the run rows — always in
-//!   that order, each transaction taking one agent and one session, so they cannot
-//!   deadlock. The partial unique index on the session's holder backs the lock up: a
-//!   violation is retried as a whole. A transition that changes neither the agent's
-//!   derived status nor the session's holder (start, user message, progress: most of a
-//!   run's writes) locks only the run's row, so runs of one agent do not queue behind each
-//!   other for them; it waits for nothing else, so it cannot deadlock either. What a
-//!   transition does is [`lifecycle::apply`], shared with the memory backend.
+//! - **Run changes serialise per session, never per agent.** An agent's status is derived
+//!   from its runs when the agent is read (`rows::agent_status!`), not stored, so no run
+//!   writes the agent's row: an admission only keeps the agent from being deleted
+//!   (`FOR KEY SHARE`, which admissions do not wait on among themselves). Admissions and
+//!   transitions that change the session's holder lock the session (a transaction-scoped
+//!   advisory lock), then the run rows — one session per transaction, always in that
+//!   order, so they cannot deadlock. The partial unique index on the session's holder
+//!   backs the lock up: a violation is retried as a whole. A transition that leaves the
+//!   holder alone (start, user message, progress: most of a run's writes) locks only the
+//!   run's row. What a transition does is [`lifecycle::apply`], shared with the memory
+//!   backend.
 //! - **Claims skip locked rows** (`FOR UPDATE SKIP LOCKED`), so replicas claiming at once
 //!   take disjoint runs.
 //!
@@ -64,7 +65,7 @@ static EMBEDDED: Migrator = sqlx::migrate!("./migrations");
 /// Version of the library's outbox table among this service's migrations.
 const OUTBOX_VERSION: i64 = 2;
 
-/// Version of the library's outbox `actor` column (the next migration of its own is 4).
+/// Version of the library's outbox `actor` column (the service's own migrations go on at 4).
 const OUTBOX_ACTOR_VERSION: i64 = 3;
 
 static MIGRATIONS: LazyLock<Migrator> = LazyLock::new(|| {
@@ -227,6 +228,6 @@ mod tests {
     #[test]
     fn migrations_include_the_outbox_once() {
         let versions: Vec<i64> = migrations().iter().map(|m| m.version).collect();
-        assert_eq!(versions, [1, 2, 3]);
+        assert_eq!(versions, [1, 2, 3, 4]);
     }
 }

@@ -15,11 +15,32 @@ use crate::store::{
 /// The columns of an agent, in the order of the agent insert.
 macro_rules! agent_columns {
     () => {
-        "id, user_id, name, description, system_prompt, model, tools, approval, concurrency, metadata, status, \
-         created_at, updated_at"
+        concat!(
+            "agents.id, agents.user_id, name, description, system_prompt, model, tools, approval, concurrency, ",
+            "metadata, ",
+            agent_status!(),
+            " AS status, created_at, updated_at"
+        )
     };
 }
 pub(super) use agent_columns;
+
+/// The status of the agent of the row at hand, derived from its runs as it is read (it
+/// mirrors `lifecycle::derive_status`): index probes on `runs (agent_id, status)` and
+/// `runs (agent_id, completed_at)`. It is never stored, so no run writes the agent's row
+/// and runs of one agent never queue behind each other.
+macro_rules! agent_status {
+    () => {
+        "CASE WHEN EXISTS (SELECT 1 FROM runs r WHERE r.agent_id = agents.id AND r.status IN ('queued', 'running')) \
+         THEN 'processing' \
+         WHEN EXISTS (SELECT 1 FROM runs r WHERE r.agent_id = agents.id AND r.status = 'requires_action') \
+         THEN 'waiting' \
+         ELSE COALESCE((SELECT CASE r.status WHEN 'completed' THEN 'completed' WHEN 'failed' THEN 'error' \
+         ELSE 'idle' END FROM runs r WHERE r.agent_id = agents.id AND r.completed_at IS NOT NULL \
+         ORDER BY r.completed_at DESC, r.id DESC LIMIT 1), 'idle') END"
+    };
+}
+pub(super) use agent_status;
 
 /// The columns of a run, in the order of the run insert (`held_since` is not read).
 macro_rules! run_columns {

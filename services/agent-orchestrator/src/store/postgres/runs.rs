@@ -1,5 +1,5 @@
-//! Runs: admission, reads, transitions (with the agent's derived status, the session's
-//! next run and the event, in one transaction), leases and checkpoints.
+//! Runs: admission, reads, transitions (with the session's next run and the event, in one
+//! transaction), leases and checkpoints.
 
 use std::time::Duration;
 
@@ -48,7 +48,7 @@ const NOTE_USER_MESSAGE: &str = concat!(
 const GET: &str = concat!("SELECT ", run_columns!(), " FROM runs WHERE id = $1 AND ($2::text IS NULL OR user_id = $2)");
 const BY_KEY: &str = concat!("SELECT ", run_columns!(), " FROM runs WHERE user_id = $1 AND idempotency_key = $2");
 const LOCK_RUN: &str = concat!("SELECT ", run_columns!(), " FROM runs WHERE id = $1 FOR UPDATE");
-const PLACE: &str = "SELECT agent_id, session_id FROM runs WHERE id = $1";
+const PLACE: &str = "SELECT session_id FROM runs WHERE id = $1";
 const HOLDER: &str = concat!("SELECT ", run_columns!(), " FROM runs WHERE session_id = $1 AND holds_session");
 const RELEASE: &str =
     concat!("UPDATE runs SET holds_session = false, held_since = NULL WHERE id = $1 RETURNING ", run_columns!());
@@ -60,22 +60,12 @@ const PROMOTE: &str = concat!(
     run_columns!()
 );
 
-/// The owner's agent (admission), locked.
-const LOCK_OWNED_AGENT: &str = "SELECT id FROM agents WHERE id = $1 AND user_id = $2 FOR UPDATE";
-/// The agent of a run (transitions), locked if it still exists.
-const LOCK_AGENT: &str = "SELECT id FROM agents WHERE id = $1 FOR UPDATE";
+/// The owner's agent (admission), kept from being deleted until the run is recorded; the
+/// weakest lock that does that, so admissions to one agent do not wait for each other.
+const LOCK_OWNED_AGENT: &str = "SELECT id FROM agents WHERE id = $1 AND user_id = $2 FOR KEY SHARE";
 /// The session, for the transaction (key: the schema and the session id).
 const LOCK_SESSION: &str =
     "SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || '.session ' || $1::text, 0))";
-
-/// The agent's status from its runs (see `lifecycle::derive_status`, which this mirrors).
-const REFRESH_STATUS: &str = "UPDATE agents SET status = CASE \
-     WHEN EXISTS (SELECT 1 FROM runs WHERE agent_id = $1 AND status IN ('queued', 'running')) THEN 'processing' \
-     WHEN EXISTS (SELECT 1 FROM runs WHERE agent_id = $1 AND status = 'requires_action') THEN 'waiting' \
-     ELSE COALESCE((SELECT CASE status WHEN 'completed' THEN 'completed' WHEN 'failed' THEN 'error' ELSE 'idle' END \
-                    FROM runs WHERE agent_id = $1 AND completed_at IS NOT NULL \
-                    ORDER BY completed_at DESC, id DESC LIMIT 1), 'idle') END \
-     WHERE id = $1";
 
 /// `$1` owner, `$2` session, `$3` cursor (last id), `$4` limit + 1, `$5` offset.
 const LIST: &str = concat!(
@@ -168,11 +158,6 @@ async fn lock_session(conn: &mut PgConnection, session_id: Uuid) -> Result<(), D
     Ok(())
 }
 
-async fn refresh_status(conn: &mut PgConnection, agent_id: Uuid) -> Result<(), DbError> {
-    sqlx::query(REFRESH_STATUS).bind(agent_id).execute(conn).await.map_err(classify)?;
-    Ok(())
-}
-
 /// Writes everything a transition may change of `run`.
 async fn replace(conn: &mut PgConnection, run: &RunRecord) -> Result<(), DbError> {
     sqlx::query(REPLACE)
@@ -262,7 +247,6 @@ impl PostgresStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(classify_run_insert)?;
-            refresh_status(&mut tx, run.agent_id).await?;
             tx.commit().await.map_err(classify_commit)?;
             Ok(Admitted::Created { run: record, ready: holds_session, preempted: preempted.map(Box::new) })
         })
@@ -334,10 +318,8 @@ impl PostgresStore {
         self.write(|| async {
             let place = sqlx::query(PLACE).bind(id).fetch_optional(self.pool()).await.map_err(classify)?;
             let place = place.ok_or(DbError::NotFound)?;
-            let agent_id: Uuid = sqlx::Row::try_get(&place, "agent_id").map_err(classify)?;
             let session_id: Uuid = sqlx::Row::try_get(&place, "session_id").map_err(classify)?;
             let mut tx = self.pool().begin().await.map_err(classify)?;
-            sqlx::query(LOCK_AGENT).bind(agent_id).fetch_optional(&mut *tx).await.map_err(classify)?;
             lock_session(&mut tx, session_id).await?;
             let current = fetch_run(&mut tx, LOCK_RUN, id).await?.ok_or(DbError::NotFound)?;
             let at = now();
@@ -351,9 +333,6 @@ impl PostgresStore {
             } else {
                 None
             };
-            if current.status != run.status {
-                refresh_status(&mut tx, agent_id).await?;
-            }
             if let Some(event) = events::run_transitioned(transition, &run) {
                 self.outbox().enqueue(&mut tx, event).await?;
             }
