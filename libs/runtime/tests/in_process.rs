@@ -19,6 +19,8 @@ use agentmesh_runtime::{ApiError, Config, ErrorCode, GrpcServer, RequestContext,
 use axum::extract::ConnectInfo;
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
 
 /// Answers with who called and from which port; session `hang` never answers, and says
 /// when the server drops it.
@@ -80,8 +82,19 @@ async fn start(in_process_calls: bool) -> Running {
             .await
             .unwrap();
     });
-    // The registration happens as the server starts serving.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The server registers before it accepts: once health answers on the socket, calls
+    // can be served in process.
+    let health = async {
+        loop {
+            if let Ok(channel) = tonic::transport::Channel::from_shared(url.clone()).unwrap().connect().await
+                && HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await.is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), health).await.expect("the server serves");
     Running { url, dropped, stop, served }
 }
 

@@ -70,18 +70,23 @@ fn a_forged_or_tampered_principal_is_refused() {
     );
 
     let genuine = principal_signed_by(ServiceName::Gateway);
-    let (signed, signature) = genuine.rsplit_once('.').unwrap();
+    assert_eq!(
+        store().verify_principal(&for_mallory(&genuine, ServiceName::Gateway)),
+        Err(Refusal::BadSignature("principal"))
+    );
+}
+
+/// `token` with its claims replaced by mallory's (as issued by `issuer`), its signature kept.
+fn for_mallory(token: &str, issuer: ServiceName) -> String {
+    let (signed, signature) = token.rsplit_once('.').unwrap();
     let (header, _) = signed.split_once('.').unwrap();
-    let mut mallory = claims(ServiceName::Gateway, unix_now() + 60, None);
+    let mut mallory = claims(issuer, unix_now() + 60, None);
     mallory.sub = "mallory".into();
     let payload = {
         use base64::Engine as _;
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&mallory).unwrap())
     };
-    assert_eq!(
-        store().verify_principal(&format!("{header}.{payload}.{signature}")),
-        Err(Refusal::BadSignature("principal"))
-    );
+    format!("{header}.{payload}.{signature}")
 }
 
 #[test]
@@ -91,16 +96,8 @@ fn a_principal_minted_in_this_process_is_trusted_as_signed_but_not_once_altered(
     let minted = minted.to_str().unwrap();
     assert_eq!(store().verify_principal(minted).unwrap().principal, alice());
 
-    let (signed, signature) = minted.rsplit_once('.').unwrap();
-    let (header, _) = signed.split_once('.').unwrap();
-    let mut mallory = claims(ServiceName::AgentOrchestrator, unix_now() + 60, None);
-    mallory.sub = "mallory".into();
-    let payload = {
-        use base64::Engine as _;
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&mallory).unwrap())
-    };
     assert_eq!(
-        store().verify_principal(&format!("{header}.{payload}.{signature}")),
+        store().verify_principal(&for_mallory(minted, ServiceName::AgentOrchestrator)),
         Err(Refusal::BadSignature("principal")),
         "only the exact token signed here skips the signature check"
     );
