@@ -28,18 +28,32 @@ pub struct Mesh {
 impl Mesh {
     /// Starts the mesh with `env` added to (or overriding) the test defaults, and waits
     /// until the gateway answers its health check.
+    ///
+    /// The gateway's port is found free before the process binds it, so another test's
+    /// listener can take it in between: a start that fails only because the port was
+    /// taken is tried again on another port.
     pub async fn up(env: &[(&str, String)]) -> Result<Mesh, HarnessError> {
-        let port = free_port()?;
         let mut settings = vec![
             ("SECURITY_API_KEYS", format!("{ALICE}=alice:premium,{BOB}=bob:premium")),
             ("OBSERVABILITY_LOG_LEVEL", "WARNING".to_owned()),
         ];
         settings.extend(NO_RATE_LIMITS.iter().map(|(name, value)| (*name, (*value).to_owned())));
         settings.extend(env.iter().cloned());
-        let mut process = Process::spawn("agentmesh", &["up", "--http", &format!("127.0.0.1:{port}")], &settings)?;
-        let base = format!("http://127.0.0.1:{port}");
-        wait_http(&mut process, &format!("{base}/api/v1/health")).await?;
-        Ok(Mesh { rest: Rest::new(base), _process: process })
+        let mut attempts_left = 3;
+        loop {
+            let port = free_port()?;
+            let mut process = Process::spawn("agentmesh", &["up", "--http", &format!("127.0.0.1:{port}")], &settings)?;
+            let base = format!("http://127.0.0.1:{port}");
+            match wait_http(&mut process, &format!("{base}/api/v1/health")).await {
+                Ok(()) => return Ok(Mesh { rest: Rest::new(base), _process: process }),
+                Err(HarnessError::Exited { stderr, .. })
+                    if attempts_left > 1 && stderr.contains("Address already in use") =>
+                {
+                    attempts_left -= 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 }
 
