@@ -34,7 +34,7 @@
 
 use std::time::Duration;
 
-use agentmesh_e2e::mcp::{everything, register_everything, start_everything};
+use agentmesh_e2e::mcp::{HttpPeer, everything, register_everything};
 use agentmesh_e2e::rest::{Rest, SseEvent, names, parse_sse};
 use agentmesh_e2e::{NO_RATE_LIMITS, Process, TestStream, free_port, wait_http, wait_serving};
 use agentmesh_testkit::postgres::PgDatabase;
@@ -400,8 +400,8 @@ async fn a_run_killed_while_the_model_streams_resumes_on_the_next_orchestrator_w
 async fn a_run_killed_during_a_tool_call_resumes_from_its_checkpoint_without_duplicate_messages() {
     let Some(entry) = everything() else { return };
     let Some(mut mesh) = Mesh::start().await else { return };
-    let (_server, port) = start_everything(&entry).await;
-    register_everything(&mesh, ALICE, port, "trigger-long-running-operation").await;
+    let server = HttpPeer::everything(&entry).await;
+    register_everything(&mesh, ALICE, server.port(), "trigger-long-running-operation").await;
     let session = mesh.session(ALICE).await;
     let tool = "everything_trigger-long-running-operation";
     let agent = mesh.agent(ALICE, json!({"name": "worker", "tools": [tool]})).await;
@@ -435,8 +435,8 @@ async fn a_run_killed_during_a_tool_call_resumes_from_its_checkpoint_without_dup
 async fn a_run_waiting_for_approval_outlives_its_orchestrator_and_completes_when_approved_on_the_next() {
     let Some(entry) = everything() else { return };
     let Some(mut mesh) = Mesh::start().await else { return };
-    let (_server, port) = start_everything(&entry).await;
-    register_everything(&mesh, ALICE, port, "get-sum").await;
+    let server = HttpPeer::everything(&entry).await;
+    register_everything(&mesh, ALICE, server.port(), "get-sum").await;
     let session = mesh.session(ALICE).await;
     let tool = "everything_get-sum";
     let agent = mesh.agent(ALICE, json!({"name": "careful", "tools": [tool], "approval": {"tools": [tool]}})).await;

@@ -14,19 +14,18 @@
 
 use std::time::Duration;
 
-use agentmesh_e2e::mcp::{everything, register_everything, start_everything};
+use agentmesh_e2e::mcp::{HttpPeer, everything, register_everything};
 use agentmesh_e2e::{ALICE, BOB, Mesh, names, parse_sse};
 use reqwest::Method;
 use serde_json::{Value, json};
-use tokio::process::Child;
 
 /// `agentmesh up` with the reference server registered as `everything`, and the server
 /// (killed when dropped).
-async fn start() -> Option<(Mesh, Child)> {
+async fn start() -> Option<(Mesh, HttpPeer)> {
     let entry = everything()?;
-    let (mcp, mcp_port) = start_everything(&entry).await;
+    let mcp = HttpPeer::everything(&entry).await;
     let mesh = Mesh::up(&[("LLM_SCRIPTED_DELAY", "0.02".to_owned())]).await.unwrap();
-    register_everything(&mesh, ALICE, mcp_port, "get-sum").await;
+    register_everything(&mesh, ALICE, mcp.port(), "get-sum").await;
     Some((mesh, mcp))
 }
 
@@ -192,7 +191,7 @@ async fn a_tool_server_that_is_down_becomes_a_tool_error_the_model_answers() {
     let Some((mesh, mut server)) = start().await else { return };
     let session = mesh.session(ALICE).await;
     let agent = mesh.agent(ALICE, json!({"name": "resilient", "tools": ["everything_get-sum"]})).await;
-    server.kill().await.unwrap();
+    server.stop().await;
     let execute = json!({"session_id": session, "message": GET_SUM});
     let (status, answer) =
         mesh.json(ALICE, Method::POST, &format!("/api/v1/agents/{agent}/execute"), Some(execute)).await;

@@ -16,13 +16,13 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use agentmesh_e2e::mcp::{everything, register_everything, start_everything};
+use agentmesh_e2e::mcp::{HttpPeer, everything, register_everything};
 use agentmesh_e2e::{ALICE, Mesh, NO_RATE_LIMITS, binary, free_port};
 use agentmesh_testkit::{REQUIRE_SERVICES_ENV, services_required};
 use reqwest::Method;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 /// How long a screen may take to show what a test waits for.
 const SCREEN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -106,15 +106,15 @@ fn tmux_installed() -> bool {
 }
 
 /// The mesh with the reference server's `get-sum` registered for Alice, and the server.
-async fn start() -> Option<(Mesh, Child)> {
+async fn start() -> Option<(Mesh, HttpPeer)> {
     if !tmux_installed() {
         return None;
     }
     let entry = everything()?;
-    let (mcp, mcp_port) = start_everything(&entry).await;
+    let mcp = HttpPeer::everything(&entry).await;
     // Slow enough words that an answer is seen growing, and can be cancelled midway.
     let mesh = Mesh::up(&[("LLM_SCRIPTED_DELAY", "0.1".to_owned())]).await.unwrap();
-    register_everything(&mesh, ALICE, mcp_port, "get-sum").await;
+    register_everything(&mesh, ALICE, mcp.port(), "get-sum").await;
     Some((mesh, mcp))
 }
 

@@ -6,6 +6,7 @@
 //! stopped server can never turn a red run green.
 
 pub mod identity;
+pub mod mcp_peers;
 pub mod outbox;
 pub mod postgres;
 pub mod redis;

@@ -5,9 +5,9 @@
 //! call, and maps the result back. Store errors become the mesh's error model: 404, 409
 //! for a taken name, 422 for an unknown server, or a retryable `external_service_error`
 //! when the backend is down. Writes of servers drive their sessions: creating or changing an
-//! enabled server discovers its tools in the background (a failure is logged and recorded
-//! as unhealthy, never fails the write), and changing, disabling or deleting one closes its
-//! sessions. `RefreshMcpServer` discovers synchronously; `InvokeTool` is [`crate::invoke`].
+//! enabled server discovers its tools in the background (a failure is logged, recorded
+//! as unhealthy and tried again later, never fails the write), and changing, disabling or
+//! deleting one closes its sessions. `RefreshMcpServer` discovers synchronously; `InvokeTool` is [`crate::invoke`].
 
 use std::sync::Arc;
 
@@ -26,7 +26,7 @@ use crate::rules::{self, ServerFields, ToolFields};
 use crate::sessions::Sessions;
 use crate::settings::RegistryLimits;
 use crate::store::{
-    Cursor, McpServerRecord, McpStore, Page, ServerQuery, ServerStatus, StoreError, ToolQuery, ToolRecord, Transport,
+    Cursor, McpServerRecord, McpStore, Page, ServerQuery, StoreError, ToolQuery, ToolRecord, Transport,
 };
 
 const DEFAULT_LIMIT: u32 = 20;
@@ -92,41 +92,14 @@ impl McpBroker {
 
     /// Closes the server's sessions and forgets its breaker (its configuration changed),
     /// then, when it is enabled, discovers its tools in the background (as `user_id` for
-    /// per-user servers).
+    /// per-user servers), trying again while it cannot be reached.
     async fn reconnect(&self, server: &McpServerRecord, user_id: &str) {
         self.sessions.close_server(server.id).await;
         self.sessions.forget_server(server.id);
-        if !server.config.enabled {
-            return;
+        if server.config.enabled {
+            self.sessions.discover_in_background(server.clone(), user_id.to_owned());
         }
-        let sessions = self.sessions.clone();
-        let store = self.store.clone();
-        let server = server.clone();
-        let user_id = user_id.to_owned();
-        tokio::spawn(async move {
-            if let Err(error) = discover(&sessions, store.as_ref(), &server, &user_id).await {
-                tracing::warn!(server = %server.config.name, %error, "background discovery failed");
-            }
-        });
     }
-}
-
-/// Discovery of `server`, recording its health either way.
-async fn discover(
-    sessions: &Sessions,
-    store: &dyn McpStore,
-    server: &McpServerRecord,
-    user_id: &str,
-) -> Result<Vec<ToolRecord>, crate::sessions::SessionError> {
-    let result = sessions.discover(server, user_id).await;
-    let (status, reason) = match &result {
-        Ok(_) => (ServerStatus::Healthy, "discovery succeeded".to_owned()),
-        Err(error) => (ServerStatus::Unhealthy, format!("discovery failed: {error}")),
-    };
-    if let Err(error) = store.record_health(server.id, status, crate::store::now(), &reason).await {
-        tracing::warn!(server = %server.config.name, %error, "recording health failed");
-    }
-    result
 }
 
 /// A store error as the client sees it; `resource` names what was not found.
@@ -342,7 +315,9 @@ impl McpService for McpBroker {
             let value = Value::from(server_id.to_string());
             return Err(invalid("mcp_server_id", "the MCP server is disabled", value).into());
         }
-        let tools = discover(&self.sessions, self.store.as_ref(), &server, &principal.user_id)
+        let tools = self
+            .sessions
+            .discover(&server, &principal.user_id)
             .await
             .map_err(|error| session_error(&server.config.name, error))?;
         Ok(Response::new(pb::RefreshMcpServerResponse { tools: tools.iter().map(tool_to_proto).collect() }))

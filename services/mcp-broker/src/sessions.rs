@@ -83,6 +83,26 @@ pub enum SessionError {
     Store(#[from] StoreError),
 }
 
+impl SessionError {
+    /// Whether the same attempt may succeed later without anyone changing the server:
+    /// the server failed or could not be reached, is being restarted, or a store or
+    /// secret it needs was unavailable (not a configuration or a credential it refused).
+    pub fn may_pass(&self) -> bool {
+        match self {
+            SessionError::Connection(error) => error.is_server_failure(),
+            SessionError::SecretUnreadable(_)
+            | SessionError::Restarting { .. }
+            | SessionError::Store(StoreError::Unavailable(_)) => true,
+            SessionError::MissingSecret(_)
+            | SessionError::StdioDisabled
+            | SessionError::UnsupportedTransport(_)
+            | SessionError::Misconfigured(_)
+            | SessionError::Disabled
+            | SessionError::Store(_) => false,
+        }
+    }
+}
+
 /// Which session: a server, and the user for per-user servers.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct SessionKey {
@@ -122,6 +142,8 @@ pub struct Sessions {
     restart_runs: AtomicU64,
     /// Set on shutdown: nothing is restarted any more.
     stopping: AtomicBool,
+    /// Each server's background discovery, aborted when the server changes or goes.
+    discoveries: Mutex<HashMap<Uuid, tokio::task::AbortHandle>>,
     /// The secrets each session using any was opened with.
     credentials: Mutex<HashMap<SessionKey, (Weak<Connection>, UsedSecrets)>>,
 }
@@ -166,6 +188,7 @@ impl Sessions {
             restarting: Mutex::default(),
             restart_runs: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
+            discoveries: Mutex::default(),
             credentials: Mutex::default(),
         })
     }
@@ -269,6 +292,7 @@ impl Sessions {
     pub async fn close_all(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         lock(&self.restarting).clear();
+        lock(&self.discoveries).drain().for_each(|(_, discovery)| discovery.abort());
         let closing: Vec<Arc<Connection>> = lock(&self.open).drain().map(|(_, connection)| connection).collect();
         for connection in closing {
             close(connection).await;
@@ -293,19 +317,72 @@ impl Sessions {
             .clone()
     }
 
-    /// Forgets `server_id`'s resilience and its dependency entry (the server was deleted
-    /// or reconfigured): a server registered again starts with a closed breaker and is
-    /// listed once.
+    /// Forgets `server_id`'s resilience and its dependency entry, and ends its background
+    /// discovery (the server was deleted or reconfigured): a server registered again starts
+    /// with a closed breaker and is listed once.
     pub fn forget_server(&self, server_id: Uuid) {
+        if let Some(discovery) = lock(&self.discoveries).remove(&server_id) {
+            discovery.abort();
+        }
         let forgotten = lock(&self.resilience).remove(&server_id);
         if let (Some((name, _)), Some(dependencies)) = (forgotten, &self.dependencies) {
             dependencies.unregister(&name);
         }
     }
 
-    /// Discovery: opens (or reuses) the session, records the handshake, lists the tools and
-    /// syncs them into the registry; returns the server's tools after the sync.
+    /// Discovery, with the server's health recorded either way (see [`Self::sync_tools`]);
+    /// returns the server's tools after the sync.
     pub async fn discover(&self, server: &McpServerRecord, user_id: &str) -> Result<Vec<ToolRecord>, SessionError> {
+        let result = self.sync_tools(server, user_id).await;
+        let (status, reason) = match &result {
+            Ok(_) => (ServerStatus::Healthy, "discovery succeeded".to_owned()),
+            Err(error) => (ServerStatus::Unhealthy, format!("discovery failed: {error}")),
+        };
+        if let Err(error) = self.store.record_health(server.id, status, crate::store::now(), &reason).await {
+            tracing::warn!(server = %server.config.name, %error, "recording health failed");
+        }
+        result
+    }
+
+    /// [`Self::discover`] in the background (as `user_id` for per-user servers), tried
+    /// again after a growing delay (the restart schedule of [`Backoff`]) for as long as the
+    /// server cannot be reached: a server registered before it is up gets its tools once
+    /// it is. Changing, deleting or disabling the server ([`Self::forget_server`]) and
+    /// shutting down end the attempts, as does a failure no retry can mend.
+    pub fn discover_in_background(&self, server: McpServerRecord, user_id: String) {
+        let this = self.this.clone();
+        let server_id = server.id;
+        let attempts = tokio::spawn(async move {
+            let mut backoff = Backoff::default();
+            loop {
+                let Some(sessions) = this.upgrade() else { return };
+                let error = match sessions.discover(&server, &user_id).await {
+                    Ok(_) => return,
+                    Err(error) => error,
+                };
+                if !error.may_pass() {
+                    tracing::warn!(server = %server.config.name, %error, "background discovery failed");
+                    return;
+                }
+                drop(sessions);
+                let delay = backoff.next_delay();
+                tracing::warn!(
+                    server = %server.config.name,
+                    %error,
+                    retry_in_s = delay.as_secs_f64(),
+                    "background discovery failed; trying again"
+                );
+                tokio::time::sleep(delay).await;
+            }
+        });
+        if let Some(previous) = lock(&self.discoveries).insert(server_id, attempts.abort_handle()) {
+            previous.abort();
+        }
+    }
+
+    /// Opens (or reuses) the session, records the handshake, lists the tools and syncs them
+    /// into the registry; returns the server's tools after the sync.
+    async fn sync_tools(&self, server: &McpServerRecord, user_id: &str) -> Result<Vec<ToolRecord>, SessionError> {
         let connection = self.connection(server, user_id).await?;
         let details = connection.details();
         let handshake = Handshake {

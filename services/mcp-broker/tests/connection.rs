@@ -9,7 +9,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -19,6 +18,7 @@ use agentmesh_mcp_broker::connection::{
 };
 use agentmesh_proto::agentmesh::common::v1::content_part::Part;
 use agentmesh_proto::agentmesh::common::v1::{embedded_resource, image_part};
+use agentmesh_testkit::mcp_peers::{HttpPeer, free_port, tools_dir};
 use agentmesh_testkit::{REQUIRE_SERVICES_ENV, services_required};
 use serde_json::{Map, Value, json};
 use tokio::process::{Child, Command};
@@ -29,12 +29,6 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 struct Peers {
     everything: PathBuf,
     python: PathBuf,
-}
-
-fn tools_dir() -> PathBuf {
-    std::env::var_os("AGENTMESH_TOOLS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/agentmesh-tools"))
 }
 
 fn scripts_dir() -> PathBuf {
@@ -93,23 +87,13 @@ fn everything_stdio(peers: &Peers) -> ServerSpec {
     stdio_spec("everything", "node", &[peers.everything.to_str().unwrap(), "stdio"])
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A server process listening on 127.0.0.1:`port`, killed when dropped.
+/// A FastMCP server process listening on 127.0.0.1:`port`, killed when dropped.
 struct HttpServer {
     child: Child,
     port: u16,
 }
 
 impl HttpServer {
-    async fn everything(peers: &Peers, port: u16) -> HttpServer {
-        let mut command = Command::new("node");
-        command.arg(&peers.everything).arg("streamableHttp").env("PORT", port.to_string());
-        HttpServer::start(command, port).await
-    }
-
     async fn fastmcp(peers: &Peers, port: u16) -> HttpServer {
         let mut command = Command::new(&peers.python);
         command.arg(scripts_dir().join("fastmcp_server.py")).arg("streamable-http").arg(port.to_string());
@@ -288,8 +272,8 @@ async fn reference_server_over_stdio() {
 #[tokio::test]
 async fn reference_server_over_streamable_http() {
     let Some(peers) = peers() else { return };
-    let server = HttpServer::everything(&peers, free_port()).await;
-    let connection = Connection::open(&http_spec("everything-http", server.port)).await.unwrap();
+    let mut server = HttpPeer::everything(&peers.everything).await;
+    let connection = Connection::open(&http_spec("everything-http", server.port())).await.unwrap();
     assert_eq!(connection.pid(), None);
     exercise_everything(&connection).await;
     connection.close().await;

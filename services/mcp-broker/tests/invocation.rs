@@ -14,9 +14,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,34 +28,18 @@ use agentmesh_runtime::auth::Principal;
 use agentmesh_runtime::config::Secret;
 use agentmesh_runtime::secrets::{SecretNotice, SecretReadError, SecretReader};
 use agentmesh_runtime::{ApiError, ErrorCode};
-use agentmesh_testkit::{REQUIRE_SERVICES_ENV, identity, services_required};
+use agentmesh_testkit::identity;
+use agentmesh_testkit::mcp_peers::{HttpPeer, everything, free_port, tools_dir};
 use common::{Mesh, call, eventually, orchestrator_call, running, scripts_dir};
 use futures::StreamExt;
 use prost::Message;
 use serde_json::{Value, json};
-use tokio::process::{Child, Command};
 use tonic::Status;
-
-/// The reference server's entry point, or `None` (after a one-line reason) when missing.
-fn everything() -> Option<PathBuf> {
-    let tools = std::env::var_os("AGENTMESH_TOOLS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/agentmesh-tools"));
-    let path = tools.join("mcp-everything/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
-    if path.is_file() {
-        return Some(path);
-    }
-    let reason = format!("the MCP test servers are not installed under {} (run tests/mcp/install.sh)", tools.display());
-    assert!(!services_required(), "{reason} and {REQUIRE_SERVICES_ENV}=1");
-    eprintln!("skipped: {reason}");
-    None
-}
 
 /// The Python SDK's interpreter (with the FastMCP test server's dependencies).
 fn python() -> Option<PathBuf> {
-    let entry = everything()?;
-    let tools = entry.ancestors().nth(6)?.to_path_buf();
-    Some(tools.join("mcp-python-venv/bin/python")).filter(|path| path.is_file())
+    everything()?;
+    Some(tools_dir().join("mcp-python-venv/bin/python")).filter(|path| path.is_file())
 }
 
 /// Secrets by name, rotated by the test, which announces each change as secrets-broker does.
@@ -125,27 +107,6 @@ fn error(status: &Status) -> ApiError {
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
-}
-
-/// The reference server over streamable HTTP, killed when dropped.
-struct HttpServer {
-    _child: Child,
-    port: u16,
-}
-
-async fn http_everything(entry: &PathBuf) -> HttpServer {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut command = Command::new("node");
-    command.arg(entry).arg("streamableHttp").env("PORT", port.to_string());
-    command.stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true);
-    let child = command.spawn().unwrap();
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return HttpServer { _child: child, port };
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the MCP server did not listen on port {port}");
 }
 
 impl Mesh {
@@ -225,15 +186,11 @@ async fn discover_and_invoke(mesh: &mut Mesh, server: &pb::McpServer) {
 #[tokio::test]
 async fn reference_server_over_streamable_http() {
     let Some(entry) = everything() else { return };
-    let http = http_everything(&entry).await;
+    let http = HttpPeer::everything(&entry).await;
     let mut mesh = start(&[], &[]).await;
     let name = unique("evh");
     let server = mesh
-        .create(pb::CreateMcpServerRequest {
-            name: name.clone(),
-            endpoint: format!("http://127.0.0.1:{}/mcp", http.port),
-            ..Default::default()
-        })
+        .create(pb::CreateMcpServerRequest { name: name.clone(), endpoint: http.endpoint(), ..Default::default() })
         .await;
     discover_and_invoke(&mut mesh, &server).await;
 
@@ -328,15 +285,11 @@ async fn reference_server_over_stdio_with_a_secret_and_no_child_left() {
 #[tokio::test]
 async fn hung_tools_time_out_and_open_the_breaker_which_recovers() {
     let Some(entry) = everything() else { return };
-    let http = http_everything(&entry).await;
+    let http = HttpPeer::everything(&entry).await;
     let mut mesh = start(&[], &[]).await;
     let name = unique("evb");
-    mesh.create(pb::CreateMcpServerRequest {
-        name: name.clone(),
-        endpoint: format!("http://127.0.0.1:{}/mcp", http.port),
-        ..Default::default()
-    })
-    .await;
+    mesh.create(pb::CreateMcpServerRequest { name: name.clone(), endpoint: http.endpoint(), ..Default::default() })
+        .await;
     let server = mesh
         .client
         .list_mcp_servers(call(
@@ -449,22 +402,62 @@ async fn a_changed_tool_list_is_synced_into_the_registry() {
 }
 
 #[tokio::test]
-async fn periodic_health_checks_ping_servers_or_get_their_health_url() {
+async fn a_server_registered_before_it_listens_gets_its_tools_once_it_does() {
     let Some(entry) = everything() else { return };
-    let http = http_everything(&entry).await;
-    let mut mesh = start(&[], &[("MCP_HEALTH_CHECK_INTERVAL", "0.3"), ("MCP_REQUEST_TIMEOUT", "1")]).await;
-    let pinged = mesh
+    let mut mesh = start(&[], &[]).await;
+    let port = free_port();
+    let server = mesh
         .create(pb::CreateMcpServerRequest {
-            name: unique("evp"),
-            endpoint: format!("http://127.0.0.1:{}/mcp", http.port),
+            name: unique("evl"),
+            endpoint: format!("http://127.0.0.1:{port}/mcp"),
             ..Default::default()
         })
         .await;
-    let dead_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let client = mesh.client.clone();
+    let state = |id: String| {
+        let mut client = client.clone();
+        async move {
+            let get = pb::GetMcpServerRequest { mcp_server_id: id.clone() };
+            let status =
+                client.get_mcp_server(call(&admin(), get)).await.unwrap().into_inner().mcp_server.unwrap().status;
+            let list = pb::ListMcpServerToolsRequest { mcp_server_id: id, ..Default::default() };
+            let tools = client.list_mcp_server_tools(call(&admin(), list)).await.unwrap().into_inner().total_count;
+            (status, tools)
+        }
+    };
+    let unhealthy = (pb::McpServerStatus::Unhealthy as i32, 0);
+    eventually("the unreachable server is not recorded unhealthy", || {
+        let state = state(server.id.clone());
+        async move { state.await == unhealthy }
+    })
+    .await;
+
+    let _http = HttpPeer::everything_on(&entry, port).await;
+    eventually("the server's tools were not discovered once it listened", || {
+        let state = state(server.id.clone());
+        async move {
+            let (status, tools) = state.await;
+            status == pb::McpServerStatus::Healthy as i32 && tools > 0
+        }
+    })
+    .await;
+    let sum = mesh.invoke(&format!("{}_get-sum", server.name), json!({"a": 4, "b": 5}), None).await.unwrap();
+    assert_eq!(texts(&sum), ["The sum of 4 and 5 is 9."]);
+}
+
+#[tokio::test]
+async fn periodic_health_checks_ping_servers_or_get_their_health_url() {
+    let Some(entry) = everything() else { return };
+    let http = HttpPeer::everything(&entry).await;
+    let mut mesh = start(&[], &[("MCP_HEALTH_CHECK_INTERVAL", "0.3"), ("MCP_REQUEST_TIMEOUT", "1")]).await;
+    let pinged = mesh
+        .create(pb::CreateMcpServerRequest { name: unique("evp"), endpoint: http.endpoint(), ..Default::default() })
+        .await;
+    let dead_port = free_port();
     let probed = mesh
         .create(pb::CreateMcpServerRequest {
             name: unique("evu"),
-            endpoint: format!("http://127.0.0.1:{}/mcp", http.port),
+            endpoint: http.endpoint(),
             health_check_url: Some(format!("http://127.0.0.1:{dead_port}/health")),
             ..Default::default()
         })
@@ -499,13 +492,13 @@ async fn periodic_health_checks_ping_servers_or_get_their_health_url() {
 #[tokio::test]
 async fn per_user_credentials_are_resolved_for_the_calling_user() {
     let Some(entry) = everything() else { return };
-    let http = http_everything(&entry).await;
+    let http = HttpPeer::everything(&entry).await;
     let mut mesh = start(&[("token-root", "root-token")], &[]).await;
     let name = unique("evq");
     let server = mesh
         .create(pb::CreateMcpServerRequest {
             name: name.clone(),
-            endpoint: format!("http://127.0.0.1:{}/mcp", http.port),
+            endpoint: http.endpoint(),
             authentication: Some(pb::McpAuthentication {
                 bearer_secret: Some("token-{user_id}".into()),
                 per_user: true,
