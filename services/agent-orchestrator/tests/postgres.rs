@@ -110,8 +110,9 @@ async fn racing_admissions_leave_one_holder() {
                 request: RunRequest { message: "hi".into(), cancel_on_disconnect: false },
                 idempotency_key: None,
                 metadata: JsonObject::new(),
+                starter: None,
             };
-            store.admit_run(run, Admission::Reject).await
+            store.admit_run(run, Some(Admission::Reject)).await
         }));
     }
     let mut created = 0;

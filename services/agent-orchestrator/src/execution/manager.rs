@@ -44,8 +44,8 @@ use super::state::{AgentState, Decision, Speaker, Turn};
 use crate::agents::store_error;
 use crate::settings::RunSettings;
 use crate::store::{
-    Admission, Admitted, AgentRecord, Concurrency, NewRun, OrchestratorStore, RunError, RunPrincipal, RunRecord,
-    RunRequest, RunStatus, RunTransition, RunUsage, SavedStep, StoreError,
+    Admission, Admitted, AgentDefinition, Concurrency, NewRun, OrchestratorStore, RunError, RunPrincipal, RunRecord,
+    RunRequest, RunStatus, RunTransition, RunUsage, SavedStep, Starter, StoreError,
 };
 
 /// Runs abandoned by a dead replica taken over per pass.
@@ -99,9 +99,9 @@ pub struct Settled {
 
 /// Where a run's execution starts.
 enum Start {
-    /// From the beginning: a new run (with its agent, when the admission just read it), or
-    /// a queued one whose turn came.
-    Fresh(Option<Box<AgentRecord>>),
+    /// From the beginning: a new run (with its agent's definition, which the admission
+    /// just read), or a queued one whose turn came.
+    Fresh(Option<Box<AgentDefinition>>),
     /// Taken over after its replica died: from its last checkpoint, or from the
     /// beginning when it had none (the step in flight is announced as restarted).
     Recover(Option<Checkpoint<AgentState>>),
@@ -190,8 +190,6 @@ impl Runs {
         {
             return Ok(Started { run, attached: true, settled: None });
         }
-        let agent = self.store.get_agent(&principal.user_id, request.agent_id).await.map_err(store_error("Agent"))?;
-        let concurrency = request.concurrency.unwrap_or(agent.definition.concurrency);
         let mut metadata = request.metadata;
         metadata.insert("correlation_id".into(), correlation_id.into());
         let new_run = NewRun {
@@ -207,21 +205,17 @@ impl Runs {
             request: RunRequest { message: request.message, cancel_on_disconnect: request.cancel_on_disconnect },
             idempotency_key: request.idempotency_key,
             metadata,
+            starter: Some(Starter { owner: self.replica.clone(), lease: self.settings.lease }),
         };
-        let admission = match concurrency {
-            Concurrency::Reject => Admission::Reject,
-            Concurrency::Enqueue => Admission::Enqueue,
-            Concurrency::Interrupt => Admission::Interrupt,
-        };
-        match self.store.admit_run(new_run, admission).await {
+        match self.store.admit_run(new_run, request.concurrency.map(Admission::from)).await {
             Ok(Admitted::Existing(run)) => Ok(Started { run, attached: true, settled: None }),
-            Ok(Admitted::Created { run, ready, preempted }) => {
+            Ok(Admitted::Created { run, agent, ready, preempted }) => {
                 if let Some(preempted) = preempted {
                     self.stop(&preempted, Some("interrupted by a newer run on the session".into())).await?;
                 }
                 let settled = ready.then(|| {
                     let (settle, settled) = oneshot::channel();
-                    self.spawn(run.clone(), Start::Fresh(Some(Box::new(agent))), Some(settle));
+                    self.spawn(run.clone(), Start::Fresh(Some(agent)), Some(settle));
                     settled
                 });
                 Ok(Started { run, attached: false, settled })
@@ -565,12 +559,13 @@ impl Runs {
         self.finish(run_id, created_at, ending, cancel_reason, &writer).await
     }
 
-    /// Starts the run (unless it is being resumed), which leases it (`leased`), and builds
-    /// what its graph needs; `agent` is the run's agent when the caller has just read it.
+    /// Starts the run (unless it is being resumed, or its admission started it), which
+    /// leases it (`leased`), and builds what its graph needs; `agent` is the run's agent's
+    /// definition when the caller has just read it.
     async fn prepare(
         &self,
         run: RunRecord,
-        agent: Option<Box<AgentRecord>>,
+        agent: Option<Box<AgentDefinition>>,
         resuming: bool,
         writer: &OutputWriter,
         leased: &AtomicBool,
@@ -613,7 +608,7 @@ impl Runs {
         let agent = match agent {
             Some(agent) => *agent,
             None => match self.store.get_agent(&run.principal.user_id, run.agent_id).await {
-                Ok(agent) => agent,
+                Ok(agent) => agent.definition,
                 Err(StoreError::NotFound) => {
                     return Err(RunError {
                         code: ErrorCode::NotFound.as_str().into(),
@@ -627,19 +622,19 @@ impl Runs {
                 Err(error) => return Err(run_error(&store_error("Agent")(error))),
             },
         };
-        let window = agent.definition.model.history_messages.unwrap_or(self.settings.default_history_messages);
+        let window = agent.model.history_messages.unwrap_or(self.settings.default_history_messages);
         // The user's message, the tools and the history window are independent calls, made
         // together. The history listed may or may not hold the new message yet; it is
         // dropped there and added last, so the window is the same either way.
         let (history, tools) = if resuming {
-            let tools = self.peers.tools(&acting, &agent.definition.tools).await;
+            let tools = self.peers.tools(&acting, &agent.tools).await;
             (Vec::new(), tools.map_err(|status| run_error(&ApiError::from_status(&status)))?)
         } else {
             let session_id = run.session_id.to_string();
             let (message, earlier, tools) = tokio::join!(
                 self.append_user_message(&run, &acting, writer),
                 self.peers.recent_messages(&acting, &session_id, window.max(1)),
-                self.peers.tools(&acting, &agent.definition.tools),
+                self.peers.tools(&acting, &agent.tools),
             );
             let message = message?;
             let mut history: Vec<Message> = earlier
@@ -653,15 +648,15 @@ impl Runs {
             (history, tools.map_err(|status| run_error(&ApiError::from_status(&status)))?)
         };
         let limits = Limits {
-            max_steps: agent.definition.model.max_steps.unwrap_or(self.settings.default_max_steps),
-            token_budget: agent.definition.model.token_budget,
+            max_steps: agent.model.max_steps.unwrap_or(self.settings.default_max_steps),
+            token_budget: agent.model.token_budget,
         };
         let context = RunContext {
             peers: self.peers.clone(),
             acting,
             run_id: run.id,
             session_id: run.session_id,
-            agent: agent.definition,
+            agent,
             tools,
             output: writer.clone(),
             tool_timeout: self.settings.tool_timeout,

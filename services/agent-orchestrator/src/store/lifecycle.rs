@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::{AgentStatus, RunRecord, RunStatus, RunTransition};
+use super::{AgentStatus, NewRun, RunRecord, RunStatus, RunTransition, RunUsage};
 
 /// The metadata key a cancel's reason is recorded under.
 pub const CANCEL_REASON_KEY: &str = "cancel_reason";
@@ -19,6 +19,41 @@ pub fn lease_until(at: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
         .ok()
         .and_then(|lease| at.checked_add_signed(lease))
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// A new run as admitted at `at`: `queued`, holding its session or not; a run that holds
+/// it and names a starter is started at once (`Start`, which is returned with it, for its
+/// event).
+pub fn admitted(run: NewRun, holds_session: bool, at: DateTime<Utc>) -> (RunRecord, Option<RunTransition>) {
+    let queued = RunRecord {
+        id: run.id,
+        agent_id: run.agent_id,
+        session_id: run.session_id,
+        principal: run.principal,
+        request: run.request,
+        status: RunStatus::Queued,
+        user_message_id: None,
+        response_message_id: None,
+        usage: RunUsage::default(),
+        error: None,
+        step_count: 0,
+        pending_tool_calls: Vec::new(),
+        idempotency_key: run.idempotency_key,
+        last_sequence: 0,
+        metadata: run.metadata,
+        created_at: at,
+        started_at: None,
+        completed_at: None,
+        lease_owner: None,
+        lease_expires_at: None,
+        holds_session,
+    };
+    let Some(starter) = run.starter.filter(|_| holds_session) else { return (queued, None) };
+    let start = RunTransition::Start { owner: starter.owner, lease: starter.lease };
+    match apply(&queued, &start, at) {
+        Some(started) => (started, Some(start)),
+        None => (queued, None),
+    }
 }
 
 /// The run after `transition` at `at`, or `None` when the run's status does not allow it.

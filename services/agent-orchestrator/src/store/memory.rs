@@ -20,7 +20,7 @@ use uuid::Uuid;
 use super::lifecycle::{self, RunSummary, lease_until};
 use super::{
     Admission, Admitted, AgentDefinition, AgentQuery, AgentRecord, AgentStatus, NewRun, OrchestratorStore, Page,
-    RunQuery, RunRecord, RunStatus, RunTransition, RunUsage, SavedStep, StoreError, StoredCheckpoint, Transitioned,
+    RunQuery, RunRecord, RunStatus, RunTransition, SavedStep, StoreError, StoredCheckpoint, Transitioned,
     contains_ignoring_case, now,
 };
 use crate::events::{self, EventSink};
@@ -229,64 +229,56 @@ impl OrchestratorStore for MemoryStore {
         Ok(deleted)
     }
 
-    async fn admit_run(&self, run: NewRun, admission: Admission) -> Result<Admitted, StoreError> {
-        let mut state = self.state();
-        let user_id = run.principal.user_id.clone();
-        if let Some(key) = &run.idempotency_key
-            && let Some(existing) = state.run_keys.get(&(user_id.clone(), key.clone()))
-            && let Some(existing) = state.runs.get(existing)
+    async fn admit_run(&self, run: NewRun, admission: Option<Admission>) -> Result<Admitted, StoreError> {
+        let (admitted, started) = {
+            let mut state = self.state();
+            let user_id = run.principal.user_id.clone();
+            if let Some(key) = &run.idempotency_key
+                && let Some(existing) = state.run_keys.get(&(user_id.clone(), key.clone()))
+                && let Some(existing) = state.runs.get(existing)
+            {
+                return Ok(Admitted::Existing(existing.record.clone()));
+            }
+            let agent = state.owned_agent(&user_id, run.agent_id)?.definition.clone();
+            if state.runs.contains_key(&run.id) {
+                return Err(StoreError::Internal(format!("run {} already exists", run.id).into()));
+            }
+            let holder = state.session_holder(run.session_id).cloned();
+            let (holds_session, preempted) = match (holder, admission.unwrap_or(agent.concurrency.into())) {
+                (None, _) => (true, None),
+                (Some(holder), Admission::Reject) => return Err(StoreError::SessionBusy(Box::new(holder))),
+                (Some(_), Admission::Enqueue) => (false, None),
+                (Some(holder), Admission::Interrupt) => (true, Some(holder.id)),
+            };
+            let at = now();
+            let preempted = preempted.and_then(|id| state.runs.get(&id)).map(|stored| {
+                let mut record = stored.record.clone();
+                record.holds_session = false;
+                record
+            });
+            if let Some(record) = &preempted {
+                state.put_run(StoredRun { record: record.clone(), held_since: None });
+            }
+            let (record, started) = lifecycle::admitted(run, holds_session, at);
+            if let Some(key) = &record.idempotency_key {
+                state.run_keys.insert((user_id, key.clone()), record.id);
+            }
+            let held_since = holds_session.then_some(at);
+            state.put_run(StoredRun { record: record.clone(), held_since });
+            let admitted = Admitted::Created {
+                run: record,
+                agent: Box::new(agent),
+                ready: holds_session,
+                preempted: preempted.map(Box::new),
+            };
+            (admitted, started)
+        };
+        if let (Some(start), Admitted::Created { run, .. }) = (&started, &admitted)
+            && let Some(event) = events::run_transitioned(start, run)
         {
-            return Ok(Admitted::Existing(existing.record.clone()));
+            self.sink.emit(vec![event]).await;
         }
-        state.owned_agent(&user_id, run.agent_id)?;
-        if state.runs.contains_key(&run.id) {
-            return Err(StoreError::Internal(format!("run {} already exists", run.id).into()));
-        }
-        let holder = state.session_holder(run.session_id).cloned();
-        let (holds_session, preempted) = match (holder, admission) {
-            (None, _) => (true, None),
-            (Some(holder), Admission::Reject) => return Err(StoreError::SessionBusy(Box::new(holder))),
-            (Some(_), Admission::Enqueue) => (false, None),
-            (Some(holder), Admission::Interrupt) => (true, Some(holder.id)),
-        };
-        let at = now();
-        let preempted = preempted.and_then(|id| state.runs.get(&id)).map(|stored| {
-            let mut record = stored.record.clone();
-            record.holds_session = false;
-            record
-        });
-        if let Some(record) = &preempted {
-            state.put_run(StoredRun { record: record.clone(), held_since: None });
-        }
-        let record = RunRecord {
-            id: run.id,
-            agent_id: run.agent_id,
-            session_id: run.session_id,
-            principal: run.principal,
-            request: run.request,
-            status: RunStatus::Queued,
-            user_message_id: None,
-            response_message_id: None,
-            usage: RunUsage::default(),
-            error: None,
-            step_count: 0,
-            pending_tool_calls: Vec::new(),
-            idempotency_key: run.idempotency_key,
-            last_sequence: 0,
-            metadata: run.metadata,
-            created_at: at,
-            started_at: None,
-            completed_at: None,
-            lease_owner: None,
-            lease_expires_at: None,
-            holds_session,
-        };
-        if let Some(key) = &record.idempotency_key {
-            state.run_keys.insert((user_id, key.clone()), record.id);
-        }
-        let held_since = holds_session.then_some(at);
-        state.put_run(StoredRun { record: record.clone(), held_since });
-        Ok(Admitted::Created { run: record, ready: holds_session, preempted: preempted.map(Box::new) })
+        Ok(admitted)
     }
 
     async fn get_run(&self, user_id: &str, id: Uuid) -> Result<RunRecord, StoreError> {

@@ -306,6 +306,20 @@ pub struct NewRun {
     pub idempotency_key: Option<String>,
     /// Free-form metadata from the request.
     pub metadata: JsonObject,
+    /// Who starts the run when it may start at once. Set: such a run is stored `running`,
+    /// leased to the starter (as [`RunTransition::Start`] would leave it) with its
+    /// `run.started` event, by the admission itself. Unset: it is stored `queued`, for the
+    /// caller to start.
+    pub starter: Option<Starter>,
+}
+
+/// The replica that starts an admitted run, and how long its lease lasts unless renewed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Starter {
+    /// The replica.
+    pub owner: String,
+    /// The lease.
+    pub lease: Duration,
 }
 
 /// A stored run.
@@ -369,6 +383,16 @@ pub enum Admission {
     Interrupt,
 }
 
+impl From<Concurrency> for Admission {
+    fn from(concurrency: Concurrency) -> Self {
+        match concurrency {
+            Concurrency::Reject => Admission::Reject,
+            Concurrency::Enqueue => Admission::Enqueue,
+            Concurrency::Interrupt => Admission::Interrupt,
+        }
+    }
+}
+
 /// What admitting a run did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Admitted {
@@ -376,8 +400,10 @@ pub enum Admitted {
     /// (false: queued behind another run). `preempted` is the run it took the session from
     /// (interrupt policy), still in its old status, for the caller to cancel.
     Created {
-        /// The stored run (`queued`).
+        /// The stored run: `queued`, or `running` when it was ready and had a starter.
         run: RunRecord,
+        /// Its agent's definition, as the admission read it.
+        agent: Box<AgentDefinition>,
         /// Whether it holds the session and may start now.
         ready: bool,
         /// The run it took the session from (interrupt policy).
@@ -550,10 +576,12 @@ pub trait OrchestratorStore: Send + Sync + 'static {
     /// the agent's unfinished runs before it deletes the agent.
     async fn delete_agent(&self, user_id: &str, id: Uuid) -> Result<AgentRecord, StoreError>;
 
-    /// Stores a run by `admission` (see [`Admitted`]); `NotFound` when the agent is not the
-    /// owner's. An admitted run that holds the session and may start is stored `queued`
-    /// too: the caller starts it with [`RunTransition::Start`].
-    async fn admit_run(&self, run: NewRun, admission: Admission) -> Result<Admitted, StoreError>;
+    /// Stores a run by `admission`, or else by its agent's own concurrency policy (see
+    /// [`Admitted`]); `NotFound` when the agent is not the owner's. An admitted run that
+    /// holds the session and may start is started by the admission when it names a
+    /// [`NewRun::starter`]; otherwise it is stored `queued` too, and the caller starts it
+    /// with [`RunTransition::Start`].
+    async fn admit_run(&self, run: NewRun, admission: Option<Admission>) -> Result<Admitted, StoreError>;
 
     /// The owner's run.
     async fn get_run(&self, user_id: &str, id: Uuid) -> Result<RunRecord, StoreError>;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use agentmesh_agent_orchestrator::store::{
     Admission, Admitted, AgentDefinition, AgentQuery, AgentStatus, Approval, Concurrency, JsonObject, ModelSettings,
     NewRun, OrchestratorStore, PendingToolCall, RunError, RunPrincipal, RunQuery, RunRecord, RunRequest, RunStatus,
-    RunTransition, RunUsage, SavedStep, StoreError,
+    RunTransition, RunUsage, SavedStep, Starter, StoreError,
 };
 use agentmesh_events::{MemoryBus, Subscriber, SubscriptionSpec};
 use agentmesh_proto::agentmesh::events::v1 as pb;
@@ -44,7 +44,8 @@ macro_rules! conformance_tests {
             transitions_follow_the_lifecycle, finishing_promotes_the_next_queued_run, agent_status_follows_its_runs,
             session_runs_page_newest_first, leases_renew_and_abandoned_runs_are_claimed,
             concurrent_claimers_take_disjoint_runs, checkpoints_are_replaced,
-            a_step_saves_progress_and_checkpoint_together, changes_emit_domain_events
+            a_step_saves_progress_and_checkpoint_together, changes_emit_domain_events,
+            an_admission_with_a_starter_starts_a_ready_run_under_the_agents_own_policy
         );
     };
 }
@@ -97,6 +98,7 @@ fn new_run(user: &str, agent_id: Uuid, session_id: Uuid, key: Option<&str>) -> N
         request: RunRequest { message: "hello".into(), cancel_on_disconnect: false },
         idempotency_key: key.map(str::to_owned),
         metadata: object(serde_json::json!({"source": "test"})),
+        starter: None,
     }
 }
 
@@ -106,8 +108,8 @@ fn agents(limit: u32) -> AgentQuery {
 
 /// Admits a run that must be created; returns it and whether it may start.
 async fn admit(f: &Fixture, run: NewRun, admission: Admission) -> (RunRecord, bool, Option<RunRecord>) {
-    match f.store.admit_run(run, admission).await.unwrap() {
-        Admitted::Created { run, ready, preempted } => (run, ready, preempted.map(|run| *run)),
+    match f.store.admit_run(run, Some(admission)).await.unwrap() {
+        Admitted::Created { run, ready, preempted, .. } => (run, ready, preempted.map(|run| *run)),
         Admitted::Existing(run) => panic!("expected a new run, got existing {}", run.id),
     }
 }
@@ -198,7 +200,7 @@ pub async fn owners_are_isolated(f: &Fixture) {
     assert_eq!((page.items.len(), page.total), (0, 0));
 
     let session = Uuid::now_v7();
-    let stolen = f.store.admit_run(new_run(BOB, mine.id, session, None), Admission::Reject).await;
+    let stolen = f.store.admit_run(new_run(BOB, mine.id, session, None), Some(Admission::Reject)).await;
     assert!(matches!(stolen, Err(StoreError::NotFound)), "{stolen:?}");
     let (run, _, _) = admit(f, new_run(ALICE, mine.id, session, Some("k1")), Admission::Reject).await;
     assert!(matches!(f.store.get_run(BOB, run.id).await, Err(StoreError::NotFound)));
@@ -273,7 +275,7 @@ pub async fn admission_follows_the_session_policy(f: &Fixture) {
     assert!(ready && preempted.is_none() && first.holds_session);
     assert_eq!((first.status, first.started_at), (RunStatus::Queued, None));
 
-    let busy = f.store.admit_run(new_run(ALICE, helper.id, session, None), Admission::Reject).await;
+    let busy = f.store.admit_run(new_run(ALICE, helper.id, session, None), Some(Admission::Reject)).await;
     match busy {
         Err(StoreError::SessionBusy(holder)) => assert_eq!(holder.id, first.id),
         other => panic!("expected a busy session, got {other:?}"),
@@ -297,7 +299,7 @@ pub async fn admission_follows_the_session_policy(f: &Fixture) {
     assert!(f.store.get_run(ALICE, taker.id).await.unwrap().holds_session);
     assert!(!f.store.get_run(ALICE, queued.id).await.unwrap().holds_session);
 
-    let unknown = f.store.admit_run(new_run(ALICE, Uuid::now_v7(), session, None), Admission::Enqueue).await;
+    let unknown = f.store.admit_run(new_run(ALICE, Uuid::now_v7(), session, None), Some(Admission::Enqueue)).await;
     assert!(matches!(unknown, Err(StoreError::NotFound)));
 }
 
@@ -305,7 +307,8 @@ pub async fn idempotency_keys_return_the_first_run(f: &Fixture) {
     let helper = f.store.create_agent(ALICE, agent("helper", "d")).await.unwrap();
     let (first, _, _) = admit(f, new_run(ALICE, helper.id, Uuid::now_v7(), Some("key-1")), Admission::Reject).await;
     assert_eq!(first.idempotency_key.as_deref(), Some("key-1"));
-    let again = f.store.admit_run(new_run(ALICE, helper.id, Uuid::now_v7(), Some("key-1")), Admission::Reject).await;
+    let again =
+        f.store.admit_run(new_run(ALICE, helper.id, Uuid::now_v7(), Some("key-1")), Some(Admission::Reject)).await;
     assert_eq!(again.unwrap(), Admitted::Existing(first.clone()));
     assert_eq!(f.store.find_run_by_key(ALICE, "key-1").await.unwrap(), Some(first.clone()));
     assert_eq!(f.store.find_run_by_key(ALICE, "key-2").await.unwrap(), None);
@@ -315,7 +318,8 @@ pub async fn idempotency_keys_return_the_first_run(f: &Fixture) {
     assert_ne!(bobs.id, first.id);
     // A finished run still answers its key.
     f.store.transition_run(first.id, RunTransition::Cancel { reason: None, last_sequence: 0 }).await.unwrap();
-    let after = f.store.admit_run(new_run(ALICE, helper.id, Uuid::now_v7(), Some("key-1")), Admission::Reject).await;
+    let after =
+        f.store.admit_run(new_run(ALICE, helper.id, Uuid::now_v7(), Some("key-1")), Some(Admission::Reject)).await;
     assert!(
         matches!(after.unwrap(), Admitted::Existing(run) if run.id == first.id && run.status == RunStatus::Cancelled)
     );
@@ -705,4 +709,51 @@ pub async fn changes_emit_domain_events(f: &Fixture) {
     assert_eq!(cancelled.reason.as_deref(), Some("stop"));
     let deleted = pb::AgentDeleted::decode(seen[7].2.data().clone()).unwrap();
     assert_eq!(deleted.agent_id, helper.id.to_string());
+}
+
+pub async fn an_admission_with_a_starter_starts_a_ready_run_under_the_agents_own_policy(f: &Fixture) {
+    let mut stream = f.bus.subscribe(SubscriptionSpec::ephemeral(vec!["run.>".into()])).await.unwrap();
+    // `agent()` enqueues behind a busy session.
+    let helper = f.store.create_agent(ALICE, agent("starter", "d")).await.unwrap();
+    let session = Uuid::now_v7();
+    let starter = Starter { owner: "replica-a".into(), lease: LONG };
+    let with_starter = || NewRun { starter: Some(starter.clone()), ..new_run(ALICE, helper.id, session, None) };
+
+    let Admitted::Created { run: started, agent, ready, preempted } =
+        f.store.admit_run(with_starter(), None).await.unwrap()
+    else {
+        panic!("expected a new run")
+    };
+    assert!(ready && preempted.is_none() && started.holds_session);
+    assert_eq!(*agent, helper.definition, "the admission hands over the agent it read");
+    assert_eq!(started.status, RunStatus::Running);
+    assert_eq!(started.lease_owner.as_deref(), Some("replica-a"));
+    assert!(started.started_at.is_some() && started.lease_expires_at.is_some());
+    assert_eq!(f.store.get_run(ALICE, started.id).await.unwrap(), started);
+    assert_eq!(status_of(f, ALICE, helper.id).await, AgentStatus::Processing);
+
+    // No policy in the request: the agent's own (enqueue); a run that must wait is not started.
+    let Admitted::Created { run: waiting, ready, .. } = f.store.admit_run(with_starter(), None).await.unwrap() else {
+        panic!("expected a queued run")
+    };
+    assert!(!ready && !waiting.holds_session);
+    assert_eq!((waiting.status, waiting.lease_owner, waiting.started_at), (RunStatus::Queued, None, None));
+    // The request's policy wins over the agent's.
+    match f.store.admit_run(with_starter(), Some(Admission::Reject)).await {
+        Err(StoreError::SessionBusy(holder)) => assert_eq!(holder.id, started.id),
+        other => panic!("expected a busy session, got {other:?}"),
+    }
+
+    // Only the started run announced its start.
+    f.store.transition_run(started.id, RunTransition::Cancel { reason: None, last_sequence: 0 }).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.unwrap().unwrap().unwrap();
+        let event = delivery.event().clone();
+        delivery.ack().await.unwrap();
+        seen.push((event.event_type().to_owned(), event.subject().unwrap_or_default().parse::<Uuid>().unwrap()));
+    }
+    let expected =
+        [("agentmesh.run.started".to_owned(), started.id), ("agentmesh.run.cancelled".to_owned(), started.id)];
+    assert_eq!(seen, expected);
 }

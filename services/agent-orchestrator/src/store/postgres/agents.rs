@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::PostgresStore;
 use super::error::{DbError, classify, classify_agent_write, classify_commit};
-use super::rows::{self, agent_columns, agent_status};
+use super::rows::{self, agent_columns, agent_status, definition_columns};
 use crate::events;
 use crate::store::{AgentDefinition, AgentQuery, AgentRecord, AgentStatus, Page, StoreError, now};
 

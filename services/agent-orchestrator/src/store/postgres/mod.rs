@@ -154,7 +154,7 @@ impl OrchestratorStore for PostgresStore {
         self.delete_agent_impl(user_id, id).await
     }
 
-    async fn admit_run(&self, run: NewRun, admission: Admission) -> Result<Admitted, StoreError> {
+    async fn admit_run(&self, run: NewRun, admission: Option<Admission>) -> Result<Admitted, StoreError> {
         self.admit_run_impl(&run, admission).await
     }
 

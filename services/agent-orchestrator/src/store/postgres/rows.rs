@@ -16,14 +16,23 @@ use crate::store::{
 macro_rules! agent_columns {
     () => {
         concat!(
-            "agents.id, agents.user_id, name, description, system_prompt, model, tools, approval, concurrency, ",
-            "metadata, ",
+            "agents.id, agents.user_id, ",
+            definition_columns!(),
+            ", ",
             agent_status!(),
             " AS status, created_at, updated_at"
         )
     };
 }
 pub(super) use agent_columns;
+
+/// The columns of an agent's definition (what a run needs of it).
+macro_rules! definition_columns {
+    () => {
+        "name, description, system_prompt, model, tools, approval, concurrency, metadata"
+    };
+}
+pub(super) use definition_columns;
 
 /// The status of the agent of the row at hand, derived from its runs as it is read (it
 /// mirrors `lifecycle::derive_status`): index probes on `runs (agent_id, status)` and
@@ -59,24 +68,29 @@ where
     row.try_get(column).map_err(classify)
 }
 
+/// An agent's definition, from the columns of `definition_columns!`.
+pub(super) fn definition(row: &PgRow) -> Result<AgentDefinition, DbError> {
+    let concurrency: String = get(row, "concurrency")?;
+    Ok(AgentDefinition {
+        name: get(row, "name")?,
+        description: get(row, "description")?,
+        system_prompt: get(row, "system_prompt")?,
+        model: get::<Json<ModelSettings>>(row, "model")?.0,
+        tools: get(row, "tools")?,
+        approval: get::<Json<Approval>>(row, "approval")?.0,
+        concurrency: Concurrency::parse(&concurrency)
+            .ok_or_else(|| DbError::corrupt(format!("unknown concurrency policy {concurrency:?}")))?,
+        metadata: get::<Json<JsonObject>>(row, "metadata")?.0,
+    })
+}
+
 /// An agent row.
 pub(super) fn agent(row: &PgRow) -> Result<AgentRecord, DbError> {
-    let concurrency: String = get(row, "concurrency")?;
     let status: String = get(row, "status")?;
     Ok(AgentRecord {
         id: get(row, "id")?,
         user_id: get(row, "user_id")?,
-        definition: AgentDefinition {
-            name: get(row, "name")?,
-            description: get(row, "description")?,
-            system_prompt: get(row, "system_prompt")?,
-            model: get::<Json<ModelSettings>>(row, "model")?.0,
-            tools: get(row, "tools")?,
-            approval: get::<Json<Approval>>(row, "approval")?.0,
-            concurrency: Concurrency::parse(&concurrency)
-                .ok_or_else(|| DbError::corrupt(format!("unknown concurrency policy {concurrency:?}")))?,
-            metadata: get::<Json<JsonObject>>(row, "metadata")?.0,
-        },
+        definition: definition(row)?,
         status: AgentStatus::parse(&status)
             .ok_or_else(|| DbError::corrupt(format!("unknown agent status {status:?}")))?,
         created_at: get(row, "created_at")?,

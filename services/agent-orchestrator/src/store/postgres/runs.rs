@@ -14,12 +14,12 @@ use uuid::Uuid;
 
 use super::PostgresStore;
 use super::error::{DbError, classify, classify_commit, classify_run_insert};
-use super::rows::{self, run_columns};
+use super::rows::{self, definition_columns, run_columns};
 use crate::events;
 use crate::store::lifecycle::{self, lease_until};
 use crate::store::{
-    Admission, Admitted, NewRun, Page, RunQuery, RunRecord, RunStatus, RunTransition, RunUsage, SavedStep, StoreError,
-    StoredCheckpoint, Transitioned, now,
+    Admission, Admitted, NewRun, Page, RunQuery, RunRecord, RunTransition, SavedStep, StoreError, StoredCheckpoint,
+    Transitioned, now,
 };
 
 const INSERT: &str = concat!(
@@ -60,9 +60,11 @@ const PROMOTE: &str = concat!(
     run_columns!()
 );
 
-/// The owner's agent (admission), kept from being deleted until the run is recorded; the
-/// weakest lock that does that, so admissions to one agent do not wait for each other.
-const LOCK_OWNED_AGENT: &str = "SELECT id FROM agents WHERE id = $1 AND user_id = $2 FOR KEY SHARE";
+/// The owner's agent's definition (admission), kept from being deleted until the run is
+/// recorded; the weakest lock that does that, so admissions to one agent do not wait for
+/// each other. Its status is not derived: nothing here needs it.
+const LOCK_OWNED_AGENT: &str =
+    concat!("SELECT ", definition_columns!(), " FROM agents WHERE id = $1 AND user_id = $2 FOR KEY SHARE");
 /// The session, for the transaction (key: the schema and the session id).
 const LOCK_SESSION: &str =
     "SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || '.session ' || $1::text, 0))";
@@ -187,7 +189,11 @@ fn decode_runs(found: &[PgRow]) -> Result<Vec<RunRecord>, DbError> {
 }
 
 impl PostgresStore {
-    pub(super) async fn admit_run_impl(&self, run: &NewRun, admission: Admission) -> Result<Admitted, StoreError> {
+    pub(super) async fn admit_run_impl(
+        &self,
+        run: &NewRun,
+        admission: Option<Admission>,
+    ) -> Result<Admitted, StoreError> {
         let user_id = run.principal.user_id.as_str();
         self.write(|| async {
             let mut tx = self.pool().begin().await.map_err(classify)?;
@@ -204,13 +210,11 @@ impl PostgresStore {
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(classify)?;
-            if agent.is_none() {
-                return Err(DbError::NotFound);
-            }
+            let agent = rows::definition(&agent.ok_or(DbError::NotFound)?)?;
             lock_session(&mut tx, run.session_id).await?;
             let holder = sqlx::query(HOLDER).bind(run.session_id).fetch_optional(&mut *tx).await.map_err(classify)?;
             let holder = holder.as_ref().map(rows::run).transpose()?;
-            let (holds_session, preempted) = match (holder, admission) {
+            let (holds_session, preempted) = match (holder, admission.unwrap_or(agent.concurrency.into())) {
                 (None, _) => (true, None),
                 (Some(holder), Admission::Reject) => return Err(DbError::SessionBusy(Box::new(holder))),
                 (Some(_), Admission::Enqueue) => (false, None),
@@ -220,35 +224,21 @@ impl PostgresStore {
                 }
             };
             let at = now();
-            let record = RunRecord {
-                id: run.id,
-                agent_id: run.agent_id,
-                session_id: run.session_id,
-                principal: run.principal.clone(),
-                request: run.request.clone(),
-                status: RunStatus::Queued,
-                user_message_id: None,
-                response_message_id: None,
-                usage: RunUsage::default(),
-                error: None,
-                step_count: 0,
-                pending_tool_calls: Vec::new(),
-                idempotency_key: run.idempotency_key.clone(),
-                last_sequence: 0,
-                metadata: run.metadata.clone(),
-                created_at: at,
-                started_at: None,
-                completed_at: None,
-                lease_owner: None,
-                lease_expires_at: None,
-                holds_session,
-            };
+            let (record, started) = lifecycle::admitted(run.clone(), holds_session, at);
             bind_new(sqlx::query(INSERT), &record, holds_session.then_some(at))
                 .execute(&mut *tx)
                 .await
                 .map_err(classify_run_insert)?;
+            if let Some(event) = started.and_then(|start| events::run_transitioned(&start, &record)) {
+                self.outbox().enqueue(&mut tx, event).await?;
+            }
             tx.commit().await.map_err(classify_commit)?;
-            Ok(Admitted::Created { run: record, ready: holds_session, preempted: preempted.map(Box::new) })
+            Ok(Admitted::Created {
+                run: record,
+                agent: Box::new(agent),
+                ready: holds_session,
+                preempted: preempted.map(Box::new),
+            })
         })
         .await
     }
