@@ -38,6 +38,9 @@ pub enum HarnessError {
     /// The process did not reach the expected state in time.
     #[error("timed out waiting for {0}")]
     Timeout(String),
+    /// No port could be reserved for a process.
+    #[error(transparent)]
+    Port(#[from] agentmesh_testkit::ports::PortError),
     /// The process exited early.
     #[error("exited early with {status}; stderr:\n{stderr}")]
     Exited {
@@ -67,10 +70,10 @@ pub fn binary(name: &str) -> Result<PathBuf, HarnessError> {
     if path.is_file() { Ok(path) } else { Err(HarnessError::MissingBinary(path)) }
 }
 
-/// A free loopback port (bound then released; the small race is acceptable in tests).
+/// A loopback port for a binary under test, reserved for this test process (see
+/// `agentmesh_testkit::ports`: no other test, and no port-0 bind, is handed it).
 pub fn free_port() -> Result<u16, HarnessError> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
+    Ok(agentmesh_testkit::ports::reserve()?)
 }
 
 /// A running binary, killed if the test ends without stopping it.

@@ -8,6 +8,7 @@
 pub mod identity;
 pub mod mcp_peers;
 pub mod outbox;
+pub mod ports;
 pub mod postgres;
 pub mod redis;
 pub mod traces;

@@ -2,11 +2,10 @@
 //! agents and the broker against: where `tests/mcp/install.sh` put it, and a process of it
 //! serving streamable HTTP on a port of its own.
 //!
-//! A port picked by binding port 0 and letting go is only free until someone else takes
-//! it, and many tests pick ports at once. So a server counts as started only when it says
-//! it listens (its own line on stderr, printed once its bind succeeded), never when
-//! something answers on the port; when its port was taken meanwhile it exits, and it is
-//! started again on another.
+//! Its port is reserved for the test process ([`crate::ports`]), and a server counts as
+//! started only when it says it listens (its own line on stderr, printed once its bind
+//! succeeded), never when something answers on the port; should its port be taken after
+//! all, it exits, and it is started again on another.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -137,13 +136,10 @@ async fn listening(stderr: ChildStderr) -> Result<(), String> {
     Err(last)
 }
 
-/// A port that was free a moment ago.
+/// A port for a server process (see [`crate::ports`]).
 ///
 /// # Panics
-/// When no loopback port can be bound.
+/// When none can be reserved.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .unwrap_or_else(|error| panic!("binding a loopback port: {error}"))
+    crate::ports::reserve().unwrap_or_else(|error| panic!("a port for a test server: {error}"))
 }
