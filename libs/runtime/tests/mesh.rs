@@ -253,7 +253,7 @@ async fn after_repeated_failures_the_breaker_answers_for_the_peer() {
 
 #[tokio::test]
 async fn an_unreachable_peer_is_a_retryable_external_service_error() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = agentmesh_testkit::ports::reserve().unwrap();
     let status = client(&format!("http://127.0.0.1:{port}")).get_session(get("s1")).await.unwrap_err();
     let error = ApiError::from_status(&status);
     assert_eq!(error.code, ErrorCode::ExternalService, "{status:?}");

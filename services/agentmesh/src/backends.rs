@@ -201,7 +201,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreachable_backend_is_one_line_saying_what_to_do() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = agentmesh_testkit::ports::reserve().unwrap();
         let url = format!("redis://127.0.0.1:{port}");
         let reason = reach(&url, 6379).await.unwrap_err();
         let error = finish::<()>(Err(reason), "ok", |reason| BackendError {

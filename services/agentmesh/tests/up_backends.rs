@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use agentmesh_testkit::PgDatabase;
 
 fn up(args: &[&str]) -> Command {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = agentmesh_testkit::ports::reserve().unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_agentmesh"));
     command
         .env_clear()
@@ -22,9 +22,9 @@ fn up(args: &[&str]) -> Command {
     command
 }
 
-/// A loopback port nothing listens on.
+/// A loopback port nothing listens on (reserved, so no other test starts a server there).
 fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    agentmesh_testkit::ports::reserve().unwrap()
 }
 
 #[test]

@@ -102,7 +102,7 @@ struct Broker {
 
 impl Broker {
     async fn start(state_dir: &Path) -> Broker {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = agentmesh_testkit::ports::reserve().unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_agentmesh-mcp-broker"));
         command.env_clear().stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
         for name in ["PATH", "HOME"] {

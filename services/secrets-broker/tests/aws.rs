@@ -373,7 +373,7 @@ async fn aws_errors_map_to_what_they_mean_for_the_broker() {
 
 #[tokio::test]
 async fn an_unreachable_endpoint_is_unavailable() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = agentmesh_testkit::ports::reserve().unwrap();
     let aws = provider(&format!("http://127.0.0.1:{port}")).await;
     let error = aws.get("anything", None).await.unwrap_err();
     assert!(matches!(error, ProviderError::Unavailable { .. }), "{error:?}");

@@ -10,7 +10,6 @@
 mod conformance;
 
 use std::collections::{HashMap, HashSet};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -465,7 +464,7 @@ impl NatsServer {
             eprintln!("skipped: {} is missing", Self::BINARY);
             return None;
         }
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = agentmesh_testkit::ports::reserve().unwrap();
         let dir = std::env::temp_dir().join(unique_name("nats"));
         std::fs::create_dir_all(&dir).unwrap();
         let mut server = Self { port, dir, child: None };

@@ -54,10 +54,10 @@ impl Moto {
     /// Starts one; `None` (after a one-line reason) when moto is not installed.
     pub async fn start() -> Option<Self> {
         let program = moto_server()?;
-        // The free port is released before moto binds it: another process may take it in
-        // between, and moto then exits; a new port is tried.
+        // The port is reserved for this test process, yet something outside the tests may
+        // still take it before moto binds it; moto then exits and a new port is tried.
         for _ in 0..3 {
-            let address = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+            let address = std::net::SocketAddr::from(([127, 0, 0, 1], agentmesh_testkit::ports::reserve().unwrap()));
             let child = Command::new(&program)
                 .args(["-H", "127.0.0.1", "-p", &address.port().to_string()])
                 .stdin(Stdio::null())
