@@ -1,6 +1,7 @@
 //! The MCP reference server (`@modelcontextprotocol/server-everything`, streamable HTTP)
-//! for tests that run agents with real tools: where `tests/mcp/install.sh` put it, a
-//! process of it on a free port, and its registration with the mesh through the gateway.
+//! for tests that run agents with real tools: finding and starting it is
+//! `agentmesh_testkit::mcp_peers` (re-exported here); registering it with the mesh through
+//! the gateway, and waiting for its tools, is this module's.
 
 use std::time::Duration;
 

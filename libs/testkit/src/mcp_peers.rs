@@ -64,7 +64,8 @@ impl HttpPeer {
     pub async fn everything(entry: &Path) -> HttpPeer {
         let mut outcomes = Vec::new();
         for _ in 0..PORT_ATTEMPTS {
-            match start_everything(entry, free_port()).await {
+            let port = crate::ports::reserve().unwrap_or_else(|error| panic!("a port for the MCP server: {error}"));
+            match start_everything(entry, port).await {
                 Ok(peer) => return peer,
                 Err(outcome) => outcomes.push(outcome),
             }
@@ -134,12 +135,4 @@ async fn listening(stderr: ChildStderr) -> Result<(), String> {
         last = line;
     }
     Err(last)
-}
-
-/// A port for a server process (see [`crate::ports`]).
-///
-/// # Panics
-/// When none can be reserved.
-pub fn free_port() -> u16 {
-    crate::ports::reserve().unwrap_or_else(|error| panic!("a port for a test server: {error}"))
 }

@@ -18,7 +18,7 @@ use agentmesh_mcp_broker::connection::{
 };
 use agentmesh_proto::agentmesh::common::v1::content_part::Part;
 use agentmesh_proto::agentmesh::common::v1::{embedded_resource, image_part};
-use agentmesh_testkit::mcp_peers::{HttpPeer, free_port, tools_dir};
+use agentmesh_testkit::mcp_peers::{HttpPeer, tools_dir};
 use agentmesh_testkit::{REQUIRE_SERVICES_ENV, services_required};
 use serde_json::{Map, Value, json};
 use tokio::process::{Child, Command};
@@ -326,7 +326,7 @@ async fn exercise_fastmcp(connection: &Connection) {
 #[tokio::test]
 async fn fastmcp_server_over_streamable_http() {
     let Some(peers) = peers() else { return };
-    let server = HttpServer::fastmcp(&peers, free_port()).await;
+    let server = HttpServer::fastmcp(&peers, agentmesh_testkit::ports::reserve().unwrap()).await;
     let connection = Connection::open(&http_spec("fastmcp-http", server.port)).await.unwrap();
     exercise_fastmcp(&connection).await;
     connection.close().await;
@@ -379,7 +379,7 @@ async fn a_stdio_server_killed_mid_call_is_a_transport_error_and_a_new_connectio
 #[tokio::test]
 async fn an_http_server_that_goes_down_is_a_transport_error_and_works_again_when_back() {
     let Some(peers) = peers() else { return };
-    let port = free_port();
+    let port = agentmesh_testkit::ports::reserve().unwrap();
     let server = HttpServer::fastmcp(&peers, port).await;
     let spec = http_spec("fastmcp-down", port);
     let connection = Connection::open(&spec).await.unwrap();

@@ -29,7 +29,7 @@ use agentmesh_runtime::config::Secret;
 use agentmesh_runtime::secrets::{SecretNotice, SecretReadError, SecretReader};
 use agentmesh_runtime::{ApiError, ErrorCode};
 use agentmesh_testkit::identity;
-use agentmesh_testkit::mcp_peers::{HttpPeer, everything, free_port, tools_dir};
+use agentmesh_testkit::mcp_peers::{HttpPeer, everything, tools_dir};
 use common::{Mesh, call, eventually, orchestrator_call, running, scripts_dir};
 use futures::StreamExt;
 use prost::Message;
@@ -405,7 +405,7 @@ async fn a_changed_tool_list_is_synced_into_the_registry() {
 async fn a_server_registered_before_it_listens_gets_its_tools_once_it_does() {
     let Some(entry) = everything() else { return };
     let mut mesh = start(&[], &[]).await;
-    let port = free_port();
+    let port = agentmesh_testkit::ports::reserve().unwrap();
     let server = mesh
         .create(pb::CreateMcpServerRequest {
             name: unique("evl"),
@@ -453,7 +453,7 @@ async fn periodic_health_checks_ping_servers_or_get_their_health_url() {
     let pinged = mesh
         .create(pb::CreateMcpServerRequest { name: unique("evp"), endpoint: http.endpoint(), ..Default::default() })
         .await;
-    let dead_port = free_port();
+    let dead_port = agentmesh_testkit::ports::reserve().unwrap();
     let probed = mesh
         .create(pb::CreateMcpServerRequest {
             name: unique("evu"),

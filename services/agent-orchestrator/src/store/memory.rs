@@ -259,7 +259,8 @@ impl OrchestratorStore for MemoryStore {
             if let Some(record) = &preempted {
                 state.put_run(StoredRun { record: record.clone(), held_since: None });
             }
-            let (record, started) = lifecycle::admitted(run, holds_session, at);
+            let (record, start) = lifecycle::admitted(run, holds_session, at);
+            let started = start.and_then(|start| events::run_transitioned(&start, &record));
             if let Some(key) = &record.idempotency_key {
                 state.run_keys.insert((user_id, key.clone()), record.id);
             }
@@ -273,9 +274,7 @@ impl OrchestratorStore for MemoryStore {
             };
             (admitted, started)
         };
-        if let (Some(start), Admitted::Created { run, .. }) = (&started, &admitted)
-            && let Some(event) = events::run_transitioned(start, run)
-        {
+        if let Some(event) = started {
             self.sink.emit(vec![event]).await;
         }
         Ok(admitted)
