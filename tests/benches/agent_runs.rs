@@ -7,6 +7,9 @@
 //! the same services in one `agentmesh up` process (the single-binary deployment; no
 //! per-hop split there).
 //!
+//! After a warm-up of `BENCH_WARMUP_RUNS` per client (and on PostgreSQL an `ANALYZE`, as
+//! autovacuum runs in a deployment past its first minute):
+//!
 //! 1. One client, closed loop, `BENCH_RUNS` runs: p50/p90/p99/max.
 //! 2. `BENCH_CLIENTS` clients, closed loop, `BENCH_SECONDS`: runs/s, p50/p99.
 //!
@@ -265,6 +268,17 @@ impl CpuSnapshot {
     }
 }
 
+/// Gathers the statistics of the bench's tables, as autovacuum does within a minute of a
+/// table's growth in a running deployment. The services' tables were created empty when
+/// the bench started; plans made from those statistics read a whole session's messages
+/// (a bitmap scan and a sort) to list its last 50, which no deployment past its first
+/// minute does. The measured loads start after this.
+async fn analyze(database: &PgDatabase) {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(database.url()).await.expect("the bench's database");
+    sqlx::raw_sql("ANALYZE").execute(&mut conn).await.expect("ANALYZE of the bench's database");
+}
+
 /// CPU time of every PostgreSQL backend connected to `database`, by pid: their process
 /// title is `postgres: <cluster>: <user> <database> <client> <state>` (the server runs on
 /// this machine).
@@ -390,6 +404,9 @@ async fn measure(settings: &Settings, setup: Setup) -> StoreResults {
         assert_eq!(samples.errors, 0, "errors during warm-up: {:?}", samples.first_error);
     }
     mesh.check_alive();
+    if let Some(database) = &mesh.database {
+        analyze(database).await;
+    }
 
     eprintln!("bench: {store}: one client, {} runs ...", settings.runs);
     let before = mesh.cpu();

@@ -5,6 +5,11 @@
 //! the backend to [`claim`](IdempotencyStore::claim) the key before doing the work. A claim
 //! is a lease: if the first request dies before completing, the key can be claimed again
 //! once the lease runs out, so a crash never locks a client out of retrying.
+//!
+//! A message append first tries the key's first use in the append's own write
+//! ([`SessionStore::create_message_first_use`](crate::store::SessionStore::create_message_first_use)):
+//! where the backend can do that (PostgreSQL), a new key costs no claim and no completion.
+//! A key with a row, or a backend that cannot, takes the claim path.
 
 use std::time::Duration;
 

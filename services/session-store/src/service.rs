@@ -16,6 +16,7 @@ use agentmesh_runtime::paging::{PageRequest, query_fingerprint};
 use agentmesh_runtime::request::{accept, caller, invalid, refuse_violations, uuid_field};
 use agentmesh_runtime::validate::validate;
 use agentmesh_runtime::{ApiError, ErrorCode};
+use prost::Message as _;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
@@ -25,8 +26,8 @@ use crate::idempotency::{self, Claim, IdempotencyStore};
 use crate::message_rules::{check_tool_calls, shape_violations};
 use crate::settings::SessionLimits;
 use crate::store::{
-    Cursor, Direction, JsonObject, MessagePatch, MessageQuery, MessageShape, NewMessage, NewSession, Owner, Role,
-    SessionPatch, SessionQuery, SessionSort, SessionStore, StoreError,
+    Cursor, Direction, FirstUse, JsonObject, MessagePatch, MessageQuery, MessageRecord, MessageShape, NewMessage,
+    NewSession, Owner, Role, SessionPatch, SessionQuery, SessionSort, SessionStore, StoreError,
 };
 
 /// Metadata key of the idempotency key (the gateway maps the `Idempotency-Key` header).
@@ -77,20 +78,27 @@ impl SessionService {
         Resp: prost::Message + Default,
         F: Future<Output = Result<Resp, Status>>,
     {
-        let Some(key) = request.metadata().get(IDEMPOTENCY_KEY) else { return create.await };
-        let key = key
-            .to_str()
-            .ok()
-            .filter(|k| !k.is_empty() && k.len() <= idempotency::MAX_KEY_LENGTH)
-            .ok_or_else(|| invalid("idempotency_key", "must be 1 to 255 visible ASCII characters", Value::Null))?;
-        let fingerprint: [u8; 32] = {
-            let mut hasher = Sha256::new();
-            hasher.update(Req::full_name().as_bytes());
-            hasher.update([0]);
-            hasher.update(request.get_ref().encode_to_vec());
-            hasher.finalize().into()
-        };
-        match self.idempotency.claim(owner, key, &fingerprint, idempotency::LEASE).await.map_err(store_error)? {
+        match idempotency_key(request)? {
+            Some((key, fingerprint)) => self.claimed(owner, key, &fingerprint, create).await,
+            None => create.await,
+        }
+    }
+
+    /// Runs a create under a claim of its idempotency key: the stored response if the key
+    /// was completed with the same request, a conflict if it is in use, else the create,
+    /// whose response the key then keeps.
+    async fn claimed<Resp, F>(
+        &self,
+        owner: &Owner,
+        key: &str,
+        fingerprint: &[u8; 32],
+        create: F,
+    ) -> Result<Resp, Status>
+    where
+        Resp: prost::Message + Default,
+        F: Future<Output = Result<Resp, Status>>,
+    {
+        match self.idempotency.claim(owner, key, fingerprint, idempotency::LEASE).await.map_err(store_error)? {
             Claim::Replay(bytes) => Resp::decode(bytes.as_slice()).map_err(|error| {
                 tracing::error!(%error, "stored idempotent response does not decode");
                 Status::from(ApiError::internal())
@@ -121,6 +129,36 @@ impl SessionService {
                 }
             },
         }
+    }
+
+    /// A checked message from a create request.
+    fn new_message(&self, body: &pb::CreateMessageRequest) -> Result<NewMessage, Status> {
+        let parent_message_id =
+            body.parent_message_id.as_deref().map(|raw| uuid_field("parent_message_id", raw)).transpose()?;
+        let metadata = body.metadata.as_ref().map(struct_to_object).unwrap_or_default();
+        let message = NewMessage {
+            role: role_from_proto(body.role).unwrap_or(Role::User),
+            content: body.content.clone(),
+            metadata,
+            tool_calls: body.tool_calls.iter().map(tool_call_from_proto).collect(),
+            tool_call_id: body.tool_call_id.clone().filter(|id| !id.is_empty()),
+            parent_message_id,
+        };
+        let mut violations = Vec::new();
+        self.check_content(&message.content, &mut violations);
+        self.check_metadata("metadata", &message.metadata, &mut violations);
+        check_tool_calls(&self.limits, &message.tool_calls, &mut violations);
+        shape_violations(
+            MessageShape {
+                role: message.role,
+                has_content: !message.content.is_empty(),
+                has_tool_calls: !message.tool_calls.is_empty(),
+                has_tool_call_id: message.tool_call_id.is_some(),
+            },
+            &mut violations,
+        );
+        refuse_violations(violations)?;
+        Ok(message)
     }
 
     fn check_metadata(&self, field: &str, metadata: &JsonObject, out: &mut Vec<FieldViolation>) {
@@ -164,6 +202,25 @@ impl SessionService {
 }
 
 /// The caller, as established by the server's authenticator, as the owner of records.
+/// The request's idempotency key, checked, with the request's fingerprint; `None` when
+/// it has none.
+fn idempotency_key<Req>(request: &Request<Req>) -> Result<Option<(&str, [u8; 32])>, Status>
+where
+    Req: prost::Message + prost::Name,
+{
+    let Some(key) = request.metadata().get(IDEMPOTENCY_KEY) else { return Ok(None) };
+    let key = key
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= idempotency::MAX_KEY_LENGTH)
+        .ok_or_else(|| invalid("idempotency_key", "must be 1 to 255 visible ASCII characters", Value::Null))?;
+    let mut hasher = Sha256::new();
+    hasher.update(Req::full_name().as_bytes());
+    hasher.update([0]);
+    hasher.update(request.get_ref().encode_to_vec());
+    Ok(Some((key, hasher.finalize().into())))
+}
+
 fn owner<T>(request: &Request<T>) -> Result<Owner, Status> {
     Ok(Owner::from(caller(request)?))
 }
@@ -358,45 +415,41 @@ impl SessionRpc for SessionService {
         Ok(Response::new(pb::BulkDeleteSessionsResponse {}))
     }
 
+    /// An append under an idempotency key is first tried as the key's first use, which
+    /// the store may do in the append's own write; otherwise (or when the key was used
+    /// before) it takes the claim path like every other create.
     async fn create_message(
         &self,
         request: Request<pb::CreateMessageRequest>,
     ) -> Result<Response<pb::CreateMessageResponse>, Status> {
         let owner = owner(&request)?;
         validate(request.get_ref())?;
-        let create = async {
-            let body = request.get_ref();
-            let session_id = uuid_field("session_id", &body.session_id)?;
-            let parent_message_id =
-                body.parent_message_id.as_deref().map(|raw| uuid_field("parent_message_id", raw)).transpose()?;
-            let metadata = body.metadata.as_ref().map(struct_to_object).unwrap_or_default();
-            let message = NewMessage {
-                role: role_from_proto(body.role).unwrap_or(Role::User),
-                content: body.content.clone(),
-                metadata,
-                tool_calls: body.tool_calls.iter().map(tool_call_from_proto).collect(),
-                tool_call_id: body.tool_call_id.clone().filter(|id| !id.is_empty()),
-                parent_message_id,
-            };
-            let mut violations = Vec::new();
-            self.check_content(&message.content, &mut violations);
-            self.check_metadata("metadata", &message.metadata, &mut violations);
-            check_tool_calls(&self.limits, &message.tool_calls, &mut violations);
-            shape_violations(
-                MessageShape {
-                    role: message.role,
-                    has_content: !message.content.is_empty(),
-                    has_tool_calls: !message.tool_calls.is_empty(),
-                    has_tool_call_id: message.tool_call_id.is_some(),
-                },
-                &mut violations,
-            );
-            refuse_violations(violations)?;
-            let created =
+        let key = idempotency_key(&request)?;
+        let body = request.get_ref();
+        let session_id = uuid_field("session_id", &body.session_id)?;
+        let message = self.new_message(body)?;
+        let created = |record: &MessageRecord| pb::CreateMessageResponse { message: Some(message_to_proto(record)) };
+        let Some((key, fingerprint)) = key else {
+            let record =
                 self.store.create_message(&owner, session_id, message).await.map_err(not_found_as("Session"))?;
-            Ok(pb::CreateMessageResponse { message: Some(message_to_proto(&created)) })
+            return Ok(Response::new(created(&record)));
         };
-        Ok(Response::new(self.once(&request, &owner, create).await?))
+        let first_use = FirstUse {
+            key,
+            fingerprint,
+            retention: idempotency::RETENTION,
+            response: &|record| created(record).encode_to_vec(),
+        };
+        let appended = self.store.create_message_first_use(&owner, session_id, message.clone(), first_use).await;
+        if let Some(record) = appended.map_err(not_found_as("Session"))? {
+            return Ok(Response::new(created(&record)));
+        }
+        let create = async {
+            let record =
+                self.store.create_message(&owner, session_id, message).await.map_err(not_found_as("Session"))?;
+            Ok(created(&record))
+        };
+        Ok(Response::new(self.claimed(&owner, key, &fingerprint, create).await?))
     }
 
     async fn list_messages(

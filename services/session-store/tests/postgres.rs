@@ -20,11 +20,11 @@ use agentmesh_events::{
     Event, EventsError, MemoryBus, NatsBus, NatsConfig, PublishAck, Publisher, Subscriber, SubscriptionSpec,
 };
 use agentmesh_resilience::Preset;
-use agentmesh_session_store::idempotency::IdempotencyStore;
+use agentmesh_session_store::idempotency::{Claim, IdempotencyStore};
 use agentmesh_session_store::store::postgres::{PoolSettings, PostgresStore, RelaySettings};
 use agentmesh_session_store::store::{
-    Direction, MessagePatch, MessageQuery, NewMessage, NewSession, Owner, Role, SessionPatch, SessionStore, StoreError,
-    ToolCall,
+    Direction, FirstUse, MessagePatch, MessageQuery, MessageRecord, NewMessage, NewSession, Owner, Role, SessionPatch,
+    SessionStore, StoreError, ToolCall,
 };
 use agentmesh_testkit::outbox::{RunningRelay, quick_relay, test_pool};
 use agentmesh_testkit::{PgSchema, unique_name};
@@ -206,6 +206,59 @@ async fn combined_appends_report_each_outcome() {
     let replies: i64 = t.scalar(&format!("SELECT count(*) FROM messages WHERE parent_message_id = '{parent}'")).await;
     let events: i64 = t.scalar("SELECT count(*) FROM outbox WHERE topic = 'message.created'").await;
     assert_eq!((count, rows, replies, events), (49, 49, 24, 49));
+}
+
+/// An idempotency key's first use is recorded by the append's own write, with the response
+/// a repeat gets; a key that has a row writes nothing (the caller takes the claim path);
+/// a refused append records no key. Concurrent first uses, combined into shared
+/// statements, each insert once, and a key used twice among them goes in once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_uses_of_idempotency_keys_are_recorded_with_their_append() {
+    let Some(t) = TestStore::start().await else { return };
+    let (alice, mallory) = (owner("alice"), owner("mallory"));
+    let id = session(&t.store, &alice).await;
+    let encode = |record: &MessageRecord| format!("response for {}", record.id).into_bytes();
+    let first_use =
+        |key| FirstUse { key, fingerprint: [7; 32], retention: Duration::from_secs(3600), response: &encode };
+
+    let record = t.store.create_message_first_use(&alice, id, text(Role::User, "once"), first_use("k1")).await;
+    let record = record.unwrap().expect("a new key goes in with its append");
+    let claim = t.store.claim(&alice, "k1", &[7; 32], Duration::from_secs(60)).await.unwrap();
+    assert_eq!(claim, Claim::Replay(encode(&record)), "the key answers the append's response");
+    let again = t.store.create_message_first_use(&alice, id, text(Role::User, "twice"), first_use("k1")).await;
+    assert!(again.unwrap().is_none(), "a used key writes nothing");
+
+    let refused = t.store.create_message_first_use(&mallory, id, text(Role::User, "x"), first_use("k2")).await;
+    assert!(matches!(refused, Err(StoreError::NotFound)), "{refused:?}");
+    let orphan = NewMessage { parent_message_id: Some(Uuid::now_v7()), ..text(Role::User, "orphan") };
+    let refused = t.store.create_message_first_use(&alice, id, orphan, first_use("k3")).await;
+    assert!(matches!(refused, Err(StoreError::InvalidParent)), "{refused:?}");
+    let keys: i64 = t.scalar("SELECT count(*) FROM idempotency_keys WHERE key IN ('k2', 'k3')").await;
+    assert_eq!(keys, 0, "refused appends record no key");
+
+    let calls = (0..60).map(|i| {
+        let (store, alice) = (t.store.clone(), alice.clone());
+        // Every tenth call repeats the key of the call before it.
+        let key = format!("c{}", if i % 10 == 9 { i - 1 } else { i });
+        tokio::spawn(async move {
+            let first_use =
+                FirstUse { key: &key, fingerprint: [7; 32], retention: Duration::from_secs(3600), response: &encode };
+            (i, store.create_message_first_use(&alice, id, text(Role::User, &format!("c{i}")), first_use).await)
+        })
+    });
+    let mut written = 0_i64;
+    for (i, result) in futures::future::join_all(calls).await.into_iter().map(Result::unwrap) {
+        match result.unwrap() {
+            Some(_) => written += 1,
+            None => assert!(i % 10 >= 8, "call {i}: only a key used twice can be in use"),
+        }
+    }
+    assert_eq!(written, 54, "each of the 54 keys went in once");
+    let count: i32 = t.scalar(&format!("SELECT message_count FROM sessions WHERE id = '{id}'")).await;
+    let rows: i64 = t.scalar(&format!("SELECT count(*) FROM messages WHERE session_id = '{id}'")).await;
+    let keys: i64 = t.scalar("SELECT count(*) FROM idempotency_keys WHERE key LIKE 'c%'").await;
+    let events: i64 = t.scalar("SELECT count(*) FROM outbox WHERE topic = 'message.created'").await;
+    assert_eq!((i64::from(count), rows, keys, events), (55, 55, 54, 55));
 }
 
 #[tokio::test]

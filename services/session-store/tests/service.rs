@@ -177,18 +177,46 @@ async fn idempotency_keys_replay_the_first_result_and_refuse_other_bodies() {
     let listed = mesh.client.list_sessions(mesh.as_user("alice", pb::ListSessionsRequest::default())).await.unwrap();
     assert_eq!(listed.into_inner().total_count, 1, "created once");
 
-    let session = first.session.unwrap();
-    let message = |key: &str| {
+    keyed_messages_are_appended_once(&mut mesh).await;
+}
+
+/// On PostgreSQL a keyed append records its key in its own write; a client sees the same
+/// behaviour as on memory.
+#[tokio::test]
+async fn keyed_messages_on_postgres_are_appended_once() {
+    let Some(database) = agentmesh_testkit::PgDatabase::create("ss_service").await else { return };
+    let mut mesh = start(&[("USE_DATABASE", "true"), ("DB_URL", database.url())]).await;
+    keyed_messages_are_appended_once(&mut mesh).await;
+}
+
+/// A repeat of a keyed append answers the first response, another body with the key is a
+/// conflict, and an append refused (another user's session) leaves its key unused.
+async fn keyed_messages_are_appended_once(mesh: &mut Mesh) {
+    let session = mesh.create("alice", "keyed").await;
+    let message = |mesh: &Mesh, user: &str, content: &str, key: &str| {
         let body =
-            pb::CreateMessageRequest { session_id: session.id.clone(), content: "hi".into(), ..Default::default() };
-        let mut request = mesh.as_user("alice", body);
+            pb::CreateMessageRequest { session_id: session.id.clone(), content: content.into(), ..Default::default() };
+        let mut request = mesh.as_user(user, body);
         request.metadata_mut().insert("idempotency-key", key.parse().unwrap());
         request
     };
     let mut client = mesh.client.clone();
-    let m1 = client.create_message(message("m-key")).await.unwrap().into_inner();
-    let m2 = client.create_message(message("m-key")).await.unwrap().into_inner();
-    assert_eq!(m1, m2);
+    let m1 = client.create_message(message(mesh, "alice", "hi", "m-key")).await.unwrap().into_inner();
+    let m2 = client.create_message(message(mesh, "alice", "hi", "m-key")).await.unwrap().into_inner();
+    assert_eq!(m1, m2, "the same key and body return the first result");
+    let conflict = client.create_message(message(mesh, "alice", "other", "m-key")).await.unwrap_err();
+    assert_eq!(ApiError::from_status(&conflict).code, ErrorCode::Conflict, "{conflict:?}");
+
+    let refused = client.create_message(message(mesh, "bob", "hi", "b-key")).await.unwrap_err();
+    assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+    let own = pb::CreateSessionRequest { title: Some("bob's".into()), ..Default::default() };
+    let own = client.create_session(mesh.as_user("bob", own)).await.unwrap().into_inner().session.unwrap();
+    let body = pb::CreateMessageRequest { session_id: own.id, content: "hi".into(), ..Default::default() };
+    let mut request = mesh.as_user("bob", body);
+    request.metadata_mut().insert("idempotency-key", "b-key".parse().unwrap());
+    let status = client.create_message(request).await;
+    assert!(status.is_ok(), "a refused append left its key free: {status:?}");
+
     let get = pb::GetSessionRequest { session_id: session.id.clone() };
     let after = client.get_session(mesh.as_user("alice", get)).await.unwrap().into_inner().session.unwrap();
     assert_eq!(after.message_count, 1);

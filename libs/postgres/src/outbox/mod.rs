@@ -41,7 +41,7 @@ use sqlx::{PgConnection, Postgres, Transaction};
 use tokio::sync::Notify;
 
 pub use self::relay::{BatchReport, OutboxRelay, RelayError, RelaySettings};
-pub use self::rows::{INSERT_ALL, OutboxRow, OutboxRows};
+pub use self::rows::{INSERT_ALL, OutboxRow, OutboxRows, bind_optional};
 use crate::database::{Database, PoolSettings, SetupError};
 use crate::error::{DbError, Judge, classify};
 use crate::schema::Schema;

@@ -90,6 +90,24 @@ impl OutboxRow {
     }
 }
 
+/// Binds `row`'s event as `$1`-`$12` of `query` (which must have no parameters yet), or
+/// twelve NULLs when there is none: for a statement that writes its data whether or not
+/// it has an event, with its [`outbox_insert_one!`](crate::outbox_insert_one) guarded by
+/// `$1::uuid IS NOT NULL`.
+pub fn bind_optional<'q>(
+    row: Option<&OutboxRow>,
+    query: Query<'q, Postgres, PgArguments>,
+) -> Query<'q, Postgres, PgArguments> {
+    match row {
+        Some(row) => row.bind(query),
+        None => {
+            let query = query.bind(None::<Uuid>);
+            let query = (0..8).fold(query, |query, _| query.bind(None::<&str>));
+            query.bind(None::<&[u8]>).bind(None::<DateTime<Utc>>).bind(None::<&str>)
+        }
+    }
+}
+
 fn parse_id(event: &Event) -> Result<Uuid, DbError> {
     Uuid::parse_str(event.id()).map_err(|_| DbError::corrupt(format!("event id {:?} is not a UUID", event.id())))
 }

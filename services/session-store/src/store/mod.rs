@@ -31,6 +31,8 @@ pub mod postgres;
 pub mod redis;
 pub mod shape;
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Timelike, Utc};
 use serde::{Deserialize, Serialize};
@@ -281,6 +283,18 @@ pub struct MessageQuery {
     pub direction: Direction,
 }
 
+/// An idempotency key's first use, for [`SessionStore::create_message_first_use`].
+pub struct FirstUse<'a> {
+    /// The request's key (validated).
+    pub key: &'a str,
+    /// The request's fingerprint (see [`crate::idempotency`]).
+    pub fingerprint: [u8; 32],
+    /// How long the key answers with the response.
+    pub retention: Duration,
+    /// The response a repeat of the request gets, encoded, for the stored record.
+    pub response: &'a (dyn Fn(&MessageRecord) -> Vec<u8> + Send + Sync),
+}
+
 /// Why a store call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -329,6 +343,24 @@ pub trait SessionStore: Send + Sync + 'static {
         session_id: Uuid,
         message: NewMessage,
     ) -> Result<MessageRecord, StoreError>;
+
+    /// Appends a message under an idempotency key, recording the key with its response
+    /// in the append's own write: one step instead of claim, append and complete.
+    ///
+    /// This is only the first use of a key. `Ok(None)` means nothing was written: the key
+    /// has a row already (live or expired), or this backend does not combine the two; the
+    /// caller then takes the claim path of [`crate::idempotency`]. A refused append
+    /// (`NotFound`, `InvalidParent`) records no key.
+    async fn create_message_first_use(
+        &self,
+        owner: &Owner,
+        session_id: Uuid,
+        message: NewMessage,
+        first_use: FirstUse<'_>,
+    ) -> Result<Option<MessageRecord>, StoreError> {
+        let _ = (owner, session_id, message, first_use);
+        Ok(None)
+    }
 
     /// One message.
     async fn get_message(&self, owner: &Owner, id: Uuid) -> Result<MessageRecord, StoreError>;

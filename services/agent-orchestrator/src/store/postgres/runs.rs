@@ -3,8 +3,11 @@
 
 use std::time::Duration;
 
+use agentmesh_events::Event;
 use agentmesh_postgres::error::violated_constraint;
 use agentmesh_postgres::listing::{Listed, bigint, listed};
+use agentmesh_postgres::outbox::{self, OutboxRow};
+use agentmesh_postgres::outbox_insert_one;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::query::Query;
@@ -22,19 +25,26 @@ use crate::store::{
     Transitioned, now,
 };
 
+/// A new run (`$13`-`$35`, see [`bind_new`]) and its event if it has one (`$1`-`$12`, see
+/// [`outbox::bind_optional`]), in one statement.
 const INSERT: &str = concat!(
-    "INSERT INTO runs (",
+    "WITH inserted AS (INSERT INTO runs (",
     run_columns!(),
-    ", held_since) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
-     $20, $21, $22, $23)"
+    ", held_since) VALUES ($13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, ",
+    "$30, $31, $32, $33, $34, $35) RETURNING id) ",
+    outbox_insert_one!("$1::uuid IS NOT NULL AND EXISTS (SELECT 1 FROM inserted)")
 );
 
-/// Everything a transition may change, from a whole record (`$1` the id). A run that no
-/// longer holds its session forgets when it got it.
-const REPLACE: &str = "UPDATE runs SET status = $2, user_message_id = $3, response_message_id = $4, usage = $5, \
-                       error = $6, step_count = $7, pending_tool_calls = $8, last_sequence = $9, metadata = $10, \
-                       started_at = $11, completed_at = $12, lease_owner = $13, lease_expires_at = $14, \
-                       holds_session = $15, held_since = CASE WHEN $15 THEN held_since END WHERE id = $1";
+/// Everything a transition may change, from a whole record (`$13` the id, see
+/// [`replace`]), and the transition's event if it has one (`$1`-`$12`), in one statement.
+/// A run that no longer holds its session forgets when it got it.
+const REPLACE: &str = concat!(
+    "WITH replaced AS (UPDATE runs SET status = $14, user_message_id = $15, response_message_id = $16, ",
+    "usage = $17, error = $18, step_count = $19, pending_tool_calls = $20, last_sequence = $21, metadata = $22, ",
+    "started_at = $23, completed_at = $24, lease_owner = $25, lease_expires_at = $26, holds_session = $27, ",
+    "held_since = CASE WHEN $27 THEN held_since END WHERE id = $13 RETURNING id) ",
+    outbox_insert_one!("$1::uuid IS NOT NULL AND EXISTS (SELECT 1 FROM replaced)")
+);
 
 /// The user message of an unfinished run, in one statement (mirrors `lifecycle::apply` for
 /// `UserMessage`). No row: the run is missing or finished.
@@ -48,7 +58,6 @@ const NOTE_USER_MESSAGE: &str = concat!(
 const GET: &str = concat!("SELECT ", run_columns!(), " FROM runs WHERE id = $1 AND ($2::text IS NULL OR user_id = $2)");
 const BY_KEY: &str = concat!("SELECT ", run_columns!(), " FROM runs WHERE user_id = $1 AND idempotency_key = $2");
 const LOCK_RUN: &str = concat!("SELECT ", run_columns!(), " FROM runs WHERE id = $1 FOR UPDATE");
-const PLACE: &str = "SELECT session_id FROM runs WHERE id = $1";
 const HOLDER: &str = concat!("SELECT ", run_columns!(), " FROM runs WHERE session_id = $1 AND holds_session");
 const RELEASE: &str =
     concat!("UPDATE runs SET holds_session = false, held_since = NULL WHERE id = $1 RETURNING ", run_columns!());
@@ -65,9 +74,25 @@ const PROMOTE: &str = concat!(
 /// each other. Its status is not derived: nothing here needs it.
 const LOCK_OWNED_AGENT: &str =
     concat!("SELECT ", definition_columns!(), " FROM agents WHERE id = $1 AND user_id = $2 FOR KEY SHARE");
-/// The session, for the transaction (key: the schema and the session id).
-const LOCK_SESSION: &str =
-    "SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || '.session ' || $1::text, 0))";
+/// The session's lock, for the transaction (key: the schema and the session id).
+macro_rules! session_lock {
+    ($session:literal) => {
+        concat!("pg_advisory_xact_lock(hashtextextended(current_schema() || '.session ' || ", $session, "::text, 0))")
+    };
+}
+/// The session, for the transaction.
+const LOCK_SESSION: &str = concat!("SELECT ", session_lock!("$1"));
+/// Run `$1` with its session, both locked for the transaction, in the order admissions
+/// take them: the session's lock is taken where the row is read, before the row's lock,
+/// and a row changed meanwhile is read again at its latest version once locked (as every
+/// `FOR UPDATE` in READ COMMITTED). No row when the run is missing.
+const LOCK_RUN_AND_SESSION: &str = concat!(
+    "SELECT ",
+    session_lock!("session_id"),
+    " AS session_locked, ",
+    run_columns!(),
+    " FROM runs WHERE id = $1 FOR UPDATE"
+);
 
 /// `$1` owner, `$2` session, `$3` cursor (last id), `$4` limit + 1, `$5` offset.
 const LIST: &str = concat!(
@@ -118,7 +143,7 @@ fn int(value: u32) -> i32 {
     i32::try_from(value).unwrap_or(i32::MAX)
 }
 
-/// Binds a whole new run as `$1`-`$23` in [`run_columns!`] order, then `held_since`.
+/// Binds a whole new run in [`run_columns!`] order, then `held_since` (24 parameters).
 fn bind_new<'q>(
     query: Query<'q, Postgres, PgArguments>,
     run: &'q RunRecord,
@@ -160,9 +185,10 @@ async fn lock_session(conn: &mut PgConnection, session_id: Uuid) -> Result<(), D
     Ok(())
 }
 
-/// Writes everything a transition may change of `run`.
-async fn replace(conn: &mut PgConnection, run: &RunRecord) -> Result<(), DbError> {
-    sqlx::query(REPLACE)
+/// Writes everything a transition may change of `run`, and queues `event`.
+async fn replace(conn: &mut PgConnection, run: &RunRecord, event: Option<Event>) -> Result<(), DbError> {
+    let event = event.map(OutboxRow::new).transpose()?;
+    outbox::bind_optional(event.as_ref(), sqlx::query(REPLACE))
         .bind(run.id)
         .bind(run.status.as_str())
         .bind(run.user_message_id)
@@ -225,13 +251,13 @@ impl PostgresStore {
             };
             let at = now();
             let (record, started) = lifecycle::admitted(run.clone(), holds_session, at);
-            bind_new(sqlx::query(INSERT), &record, holds_session.then_some(at))
+            let event = started.and_then(|start| events::run_transitioned(&start, &record));
+            let event = event.map(OutboxRow::new).transpose()?;
+            let insert = outbox::bind_optional(event.as_ref(), sqlx::query(INSERT));
+            bind_new(insert, &record, holds_session.then_some(at))
                 .execute(&mut *tx)
                 .await
                 .map_err(classify_run_insert)?;
-            if let Some(event) = started.and_then(|start| events::run_transitioned(&start, &record)) {
-                self.outbox().enqueue(&mut tx, event).await?;
-            }
             tx.commit().await.map_err(classify_commit)?;
             Ok(Admitted::Created {
                 run: record,
@@ -306,26 +332,23 @@ impl PostgresStore {
             return self.transition_run_only(id, transition).await;
         }
         self.write(|| async {
-            let place = sqlx::query(PLACE).bind(id).fetch_optional(self.pool()).await.map_err(classify)?;
-            let place = place.ok_or(DbError::NotFound)?;
-            let session_id: Uuid = sqlx::Row::try_get(&place, "session_id").map_err(classify)?;
             let mut tx = self.pool().begin().await.map_err(classify)?;
-            lock_session(&mut tx, session_id).await?;
-            let current = fetch_run(&mut tx, LOCK_RUN, id).await?.ok_or(DbError::NotFound)?;
+            let current = fetch_run(&mut tx, LOCK_RUN_AND_SESSION, id).await?.ok_or(DbError::NotFound)?;
             let at = now();
             let run = lifecycle::apply(&current, transition, at)
                 .ok_or_else(|| DbError::InvalidTransition(Box::new(current.clone())))?;
-            replace(&mut tx, &run).await?;
+            replace(&mut tx, &run, events::run_transitioned(transition, &run)).await?;
             let next = if current.holds_session && !run.holds_session {
-                let row =
-                    sqlx::query(PROMOTE).bind(session_id).bind(at).fetch_optional(&mut *tx).await.map_err(classify)?;
+                let row = sqlx::query(PROMOTE)
+                    .bind(run.session_id)
+                    .bind(at)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(classify)?;
                 row.as_ref().map(rows::run).transpose()?
             } else {
                 None
             };
-            if let Some(event) = events::run_transitioned(transition, &run) {
-                self.outbox().enqueue(&mut tx, event).await?;
-            }
             tx.commit().await.map_err(classify_commit)?;
             Ok(Transitioned { run, next })
         })
@@ -366,10 +389,7 @@ impl PostgresStore {
             let current = fetch_run(&mut tx, LOCK_RUN, id).await?.ok_or(DbError::NotFound)?;
             let run = lifecycle::apply(&current, transition, now())
                 .ok_or_else(|| DbError::InvalidTransition(Box::new(current.clone())))?;
-            replace(&mut tx, &run).await?;
-            if let Some(event) = events::run_transitioned(transition, &run) {
-                self.outbox().enqueue(&mut tx, event).await?;
-            }
+            replace(&mut tx, &run, events::run_transitioned(transition, &run)).await?;
             tx.commit().await.map_err(classify_commit)?;
             Ok(Transitioned { run, next: None })
         })

@@ -8,6 +8,17 @@
 //! inserts the message and queues its event: one implicit transaction, one round trip.
 //! The session's `updated_at` is not touched (its trigger only watches its own fields).
 //!
+//! # Keyed appends
+//!
+//! An append under an idempotency key's first use ([`FirstUse`]) inserts the key's row,
+//! response included, in the same statement, after the message: one round trip instead
+//! of three (claim, append, complete), and a key is never recorded for an append that
+//! did not happen. A key that already has a row makes the statement fail on the key's
+//! primary key, which rolls back the whole append; the caller is told
+//! [`Appended::KeyInUse`] and takes the claim path, which answers the stored response,
+//! takes over an expired key, or reports the key in use. A concurrent first use of the
+//! same key waits on the first one's uncommitted row, then fails the same way.
+//!
 //! # Combining
 //!
 //! On this kind of hardware a transaction's fixed cost (protocol, snapshot, WAL, commit
@@ -40,7 +51,7 @@ use super::PostgresStore;
 use super::error::{DbError, classify, violated_constraint};
 use super::sessions::repeated_insert;
 use crate::events;
-use crate::store::{JsonObject, MessageRecord, NewMessage, Owner, StoreError, ToolCall};
+use crate::store::{FirstUse, JsonObject, MessageRecord, NewMessage, Owner, StoreError, ToolCall};
 use agentmesh_postgres::outbox::{OutboxRow, OutboxRows};
 use agentmesh_postgres::{outbox_insert, outbox_insert_one};
 
@@ -50,9 +61,20 @@ const MAX_BATCH: usize = 64;
 /// Histogram: appends per statement.
 pub const BATCH_SIZE_HISTOGRAM: &str = "agentmesh_session_store_append_batch_size";
 
+/// The head of the statement that records an idempotency key's first use with the
+/// append: the claim token is the message id, the lease is over at once (the response
+/// is stored), and an existing row for the key fails the statement on the primary key.
+macro_rules! key_insert {
+    () => {
+        "INSERT INTO idempotency_keys (tenant_id, owner_id, key, fingerprint, response, claim_token, \
+         lease_expires_at, expires_at) "
+    };
+}
+
 /// `$1`-`$12` the event, `$13` session, `$14` tenant, `$15` owner, `$16` id, `$17` role,
 /// `$18` content, `$19` metadata, `$20` tool calls, `$21` parent (nullable), `$22` time,
-/// `$23` tool call id (nullable).
+/// `$23` tool call id (nullable), then the idempotency key's first use (all nullable):
+/// `$24` key, `$25` fingerprint, `$26` response, `$27` retention (µs).
 /// Reports whether the message went in; when it did not, [`APPEND_REFUSED`] tells why.
 const CREATE: &str = concat!(
     "WITH bumped AS (",
@@ -62,6 +84,10 @@ const CREATE: &str = concat!(
     "inserted AS (",
     "INSERT INTO messages (id, session_id, role, content, metadata, tool_calls, parent_message_id, created_at, ",
     "updated_at, tool_call_id) SELECT $16, b.id, $17, $18, $19, $20, $21, $22, $22, $23 FROM bumped b RETURNING id), ",
+    "keyed AS (",
+    key_insert!(),
+    "SELECT $14, $15, $24, $25, $26, x.id, now(), now() + $27 * interval '1 microsecond' ",
+    "FROM inserted x WHERE $24::text IS NOT NULL), ",
     "queued AS (",
     outbox_insert_one!("EXISTS (SELECT 1 FROM inserted)"),
     ") SELECT EXISTS (SELECT 1 FROM inserted)"
@@ -74,12 +100,15 @@ const APPEND_REFUSED: &str =
 
 /// Many appends: `$1`-`$13` the events (record id = message id), `$14`-`$23` the
 /// messages as arrays (id, session, tenant, owner, role, content, metadata, tool calls,
-/// parent, time), `$24` their tool call ids. One row per append, in input order: inserted, owned, parent valid.
+/// parent, time), `$24` their tool call ids, `$25`-`$28` their idempotency keys' first
+/// uses (key, fingerprint, response, retention in µs; null for an append without one).
+/// One row per append, in input order: inserted, owned, parent valid.
 const CREATE_BATCH: &str = concat!(
     "WITH input AS (SELECT * FROM unnest($14::uuid[], $15::uuid[], $16::text[], $17::text[], $18::text[], ",
-    "$19::text[], $20::jsonb[], $21::jsonb[], $22::uuid[], $23::timestamptz[], $24::text[]) WITH ORDINALITY ",
+    "$19::text[], $20::jsonb[], $21::jsonb[], $22::uuid[], $23::timestamptz[], $24::text[], $25::text[], ",
+    "$26::bytea[], $27::bytea[], $28::int8[]) WITH ORDINALITY ",
     "AS i(id, session_id, tenant_id, owner_id, role, content, metadata, tool_calls, parent_message_id, at, ",
-    "tool_call_id, n)), ",
+    "tool_call_id, key, fingerprint, response, retention, n)), ",
     "owned AS (SELECT i.id, (i.parent_message_id IS NULL OR EXISTS (SELECT 1 FROM messages p ",
     "WHERE p.id = i.parent_message_id AND p.session_id = i.session_id)) AS parent_ok ",
     "FROM input i JOIN sessions s ON s.id = i.session_id AND s.tenant_id = i.tenant_id AND s.owner_id = i.owner_id), ",
@@ -91,6 +120,11 @@ const CREATE_BATCH: &str = concat!(
     "created_at, updated_at, tool_call_id) SELECT a.id, a.session_id, a.role, a.content, a.metadata, a.tool_calls, ",
     "a.parent_message_id, a.at, a.at, a.tool_call_id FROM accepted a WHERE a.session_id IN (SELECT id FROM bumped) ",
     "ORDER BY a.n RETURNING id), ",
+    "keyed AS (",
+    key_insert!(),
+    "SELECT a.tenant_id, a.owner_id, a.key, a.fingerprint, a.response, a.id, now(), ",
+    "now() + a.retention * interval '1 microsecond' FROM accepted a ",
+    "WHERE a.key IS NOT NULL AND a.id IN (SELECT id FROM inserted)), ",
     "queued AS (",
     outbox_insert!("e.record_id IN (SELECT id FROM inserted)"),
     ") SELECT (x.id IS NOT NULL) AS inserted, (o.id IS NOT NULL) AS owned, COALESCE(o.parent_ok, false) AS parent_ok ",
@@ -103,7 +137,31 @@ struct Pending {
     record: MessageRecord,
     /// Built in the caller's task, where the request's correlation id is.
     event: Event,
-    reply: oneshot::Sender<Result<(), StoreError>>,
+    /// The idempotency key whose first use this append is, if any.
+    key: Option<KeyRow>,
+    reply: oneshot::Sender<Result<Appended, StoreError>>,
+}
+
+/// An idempotency key's row, written with the append (see the module documentation).
+struct KeyRow {
+    key: String,
+    fingerprint: [u8; 32],
+    response: Vec<u8>,
+    retention_micros: i64,
+}
+
+/// What became of an append that was not refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Appended {
+    /// The message (and its key, if any) went in.
+    Inserted,
+    /// Nothing went in: the append's idempotency key has a row already.
+    KeyInUse,
+}
+
+/// Whether `error` is the idempotency key's primary key refusing a second row.
+fn key_in_use(error: &sqlx::Error) -> bool {
+    matches!(violated_constraint(error), Some(("unique", name)) if name == "idempotency_keys_pkey")
 }
 
 /// A queue of appends and the right to run its statement.
@@ -165,6 +223,41 @@ impl PostgresStore {
         session_id: Uuid,
         new: NewMessage,
     ) -> Result<MessageRecord, StoreError> {
+        match self.append(owner, session_id, new, None).await? {
+            (record, Appended::Inserted) => Ok(record),
+            // Not reachable without a key; reported rather than assumed.
+            (_, Appended::KeyInUse) => Err(StoreError::Internal("an append without a key found its key in use".into())),
+        }
+    }
+
+    pub(super) async fn create_message_first_use_impl(
+        &self,
+        owner: &Owner,
+        session_id: Uuid,
+        new: NewMessage,
+        first_use: FirstUse<'_>,
+    ) -> Result<Option<MessageRecord>, StoreError> {
+        let key = |record: &MessageRecord| KeyRow {
+            key: first_use.key.to_owned(),
+            fingerprint: first_use.fingerprint,
+            response: (first_use.response)(record),
+            retention_micros: i64::try_from(first_use.retention.as_micros()).unwrap_or(i64::MAX),
+        };
+        Ok(match self.append(owner, session_id, new, Some(&key)).await? {
+            (record, Appended::Inserted) => Some(record),
+            (_, Appended::KeyInUse) => None,
+        })
+    }
+
+    /// Queues one append on its lane, starts the lane if it is idle, and waits for the
+    /// outcome. `key` builds the row of the idempotency key's first use for the record.
+    async fn append(
+        &self,
+        owner: &Owner,
+        session_id: Uuid,
+        new: NewMessage,
+        key: Option<&(dyn Fn(&MessageRecord) -> KeyRow + Sync)>,
+    ) -> Result<(MessageRecord, Appended), StoreError> {
         let at = crate::store::now();
         let record = MessageRecord {
             id: Uuid::now_v7(),
@@ -179,19 +272,21 @@ impl PostgresStore {
             updated_at: at,
         };
         let event = events::message_created(owner, &record);
+        let key = key.map(|key| key(&record));
         let (reply, done) = oneshot::channel();
         let appender = &self.inner.appender;
         let index = appender.lane_of(session_id);
         let lane = &appender.lanes[index];
-        lane.push(Pending { owner: owner.clone(), record: record.clone(), event, reply });
+        lane.push(Pending { owner: owner.clone(), record: record.clone(), event, key, reply });
         if let Ok(permit) = Arc::clone(&lane.running).try_acquire_owned() {
             tokio::spawn(self.clone().drain_lane(index, permit));
         }
         match done.await {
-            Ok(Ok(())) => {
+            Ok(Ok(Appended::Inserted)) => {
                 self.wake_relay();
-                Ok(record)
+                Ok((record, Appended::Inserted))
             }
+            Ok(Ok(Appended::KeyInUse)) => Ok((record, Appended::KeyInUse)),
             Ok(Err(error)) => Err(error),
             // The lane's task died (runtime shutting down): the outcome is unknown.
             Err(closed) => Err(StoreError::Unavailable(Box::new(closed))),
@@ -230,7 +325,7 @@ impl PostgresStore {
             match self.append_many(&batch).await {
                 Ok(outcomes) => {
                     for (pending, result) in batch.into_iter().zip(outcomes) {
-                        let _ = pending.reply.send(result.map_err(into_store_error));
+                        let _ = pending.reply.send(result.map(|()| Appended::Inserted).map_err(into_store_error));
                     }
                     return;
                 }
@@ -242,21 +337,27 @@ impl PostgresStore {
                     }
                     return;
                 }
-                // One append spoils the statement (or a repeat met its own committed rows):
-                // each finds out alone.
+                // One append spoils the statement (or a repeat met its own committed rows,
+                // or a key was in use): each finds out alone.
                 Err(error) => {
                     tracing::debug!(%error, size = batch.len(), "combined append failed; appending one by one");
                 }
             }
         }
         for pending in batch.drain(..) {
-            let result = self.append_one(&pending.owner, &pending.record, pending.event).await;
+            let result = self.append_one(&pending.owner, &pending.record, pending.event, pending.key.as_ref()).await;
             let _ = pending.reply.send(result);
         }
     }
 
     /// One append, alone, under the database policy.
-    async fn append_one(&self, owner: &Owner, record: &MessageRecord, event: Event) -> Result<(), StoreError> {
+    async fn append_one(
+        &self,
+        owner: &Owner,
+        record: &MessageRecord,
+        event: Event,
+        key: Option<&KeyRow>,
+    ) -> Result<Appended, StoreError> {
         let outbox = OutboxRow::new(event).map_err(|e| StoreError::Internal(Box::new(e)))?;
         self.run(|| async {
             let mut conn = self.inner.pool.acquire().await.map_err(classify)?;
@@ -273,12 +374,17 @@ impl PostgresStore {
                 .bind(record.parent_message_id)
                 .bind(record.created_at)
                 .bind(record.tool_call_id.as_deref())
+                .bind(key.map(|k| k.key.as_str()))
+                .bind(key.map(|k| &k.fingerprint[..]))
+                .bind(key.map(|k| k.response.as_slice()))
+                .bind(key.map(|k| k.retention_micros))
                 .fetch_one(&mut *conn)
                 .await;
             let inserted: bool = match result {
                 Ok(row) => row.try_get(0).map_err(classify)?,
                 // Safe to retry even if the outcome is unknown: see `repeated_insert`.
-                Err(e) if repeated_insert(&e, "messages_pkey") => return Ok(()),
+                Err(e) if repeated_insert(&e, "messages_pkey") => return Ok(Appended::Inserted),
+                Err(e) if key_in_use(&e) => return Ok(Appended::KeyInUse),
                 Err(e) => {
                     return Err(match violated_constraint(&e) {
                         // The parent was deleted after the statement's snapshot saw it.
@@ -291,7 +397,7 @@ impl PostgresStore {
                 }
             };
             if inserted {
-                return Ok(());
+                return Ok(Appended::Inserted);
             }
             let owned: bool = sqlx::query_scalar(APPEND_REFUSED)
                 .bind(record.session_id)
@@ -324,6 +430,12 @@ impl PostgresStore {
         let tool_call_ids: Vec<Option<&str>> = batch.iter().map(|p| p.record.tool_call_id.as_deref()).collect();
         let parents: Vec<Option<Uuid>> = batch.iter().map(|p| p.record.parent_message_id).collect();
         let times: Vec<_> = batch.iter().map(|p| p.record.created_at).collect();
+        let keys: Vec<Option<&str>> = batch.iter().map(|p| p.key.as_ref().map(|k| k.key.as_str())).collect();
+        let fingerprints: Vec<Option<&[u8]>> =
+            batch.iter().map(|p| p.key.as_ref().map(|k| &k.fingerprint[..])).collect();
+        let responses: Vec<Option<&[u8]>> =
+            batch.iter().map(|p| p.key.as_ref().map(|k| k.response.as_slice())).collect();
+        let retentions: Vec<Option<i64>> = batch.iter().map(|p| p.key.as_ref().map(|k| k.retention_micros)).collect();
         self.run(|| async {
             let mut conn = self.inner.pool.acquire().await.map_err(classify)?;
             let rows = outbox
@@ -339,6 +451,10 @@ impl PostgresStore {
                 .bind(&parents)
                 .bind(&times)
                 .bind(&tool_call_ids)
+                .bind(&keys)
+                .bind(&fingerprints)
+                .bind(&responses)
+                .bind(&retentions)
                 .fetch_all(&mut *conn)
                 .await
                 .map_err(classify)?;
@@ -399,7 +515,7 @@ mod tests {
                 created_at: crate::store::now(),
                 updated_at: crate::store::now(),
             };
-            lane.push(Pending { owner, record, event, reply });
+            lane.push(Pending { owner, record, event, key: None, reply });
         }
         let first = lane.take();
         assert_eq!(first.len(), MAX_BATCH);

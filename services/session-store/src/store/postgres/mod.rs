@@ -55,8 +55,8 @@ pub use agentmesh_postgres::outbox::{OutboxRelay, RelaySettings};
 pub use self::append::BATCH_SIZE_HISTOGRAM;
 use self::error::{DbError, classify, into_store_error};
 use super::{
-    MessagePatch, MessageQuery, MessageRecord, NewMessage, NewSession, Owner, Page, SessionPatch, SessionQuery,
-    SessionRecord, SessionStore, StoreError,
+    FirstUse, MessagePatch, MessageQuery, MessageRecord, NewMessage, NewSession, Owner, Page, SessionPatch,
+    SessionQuery, SessionRecord, SessionStore, StoreError,
 };
 
 /// The schema production uses (one schema per service, ARCHITECTURE §2).
@@ -194,6 +194,16 @@ impl SessionStore for PostgresStore {
         message: NewMessage,
     ) -> Result<MessageRecord, StoreError> {
         self.create_message_impl(owner, session_id, message).await
+    }
+
+    async fn create_message_first_use(
+        &self,
+        owner: &Owner,
+        session_id: Uuid,
+        message: NewMessage,
+        first_use: FirstUse<'_>,
+    ) -> Result<Option<MessageRecord>, StoreError> {
+        self.create_message_first_use_impl(owner, session_id, message, first_use).await
     }
 
     async fn get_message(&self, owner: &Owner, id: Uuid) -> Result<MessageRecord, StoreError> {
