@@ -201,7 +201,6 @@ impl SessionService {
     }
 }
 
-/// The caller, as established by the server's authenticator, as the owner of records.
 /// The request's idempotency key, checked, with the request's fingerprint; `None` when
 /// it has none.
 fn idempotency_key<Req>(request: &Request<Req>) -> Result<Option<(&str, [u8; 32])>, Status>
@@ -221,6 +220,7 @@ where
     Ok(Some((key, hasher.finalize().into())))
 }
 
+/// The caller, as established by the server's authenticator, as the owner of records.
 fn owner<T>(request: &Request<T>) -> Result<Owner, Status> {
     Ok(Owner::from(caller(request)?))
 }
@@ -440,9 +440,15 @@ impl SessionRpc for SessionService {
             retention: idempotency::RETENTION,
             response: &|record| created(record).encode_to_vec(),
         };
-        let appended = self.store.create_message_first_use(&owner, session_id, message.clone(), first_use).await;
-        if let Some(record) = appended.map_err(not_found_as("Session"))? {
-            return Ok(Response::new(created(&record)));
+        match self.store.create_message_first_use(&owner, session_id, message.clone(), first_use).await {
+            Ok(Some(record)) => return Ok(Response::new(created(&record))),
+            // The key has a row, or the store cannot combine: the claim path decides.
+            Ok(None) => {}
+            // Refused, but a stored response of this key still answers a repeat (the
+            // session may be gone since): the claim path decides, and refuses again
+            // when the key is new.
+            Err(StoreError::NotFound | StoreError::InvalidParent) => {}
+            Err(error) => return Err(not_found_as("Session")(error)),
         }
         let create = async {
             let record =

@@ -220,6 +220,13 @@ async fn keyed_messages_are_appended_once(mesh: &mut Mesh) {
     let get = pb::GetSessionRequest { session_id: session.id.clone() };
     let after = client.get_session(mesh.as_user("alice", get)).await.unwrap().into_inner().session.unwrap();
     assert_eq!(after.message_count, 1);
+
+    let delete = pb::DeleteSessionRequest { session_id: session.id.clone() };
+    client.delete_session(mesh.as_user("alice", delete)).await.unwrap();
+    let replayed = client.create_message(message(mesh, "alice", "hi", "m-key")).await.unwrap().into_inner();
+    assert_eq!(replayed, m1, "a repeat is answered from the key even after the session is gone");
+    let status = client.create_message(message(mesh, "alice", "hi", "new-key")).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
 }
 
 #[tokio::test]
