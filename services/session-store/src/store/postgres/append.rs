@@ -49,6 +49,7 @@ use uuid::Uuid;
 
 use super::PostgresStore;
 use super::error::{DbError, classify, violated_constraint};
+use super::idempotency::micros;
 use super::sessions::repeated_insert;
 use crate::events;
 use crate::store::{FirstUse, JsonObject, MessageRecord, NewMessage, Owner, StoreError, ToolCall};
@@ -237,26 +238,20 @@ impl PostgresStore {
         new: NewMessage,
         first_use: FirstUse<'_>,
     ) -> Result<Option<MessageRecord>, StoreError> {
-        let key = |record: &MessageRecord| KeyRow {
-            key: first_use.key.to_owned(),
-            fingerprint: first_use.fingerprint,
-            response: (first_use.response)(record),
-            retention_micros: i64::try_from(first_use.retention.as_micros()).unwrap_or(i64::MAX),
-        };
-        Ok(match self.append(owner, session_id, new, Some(&key)).await? {
+        Ok(match self.append(owner, session_id, new, Some(first_use)).await? {
             (record, Appended::Inserted) => Some(record),
             (_, Appended::KeyInUse) => None,
         })
     }
 
     /// Queues one append on its lane, starts the lane if it is idle, and waits for the
-    /// outcome. `key` builds the row of the idempotency key's first use for the record.
+    /// outcome; with `first_use`, the key's row is written with the message.
     async fn append(
         &self,
         owner: &Owner,
         session_id: Uuid,
         new: NewMessage,
-        key: Option<&(dyn Fn(&MessageRecord) -> KeyRow + Sync)>,
+        first_use: Option<FirstUse<'_>>,
     ) -> Result<(MessageRecord, Appended), StoreError> {
         let at = crate::store::now();
         let record = MessageRecord {
@@ -272,7 +267,12 @@ impl PostgresStore {
             updated_at: at,
         };
         let event = events::message_created(owner, &record);
-        let key = key.map(|key| key(&record));
+        let key = first_use.map(|first_use| KeyRow {
+            key: first_use.key.to_owned(),
+            fingerprint: first_use.fingerprint,
+            response: (first_use.response)(&record),
+            retention_micros: micros(first_use.retention),
+        });
         let (reply, done) = oneshot::channel();
         let appender = &self.inner.appender;
         let index = appender.lane_of(session_id);

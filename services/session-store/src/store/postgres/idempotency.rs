@@ -44,7 +44,8 @@ const RELEASE: &str =
 pub(super) const PURGE_EXPIRED: &str = "DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(\
      SELECT ctid FROM idempotency_keys WHERE expires_at < now() LIMIT $1))";
 
-fn micros(duration: Duration) -> i64 {
+/// A duration as the µs count the statements multiply `interval '1 microsecond'` by.
+pub(super) fn micros(duration: Duration) -> i64 {
     i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
 }
 
