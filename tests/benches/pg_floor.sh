@@ -21,8 +21,12 @@ if [ -z "$pgbench" ]; then
 fi
 
 name="pg_floor_$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')"
-# The same server and options, another database: swap the URL's path.
-url="$(printf '%s' "$base" | sed -E "s#^(postgres(ql)?://[^/]*)/[^?]*#\1/$name#")"
+# The same server and options, another database: the URL's path replaced (or added).
+url="$(printf '%s' "$base" | sed -E "s#^(postgres(ql)?://[^/?]*)(/[^?]*)?#\1/$name#")"
+case "$url" in
+    */"$name"|*/"$name"\?*) ;;
+    *) echo "pg_floor: not a postgres:// URL: $base" >&2; exit 1 ;;
+esac
 psql "$base" -qXc "CREATE DATABASE $name" >/dev/null
 trap 'psql "$base" -qXc "DROP DATABASE IF EXISTS $name WITH (FORCE)" >/dev/null' EXIT
 psql "$url" -qX -v ON_ERROR_STOP=1 -f "$here/pg_floor/schema.sql" >/dev/null
