@@ -73,39 +73,32 @@ impl OutboxRow {
 
     /// Binds the event as `$1`-`$12` of `query` (which must have no parameters yet).
     pub fn bind<'q>(&self, query: Query<'q, Postgres, PgArguments>) -> Query<'q, Postgres, PgArguments> {
-        let event = &self.event;
-        query
-            .bind(self.event_id)
-            .bind(event.topic())
-            .bind(event.event_type())
-            .bind(event.source())
-            .bind(event.subject())
-            .bind(event.tenant())
-            .bind(event.correlation_id())
-            .bind(event.data_content_type())
-            .bind(event.data_schema())
-            .bind(event.data().as_ref())
-            .bind(self.time)
-            .bind(event.actor())
+        bind_optional(Some(self), query)
     }
 }
 
 /// Binds `row`'s event as `$1`-`$12` of `query` (which must have no parameters yet), or
 /// twelve NULLs when there is none: for a statement that writes its data whether or not
 /// it has an event, with its [`outbox_insert_one!`](crate::outbox_insert_one) guarded by
-/// `$1::uuid IS NOT NULL`.
+/// `$1::uuid IS NOT NULL`. The one place that knows the parameters' order.
 pub fn bind_optional<'q>(
     row: Option<&OutboxRow>,
     query: Query<'q, Postgres, PgArguments>,
 ) -> Query<'q, Postgres, PgArguments> {
-    match row {
-        Some(row) => row.bind(query),
-        None => {
-            let query = query.bind(None::<Uuid>);
-            let query = (0..8).fold(query, |query, _| query.bind(None::<&str>));
-            query.bind(None::<&[u8]>).bind(None::<DateTime<Utc>>).bind(None::<&str>)
-        }
-    }
+    let event = row.map(|row| &row.event);
+    query
+        .bind(row.map(|row| row.event_id))
+        .bind(event.map(Event::topic))
+        .bind(event.map(Event::event_type))
+        .bind(event.map(Event::source))
+        .bind(event.and_then(Event::subject))
+        .bind(event.and_then(Event::tenant))
+        .bind(event.and_then(Event::correlation_id))
+        .bind(event.map(Event::data_content_type))
+        .bind(event.and_then(Event::data_schema))
+        .bind(event.map(|event| event.data().as_ref()))
+        .bind(row.map(|row| row.time))
+        .bind(event.and_then(Event::actor))
 }
 
 fn parse_id(event: &Event) -> Result<Uuid, DbError> {
