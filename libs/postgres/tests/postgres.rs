@@ -1,19 +1,22 @@
 //! The library on the real PostgreSQL: replicas preparing one schema at once, failed
 //! migrations and the advisory lock, the transient classification of real server
-//! errors, the breaker during an outage, and the outbox with its relay. Each test works
-//! in a schema of its own (testkit's `PgSchema`), dropped when it ends.
+//! errors, the breaker during an outage, and the outbox with its relay (rows read from
+//! the table, and events handed over by their writers). Each test works in a schema of
+//! its own (testkit's `PgSchema`), dropped when it ends.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentmesh_events::{Event, EventsError, PublishAck, Publisher};
-use agentmesh_postgres::outbox::{self, Outbox};
+use agentmesh_postgres::outbox::{self, Outbox, RelaySettings};
 use agentmesh_postgres::{Database, DbError, PoolSettings, SetupError, classify, classify_commit};
 use agentmesh_resilience::{BreakerState, Preset, ResilienceError, RetryPolicy};
 use agentmesh_testkit::PgSchema;
+use agentmesh_testkit::outbox::{RunningRelay, quick_relay};
 use async_trait::async_trait;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{Connection as _, SqlSafeStr as _};
@@ -165,19 +168,192 @@ async fn an_outage_opens_the_breaker_and_calls_fail_fast() {
     assert!(setup.is_unavailable(), "{setup:?}");
 }
 
-/// Records what it publishes.
+/// Records what it publishes; refuses the next `failures` publishes as unavailable.
 #[derive(Default)]
 struct Recorder {
     published: Mutex<Vec<Event>>,
+    failures: AtomicUsize,
+}
+
+impl Recorder {
+    fn ids(&self) -> Vec<String> {
+        self.published.lock().unwrap().iter().map(|event| event.id().to_owned()).collect()
+    }
 }
 
 #[async_trait]
 impl Publisher for Recorder {
     async fn publish(&self, event: Event) -> Result<PublishAck, EventsError> {
+        if self.failures.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            return Err(EventsError::Unavailable { operation: "publish", source: "test bus down".into() });
+        }
         let mut published = self.published.lock().unwrap();
         published.push(event);
         Ok(PublishAck { sequence: published.len() as u64, duplicate: false })
     }
+}
+
+/// A schema with an outbox, and the outbox.
+async fn outbox_schema(schema: &PgSchema) -> (Database, Outbox) {
+    let migrations = agentmesh_postgres::with_migrations(
+        &Migrator::with_migrations(vec![]),
+        [outbox::migration(1), outbox::actor_migration(2)],
+    );
+    let database =
+        Database::connect(schema.url(), schema.name(), pool(), &Preset::database(), &migrations).await.unwrap();
+    let outbox = Outbox::new(database.schema());
+    (database, outbox)
+}
+
+fn order_event(n: u8) -> Event {
+    Event::builder("order.created", "orders", "agentmesh.order.created").data(vec![n]).build().unwrap()
+}
+
+/// Queues `events` in one committed transaction.
+async fn commit_events(database: &Database, outbox: &Outbox, events: &[Event]) {
+    let mut tx = database.pool().begin().await.unwrap();
+    outbox.enqueue_all(&mut tx, events.iter().cloned()).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !done().await {
+        assert!(tokio::time::Instant::now() < until, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn ids_of(events: &[Event]) -> Vec<String> {
+    events.iter().map(|event| event.id().to_owned()).collect()
+}
+
+/// Starts a relay and returns once its first look at the table is behind it (that look
+/// would publish from the table what a test means to hand over), with `recorder` empty.
+async fn relay_past_its_first_look(
+    database: &Database,
+    outbox: &Outbox,
+    recorder: &Arc<Recorder>,
+    settings: RelaySettings,
+) -> RunningRelay {
+    let relay = RunningRelay::start(outbox.relay(database, recorder.clone()).with_settings(settings));
+    commit_events(database, outbox, &[order_event(0)]).await;
+    outbox.committed();
+    wait_for("the relay has looked at the table", async || recorder.ids().len() == 1).await;
+    recorder.published.lock().unwrap().clear();
+    relay
+}
+
+#[tokio::test]
+async fn handed_events_are_published_without_reading_them_back_and_marked() {
+    let Some(schema) = PgSchema::start("pghand").await else { return };
+    let (database, outbox) = outbox_schema(&schema).await;
+    let recorder = Arc::new(Recorder::default());
+    let settings = RelaySettings { poll_interval: Duration::from_secs(300), ..quick_relay() };
+    let relay = relay_past_its_first_look(&database, &outbox, &recorder, settings).await;
+    let events = [order_event(1), order_event(2), order_event(3)];
+    commit_events(&database, &outbox, &events).await;
+    // The table's copies now differ from the events the writer holds: what is published
+    // shows where the relay took it from.
+    sqlx::query("UPDATE outbox SET data = '\\x00' WHERE published_at IS NULL").execute(database.pool()).await.unwrap();
+    outbox.committed_events(events.iter().cloned());
+    wait_for("the rows are marked published", async || {
+        scalar::<i64>(&database, "SELECT count(*) FROM outbox WHERE published_at IS NULL").await == 0
+    })
+    .await;
+    relay.stop().await;
+    assert_eq!(recorder.ids(), ids_of(&events), "each once, in the order handed over");
+    let data: Vec<Vec<u8>> = recorder.published.lock().unwrap().iter().map(|event| event.data().to_vec()).collect();
+    assert_eq!(data, [[1], [2], [3]], "published as handed, not read back");
+}
+
+#[tokio::test]
+async fn a_handed_event_the_bus_fails_is_published_from_the_table_in_order() {
+    let Some(schema) = PgSchema::start("pghfail").await else { return };
+    let (database, outbox) = outbox_schema(&schema).await;
+    let recorder = Arc::new(Recorder::default());
+    let settings = RelaySettings { publish_concurrency: 1, poll_interval: Duration::from_secs(300), ..quick_relay() };
+    let relay = relay_past_its_first_look(&database, &outbox, &recorder, settings).await;
+    recorder.failures.store(1, Ordering::SeqCst);
+    let events = [order_event(1), order_event(2), order_event(3)];
+    commit_events(&database, &outbox, &events).await;
+    outbox.committed_events(events.iter().cloned());
+    wait_for("every row is marked published", async || {
+        scalar::<i64>(&database, "SELECT count(*) FROM outbox WHERE published_at IS NULL").await == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // nothing more may come
+    relay.stop().await;
+    assert_eq!(recorder.failures.load(Ordering::SeqCst), 0, "the first handed event failed");
+    assert_eq!(recorder.ids(), ids_of(&events), "each once, in queue order, after the failure");
+}
+
+#[tokio::test]
+async fn handed_events_a_relay_died_before_marking_are_published_again_with_their_ids() {
+    let Some(schema) = PgSchema::start("pghcrash").await else { return };
+    let (database, outbox) = outbox_schema(&schema).await;
+    let unpublished = async || scalar::<i64>(&database, "SELECT count(*) FROM outbox WHERE published_at IS NULL").await;
+    // Handed before the relay starts, this one is marked by its first look at the table;
+    // after that, with no timed looks and a long mark delay, nothing marks the next one.
+    let earlier = order_event(1);
+    commit_events(&database, &outbox, std::slice::from_ref(&earlier)).await;
+    outbox.committed_events([earlier.clone()]);
+    let first = Arc::new(Recorder::default());
+    let settings = RelaySettings {
+        poll_interval: Duration::from_secs(300),
+        mark_delay: Duration::from_secs(300),
+        ..quick_relay()
+    };
+    let relay =
+        tokio::spawn(outbox.relay(&database, first.clone()).with_settings(settings).run(std::future::pending()));
+    wait_for("the first look marks the earlier event", async || unpublished().await == 0).await;
+    let event = order_event(7);
+    commit_events(&database, &outbox, std::slice::from_ref(&event)).await;
+    outbox.committed_events([event.clone()]);
+    wait_for("the handed event is published", async || first.ids().len() == 2).await;
+    relay.abort();
+    let _ = relay.await;
+    assert_eq!(unpublished().await, 1, "the relay died before marking");
+
+    let second = Arc::new(Recorder::default());
+    let relay = RunningRelay::start(outbox.relay(&database, second.clone()).with_settings(quick_relay()));
+    wait_for("the row is published again", async || second.ids().len() == 1).await;
+    relay.stop().await;
+    assert_eq!(second.ids(), [event.id()], "with the id the bus deduplicates by");
+    assert_eq!(unpublished().await, 0);
+}
+
+#[tokio::test]
+async fn timed_looks_leave_young_rows_to_the_replica_they_were_handed_to() {
+    let Some(schema) = PgSchema::start("pghgrace").await else { return };
+    let (database, outbox) = outbox_schema(&schema).await;
+    let recorder = Arc::new(Recorder::default());
+    let settings = RelaySettings {
+        poll_interval: Duration::from_millis(100),
+        poll_grace: Duration::from_millis(1500),
+        mark_delay: Duration::from_millis(10),
+        ..quick_relay()
+    };
+    let relay = RunningRelay::start(outbox.relay(&database, recorder.clone()).with_settings(settings));
+    // Once a handed event is marked, the relay's first look at the table is behind it.
+    let handed = order_event(1);
+    commit_events(&database, &outbox, std::slice::from_ref(&handed)).await;
+    outbox.committed_events([handed.clone()]);
+    wait_for("the handed event is marked", async || {
+        scalar::<i64>(&database, "SELECT count(*) FROM outbox WHERE published_at IS NULL").await == 0
+    })
+    .await;
+
+    // Another replica's event: committed here, handed to nobody in this process.
+    let elsewhere = order_event(2);
+    let queued_at = tokio::time::Instant::now();
+    commit_events(&database, &outbox, std::slice::from_ref(&elsewhere)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(recorder.ids(), [handed.id()], "several timed looks left the young row alone");
+    wait_for("the row is published once it is old", async || recorder.ids().len() == 2).await;
+    assert!(queued_at.elapsed() >= Duration::from_millis(1500));
+    relay.stop().await;
+    assert_eq!(recorder.ids(), [handed.id(), elsewhere.id()]);
 }
 
 #[tokio::test]
@@ -211,7 +387,7 @@ async fn the_outbox_publishes_committed_events_in_order_with_their_ids() {
     tx.rollback().await.unwrap();
 
     let recorder = Arc::new(Recorder::default());
-    let relay = outbox.relay(&database, recorder.clone());
+    let mut relay = outbox.relay(&database, recorder.clone());
     assert_eq!(relay.pending().await.unwrap(), 2);
     let report = relay.publish_batch().await.unwrap();
     assert_eq!((report.fetched, report.published, report.dead), (2, 2, 0));

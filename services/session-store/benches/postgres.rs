@@ -273,7 +273,7 @@ async fn relay(store: &PostgresStore, label: &str, publisher: Arc<dyn Publisher>
         .await
         .unwrap();
     let limit = limit.min(u64::try_from(pending).unwrap_or(0));
-    let relay = store.relay(publisher).with_settings(RelaySettings { batch_size: 500, ..RelaySettings::default() });
+    let mut relay = store.relay(publisher).with_settings(RelaySettings { batch_size: 500, ..RelaySettings::default() });
     let started = Instant::now();
     let mut published = 0;
     while published < limit && started.elapsed() < deadline {

@@ -482,7 +482,7 @@ async fn invalid_rows_are_set_aside_and_housekeeping_purges() {
     .unwrap();
     t.store.create_sessions(&alice, vec![NewSession::default()]).await.unwrap();
     let publisher = CountingPublisher::new(0);
-    let relay =
+    let mut relay =
         t.store.relay(publisher.clone()).with_settings(RelaySettings { retention: Duration::ZERO, ..quick_relay() });
     let report = relay.publish_batch().await.unwrap();
     assert_eq!((report.fetched, report.published, report.dead), (2, 1, 1));

@@ -10,21 +10,26 @@
 //!    [`with_migrations`](crate::with_migrations).
 //! 2. Writes events in its transactions with [`Outbox::enqueue`] (or, to save the round
 //!    trip, embeds [`outbox_insert!`](crate::outbox_insert) in its own statement and binds
-//!    [`OutboxRows`]), then calls [`Outbox::committed`] after committing, which wakes the
-//!    relay at once instead of at its next poll.
+//!    [`OutboxRows`]). After committing it hands the events to the relay with
+//!    [`Outbox::committed_events`], which publishes them at once without reading them
+//!    back ([`handoff`]), or, when it no longer holds them, calls [`Outbox::committed`],
+//!    which has the relay read the table now instead of at its next poll.
 //! 3. Runs [`Outbox::relay`] in the background until shutdown.
 //!
 //! [`OutboxDatabase`] does all three for a store: its database and outbox in one handle,
-//! with [`OutboxDatabase::write`] waking the relay after every successful write.
+//! with [`OutboxDatabase::write`] waking the relay after every successful write and
+//! [`OutboxDatabase::write_events`] handing it the write's events.
 //!
 //! # What the relay guarantees
 //!
 //! See [`relay`]: every committed event is published at least once, with the event id it
 //! was queued with as the bus's deduplication id (JetStream's `Nats-Msg-Id`), so a repeat
-//! after a crash is dropped by the bus; events are published in the order they were
-//! queued (`seq`), except that with pipelining an event whose publish failed may be
-//! overtaken by the few sent after it.
+//! after a crash is dropped by the bus. Events read from the table are published in the
+//! order they were queued (`seq`); handed events in the order they were handed over,
+//! which for the events of one record is the order their writes committed. With
+//! pipelining, an event whose publish failed may be overtaken by the few sent after it.
 
+mod handoff;
 pub mod relay;
 mod rows;
 
@@ -38,7 +43,6 @@ use sqlx::SqlSafeStr as _;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::PgPool;
 use sqlx::{PgConnection, Postgres, Transaction};
-use tokio::sync::Notify;
 
 pub use self::relay::{BatchReport, OutboxRelay, RelayError, RelaySettings};
 pub use self::rows::{INSERT_ALL, OutboxRow, OutboxRows, bind_optional};
@@ -70,11 +74,11 @@ pub fn actor_migration(version: i64) -> Migration {
     Migration::new(version, Cow::Borrowed("outbox actor"), MigrationType::Simple, sql, false)
 }
 
-/// One owner's outbox: where events are written and who to wake after a commit. Cheap to
-/// clone; clones share the wake-up.
+/// One owner's outbox: where events are written and who to tell after a commit. Cheap to
+/// clone; clones share the relay's queue and wake-up.
 #[derive(Debug, Clone)]
 pub struct Outbox {
-    wake: Arc<Notify>,
+    handoff: Arc<handoff::Handoff>,
     channel: String,
 }
 
@@ -82,7 +86,7 @@ impl Outbox {
     /// The outbox in `schema`. Its relays also LISTEN on `<schema>_outbox`, so writers
     /// outside this process can wake them with `pg_notify`.
     pub fn new(schema: &Schema) -> Self {
-        Self { wake: Arc::new(Notify::new()), channel: schema.channel("outbox") }
+        Self { handoff: Arc::default(), channel: schema.channel("outbox") }
     }
 
     /// The notification channel the relays listen on.
@@ -114,18 +118,25 @@ impl Outbox {
         Ok(())
     }
 
-    /// Tells this process's relays that events were committed, so they publish now rather
-    /// than at their next poll. Writes deliberately do not `NOTIFY` (see the table's
+    /// Tells this process's relay that events were committed, so it reads the table now
+    /// rather than at its next poll. Writes deliberately do not `NOTIFY` (see the table's
     /// migration): this in-process wake-up is free.
     pub fn committed(&self) {
-        self.wake.notify_one();
+        self.handoff.table();
+    }
+
+    /// Hands this process's relay the events a write has just committed (all of them,
+    /// in the order they were queued), so it publishes them without reading them back.
+    /// Never call it before the commit: an event handed over is published, committed or not.
+    pub fn committed_events(&self, events: impl IntoIterator<Item = Event>) {
+        self.handoff.events(events);
     }
 
     /// A relay publishing this outbox to `publisher`; drive it with [`OutboxRelay::run`].
     /// It has its own two connections (one listening, one working) so it neither waits
     /// for nor starves the request pool.
     pub fn relay(&self, database: &Database, publisher: Arc<dyn Publisher>) -> OutboxRelay {
-        OutboxRelay::new(database.side_pool(2), publisher, Arc::clone(&self.wake), self.channel.clone())
+        OutboxRelay::new(database.side_pool(2), publisher, Arc::clone(&self.handoff), self.channel.clone())
     }
 }
 
@@ -204,6 +215,21 @@ impl OutboxDatabase {
             self.outbox().committed();
         }
         result
+    }
+
+    /// Runs a write under the policy, then hands the relay the events the write returns
+    /// with its result: those it queued in the transaction that committed.
+    pub async fn write_events<T, E, F, Fut>(&self, op: F) -> Result<T, ResilienceError<E>>
+    where
+        E: Judge,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<(T, Vec<Event>), E>>,
+    {
+        let (value, events) = self.run(op).await?;
+        if !events.is_empty() {
+            self.outbox().committed_events(events);
+        }
+        Ok(value)
     }
 }
 

@@ -16,14 +16,32 @@
 //! dropped for a bus failure. A row that can no longer form a valid event (corrupted by
 //! hand) is set aside as dead (`dead_at`, `last_error`) instead of blocking the queue.
 //!
+//! # Handed events
+//!
+//! Events a writer hands over after its commit
+//! ([`Outbox::committed_events`](super::Outbox::committed_events), see [`handoff`](super::handoff))
+//! are published without reading the table, in the order they were handed over, and
+//! their rows are marked published by event id in batches: when `batch_size` are
+//! waiting or `mark_delay` after the first, and at shutdown. Until then a row is still
+//! unpublished in the table; this relay's own reads of the table skip the events it has
+//! published, and other replicas' timed polls skip rows younger than `poll_grace`. If
+//! the process dies before marking, the rows are published again with their ids.
+//!
+//! A look at the table goes before the events handed over since the last one, so that
+//! rows only the table knows keep their place in `seq` order; the handed events it
+//! published are then skipped. After a failure the next round is such a look, and the
+//! relay catches up from the table, which holds every event it was handed.
+//!
 //! # Waking up
 //!
-//! The relay waits until one of: its owner wakes it after a commit
-//! ([`Outbox::committed`](super::Outbox::committed), in-process, no database round trip), a `NOTIFY <schema>_outbox` arrives (for writers outside this
-//! process, or operators), or `poll_interval` passes (the fallback that covers
-//! everything else, such as rows left by a crashed replica). Writes deliberately do not
-//! NOTIFY: PostgreSQL serialises the commits of notifying transactions, which would cap
-//! writes (see the table's migration, [`TABLE_SQL`](super::TABLE_SQL)).
+//! The relay waits until one of: its owner hands it events, or tells it to read the
+//! table after a commit ([`Outbox::committed`](super::Outbox::committed)), both
+//! in-process with no database round trip; a `NOTIFY <schema>_outbox` arrives (for
+//! writers outside this process, or operators); or `poll_interval` passes (the fallback
+//! that covers everything else, such as rows left by a crashed replica). Writes
+//! deliberately do not NOTIFY: PostgreSQL serialises the commits of notifying
+//! transactions, which would cap writes (see the table's migration,
+//! [`TABLE_SQL`](super::TABLE_SQL)).
 //!
 //! # Housekeeping
 //!
@@ -32,6 +50,7 @@
 //! ([`OutboxRelay::with_purge`], e.g. expired idempotency keys) the same way, and
 //! refreshes the `agentmesh_outbox_pending` gauge.
 
+use std::collections::HashSet;
 use std::collections::hash_map::RandomState;
 use std::future::Future;
 use std::hash::{BuildHasher as _, Hasher as _};
@@ -45,9 +64,10 @@ use futures::StreamExt as _;
 use futures::stream::FuturesOrdered;
 use sqlx::Row as _;
 use sqlx::postgres::{PgListener, PgPool, PgRow};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use uuid::Uuid;
+
+use super::handoff::Handoff;
 
 /// Gauge: live rows waiting to be published.
 pub const PENDING_GAUGE: &str = "agentmesh_outbox_pending";
@@ -63,9 +83,15 @@ pub const DEAD_COUNTER: &str = "agentmesh_outbox_dead_total";
 // with an empty outbox settles on sequential scans, which then read every row kept for
 // the retention period on every batch, until something invalidates the plan (the agent
 // run benchmark in docs/benchmarks.md, round 4, found them there).
+/// `$1` rows at most, `$2` only rows queued longer ago than this (µs; 0 for all).
 const SELECT_BATCH: &str = "SELECT seq, event_id, topic, event_type, source, subject, tenant, correlation_id, \
      data_content_type, data_schema, data, time, actor FROM outbox \
-     WHERE published_at IS NULL AND dead_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED";
+     WHERE published_at IS NULL AND dead_at IS NULL \
+     AND ($2::bigint = 0 OR created_at < clock_timestamp() - $2::bigint * interval '1 microsecond') \
+     ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED";
+
+/// Marks handed events published by their ids.
+const MARK_HANDED: &str = "UPDATE outbox SET published_at = now() WHERE event_id = ANY($1) AND published_at IS NULL";
 
 const MARK_PUBLISHED: &str = "UPDATE outbox SET published_at = now() WHERE seq = ANY($1)";
 
@@ -93,6 +119,12 @@ pub struct RelaySettings {
     pub publish_concurrency: usize,
     /// Longest wait between looks at the queue when nothing wakes the relay.
     pub poll_interval: Duration,
+    /// How long a published handed event may wait to be marked, so that one statement
+    /// marks many.
+    pub mark_delay: Duration,
+    /// Rows younger than this are left out of the looks that `poll_interval` brings: a
+    /// replica that was handed them is publishing them. Longer than `mark_delay`.
+    pub poll_grace: Duration,
     /// First delay after a failure; doubles per consecutive failure.
     pub backoff_initial: Duration,
     /// Longest delay between attempts while the bus or database is failing.
@@ -113,6 +145,8 @@ impl Default for RelaySettings {
             batch_size: 256,
             publish_concurrency: 32,
             poll_interval: Duration::from_secs(1),
+            mark_delay: Duration::from_millis(100),
+            poll_grace: Duration::from_secs(5),
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
             publish_timeout: Duration::from_secs(10),
@@ -138,6 +172,10 @@ pub enum RelayError {
     /// The bus did not acknowledge an event in time.
     #[error("publishing an outbox event timed out after {0:?}")]
     PublishTimeout(Duration),
+    /// The bus refused a handed event as invalid; reading it from the table sets its
+    /// row aside.
+    #[error("the bus refused an outbox event: {0}")]
+    Refused(String),
 }
 
 /// What one batch did.
@@ -145,10 +183,54 @@ pub enum RelayError {
 pub struct BatchReport {
     /// Rows locked for this batch.
     pub fetched: usize,
-    /// Events the bus acknowledged (now marked published).
+    /// Events the bus acknowledged (now marked published), and rows of handed events
+    /// this relay had published already.
     pub published: usize,
     /// Rows set aside as dead.
     pub dead: usize,
+}
+
+/// Handed events this relay has published whose rows are not marked yet.
+#[derive(Debug, Default)]
+struct Unmarked {
+    ids: HashSet<Uuid>,
+    /// When the oldest of them was published.
+    since: Option<Instant>,
+}
+
+impl Unmarked {
+    fn add(&mut self, id: Uuid) {
+        self.ids.insert(id);
+        self.since.get_or_insert_with(Instant::now);
+    }
+
+    /// Forgets ids whose rows were marked some other way.
+    fn marked(&mut self, ids: &[Uuid]) {
+        for id in ids {
+            self.ids.remove(id);
+        }
+        if self.ids.is_empty() {
+            self.since = None;
+        }
+    }
+}
+
+/// Which rows a look at the table takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Look {
+    /// Every unpublished row: something in this process, or a NOTIFY, asked for it.
+    All,
+    /// Rows older than `poll_grace`: the timed poll, for rows nobody is publishing.
+    Old,
+}
+
+/// What the publishes of a run of events came to, in the order they were started.
+struct Publishes<K> {
+    acked: Vec<K>,
+    /// Events the bus refuses as invalid, with its reason.
+    refused: Vec<(K, String)>,
+    /// The first failure; nothing was started after it.
+    failure: Option<RelayError>,
 }
 
 /// Publishes an owner's outbox; see the module documentation. Made by
@@ -156,7 +238,11 @@ pub struct BatchReport {
 pub struct OutboxRelay {
     pool: PgPool,
     publisher: Arc<dyn Publisher>,
-    wake: Arc<Notify>,
+    handoff: Arc<Handoff>,
+    unmarked: Unmarked,
+    /// Ids this round's look at the table published: handed events among them are not
+    /// published again.
+    just_read: HashSet<Uuid>,
     channel: String,
     settings: RelaySettings,
     /// The owner's extra housekeeping deletes (`$1`: most rows per statement).
@@ -180,8 +266,17 @@ enum Drained {
 }
 
 impl OutboxRelay {
-    pub(super) fn new(pool: PgPool, publisher: Arc<dyn Publisher>, wake: Arc<Notify>, channel: String) -> Self {
-        Self { pool, publisher, wake, channel, settings: RelaySettings::default(), purges: Vec::new() }
+    pub(super) fn new(pool: PgPool, publisher: Arc<dyn Publisher>, handoff: Arc<Handoff>, channel: String) -> Self {
+        Self {
+            pool,
+            publisher,
+            handoff,
+            unmarked: Unmarked::default(),
+            just_read: HashSet::new(),
+            channel,
+            settings: RelaySettings::default(),
+            purges: Vec::new(),
+        }
     }
 
     /// Adds a housekeeping `DELETE` run every `maintenance_interval`, repeated while it
@@ -200,14 +295,18 @@ impl OutboxRelay {
         self
     }
 
-    /// Publishes until `shutdown` resolves, then returns (after finishing the batch in
-    /// flight, which is bounded by `publish_timeout` and `database_timeout`).
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    /// Publishes until `shutdown` resolves, then marks what it published and returns
+    /// (after finishing the batch in flight, which is bounded by `publish_timeout` and
+    /// `database_timeout`).
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut listener: Option<PgListener> = None;
         let mut listen_at = Instant::now();
         let mut maintain_at = Instant::now();
+        let mut poll_at = Instant::now() + self.settings.poll_interval;
         let mut failures: u32 = 0;
+        // The first look takes everything: rows may be left from before this relay.
+        let mut look = Some(Look::All);
         tracing::info!(channel = %self.channel, "outbox relay started");
         loop {
             if Instant::now() >= maintain_at {
@@ -221,11 +320,35 @@ impl OutboxRelay {
                 // A failed LISTEN is retried at the poll pace, never in a tight loop.
                 listen_at = Instant::now() + self.settings.poll_interval;
             }
-            match self.drain(&mut shutdown).await {
+            // On a steady clock, not after the last wake-up: a busy relay is woken all
+            // the time, and the timed look is what finds rows nobody else publishes.
+            if Instant::now() >= poll_at {
+                look = look.or(Some(Look::Old));
+                poll_at = Instant::now() + self.settings.poll_interval;
+            }
+            let handed = self.handoff.take();
+            if handed.read_table {
+                look = Some(Look::All);
+            }
+            // A look goes first: it publishes in `seq` order everything committed before
+            // it, the events just handed over included, which are then skipped. After a
+            // failure the next round looks at the table, so it catches up in order.
+            let mut outcome = match look.take() {
+                Some(look) => self.drain(look, &mut shutdown).await,
+                None => Drained::Empty,
+            };
+            if matches!(outcome, Drained::Empty)
+                && let Err(error) = self.publish_handed(handed.events).await
+            {
+                outcome = Drained::Failed(error);
+            }
+            self.just_read.clear();
+            match outcome {
                 Drained::Shutdown => break,
                 Drained::Empty => failures = 0,
                 Drained::Failed(error) => {
                     failures = failures.saturating_add(1);
+                    look = Some(Look::All);
                     let delay = self.backoff(failures);
                     tracing::warn!(%error, failures, delay_ms = delay.as_millis() as u64, "outbox relay backing off");
                     tokio::select! {
@@ -235,27 +358,77 @@ impl OutboxRelay {
                     continue;
                 }
             }
+            let mark_at = self.unmarked.since.map(|since| since + self.settings.mark_delay);
+            if self.unmarked.ids.len() >= self.batch_size() || mark_at.is_some_and(|at| at <= Instant::now()) {
+                self.mark_handed().await;
+                continue;
+            }
             tokio::select! {
                 () = &mut shutdown => break,
-                () = self.wake.notified() => {}
-                () = tokio::time::sleep(self.settings.poll_interval) => {}
+                () = self.handoff.notified() => {}
+                () = tokio::time::sleep_until(poll_at) => {}
+                () = sleep_until(mark_at) => {}
                 notified = next_notification(&mut listener) => {
-                    if let Err(error) = notified {
-                        tracing::debug!(%error, "outbox LISTEN connection lost; polling until it is back");
-                        listener = None;
+                    match notified {
+                        Ok(()) => look = Some(Look::All),
+                        Err(error) => {
+                            tracing::debug!(%error, "outbox LISTEN connection lost; polling until it is back");
+                            listener = None;
+                        }
                     }
                 }
             }
         }
+        self.mark_handed().await;
         drop(listener);
         self.pool.close().await;
         tracing::info!(channel = %self.channel, "outbox relay stopped");
     }
 
+    /// Publishes handed events (but not those this round's look at the table published),
+    /// in order; they are marked later. Stops at the first failure.
+    async fn publish_handed(&mut self, events: Vec<Event>) -> Result<(), RelayError> {
+        let events: Vec<(Uuid, Event)> = events
+            .into_iter()
+            .filter_map(|event| Uuid::parse_str(event.id()).ok().map(|id| (id, event)))
+            .filter(|(id, _)| !self.just_read.contains(id))
+            .collect();
+        if events.is_empty() {
+            return Ok(());
+        }
+        let publishes = self.publish_all(events).await;
+        metrics::counter!(PUBLISHED_COUNTER).increment(publishes.acked.len() as u64);
+        for id in publishes.acked {
+            self.unmarked.add(id);
+        }
+        match (publishes.failure, publishes.refused.into_iter().next()) {
+            (Some(error), _) => Err(error),
+            // The table's look sets the row aside as dead.
+            (None, Some((_, reason))) => Err(RelayError::Refused(reason)),
+            (None, None) => Ok(()),
+        }
+    }
+
+    /// Marks the rows of the handed events published so far. A failure keeps them for
+    /// the next try; meanwhile this relay's looks at the table skip them.
+    async fn mark_handed(&mut self) {
+        if self.unmarked.ids.is_empty() {
+            return;
+        }
+        let ids: Vec<Uuid> = self.unmarked.ids.iter().copied().collect();
+        match self.db(sqlx::query(MARK_HANDED).bind(&ids).execute(&self.pool)).await {
+            Ok(_) => self.unmarked = Unmarked::default(),
+            Err(error) => {
+                tracing::warn!(%error, count = ids.len(), "marking published outbox events failed; retrying later");
+                self.unmarked.since = Some(Instant::now());
+            }
+        }
+    }
+
     /// Publishes batches until the queue is empty, a step fails or shutdown is requested.
-    async fn drain<S: Future<Output = ()> + Unpin>(&self, shutdown: &mut S) -> Drained {
+    async fn drain<S: Future<Output = ()> + Unpin>(&mut self, look: Look, shutdown: &mut S) -> Drained {
         loop {
-            match self.publish_batch().await {
+            match self.read_batch(look).await {
                 Err(error) => return Drained::Failed(error),
                 Ok(report) if report.fetched < self.batch_size() => return Drained::Empty,
                 Ok(_) => {}
@@ -270,24 +443,42 @@ impl OutboxRelay {
         usize::try_from(self.settings.batch_size).unwrap_or(usize::MAX)
     }
 
-    /// Locks, publishes and marks one batch. On a publish failure the events published
-    /// before it are still marked, and the failure is returned.
-    pub async fn publish_batch(&self) -> Result<BatchReport, RelayError> {
+    /// Locks, publishes and marks one batch of the table's unpublished rows. On a publish
+    /// failure the events published before it are still marked, and the failure is
+    /// returned.
+    pub async fn publish_batch(&mut self) -> Result<BatchReport, RelayError> {
+        self.read_batch(Look::All).await
+    }
+
+    async fn read_batch(&mut self, look: Look) -> Result<BatchReport, RelayError> {
+        let grace = match look {
+            Look::All => 0,
+            Look::Old => i64::try_from(self.settings.poll_grace.as_micros()).unwrap_or(i64::MAX),
+        };
         let mut tx = self.db(self.pool.begin()).await?;
         let rows = self
             .db(sqlx::query(SELECT_BATCH)
                 .persistent(false)
                 .bind(i64::from(self.settings.batch_size))
+                .bind(grace)
                 .fetch_all(&mut *tx))
             .await?;
         let mut report = BatchReport { fetched: rows.len(), ..BatchReport::default() };
         let mut published: Vec<i64> = Vec::with_capacity(rows.len());
         let mut dead: (Vec<i64>, Vec<String>) = (Vec::new(), Vec::new());
         let mut events = Vec::with_capacity(rows.len());
+        let mut handed = Vec::new();
         for row in &rows {
             let seq: i64 = row.try_get("seq")?;
+            let event_id: Uuid = row.try_get("event_id")?;
+            if self.unmarked.ids.contains(&event_id) {
+                // Published when it was handed over: marked with this batch.
+                published.push(seq);
+                handed.push(event_id);
+                continue;
+            }
             match rebuild(row)? {
-                Ok(event) => events.push((seq, event)),
+                Ok(event) => events.push(((seq, event_id), event)),
                 Err(reason) => {
                     tracing::error!(seq, %reason, "outbox row is not a valid event; setting it aside");
                     dead.0.push(seq);
@@ -295,33 +486,15 @@ impl OutboxRelay {
                 }
             }
         }
-        // Up to `publish_concurrency` publishes in flight, started in seq order. After a
-        // failure nothing new starts, but the ones in flight are still awaited, so every
-        // event the bus acknowledged is marked and none is sent twice by this relay.
-        let mut queue = events.into_iter();
-        let mut in_flight = FuturesOrdered::new();
-        let mut failure = None;
-        loop {
-            while failure.is_none() && in_flight.len() < self.settings.publish_concurrency.max(1) {
-                let Some((seq, event)) = queue.next() else { break };
-                let publish = tokio::time::timeout(self.settings.publish_timeout, self.publisher.publish(event));
-                in_flight.push_back(async move { (seq, publish.await) });
-            }
-            let Some((seq, result)) = in_flight.next().await else { break };
-            match result {
-                Ok(Ok(_ack)) => published.push(seq),
-                Ok(Err(EventsError::Invalid(reason))) => {
-                    tracing::error!(seq, %reason, "bus rejects outbox event as invalid; setting it aside");
-                    dead.0.push(seq);
-                    dead.1.push(reason.to_string());
-                }
-                Ok(Err(error)) => {
-                    failure.get_or_insert(RelayError::Publish(error));
-                }
-                Err(_) => {
-                    failure.get_or_insert(RelayError::PublishTimeout(self.settings.publish_timeout));
-                }
-            }
+        let publishes = self.publish_all(events).await;
+        for &(seq, event_id) in &publishes.acked {
+            published.push(seq);
+            self.just_read.insert(event_id);
+        }
+        for ((seq, _), reason) in publishes.refused {
+            tracing::error!(seq, %reason, "bus rejects outbox event as invalid; setting it aside");
+            dead.0.push(seq);
+            dead.1.push(reason);
         }
         if !published.is_empty() {
             self.db(sqlx::query(MARK_PUBLISHED).persistent(false).bind(&published).execute(&mut *tx)).await?;
@@ -330,17 +503,46 @@ impl OutboxRelay {
             self.db(sqlx::query(MARK_DEAD).bind(&dead.0).bind(&dead.1).execute(&mut *tx)).await?;
         }
         self.db(tx.commit()).await?;
+        self.unmarked.marked(&handed);
         report.published = published.len();
         report.dead = dead.0.len();
-        metrics::counter!(PUBLISHED_COUNTER).increment(report.published as u64);
+        metrics::counter!(PUBLISHED_COUNTER).increment(publishes.acked.len() as u64);
         metrics::counter!(DEAD_COUNTER).increment(report.dead as u64);
-        match failure {
-            Some(error) => {
-                metrics::counter!(FAILURES_COUNTER).increment(1);
-                Err(error)
-            }
+        match publishes.failure {
+            Some(error) => Err(error),
             None => Ok(report),
         }
+    }
+
+    /// Publishes `events` with up to `publish_concurrency` in flight, started in order.
+    /// After a failure nothing new starts, but the ones in flight are still awaited, so
+    /// every event the bus acknowledged is known and none is sent twice by this relay.
+    async fn publish_all<K>(&self, events: Vec<(K, Event)>) -> Publishes<K> {
+        let mut queue = events.into_iter();
+        let mut in_flight = FuturesOrdered::new();
+        let mut publishes = Publishes { acked: Vec::new(), refused: Vec::new(), failure: None };
+        loop {
+            while publishes.failure.is_none() && in_flight.len() < self.settings.publish_concurrency.max(1) {
+                let Some((key, event)) = queue.next() else { break };
+                let publish = tokio::time::timeout(self.settings.publish_timeout, self.publisher.publish(event));
+                in_flight.push_back(async move { (key, publish.await) });
+            }
+            let Some((key, result)) = in_flight.next().await else { break };
+            match result {
+                Ok(Ok(_ack)) => publishes.acked.push(key),
+                Ok(Err(EventsError::Invalid(reason))) => publishes.refused.push((key, reason.to_string())),
+                Ok(Err(error)) => {
+                    publishes.failure.get_or_insert(RelayError::Publish(error));
+                }
+                Err(_) => {
+                    publishes.failure.get_or_insert(RelayError::PublishTimeout(self.settings.publish_timeout));
+                }
+            }
+        }
+        if publishes.failure.is_some() {
+            metrics::counter!(FAILURES_COUNTER).increment(1);
+        }
+        publishes
     }
 
     /// Live rows waiting to be published.
@@ -418,6 +620,14 @@ enum Purge {
     Owner(&'static str),
 }
 
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Waits for the next notification on `listener` (forever without one), then swallows
 /// any that queued up behind it: one look at the queue serves them all.
 async fn next_notification(listener: &mut Option<PgListener>) -> Result<(), sqlx::Error> {
@@ -485,7 +695,7 @@ mod tests {
     fn relay(settings: RelaySettings) -> OutboxRelay {
         let pool = sqlx::postgres::PgPoolOptions::new().connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap();
         let publisher: Arc<dyn Publisher> = Arc::new(agentmesh_events::MemoryBus::default());
-        OutboxRelay::new(pool, publisher, Arc::new(Notify::new()), "x_outbox".into()).with_settings(settings)
+        OutboxRelay::new(pool, publisher, Arc::default(), "x_outbox".into()).with_settings(settings)
     }
 
     #[tokio::test]

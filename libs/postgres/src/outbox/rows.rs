@@ -71,6 +71,12 @@ impl OutboxRow {
         Ok(Self { event_id, time: crate::micros(event.time()), event })
     }
 
+    /// The event, to hand to the relay once the row has committed
+    /// ([`Outbox::committed_events`](super::Outbox::committed_events)).
+    pub fn into_event(self) -> Event {
+        self.event
+    }
+
     /// Binds the event as `$1`-`$12` of `query` (which must have no parameters yet).
     pub fn bind<'q>(&self, query: Query<'q, Postgres, PgArguments>) -> Query<'q, Postgres, PgArguments> {
         bind_optional(Some(self), query)

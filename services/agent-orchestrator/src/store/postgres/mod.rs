@@ -42,6 +42,7 @@ use std::future::Future;
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use agentmesh_events::Event;
 use agentmesh_postgres::error::Failure;
 use agentmesh_postgres::outbox::{self, Outbox, OutboxDatabase};
 use agentmesh_resilience::Preset;
@@ -129,6 +130,16 @@ impl PostgresStore {
         Fut: Future<Output = Result<T, DbError>>,
     {
         self.database.write(op).await.map_err(into_store_error)
+    }
+
+    /// Runs a write under the policy, then hands the relay the events it queued (returned
+    /// with its result).
+    async fn write_events<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<(T, Vec<Event>), DbError>>,
+    {
+        self.database.write_events(op).await.map_err(into_store_error)
     }
 }
 

@@ -185,8 +185,9 @@ async fn lock_session(conn: &mut PgConnection, session_id: Uuid) -> Result<(), D
     Ok(())
 }
 
-/// Writes everything a transition may change of `run`, and queues `event`.
-async fn replace(conn: &mut PgConnection, run: &RunRecord, event: Option<Event>) -> Result<(), DbError> {
+/// Writes everything a transition may change of `run`, and queues `event`, which it
+/// returns for the relay.
+async fn replace(conn: &mut PgConnection, run: &RunRecord, event: Option<Event>) -> Result<Vec<Event>, DbError> {
     let event = event.map(OutboxRow::new).transpose()?;
     outbox::bind_optional(event.as_ref(), sqlx::query(REPLACE))
         .bind(run.id)
@@ -207,7 +208,7 @@ async fn replace(conn: &mut PgConnection, run: &RunRecord, event: Option<Event>)
         .execute(conn)
         .await
         .map_err(classify)?;
-    Ok(())
+    Ok(event.map(OutboxRow::into_event).into_iter().collect())
 }
 
 fn decode_runs(found: &[PgRow]) -> Result<Vec<RunRecord>, DbError> {
@@ -221,13 +222,13 @@ impl PostgresStore {
         admission: Option<Admission>,
     ) -> Result<Admitted, StoreError> {
         let user_id = run.principal.user_id.as_str();
-        self.write(|| async {
+        self.write_events(|| async {
             let mut tx = self.pool().begin().await.map_err(classify)?;
             if let Some(key) = &run.idempotency_key {
                 let row =
                     sqlx::query(BY_KEY).bind(user_id).bind(key).fetch_optional(&mut *tx).await.map_err(classify)?;
                 if let Some(row) = row {
-                    return Ok(Admitted::Existing(rows::run(&row)?));
+                    return Ok((Admitted::Existing(rows::run(&row)?), Vec::new()));
                 }
             }
             let agent = sqlx::query(LOCK_OWNED_AGENT)
@@ -259,12 +260,13 @@ impl PostgresStore {
                 .await
                 .map_err(classify_run_insert)?;
             tx.commit().await.map_err(classify_commit)?;
-            Ok(Admitted::Created {
+            let admitted = Admitted::Created {
                 run: record,
                 agent: Box::new(agent),
                 ready: holds_session,
                 preempted: preempted.map(Box::new),
-            })
+            };
+            Ok((admitted, event.map(OutboxRow::into_event).into_iter().collect()))
         })
         .await
     }
@@ -331,13 +333,13 @@ impl PostgresStore {
         if lifecycle::changes_only_the_run(transition) {
             return self.transition_run_only(id, transition).await;
         }
-        self.write(|| async {
+        self.write_events(|| async {
             let mut tx = self.pool().begin().await.map_err(classify)?;
             let current = fetch_run(&mut tx, LOCK_RUN_AND_SESSION, id).await?.ok_or(DbError::NotFound)?;
             let at = now();
             let run = lifecycle::apply(&current, transition, at)
                 .ok_or_else(|| DbError::InvalidTransition(Box::new(current.clone())))?;
-            replace(&mut tx, &run, events::run_transitioned(transition, &run)).await?;
+            let queued = replace(&mut tx, &run, events::run_transitioned(transition, &run)).await?;
             let next = if current.holds_session && !run.holds_session {
                 let row = sqlx::query(PROMOTE)
                     .bind(run.session_id)
@@ -350,7 +352,7 @@ impl PostgresStore {
                 None
             };
             tx.commit().await.map_err(classify_commit)?;
-            Ok(Transitioned { run, next })
+            Ok((Transitioned { run, next }, queued))
         })
         .await
     }
@@ -384,14 +386,14 @@ impl PostgresStore {
     /// A transition of the run alone (see [`lifecycle::changes_only_the_run`]): its row
     /// locked, changed, and its event queued; no agent or session lock.
     async fn transition_run_only(&self, id: Uuid, transition: &RunTransition) -> Result<Transitioned, StoreError> {
-        self.write(|| async {
+        self.write_events(|| async {
             let mut tx = self.pool().begin().await.map_err(classify)?;
             let current = fetch_run(&mut tx, LOCK_RUN, id).await?.ok_or(DbError::NotFound)?;
             let run = lifecycle::apply(&current, transition, now())
                 .ok_or_else(|| DbError::InvalidTransition(Box::new(current.clone())))?;
-            replace(&mut tx, &run, events::run_transitioned(transition, &run)).await?;
+            let queued = replace(&mut tx, &run, events::run_transitioned(transition, &run)).await?;
             tx.commit().await.map_err(classify_commit)?;
-            Ok(Transitioned { run, next: None })
+            Ok((Transitioned { run, next: None }, queued))
         })
         .await
     }

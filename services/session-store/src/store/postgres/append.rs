@@ -277,13 +277,15 @@ impl PostgresStore {
         let appender = &self.inner.appender;
         let index = appender.lane_of(session_id);
         let lane = &appender.lanes[index];
+        // Handed to the relay once committed, so it need not read the row back.
+        let committed = event.clone();
         lane.push(Pending { owner: owner.clone(), record: record.clone(), event, key, reply });
         if let Ok(permit) = Arc::clone(&lane.running).try_acquire_owned() {
             tokio::spawn(self.clone().drain_lane(index, permit));
         }
         match done.await {
             Ok(Ok(Appended::Inserted)) => {
-                self.wake_relay();
+                self.inner.outbox.committed_events([committed]);
                 Ok((record, Appended::Inserted))
             }
             Ok(Ok(Appended::KeyInUse)) => Ok((record, Appended::KeyInUse)),
