@@ -477,7 +477,7 @@ impl OutboxRelay {
                 handed.push(event_id);
                 continue;
             }
-            match rebuild(row)? {
+            match rebuild(row, event_id)? {
                 Ok(event) => events.push(((seq, event_id), event)),
                 Err(reason) => {
                     tracing::error!(seq, %reason, "outbox row is not a valid event; setting it aside");
@@ -641,11 +641,11 @@ async fn next_notification(listener: &mut Option<PgListener>) -> Result<(), sqlx
     }
 }
 
-/// The queued event of `row`, with its original id; `Ok(Err(reason))` when the stored
+/// The queued event of `row`, with its original id (`event_id`, already read from the
+/// row); `Ok(Err(reason))` when the stored
 /// attributes no longer form a valid event. Column decoding failures are database errors
 /// (a schema mismatch affects every row; setting rows aside would be wrong).
-fn rebuild(row: &PgRow) -> Result<Result<Event, String>, sqlx::Error> {
-    let event_id: Uuid = row.try_get("event_id")?;
+fn rebuild(row: &PgRow, event_id: Uuid) -> Result<Result<Event, String>, sqlx::Error> {
     let topic: String = row.try_get("topic")?;
     let event_type: String = row.try_get("event_type")?;
     let source: String = row.try_get("source")?;
