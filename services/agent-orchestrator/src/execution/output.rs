@@ -136,7 +136,7 @@ impl RunOutputs {
     pub fn read(self: &Arc<Self>, run_id: Uuid, after: u64) -> BoxStream<'static, Result<RunEvent, OutputError>> {
         let live = self.live.lock().unwrap_or_else(PoisonError::into_inner).get(&run_id).cloned();
         match live {
-            Some(live) if after + 1 >= live.first_sequence => {
+            Some(live) if after >= live.first_sequence.saturating_sub(1) => {
                 let reading =
                     Reading::Live { events: read_live(live, after), last: after, outputs: self.clone(), run_id };
                 futures::stream::unfold(reading, Reading::next).boxed()
@@ -163,17 +163,22 @@ impl RunOutputs {
             })
             .filter_map(move |event| {
                 std::future::ready(match event {
-                    Ok(Some(event)) if event.sequence > after => Some(Ok(event)),
+                    Ok(Some(event)) if event.sequence > after || is_last(&event) => Some(Ok(event)),
                     Ok(_) => None,
                     Err(error) => Some(Err(error)),
                 })
             })
             .boxed();
         // Ends right after the run's last event (or an error), without waiting for the
-        // subscription to deliver anything more.
-        futures::stream::unfold(Some(events), |events| async move {
+        // subscription to deliver anything more. A reader resuming at or past that event
+        // (its client already has it) gets nothing more, instead of waiting for events
+        // that will never come.
+        futures::stream::unfold(Some(events), move |events| async move {
             let mut events = events?;
             let event = events.next().await?;
+            if matches!(&event, Ok(event) if event.sequence <= after) {
+                return None;
+            }
             let ended = matches!(&event, Ok(e) if is_last(e)) || event.is_err();
             Some((event, (!ended).then_some(events)))
         })
@@ -235,7 +240,7 @@ fn is_last(event: &RunEvent) -> bool {
 /// Follows a live copy from after `after` to its end, recording each event's age as the
 /// bus' deliveries do.
 fn read_live(live: Arc<LiveOutput>, after: u64) -> BoxStream<'static, RunEvent> {
-    let start = usize::try_from((after + 1).saturating_sub(live.first_sequence)).unwrap_or(usize::MAX);
+    let start = usize::try_from(after.saturating_add(1).saturating_sub(live.first_sequence)).unwrap_or(usize::MAX);
     let progress = live.progress.subscribe();
     futures::stream::unfold((live, progress, start), |(live, mut progress, index)| async move {
         loop {

@@ -119,12 +119,13 @@ impl HttpClient {
 
 /// The provider's retry hint: `retry-after-ms` (OpenAI, Azure) or `Retry-After`.
 pub fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
-    if let Some(ms) =
-        headers.get("retry-after-ms").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok())
-        && ms.is_finite()
-        && ms >= 0.0
+    if let Some(delay) = headers
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .and_then(|ms| Duration::try_from_secs_f64(ms / 1000.0).ok())
     {
-        return Some(Duration::from_secs_f64(ms / 1000.0));
+        return Some(delay);
     }
     headers
         .get(http::header::RETRY_AFTER)
@@ -206,5 +207,15 @@ mod tests {
         headers.insert("retry-after-ms", http::HeaderValue::from_static("1500"));
         assert_eq!(retry_after(&headers), Some(Duration::from_millis(1500)));
         assert_eq!(retry_after(&http::HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn an_unusable_milliseconds_hint_gives_way_to_retry_after() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("retry-after", http::HeaderValue::from_static("7"));
+        for unusable in ["1e300", "-5", "NaN", "inf", "soon"] {
+            headers.insert("retry-after-ms", http::HeaderValue::from_static(unusable));
+            assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)), "{unusable}");
+        }
     }
 }
