@@ -135,8 +135,9 @@ run_backend() {
         return 1
     local base="http://127.0.0.1:$port"
 
-    # Session creation is limited to 10 a minute by default; lift the limits so the stateful
-    # phase can build on created sessions (the rate limiter has its own tests).
+    # Session creation is limited to 10 a minute and agent execution to a few a minute by
+    # default; lift the limits so the stateful phase can build on created sessions and runs
+    # reach the orchestrator instead of a 429 (the rate limiter has its own tests).
     # The static key has every scope, mcp_servers:admin included, so schemathesis may register
     # stdio MCP servers with generated commands: MCP_STDIO_ENABLED=false keeps mcp-broker from
     # ever starting them (they stay registered; discovery and calls answer an error).
@@ -146,6 +147,7 @@ run_backend() {
         OBSERVABILITY_LOG_LEVEL="${OBSERVABILITY_LOG_LEVEL:-INFO}" \
         RATE_LIMIT_API_PREMIUM_LIMIT=1000000 \
         RATE_LIMIT_CREATE_SESSION_LIMIT=1000000 \
+        RATE_LIMIT_EXECUTE_AGENT_LIMIT=1000000 \
         "$bin" up --http "127.0.0.1:$port" >"$dir/agentmesh.log" 2>&1 &
     server=$!
 

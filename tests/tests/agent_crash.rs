@@ -16,7 +16,10 @@
 //! - taken over when it cannot go on, because its agent was deleted while no orchestrator
 //!   ran, or because it has outlived `AGENT_MAX_RUN_DURATION`: it fails with that reason
 //!   (not an internal error), its stream going on to a `run_completed` that says `failed`,
-//!   its session holding the user's message once and no half answer.
+//!   its session holding the user's message once and no half answer;
+//! - cancelled while its replica is down and before any other takes it over: the
+//!   orchestrator serving its stream writes the `run_completed` that says `cancelled`
+//!   (once the dead replica's turn to do so has passed), so the stream ends.
 //!
 //! Every service runs as its own process (gateway, session-store, llm-proxy with the
 //! scripted model streaming one word per 50 ms, mcp-broker, agent-orchestrator) on
@@ -170,17 +173,28 @@ impl Mesh {
         Replica { api, _gateway: gateway, _orchestrator: process }
     }
 
+    /// Extends the lease on `run` by an hour in the orchestrator's table, as if the
+    /// replica that held it had asked for a long one: no other replica takes the run over
+    /// while the test works on it.
+    async fn extend_lease(&self, run: &str) {
+        let sql = "UPDATE agent_orchestrator.runs SET lease_expires_at = now() + interval '1 hour' \
+                   WHERE id = $1::uuid AND status = 'running'";
+        self.change_one_row(sql, run).await;
+    }
+
     /// Deletes `agent` from the orchestrator's table. Deleting an agent is the
     /// orchestrator's API, so a test that deletes one while no orchestrator runs goes to
     /// its database, as if another replica had deleted it meanwhile.
     async fn delete_agent_row(&self, agent: &str) {
+        self.change_one_row("DELETE FROM agent_orchestrator.agents WHERE id = $1::uuid", agent).await;
+    }
+
+    /// Runs `sql` on the orchestrator's database with `id` as `$1`, and checks that it
+    /// changed exactly one row.
+    async fn change_one_row(&self, sql: &'static str, id: &str) {
         let mut connection = sqlx::PgConnection::connect(self.database.url()).await.unwrap();
-        let deleted = sqlx::query("DELETE FROM agent_orchestrator.agents WHERE id = $1::uuid")
-            .bind(agent)
-            .execute(&mut connection)
-            .await
-            .unwrap();
-        assert_eq!(deleted.rows_affected(), 1, "agent {agent}");
+        let changed = sqlx::query(sql).bind(id).execute(&mut connection).await.unwrap();
+        assert_eq!(changed.rows_affected(), 1, "{sql} for {id}");
         connection.close().await.unwrap();
     }
 }
@@ -591,4 +605,34 @@ async fn a_run_taken_over_after_its_maximum_duration_fails_with_a_timeout() {
     mesh.start_orchestrator_with(&[("AGENT_MAX_RUN_DURATION", "1".to_owned())]).await;
     let reason = failed_on_recovery(&mesh, &session, &message, &killed, "timeout_error").await;
     assert!(reason.contains("maximum duration"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_run_cancelled_while_the_replica_executing_it_is_down_still_ends_its_stream() {
+    let Some(mut mesh) = Mesh::start().await else { return };
+    let (session, _, message, killed) = kill_mid_answer(&mut mesh).await;
+    // The next orchestrator does not take the run over (its dead replica's lease has an
+    // hour to go), so the cancel is recorded in the store alone: nobody executes the run
+    // to write its `run_completed`, and the orchestrator that serves the stream does.
+    mesh.extend_lease(&killed.run_id).await;
+    mesh.start_orchestrator().await;
+    let cancel = format!("/api/v1/runs/{}/cancel", killed.run_id);
+    let (status, run) = mesh.json(ALICE, Method::POST, &cancel, Some(json!({"reason": "replica gone"}))).await;
+    assert_eq!(status, 200, "{run}");
+    assert_eq!(run["status"], "cancelled", "{run}");
+
+    let after = tokio::time::timeout(LEASE * 10, rest_of_stream(&mesh, &killed)).await.expect("the stream ends");
+    let kinds = names(&after);
+    let (status, error) = run_completed(&after);
+    assert_eq!(status, "cancelled", "{kinds:?}");
+    assert_eq!(error["message"], "replica gone", "{error}");
+    assert_eq!(count(&after, "token"), 0, "nothing ran after the kill: {kinds:?}");
+
+    // Read again later, the stream is the same: the end is written once.
+    let replay = mesh.sse(ALICE, &killed.stream, None, &[]).await;
+    assert_eq!(count(&replay, "run_completed"), 1, "{:?}", names(&replay));
+    let messages = mesh.messages(ALICE, &session).await;
+    let roles: Vec<&str> = messages.iter().map(|m| m["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["user"], "{messages:#?}");
+    assert_eq!(messages[0]["content"], message.as_str());
 }

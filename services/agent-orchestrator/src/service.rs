@@ -104,8 +104,9 @@ impl AgentOrchestrator {
         Ok((principal, started))
     }
 
-    /// The run's events after `after`, ending with its `run_completed`; when
-    /// `cancel_on_drop`, the run is cancelled if the stream is dropped before that.
+    /// The run's events after `after`, ending with its `run_completed` (written from its
+    /// record when a final run's replica never wrote it); when `cancel_on_drop`, the run
+    /// is cancelled if the stream is dropped before that.
     fn events(&self, run: &RunRecord, after: u64, cancel_on_drop: bool) -> EventStream<pb::RunEvent> {
         let guard = cancel_on_drop.then(|| DisconnectGuard {
             runs: self.runs.clone(),
@@ -113,6 +114,9 @@ impl AgentOrchestrator {
             run_id: run.id,
             done: false,
         });
+        if run.status.is_final() {
+            tokio::spawn(self.runs.clone().end_unended_stream(run.clone()));
+        }
         let events = self.runs.outputs().read(run.id, after);
         Box::pin(futures::stream::unfold((events, guard), |(mut events, mut guard)| async move {
             match events.next().await? {

@@ -43,6 +43,7 @@ use super::peers::{ActingFor, Peers};
 use super::state::{AgentState, Decision, Speaker, Turn};
 use crate::agents::store_error;
 use crate::settings::RunSettings;
+use crate::store::lifecycle::{CANCEL_REASON_KEY, lease_until};
 use crate::store::{
     Admission, Admitted, AgentDefinition, Concurrency, NewRun, OrchestratorStore, RunError, RunPrincipal, RunRecord,
     RunRequest, RunStatus, RunTransition, RunUsage, SavedStep, Starter, StoreError,
@@ -302,11 +303,7 @@ impl Runs {
             tracing::warn!(%error, run_id = %run.id, "run output unreadable");
             ApiError::external_service("run output", "event_bus", true)
         })?;
-        let error = RunError {
-            code: ErrorCode::Conflict.as_str().into(),
-            message: reason.clone().unwrap_or_else(|| "the run was cancelled".into()),
-            details: Default::default(),
-        };
+        let error = cancelled_error(reason.as_deref());
         let completed = RunCompleted {
             status: agentmesh_proto::agentmesh::agent::v1::RunStatus::Cancelled as i32,
             error: Some(to_api_error(&error).to_detail()),
@@ -322,6 +319,49 @@ impl Runs {
             Err(StoreError::InvalidTransition(_)) => Ok(()),
             Err(error) => Err(store_error("Run")(error)),
         }
+    }
+
+    /// Ends the stream of a final `run` that never got its `run_completed`: a run cancelled
+    /// in the store while the replica executing it was down. A live replica ends the
+    /// stream itself once its next lease renewal finds the run ended, so this waits one
+    /// lease after the run's end before it writes the event, from the run's record.
+    pub async fn end_unended_stream(self: Arc<Self>, run: RunRecord) {
+        let Some(completed_at) = run.completed_at.filter(|_| run.status.is_final()) else { return };
+        if self.is_stream_ended(run.id).await {
+            return;
+        }
+        let owner_gone = lease_until(completed_at, self.settings.lease);
+        if let Ok(wait) = (owner_gone - Utc::now()).to_std() {
+            tokio::time::sleep(wait).await;
+            if self.is_stream_ended(run.id).await {
+                return;
+            }
+        }
+        let writer = match self.outputs.resumed_writer(run.id, run.last_sequence).await {
+            Ok(writer) => writer,
+            Err(error) => {
+                tracing::warn!(%error, run_id = %run.id, "run output unreadable");
+                return;
+            }
+        };
+        tracing::info!(run_id = %run.id, status = ?run.status, "ending the stream of a run whose replica did not");
+        writer.event(Kind::RunCompleted(RunCompleted {
+            status: crate::convert::run_status_to_proto(run.status) as i32,
+            response_message_id: run.response_message_id.map(|id| id.to_string()),
+            execution_time_ms: crate::convert::execution_time_ms(&run, completed_at),
+            usage: Some(crate::convert::usage_to_proto(&run.usage)),
+            error: ended_error(&run).map(|error| to_api_error(&error).to_detail()),
+        }));
+        writer.flush().await;
+    }
+
+    /// Whether the run's output ends with its `run_completed`; an unreadable output counts
+    /// as ended, since nothing can be added to it either.
+    async fn is_stream_ended(&self, run_id: Uuid) -> bool {
+        self.outputs.is_ended(run_id).await.unwrap_or_else(|error| {
+            tracing::warn!(%error, %run_id, "run output unreadable");
+            true
+        })
     }
 
     /// Approves the owner's run's pending calls (with `edits`: call id → arguments) and
@@ -806,11 +846,7 @@ impl Runs {
                     }
                     usage = state.usage;
                 }
-                let error = RunError {
-                    code: ErrorCode::Conflict.as_str().into(),
-                    message: cancel_reason.clone().unwrap_or_else(|| "the run was cancelled".into()),
-                    details: Default::default(),
-                };
+                let error = cancelled_error(cancel_reason.as_deref());
                 completed(RunStatusOut::Cancelled, &usage, None, Some(&error));
                 RunTransition::Cancel { reason: cancel_reason, last_sequence: writer.flush().await }
             }
@@ -1006,6 +1042,27 @@ fn completed_event(
         usage: Some(crate::convert::usage_to_proto(usage)),
         error: error.map(|error| to_api_error(error).to_detail()),
     }));
+}
+
+/// The error a cancelled run's `run_completed` carries: the cancel's reason, if it gave one.
+fn cancelled_error(reason: Option<&str>) -> RunError {
+    RunError {
+        code: ErrorCode::Conflict.as_str().into(),
+        message: reason.unwrap_or("the run was cancelled").to_owned(),
+        details: Default::default(),
+    }
+}
+
+/// The error of a final `run`'s `run_completed`, from its record: its failure, or its
+/// cancellation with the reason recorded in its metadata.
+fn ended_error(run: &RunRecord) -> Option<RunError> {
+    match run.status {
+        RunStatus::Cancelled => {
+            let reason = run.metadata.get(CANCEL_REASON_KEY).and_then(serde_json::Value::as_str);
+            Some(cancelled_error(reason))
+        }
+        _ => run.error.clone(),
+    }
 }
 
 /// Makes the conversation consistent before a run that did not finish stops: an answer

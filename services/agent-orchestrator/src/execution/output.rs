@@ -123,12 +123,22 @@ impl RunOutputs {
     /// another replica, or by this one before a restart): numbering goes on after the
     /// larger of `recorded` (the run's record) and the last event on the bus.
     pub async fn resumed_writer(self: &Arc<Self>, run_id: Uuid, recorded: u64) -> Result<OutputWriter, OutputError> {
-        let topic = topic::run_output(&run_id.to_string());
-        let published = match self.bus.last_event(&topic).await? {
-            Some(event) => RunOutputChunk::decode(event.data().clone())?.sequence,
-            None => 0,
-        };
+        let published = self.last_published(run_id).await?.map_or(0, |chunk| chunk.sequence);
         Ok(self.writer(run_id, recorded.max(published)))
+    }
+
+    /// The last event the bus holds of the run's output, if any.
+    async fn last_published(&self, run_id: Uuid) -> Result<Option<RunOutputChunk>, OutputError> {
+        let topic = topic::run_output(&run_id.to_string());
+        match self.bus.last_event(&topic).await? {
+            Some(event) => Ok(Some(RunOutputChunk::decode(event.data().clone())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether the bus holds the run's `run_completed` as the last event of its output.
+    pub async fn is_ended(&self, run_id: Uuid) -> Result<bool, OutputError> {
+        Ok(self.last_published(run_id).await?.and_then(|chunk| chunk.event).is_some_and(|event| is_last(&event)))
     }
 
     /// The run's events after `after`, then its live events until its `run_completed`.
