@@ -85,10 +85,10 @@ async fn a_tool_round_trip_persists_in_order_streams_in_sequence_and_resumes_wit
 
     // Resuming at or past the last event (the client has it all) ends at once with nothing,
     // up to the largest sequence a client can send.
-    let last = sequences.last().unwrap().to_string();
+    let (last, max) = (sequences.last().unwrap().to_string(), u64::MAX.to_string());
     let stream = format!("/api/v1/runs/{run_id}/stream");
-    let beyond = format!("{stream}?from_sequence={}", u64::MAX);
-    for (path, resume) in [(&stream, last.as_str()), (&stream, "18446744073709551615"), (&beyond, "0")] {
+    let beyond = format!("{stream}?from_sequence={max}");
+    for (path, resume) in [(&stream, last.as_str()), (&stream, max.as_str()), (&beyond, "0")] {
         let headers = [("Last-Event-ID", resume)];
         let reading = tokio::time::timeout(Duration::from_secs(10), mesh.sse(ALICE, path, None, &headers)).await;
         let events = reading.unwrap_or_else(|_| panic!("{path} after {resume} did not end"));
